@@ -1,0 +1,606 @@
+//! Configuration: built-in defaults, then the TOML file, then
+//! `PBX_TOKEND_<SECTION>_<KEY>` environment variables, then command-line
+//! flags; one `validate()` whose errors name the key and the allowed range.
+//! Reloadable parts (log level, refresh and rate settings) are re-read on
+//! SIGHUP by the daemon; this module only parses and checks.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, the generated master key and admin.key live.
+    pub state_dir: PathBuf,
+    /// File holding the 32-byte master key (raw or 64 hex characters). When
+    /// unset: `$CREDENTIALS_DIRECTORY/master.key` under systemd, otherwise
+    /// `<state_dir>/master.key`, generated on first start.
+    pub master_key_file: Option<PathBuf>,
+    pub grpc: GrpcConfig,
+    pub log: LogConfig,
+    pub pbx: PbxConfig,
+    pub token: TokenConfig,
+    pub limits: LimitsConfig,
+    pub refresh: RefreshConfig,
+    pub maintenance: MaintenanceConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter directive; RUST_LOG, when set, wins.
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PbxConfig {
+    pub allow_insecure_http: bool,
+    pub allow_private_addresses: bool,
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Answers larger than this are refused (protects memory).
+    pub max_response_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    pub default_min_valid_seconds: u32,
+    /// Used when the PBX answer has no expires_in.
+    pub default_lifetime_seconds: u64,
+    /// expires_in above this is treated as a malformed answer.
+    pub max_lifetime_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub per_host_requests_per_second: u32,
+    pub per_host_concurrent: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    pub at_fraction: f64,
+    pub jitter_fraction: f64,
+    pub max_concurrent: u32,
+    pub max_concurrent_per_host: u32,
+    /// First retry delay after a transient failure; doubles each time.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Retry interval while the PBX rejects the credentials.
+    pub rejected_retry_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Cron expressions with seconds: "sec min hour day month weekday".
+    pub overdue_sweep_cron: String,
+    pub wal_checkpoint_cron: String,
+    pub optimize_cron: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for in-flight renewals before giving up on them.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            master_key_file: None,
+            grpc: GrpcConfig::default(),
+            log: LogConfig::default(),
+            pbx: PbxConfig::default(),
+            token: TokenConfig::default(),
+            limits: LimitsConfig::default(),
+            refresh: RefreshConfig::default(),
+            maintenance: MaintenanceConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY` under systemd, else `./pbx-tokend-data`.
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several colon-separated directories; the first is ours.
+        Some(v) if !v.is_empty() => {
+            let s = v.to_string_lossy();
+            PathBuf::from(s.split(':').next().unwrap_or("pbx-tokend-data"))
+        }
+        _ => PathBuf::from("pbx-tokend-data"),
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Default for PbxConfig {
+    fn default() -> Self {
+        Self {
+            allow_insecure_http: false,
+            allow_private_addresses: false,
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
+            max_response_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            default_min_valid_seconds: 10,
+            default_lifetime_seconds: 3300,
+            max_lifetime_seconds: 366 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_host_requests_per_second: 20,
+            per_host_concurrent: 6,
+        }
+    }
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            at_fraction: 0.8,
+            jitter_fraction: 0.05,
+            max_concurrent: 64,
+            max_concurrent_per_host: 16,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            rejected_retry_seconds: 900,
+        }
+    }
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            overdue_sweep_cron: "*/30 * * * * *".into(),
+            wal_checkpoint_cron: "0 */5 * * * *".into(),
+            optimize_cron: "0 17 3 * * *".into(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overlaid by `file` (if any), overlaid by the environment,
+    /// then validated.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As `load`, with the environment passed in (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file
+                        .map(Path::to_owned)
+                        .unwrap_or_else(|| PathBuf::from("<environment>")),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every rule in one place; the error names the key and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            }
+        }
+        fn range_u64(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+            if v < lo || v > hi {
+                return Err(bad(key, format!("is {v}; allowed range is {lo}..={hi}")));
+            }
+            Ok(())
+        }
+        fn range_f64(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+            if !(v >= lo && v <= hi) {
+                return Err(bad(key, format!("is {v}; allowed range is {lo}..={hi}")));
+            }
+            Ok(())
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(bad("state_dir", "must not be empty"));
+        }
+        if self.grpc.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "grpc.listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:50051",
+                    self.grpc.listen
+                ),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(bad(
+                "log.level",
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or a filter directive",
+                    self.log.level
+                ),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(bad(
+                "log.format",
+                format!("is {:?}; use \"text\" or \"json\"", self.log.format),
+            ));
+        }
+        range_u64(
+            "pbx.request_timeout_ms",
+            self.pbx.request_timeout_ms,
+            100,
+            300_000,
+        )?;
+        range_u64(
+            "pbx.connect_timeout_ms",
+            self.pbx.connect_timeout_ms,
+            50,
+            60_000,
+        )?;
+        range_u64(
+            "pbx.max_response_bytes",
+            self.pbx.max_response_bytes,
+            1024,
+            16 * 1024 * 1024,
+        )?;
+        range_u64(
+            "token.default_min_valid_seconds",
+            self.token.default_min_valid_seconds.into(),
+            0,
+            3600,
+        )?;
+        range_u64(
+            "token.default_lifetime_seconds",
+            self.token.default_lifetime_seconds,
+            1,
+            86_400 * 30,
+        )?;
+        range_u64(
+            "token.max_lifetime_seconds",
+            self.token.max_lifetime_seconds,
+            60,
+            86_400 * 3660,
+        )?;
+        range_u64(
+            "limits.per_host_requests_per_second",
+            self.limits.per_host_requests_per_second.into(),
+            1,
+            100_000,
+        )?;
+        range_u64(
+            "limits.per_host_concurrent",
+            self.limits.per_host_concurrent.into(),
+            1,
+            10_000,
+        )?;
+        range_f64("refresh.at_fraction", self.refresh.at_fraction, 0.1, 0.95)?;
+        range_f64(
+            "refresh.jitter_fraction",
+            self.refresh.jitter_fraction,
+            0.0,
+            0.5,
+        )?;
+        if self.refresh.at_fraction + self.refresh.jitter_fraction >= 1.0 {
+            return Err(bad(
+                "refresh.jitter_fraction",
+                "at_fraction + jitter_fraction must stay below 1.0, or a renewal could be planned after expiry",
+            ));
+        }
+        range_u64(
+            "refresh.max_concurrent",
+            self.refresh.max_concurrent.into(),
+            1,
+            10_000,
+        )?;
+        range_u64(
+            "refresh.max_concurrent_per_host",
+            self.refresh.max_concurrent_per_host.into(),
+            1,
+            10_000,
+        )?;
+        range_u64(
+            "refresh.backoff_initial_ms",
+            self.refresh.backoff_initial_ms,
+            10,
+            3_600_000,
+        )?;
+        range_u64(
+            "refresh.backoff_max_ms",
+            self.refresh.backoff_max_ms,
+            self.refresh.backoff_initial_ms,
+            86_400_000,
+        )?;
+        range_u64(
+            "refresh.rejected_retry_seconds",
+            self.refresh.rejected_retry_seconds,
+            1,
+            86_400,
+        )?;
+        range_u64(
+            "shutdown.drain_timeout_ms",
+            self.shutdown.drain_timeout_ms,
+            0,
+            600_000,
+        )?;
+        for (key, expr) in [
+            (
+                "maintenance.overdue_sweep_cron",
+                &self.maintenance.overdue_sweep_cron,
+            ),
+            (
+                "maintenance.wal_checkpoint_cron",
+                &self.maintenance.wal_checkpoint_cron,
+            ),
+            ("maintenance.optimize_cron", &self.maintenance.optimize_cron),
+        ] {
+            if expr.split_whitespace().count() < 6 {
+                return Err(bad(
+                    key,
+                    format!("{expr:?} needs 6 fields: sec min hour day-of-month month day-of-week"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("pbx-tokend.db")
+    }
+
+    pub fn url_policy(&self) -> crate::domain::UrlPolicy {
+        crate::domain::UrlPolicy {
+            allow_insecure_http: self.pbx.allow_insecure_http,
+            allow_private_addresses: self.pbx.allow_private_addresses,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "PBX_TOKEND_";
+
+/// Top-level keys that are not in a section, so `PBX_TOKEND_STATE_DIR` is
+/// `state_dir` and not `[state] dir`.
+const TOP_LEVEL_KEYS: [&str; 2] = ["state_dir", "master_key_file"];
+
+/// `PBX_TOKEND_<SECTION>_<KEY>=value` overrides `[section] key`. The value is
+/// parsed as a TOML value (number, bool) when it can be, else as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let sections: Vec<String> = [
+        "grpc",
+        "log",
+        "pbx",
+        "token",
+        "limits",
+        "refresh",
+        "maintenance",
+        "shutdown",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let value = parse_env_value(&value);
+        if TOP_LEVEL_KEYS.contains(&rest.as_str()) {
+            table.insert(rest, value);
+            continue;
+        }
+        let Some(section) = sections.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            return Err(ConfigError::Env {
+                var,
+                message: format!(
+                    "unknown setting; expected PBX_TOKEND_<SECTION>_<KEY> with a section among {} or one of PBX_TOKEND_STATE_DIR, PBX_TOKEND_MASTER_KEY_FILE",
+                    sections.join(", ")
+                ),
+            });
+        };
+        let key = rest[section.len() + 1..].to_owned();
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{section}] in the config file is not a table"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_design() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.grpc.listen, "127.0.0.1:50051");
+        assert_eq!(c.token.default_min_valid_seconds, 10);
+        assert_eq!(c.token.default_lifetime_seconds, 3300);
+        assert_eq!(c.limits.per_host_requests_per_second, 20);
+        assert_eq!(c.limits.per_host_concurrent, 6);
+        assert_eq!(c.refresh.at_fraction, 0.8);
+        assert_eq!(c.refresh.max_concurrent, 64);
+        assert_eq!(c.refresh.max_concurrent_per_host, 16);
+        assert!(!c.pbx.allow_insecure_http);
+    }
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"/tmp/x\"\n[grpc]\nlisten = \"127.0.0.1:1\"\n[limits]\nper_host_concurrent = 3\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&path),
+            env(&[
+                ("PBX_TOKEND_LIMITS_PER_HOST_CONCURRENT", "4"),
+                ("PBX_TOKEND_PBX_ALLOW_INSECURE_HTTP", "true"),
+                ("PBX_TOKEND_LOG_FORMAT", "json"),
+                ("PBX_TOKEND_STATE_DIR", "/tmp/y"),
+                ("UNRELATED", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.per_host_concurrent, 4);
+        assert!(c.pbx.allow_insecure_http);
+        assert_eq!(c.log.format, "json");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/y"));
+        assert_eq!(c.grpc.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("PBX_TOKEND_REFRESH_AT_FRACTION", "1.5")],
+                "refresh.at_fraction",
+            ),
+            (&[("PBX_TOKEND_GRPC_LISTEN", "nowhere")], "grpc.listen"),
+            (&[("PBX_TOKEND_LOG_FORMAT", "xml")], "log.format"),
+            (
+                &[("PBX_TOKEND_LIMITS_PER_HOST_REQUESTS_PER_SECOND", "0")],
+                "limits.per_host_requests_per_second",
+            ),
+            (&[("PBX_TOKEND_BOGUS_KEY", "1")], "PBX_TOKEND_BOGUS_KEY"),
+            (&[("PBX_TOKEND_PBX_NO_SUCH_KEY", "1")], "no_such_key"),
+            (
+                &[("PBX_TOKEND_LIMITS_PER_HOST_CONCURRENT", "many")],
+                "per_host_concurrent",
+            ),
+        ];
+        for (vars, needle) in cases {
+            let err = Config::load_with_env(None, env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[grpc]\nlistn = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load_with_env(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! pbx-tokend: a token broker that keeps a fresh PBX OAuth access token for
+//! every tenant and serves it over gRPC.
+//!
+//! Layout (data flows top to bottom; see ARCHITECTURE.md):
+//!
+//! - `api`        tonic services, proto <-> domain, the one Status mapping
+//! - `broker`     in-memory token cache, single-flight refresh, watchers
+//! - `tenants`    tenant administration use cases (create, update, delete)
+//! - `renewal`    persistent renewal queue, workers, backoff, maintenance
+//! - `store`      SQLite: migrations, repositories, sealed secrets
+//! - `pbx`        HTTP client for the PBX API, its error model, rate limiter
+//! - `crypto`     master key and authenticated sealing of secrets
+//! - `config`     file + environment + flags -> validated `Config`
+//! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
+//! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
+//! - `clock`, `domain`, `secret`: shared vocabulary
+
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod pbx;
+pub mod secret;
+pub mod store;
+
+/// Generated gRPC types. Only `api` (and the CLI/loadgen binaries) use them.
+pub mod proto {
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    tonic::include_proto!("pbxtokend.v1");
+
+    /// Encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("pbxtokend_descriptor");
+}

@@ -1,0 +1,47 @@
+//! How a PBX call can fail, classified so callers act on the class.
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PbxError {
+    /// 400/401 `invalid_client` and kin: the credentials are wrong or revoked.
+    #[error("the PBX rejected the credentials (HTTP {status}{})", fmt_detail(.error, .description))]
+    CredentialsRejected {
+        status: u16,
+        error: Option<String>,
+        description: Option<String>,
+    },
+    /// 429: no request before `retry_after` has passed.
+    #[error("throttled by the PBX (HTTP 429); retry in {}s", .retry_after.as_secs())]
+    Throttled { retry_after: Duration },
+    /// 5xx, timeouts, connection failures: worth retrying with backoff.
+    #[error("PBX unavailable: {reason}")]
+    Transient { reason: String },
+    /// Another 4xx that is not about credentials (403, 404, ...).
+    #[error("the PBX refused the request (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+    /// The answer is not what the API document promises.
+    #[error("malformed PBX answer: {reason}")]
+    Protocol { reason: String },
+}
+
+fn fmt_detail(error: &Option<String>, description: &Option<String>) -> String {
+    match (error, description) {
+        (Some(e), Some(d)) => format!(": {e}: {d}"),
+        (Some(e), None) => format!(": {e}"),
+        (None, Some(d)) => format!(": {d}"),
+        (None, None) => String::new(),
+    }
+}
+
+impl PbxError {
+    /// A short stable class name for logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            PbxError::CredentialsRejected { .. } => "credentials_rejected",
+            PbxError::Throttled { .. } => "throttled",
+            PbxError::Transient { .. } => "transient",
+            PbxError::Refused { .. } => "refused",
+            PbxError::Protocol { .. } => "protocol",
+        }
+    }
+}

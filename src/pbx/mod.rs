@@ -1,0 +1,39 @@
+//! Everything that speaks HTTP to a PBX: the client (`client.rs`), the
+//! response parsers (`parse.rs`, pure and fuzzable), the error model
+//! (`error.rs`) and the per-host request limiter (`limiter.rs`).
+//! Nothing outside this module knows a URL path or a status code.
+
+pub mod client;
+pub mod error;
+pub mod limiter;
+pub mod parse;
+
+use futures::future::BoxFuture;
+
+pub use error::PbxError;
+
+use crate::domain::{AppCredentials, PbxBaseUrl};
+use crate::secret::Secret;
+
+/// A token answer from `POST /oauth/token`, validated.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub access_token: Secret<String>,
+    /// Always "Bearer" (anything else is a protocol error).
+    pub token_type: String,
+    /// `None` when the PBX omitted `expires_in`; the caller applies the
+    /// configured default lifetime.
+    pub expires_in_secs: Option<u64>,
+    pub refresh_token: Option<Secret<String>>,
+}
+
+/// The PBX operations the broker needs, behind a trait so the deterministic
+/// simulation can run the real broker against an in-process PBX.
+pub trait PbxApi: Send + Sync + 'static {
+    /// `grant_type=client_credentials` for a trusted application.
+    fn client_credentials<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        creds: &'a AppCredentials,
+    ) -> BoxFuture<'a, Result<TokenGrant, PbxError>>;
+}
