@@ -33,6 +33,12 @@ impl TenantId {
     pub const MAX_LEN: usize = 128;
 
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        Self::validate(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The same rules as `parse`, without allocating (GetToken hot path).
+    pub fn validate(s: &str) -> Result<(), ValidationError> {
         if s.is_empty() {
             return Err(ValidationError::new("tenant_id", "is required"));
         }
@@ -55,10 +61,16 @@ impl TenantId {
                 format!("contains {c:?}; only letters, digits and . _ : - are allowed"),
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

@@ -15,13 +15,19 @@
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
+pub mod api;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod domain;
+pub mod logging;
 pub mod pbx;
+pub mod renewal;
 pub mod secret;
 pub mod store;
+pub mod tenants;
 
 /// Generated gRPC types. Only `api` (and the CLI/loadgen binaries) use them.
 pub mod proto {

@@ -1,1 +1,159 @@
-fn main() {}
+//! `pbx-tokend`: the daemon. Parses flags, loads and validates the config,
+//! sets up logging, binds the listener, and handles signals and systemd
+//! notifications around `pbx_tokend::daemon::Daemon`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+
+use pbx_tokend::clock::SystemClock;
+use pbx_tokend::config::Config;
+use pbx_tokend::daemon::Daemon;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps a fresh PBX OAuth access token for every tenant and serves it over gRPC"
+)]
+struct Cli {
+    /// TOML config file. Without it the daemon runs on built-in defaults
+    /// (state in ./pbx-tokend-data or $STATE_DIRECTORY, gRPC on 127.0.0.1:50051).
+    #[arg(long, short = 'c', env = "PBX_TOKEND_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Override [grpc] listen (address:port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Override state_dir.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration (file + environment) and exit.
+    CheckConfig,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    // Flags win over file and environment.
+    if let Some(listen) = &cli.listen {
+        config.grpc.listen = listen.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir = dir.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pbx-tokend: invalid configuration: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("configuration is valid");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx-tokend: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("pbx-tokend stopped with an error: {e:#}");
+            eprintln!("pbx-tokend: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    let log = pbx_tokend::logging::init(&config.log);
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let listener = tokio::net::TcpListener::bind(&config.grpc.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (grpc.listen)", config.grpc.listen))?;
+    let daemon = Arc::new(
+        Daemon::start(config, listener, Arc::new(SystemClock))
+            .await
+            .context("start-up failed")?,
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = spawn_watchdog(daemon.clone());
+
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => match load_config(&cli) {
+                Ok(new) => {
+                    log.set_level(&new.log.level);
+                    daemon.reload(&new);
+                }
+                Err(e) => {
+                    tracing::error!("reload refused, keeping the running configuration: {e:#}")
+                }
+            },
+            _ => break,
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(w) = watchdog {
+        w.abort();
+        // The task holds a handle to the daemon; wait until it is dropped.
+        let _ = w.await;
+    }
+    let daemon = Arc::try_unwrap(daemon)
+        .map_err(|_| anyhow::anyhow!("internal error: daemon still shared at shutdown"))?;
+    daemon.shutdown().await.context("unclean shutdown")?;
+    Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
+}
+
+/// Pings the systemd watchdog at half its interval, only while the daemon
+/// proves the scheduler turns and the database answers.
+fn spawn_watchdog(daemon: Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let period = Duration::from_micros(usec / 2);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if daemon.is_alive().await {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("liveness check failed; not feeding the systemd watchdog");
+            }
+        }
+    }))
+}

@@ -1,0 +1,71 @@
+//! Every error of the layers below becomes a `tonic::Status` here, and only
+//! here. Messages say what happened and what to do next; no secret is ever
+//! part of an error message.
+
+use tonic::{Code, Status};
+
+use crate::broker::TokenError;
+use crate::domain::ValidationError;
+use crate::store::StoreError;
+use crate::tenants::AdminError;
+
+pub fn invalid(e: ValidationError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn store(e: StoreError) -> Status {
+    match e {
+        StoreError::TenantExists(id) => {
+            Status::already_exists(format!("tenant {id} already exists"))
+        }
+        StoreError::TenantNotFound(id) => {
+            Status::not_found(format!("tenant {id} is not registered"))
+        }
+        other => {
+            // Details go to the log; the caller learns it is on our side.
+            tracing::error!("storage error: {other}");
+            Status::internal(format!(
+                "the daemon's storage failed ({other}); see the daemon log"
+            ))
+        }
+    }
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::InvalidArgument(v) => invalid(v),
+            e @ TokenError::NotFound(_) => Status::not_found(e.to_string()),
+            e @ TokenError::NotServable { .. } => Status::failed_precondition(e.to_string()),
+            TokenError::Unavailable {
+                tenant,
+                reason,
+                retry_at,
+            } => {
+                let when = retry_at
+                    .map(|t| format!("; next attempt at {t}"))
+                    .unwrap_or_default();
+                Status::new(
+                    Code::Unavailable,
+                    format!("no valid token for tenant {tenant}: {reason}{when}; retry later"),
+                )
+            }
+            TokenError::Store(s) => store(s),
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::InvalidArgument(v) => invalid(v),
+            e @ AdminError::NotFound(_) => Status::not_found(e.to_string()),
+            e @ AdminError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            AdminError::FailedPrecondition(m) => Status::failed_precondition(m),
+            AdminError::Unavailable { reason, .. } => Status::unavailable(reason),
+            AdminError::Unimplemented(m) => Status::unimplemented(m),
+            AdminError::Token(t) => t.into(),
+            AdminError::Store(s) => store(s),
+        }
+    }
+}

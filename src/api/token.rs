@@ -1,0 +1,82 @@
+//! TokenService: GetToken, ReportRejectedToken, WatchToken. Each handler
+//! decodes, calls the broker, encodes; nothing else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::broker::Broker;
+use crate::proto;
+use crate::proto::token_service_server::TokenService;
+
+pub struct TokenApi {
+    broker: Arc<Broker>,
+    /// Ends open WatchToken streams when the daemon drains.
+    shutdown: CancellationToken,
+}
+
+impl TokenApi {
+    pub fn new(broker: Arc<Broker>, shutdown: CancellationToken) -> Self {
+        Self { broker, shutdown }
+    }
+}
+
+type TokenStream = Pin<Box<dyn Stream<Item = Result<proto::AccessToken, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    async fn get_token(
+        &self,
+        request: Request<proto::GetTokenRequest>,
+    ) -> Result<Response<proto::AccessToken>, Status> {
+        let req = request.into_inner();
+        let token = self
+            .broker
+            .get_token(&req.tenant_id, req.min_valid_seconds)
+            .await?;
+        Ok(Response::new(convert::access_token(&req.tenant_id, &token)))
+    }
+
+    async fn report_rejected_token(
+        &self,
+        request: Request<proto::ReportRejectedTokenRequest>,
+    ) -> Result<Response<proto::AccessToken>, Status> {
+        let req = request.into_inner();
+        if req.access_token.is_empty() {
+            return Err(Status::invalid_argument(
+                "access_token: is required (the token the PBX rejected)",
+            ));
+        }
+        let token = self
+            .broker
+            .report_rejected(&req.tenant_id, &req.access_token)
+            .await?;
+        Ok(Response::new(convert::access_token(&req.tenant_id, &token)))
+    }
+
+    type WatchTokenStream = TokenStream;
+
+    async fn watch_token(
+        &self,
+        request: Request<proto::WatchTokenRequest>,
+    ) -> Result<Response<Self::WatchTokenStream>, Status> {
+        let tenant_id = request.into_inner().tenant_id;
+        let receiver = self.broker.watch(&tenant_id)?;
+        let clock = self.broker.clock().clone();
+        let stream = WatchStream::new(receiver)
+            .filter_map(move |token| {
+                // Never stream an expired token (e.g. held across a restart).
+                let out = token
+                    .filter(|t| t.valid_for(clock.now(), 0))
+                    .map(|t| Ok(convert::access_token(&tenant_id, &t)));
+                futures::future::ready(out)
+            })
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

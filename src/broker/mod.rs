@@ -1,0 +1,542 @@
+//! The broker: every tenant's current token in memory, refreshed
+//! single-flight, watched by streams. `GetToken` is answered here from
+//! memory, without SQLite or the network, while a valid token is held.
+//!
+//! A refresh (on-demand, forced, reported-rejected or scheduled) always runs
+//! under the tenant's fetch lock, passes the per-host limiter, calls the PBX
+//! and records the outcome durably before the new token is published.
+//!
+//! Does not: decide *when* scheduled renewals run (renewal/), validate admin
+//! input (tenants), or know protobuf (api/).
+
+mod slot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::{SharedClock, UnixMs};
+use crate::config::Config;
+use crate::domain::{
+    AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState, ValidationError,
+};
+use crate::pbx::limiter::HostLimiters;
+use crate::pbx::{PbxApi, PbxError, TokenGrant};
+use crate::renewal::policy::RenewalPolicy;
+use crate::store::{CachedTenant, RefreshRecord, Store, StoreError};
+
+pub use slot::Slot;
+
+/// Why a token could not be handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    InvalidArgument(#[from] ValidationError),
+    #[error("tenant {0} is not registered; create it with AdminService.CreateTenant")]
+    NotFound(String),
+    #[error("tenant {tenant} is {state}: {hint}")]
+    NotServable {
+        tenant: String,
+        state: TenantState,
+        hint: &'static str,
+    },
+    #[error("no valid token for tenant {tenant}: {reason}")]
+    Unavailable {
+        tenant: String,
+        reason: String,
+        retry_at: Option<UnixMs>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+const REJECTED_HINT: &str =
+    "the PBX rejected the trusted app credentials; set new ones with UpdateTenant or re-authorize";
+
+/// Settings the broker reads on every refresh; replaced on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub default_min_valid_ms: i64,
+    pub default_lifetime_ms: i64,
+    pub policy: RenewalPolicy,
+    /// After a failed on-demand fetch, callers get the held token (or
+    /// UNAVAILABLE) for this long before another on-demand attempt: a PBX
+    /// outage must not turn every GetToken into a PBX request.
+    pub on_demand_retry_ms: i64,
+}
+
+impl BrokerSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            default_min_valid_ms: i64::from(c.token.default_min_valid_seconds) * 1000,
+            default_lifetime_ms: i64::try_from(c.token.default_lifetime_seconds)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
+            policy: RenewalPolicy::from_config(&c.refresh),
+            on_demand_retry_ms: 1000,
+        }
+    }
+}
+
+/// Why a refresh is being made; it changes what "already fresh" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// A caller needs `ms` of validity.
+    MinValid(i64),
+    /// Scheduled renewal: skip if an earlier fetch already renewed.
+    Scheduled,
+    /// Operator asked: always fetch.
+    Forced,
+}
+
+pub struct Broker {
+    clock: SharedClock,
+    store: Store,
+    pbx: Arc<dyn PbxApi>,
+    limiter: Arc<HostLimiters>,
+    settings: RwLock<Arc<BrokerSettings>>,
+    slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
+    /// Woken whenever a renewal job may have moved earlier.
+    schedule_changed: Notify,
+}
+
+impl Broker {
+    pub fn new(
+        clock: SharedClock,
+        store: Store,
+        pbx: Arc<dyn PbxApi>,
+        limiter: Arc<HostLimiters>,
+        settings: BrokerSettings,
+    ) -> Self {
+        Self {
+            clock,
+            store,
+            pbx,
+            limiter,
+            settings: RwLock::new(Arc::new(settings)),
+            slots: RwLock::new(HashMap::new()),
+            schedule_changed: Notify::new(),
+        }
+    }
+
+    /// Fills the cache from the database (start-up).
+    pub async fn load(&self) -> Result<usize, StoreError> {
+        let tenants = self.store.load_cache().await?;
+        let n = tenants.len();
+        let mut slots = self.slots_write();
+        for t in tenants {
+            slots.insert(t.id.clone(), Arc::new(Slot::from_cached(t)));
+        }
+        Ok(n)
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn limiter(&self) -> &Arc<HostLimiters> {
+        &self.limiter
+    }
+
+    pub fn settings(&self) -> Arc<BrokerSettings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_settings(&self, settings: BrokerSettings) {
+        match self.settings.write() {
+            Ok(mut s) => *s = Arc::new(settings),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(settings),
+        }
+    }
+
+    pub fn schedule_changed(&self) -> &Notify {
+        &self.schedule_changed
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.slots_read().len()
+    }
+
+    // A poisoned map lock means a panic while inserting/removing an Arc;
+    // the map itself is still consistent, so keep serving.
+    fn slots_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TenantId, Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Arc<Slot>>> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, tenant: &str) -> Result<Arc<Slot>, TokenError> {
+        TenantId::validate(tenant)?;
+        self.slots_read()
+            .get(tenant)
+            .cloned()
+            .ok_or_else(|| TokenError::NotFound(tenant.to_owned()))
+    }
+
+    /// Registers (or replaces) a tenant in the cache after it was stored.
+    pub fn upsert_slot(&self, cached: CachedTenant) {
+        let mut slots = self.slots_write();
+        match slots.get(&cached.id) {
+            Some(existing) => existing.reset(cached),
+            None => {
+                slots.insert(cached.id.clone(), Arc::new(Slot::from_cached(cached)));
+            }
+        }
+        drop(slots);
+        self.schedule_changed.notify_one();
+    }
+
+    /// Forgets a tenant: its watchers' streams end.
+    pub fn remove_slot(&self, id: &TenantId) {
+        self.slots_write().remove(id);
+    }
+
+    /// Sets a tenant's state in the cache (after the store recorded it).
+    pub fn set_state(&self, id: &TenantId, state: TenantState) {
+        if let Some(slot) = self.slots_read().get(id) {
+            slot.set_state(state);
+        }
+    }
+
+    /// The hot path: the held token if it is valid for `min_valid_secs`
+    /// (0 = configured default); otherwise one single-flight fetch.
+    pub async fn get_token(
+        &self,
+        tenant: &str,
+        min_valid_secs: u32,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let slot = self.slot(tenant)?;
+        let min_valid_ms = if min_valid_secs == 0 {
+            self.settings().default_min_valid_ms
+        } else {
+            i64::from(min_valid_secs) * 1000
+        };
+        let now = self.clock.now();
+        if let Some(token) = slot.servable_token(now, min_valid_ms) {
+            return Ok(token);
+        }
+        self.refresh(&slot, Need::MinValid(min_valid_ms)).await
+    }
+
+    /// A caller saw `rejected` fail at the PBX. Fetch once, however many
+    /// callers report the same token; a token already replaced is answered
+    /// with the current one and no PBX call.
+    pub async fn report_rejected(
+        &self,
+        tenant: &str,
+        rejected: &str,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let slot = self.slot(tenant)?;
+        slot.check_servable_state()?;
+        let _flight = slot.fetch_lock().await;
+        let now = self.clock.now();
+        if let Some(current) = slot.token() {
+            if current.value.expose() != rejected && current.valid_for(now, 0) {
+                return Ok(current);
+            }
+        }
+        if slot.state() == TenantState::CredentialsRejected {
+            // Retried on the rare schedule only, never per report.
+            return Err(TokenError::NotServable {
+                tenant: slot.id().to_string(),
+                state: TenantState::CredentialsRejected,
+                hint: REJECTED_HINT,
+            });
+        }
+        self.fetch_locked(&slot, now).await
+    }
+
+    /// Operator-forced refresh.
+    pub async fn force_refresh(&self, tenant: &str) -> Result<Arc<AccessToken>, TokenError> {
+        let slot = self.slot(tenant)?;
+        self.refresh(&slot, Need::Forced).await
+    }
+
+    /// A scheduled renewal (renewal worker). Errors are recorded on the
+    /// tenant; the result only says whether a PBX request was made.
+    pub async fn renew_scheduled(&self, tenant: &TenantId) -> Result<(), TokenError> {
+        let slot = match self.slot(tenant.as_str()) {
+            Ok(s) => s,
+            // Deleted since the job was read.
+            Err(TokenError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.refresh(&slot, Need::Scheduled).await.map(|_| ())
+    }
+
+    /// The current token and every new one.
+    pub fn watch(
+        &self,
+        tenant: &str,
+    ) -> Result<watch::Receiver<Option<Arc<AccessToken>>>, TokenError> {
+        let slot = self.slot(tenant)?;
+        slot.check_servable_state()?;
+        Ok(slot.subscribe())
+    }
+
+    async fn refresh(&self, slot: &Arc<Slot>, need: Need) -> Result<Arc<AccessToken>, TokenError> {
+        if need != Need::Forced {
+            slot.check_servable_state()?;
+        } else {
+            slot.check_has_credentials_state()?;
+        }
+        let _flight = slot.fetch_lock().await;
+        let now = self.clock.now();
+        let settings = self.settings();
+        let held = slot.token();
+        match need {
+            Need::MinValid(ms) => {
+                if let Some(t) = slot.servable_token(now, ms) {
+                    return Ok(t);
+                }
+                // Credentials were rejected: retry only on the rare schedule,
+                // never per caller.
+                if slot.state() == TenantState::CredentialsRejected {
+                    return held_or(held, now, || TokenError::NotServable {
+                        tenant: slot.id().to_string(),
+                        state: TenantState::CredentialsRejected,
+                        hint: REJECTED_HINT,
+                    });
+                }
+                if let Some(until) = slot.on_demand_cooldown(now) {
+                    return held_or(held, now, || TokenError::Unavailable {
+                        tenant: slot.id().to_string(),
+                        reason: format!(
+                            "the last fetch failed ({}); retrying after {until}",
+                            slot.last_error().unwrap_or_else(|| "unknown error".into())
+                        ),
+                        retry_at: Some(until),
+                    });
+                }
+            }
+            Need::Scheduled => {
+                if let Some(t) = &held {
+                    if now < settings.policy.earliest_renewal(t) {
+                        // Renewed on demand since the job was planned.
+                        let at = settings.policy.renew_at(t, rand01());
+                        self.store.reschedule(slot.id(), at).await?;
+                        return Ok(t.clone());
+                    }
+                }
+            }
+            Need::Forced => {}
+        }
+        match self.fetch_locked(slot, now).await {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                if let Need::MinValid(_) = need {
+                    slot.start_cooldown(now.plus_ms(settings.on_demand_retry_ms));
+                    // Serve gracefully: a token that has not expired beats an error.
+                    if let Some(t) = held.filter(|t| t.valid_for(now, 0)) {
+                        return Ok(t);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One PBX round trip; the caller holds the slot's fetch lock.
+    async fn fetch_locked(
+        &self,
+        slot: &Arc<Slot>,
+        now: UnixMs,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let creds = self
+            .store
+            .trusted_credentials(slot.id())
+            .await?
+            .ok_or_else(|| TokenError::NotServable {
+                tenant: slot.id().to_string(),
+                state: slot.state(),
+                hint: "it has no trusted app credentials yet; complete the authorization flow",
+            })?;
+        let base = slot.base_url();
+        let outcome = self.request_token(&base, &creds).await;
+        self.record_outcome(slot, now, outcome).await
+    }
+
+    /// One `client_credentials` request through the per-host limiter.
+    pub async fn request_token(
+        &self,
+        base: &PbxBaseUrl,
+        creds: &AppCredentials,
+    ) -> Result<TokenGrant, FetchFailure> {
+        let permit = match self.limiter.acquire(base.host()).await {
+            Ok(p) => p,
+            Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
+        };
+        let result = self.pbx.client_credentials(base, creds).await;
+        drop(permit);
+        result.map_err(|e| {
+            if let PbxError::Throttled { retry_after } = &e {
+                let until = self.clock.now().plus(*retry_after);
+                self.limiter.throttle(base.host(), until);
+            }
+            FetchFailure::Pbx(e)
+        })
+    }
+
+    /// Turns a grant into the token we hold, applying the default lifetime.
+    pub fn token_from_grant(&self, grant: TokenGrant, issued_at: UnixMs) -> AccessToken {
+        let lifetime_ms = match grant.expires_in_secs {
+            Some(s) => i64::try_from(s)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
+            None => self.settings().default_lifetime_ms,
+        };
+        AccessToken {
+            value: grant.access_token,
+            token_type: grant.token_type,
+            issued_at,
+            expires_at: issued_at.plus_ms(lifetime_ms),
+        }
+    }
+
+    async fn record_outcome(
+        &self,
+        slot: &Arc<Slot>,
+        issued_at: UnixMs,
+        outcome: Result<TokenGrant, FetchFailure>,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let settings = self.settings();
+        let now = self.clock.now();
+        match outcome {
+            Ok(grant) => {
+                let token = self.token_from_grant(grant, issued_at);
+                let renew_at = settings.policy.renew_at(&token, rand01());
+                self.store
+                    .record_refresh(
+                        slot.id(),
+                        RefreshRecord::Success {
+                            token: token.clone(),
+                            renew_at,
+                        },
+                        now,
+                    )
+                    .await?;
+                let token = Arc::new(token);
+                slot.publish(token.clone());
+                self.schedule_changed.notify_one();
+                tracing::debug!(tenant = %slot.id(), expires_at = %token.expires_at, next_renewal = %renew_at, "token renewed");
+                Ok(token)
+            }
+            Err(failure) => {
+                let failures = slot.failures() + 1;
+                let (state, retry_at, retry_hint) = match &failure {
+                    FetchFailure::Pbx(PbxError::CredentialsRejected { .. }) => (
+                        TenantState::CredentialsRejected,
+                        now.plus(settings.policy.rejected_retry(rand01())),
+                        None,
+                    ),
+                    FetchFailure::HostThrottled { until } => (
+                        TenantState::RenewalFailing,
+                        settings.policy.after_throttle(*until, rand01()),
+                        Some(*until),
+                    ),
+                    FetchFailure::Pbx(PbxError::Throttled { retry_after }) => {
+                        let until = now.plus(*retry_after);
+                        (
+                            TenantState::RenewalFailing,
+                            settings.policy.after_throttle(until, rand01()),
+                            Some(until),
+                        )
+                    }
+                    FetchFailure::Pbx(_) => (
+                        TenantState::RenewalFailing,
+                        now.plus(settings.policy.backoff(failures, rand01())),
+                        None,
+                    ),
+                };
+                let message = failure.describe();
+                tracing::warn!(tenant = %slot.id(), class = failure.class(), failures, retry_at = %retry_at, "token refresh failed: {message}");
+                self.store
+                    .record_refresh(
+                        slot.id(),
+                        RefreshRecord::Failure {
+                            state,
+                            error: message.clone(),
+                            retry_at,
+                        },
+                        now,
+                    )
+                    .await?;
+                slot.record_failure(state, message.clone());
+                self.schedule_changed.notify_one();
+                Err(match state {
+                    TenantState::CredentialsRejected => TokenError::NotServable {
+                        tenant: slot.id().to_string(),
+                        state,
+                        hint: REJECTED_HINT,
+                    },
+                    _ => TokenError::Unavailable {
+                        tenant: slot.id().to_string(),
+                        reason: message,
+                        retry_at: retry_hint.or(Some(retry_at)),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// A fetch that did not produce a token.
+#[derive(Debug)]
+pub enum FetchFailure {
+    /// Our own limiter knows the host is throttled: nothing was sent.
+    HostThrottled {
+        until: UnixMs,
+    },
+    Pbx(PbxError),
+}
+
+impl FetchFailure {
+    pub fn class(&self) -> &'static str {
+        match self {
+            FetchFailure::HostThrottled { .. } => "throttled",
+            FetchFailure::Pbx(e) => e.class(),
+        }
+    }
+
+    /// The operator-facing text stored as `last_error`.
+    pub fn describe(&self) -> String {
+        match self {
+            FetchFailure::HostThrottled { until } => {
+                format!("throttled: the PBX host asked us to wait (HTTP 429) until {until}")
+            }
+            FetchFailure::Pbx(PbxError::Throttled { retry_after }) => format!(
+                "throttled: the PBX answered HTTP 429; no request before {}s have passed",
+                retry_after.as_secs()
+            ),
+            FetchFailure::Pbx(e) => e.to_string(),
+        }
+    }
+}
+
+/// A uniform number in [0, 1) for jitter; the thread RNG is not held across
+/// an await (it is not Send).
+fn rand01() -> f64 {
+    rand::thread_rng().gen()
+}
+
+fn held_or(
+    held: Option<Arc<AccessToken>>,
+    now: UnixMs,
+    err: impl FnOnce() -> TokenError,
+) -> Result<Arc<AccessToken>, TokenError> {
+    match held {
+        Some(t) if t.valid_for(now, 0) => Ok(t),
+        _ => Err(err()),
+    }
+}
