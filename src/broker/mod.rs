@@ -291,10 +291,19 @@ impl Broker {
         } else {
             slot.check_has_credentials_state()?;
         }
+        let seen = slot.token();
         let _flight = slot.fetch_lock().await;
         let now = self.clock.now();
         let settings = self.settings();
         let held = slot.token();
+        // Single flight: whoever waited for a fetch takes its result, even if
+        // it is short of `min_valid` (no fresher token can be had).
+        if let Some(t) = &held {
+            let replaced = seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, t));
+            if replaced && t.valid_for(now, 0) && slot.state().is_renewing() {
+                return Ok(t.clone());
+            }
+        }
         match need {
             Need::MinValid(ms) => {
                 if let Some(t) = slot.servable_token(now, ms) {

@@ -1,1 +1,14 @@
+//! End-to-end tests: the real daemon (in-process `Daemon::start` on an
+//! ephemeral loopback port, or the real binary), a real SQLite file in a temp
+//! dir, and the project's PBX simulator over real HTTP on loopback.
+//! One test binary on purpose: every extra one costs link time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod harness;
+
+mod admin;
+mod binary;
+mod failures;
+mod renewal;
+mod secrecy;
+mod tokens;

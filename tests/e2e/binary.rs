@@ -1,0 +1,118 @@
+//! The real `pbx-tokend` binary: config errors, serving, SIGTERM drain.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pbx-tokend");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn invalid_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[refresh]\nat_fraction = 2.0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refresh.at_fraction"), "{err}");
+    std::fs::write(&path, "state_dir = \"/tmp/x\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env("PBX_TOKEND_LIMITS_PER_HOST_CONCURRENT", "zero")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("per_host_concurrent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_and_drains_on_sigterm() {
+    let sim = sim_with_lifetime(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("pbx-tokend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n[pbx]\nallow_insecure_http = true\nallow_private_addresses = true\n[log]\nformat = \"json\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut channel = None;
+    for _ in 0..100 {
+        if let Ok(c) = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            channel = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel = channel.expect("daemon did not start listening");
+    let app = sim.sim.add_trusted_app(None, None).unwrap();
+    let mut admin = pbx_tokend::proto::admin_service_client::AdminServiceClient::new(channel.clone());
+    admin
+        .create_tenant(pbx_tokend::proto::CreateTenantRequest {
+            tenant_id: "bin".into(),
+            pbx_base_url: sim.base_url.clone(),
+            trusted_app: Some(pbx_tokend::proto::AppCredentials {
+                client_id: app.client_id,
+                client_secret: app.client_secret.clone(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut tokens = pbx_tokend::proto::token_service_client::TokenServiceClient::new(channel);
+    let token = tokens
+        .get_token(pbx_tokend::proto::GetTokenRequest {
+            tenant_id: "bin".into(),
+            min_valid_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // SIGTERM: clean exit, well within the drain deadline.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    });
+    let (status, logs) = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit {status:?}; logs:\n{logs}");
+    assert!(logs.contains("shutdown complete"), "{logs}");
+    // Logs never carry the secret or the token.
+    assert!(!logs.contains(&app.client_secret));
+    assert!(!logs.contains(&token.access_token));
+}
