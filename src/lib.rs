@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod domain;
 pub mod pbx;
 pub mod secret;
+pub mod sim;
 pub mod store;
 
 /// Generated gRPC types. Only `api` (and the CLI/loadgen binaries) use them.
