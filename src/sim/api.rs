@@ -25,30 +25,22 @@ pub(crate) async fn not_found(headers: HeaderMap) -> Response {
     respond::message(404, "Not found.", respond::wants_gzip(&headers))
 }
 
-/// The user behind the request's Bearer token, or the 401 to answer.
-fn authenticate(sim: &Shared, headers: &HeaderMap, gzip: bool) -> Result<u32, Response> {
+/// The user behind the request's Bearer token, or why there is none.
+fn authenticate(sim: &Shared, headers: &HeaderMap) -> Result<u32, &'static str> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(respond::bearer_challenge(
-            "Authentication credentials were not provided.",
-            gzip,
-        ));
+        return Err("Authentication credentials were not provided.");
     };
     let token = value
         .to_str()
         .ok()
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    let Some(token) = token else {
-        return Err(respond::bearer_challenge(
-            "The Authorization header must be \"Bearer <access_token>\".",
-            gzip,
-        ));
-    };
+        .map(|(_, t)| t.trim())
+        .ok_or("The Authorization header must be \"Bearer <access_token>\".")?;
     let now = sim.now();
     sim.registry()
         .bearer_user(token, now)
-        .ok_or_else(|| respond::bearer_challenge("Invalid or expired access token.", gzip))
+        .ok_or("Invalid or expired access token.")
 }
 
 /// Common start of every `/api` request: counting, faults, authentication.
@@ -58,7 +50,7 @@ async fn enter(sim: &Shared, headers: &HeaderMap) -> Result<(u32, bool), Respons
     if let Some(resp) = sim.gate(None, gzip).await {
         return Err(resp);
     }
-    let user = authenticate(sim, headers, gzip)?;
+    let user = authenticate(sim, headers).map_err(|msg| respond::bearer_challenge(msg, gzip))?;
     Ok((user, gzip))
 }
 
@@ -109,6 +101,7 @@ async fn create_application(
         Err(e) => return respond::message(500, &e.to_string(), gzip),
     };
     sim.stats.app_created();
+    tracing::info!(client_id = %info.client_id, name, "sim: trusted app created via the API");
     let (id_key, secret_key) = match shape {
         AppResponseShape::ClientIdSecret => ("client_id", "client_secret"),
         AppResponseShape::IdSecret => ("id", "secret"),

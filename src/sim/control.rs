@@ -34,10 +34,19 @@ fn sim(shared: Arc<Shared>) -> Simulator {
     Simulator { shared }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+/// The JSON body (empty means `{}`), or the 400 to answer.
+macro_rules! parse {
+    ($body:expr) => {
+        match parse_json(&$body) {
+            Ok(v) => v,
+            Err(msg) => return respond::message(400, &msg, false),
+        }
+    };
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let body = if body.is_empty() { &b"{}"[..] } else { body };
-    serde_json::from_slice(body)
-        .map_err(|e| respond::message(400, &format!("Invalid JSON body: {e}."), false))
+    serde_json::from_slice(body).map_err(|e| format!("Invalid JSON body: {e}."))
 }
 
 fn ok<T: serde::Serialize>(status: u16, v: &T, headers: &HeaderMap) -> Response {
@@ -69,10 +78,7 @@ struct AppBody {
 }
 
 async fn add_trusted(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let b: AppBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: AppBody = parse!(body);
     if b.redirect_uri.is_some() {
         return respond::message(400, "A trusted app has no redirect_uri.", false);
     }
@@ -83,10 +89,7 @@ async fn add_trusted(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 }
 
 async fn add_public(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let b: AppBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: AppBody = parse!(body);
     let Some(uri) = b.redirect_uri else {
         return respond::message(400, "redirect_uri is required.", false);
     };
@@ -102,10 +105,7 @@ struct ClientBody {
 }
 
 async fn revoke(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let b: ClientBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: ClientBody = parse!(body);
     match sim(s).revoke_client(&b.client_id) {
         Ok(()) => ok(200, &serde_json::json!({"revoked": b.client_id}), &headers),
         Err(e) => sim_error(&e),
@@ -117,10 +117,7 @@ async fn get_faults(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 async fn put_faults(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let f: Faults = match parse(&body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let f: Faults = parse!(body);
     if !(0.0..=1.0).contains(&f.error_rate) {
         return respond::message(400, "error_rate must be between 0 and 1.", false);
     }
@@ -134,10 +131,7 @@ async fn get_config(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 async fn put_config(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let u: ConfigUpdate = match parse(&body) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
+    let u: ConfigUpdate = parse!(body);
     let s = sim(s);
     s.update_config(&u);
     ok(200, &s.config(), &headers)
@@ -163,10 +157,7 @@ struct ApproveBody {
 }
 
 async fn approve(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let b: ApproveBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: ApproveBody = parse!(body);
     match sim(s).approve_as(&b.client_id, &b.redirect_uri, b.login.as_deref()) {
         Ok(code) => ok(200, &serde_json::json!({ "code": code }), &headers),
         Err(e) => sim_error(&e),
@@ -188,10 +179,7 @@ struct TokenBody {
 }
 
 async fn token_valid(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let b: TokenBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: TokenBody = parse!(body);
     let valid = sim(s).issued_token_valid(&b.token);
     ok(200, &serde_json::json!({ "valid": valid }), &headers)
 }

@@ -108,7 +108,10 @@ async fn token(State(sim): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     };
     let resp = match result {
         Ok(issued) => token_answer(&sim, &issued, gzip),
-        Err(e) => respond::oauth_error(&e, gzip),
+        Err(e) => {
+            tracing::debug!(client_id = ?req.client_id, error = e.error, "sim: token request refused");
+            respond::oauth_error(&e, gzip)
+        }
     };
     sim.stats
         .token_response(resp.status().as_u16(), resp.status().is_success());
