@@ -26,6 +26,7 @@ pub mod logging;
 pub mod pbx;
 pub mod renewal;
 pub mod secret;
+pub mod sim;
 pub mod store;
 pub mod tenants;
 
