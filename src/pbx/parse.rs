@@ -154,9 +154,7 @@ fn expires_in(v: Option<&Value>, max: u64) -> Result<Option<u64>, PbxError> {
                 match n.as_f64() {
                     // Integral floats only; `as` is exact below 2^53 and the
                     // range check below rejects anything near the edge.
-                    Some(f) if f.is_finite() && f.fract() == 0.0 && f >= 1.0 && f < 9.0e15 => {
-                        f as u64
-                    }
+                    Some(f) if f.fract() == 0.0 && (1.0..9.0e15).contains(&f) => f as u64,
                     _ => return Err(bad(n.to_string())),
                 }
             }
