@@ -183,13 +183,11 @@ impl PbxClient {
             .request(method.clone(), base.join(path))
             .header(header::ACCEPT, "application/json");
         if let Some(token) = bearer {
-            let mut v =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    PbxError::Misconfigured {
-                        reason: "the bearer token has characters that cannot go in an HTTP header"
-                            .into(),
-                    }
-                })?;
+            // The formatted copy of the token is wiped when dropped.
+            let text = zeroize::Zeroizing::new(format!("Bearer {}", token.expose()));
+            let mut v = HeaderValue::from_str(&text).map_err(|_| PbxError::Misconfigured {
+                reason: "the bearer token has characters that cannot go in an HTTP header".into(),
+            })?;
             v.set_sensitive(true);
             rb = rb.header(header::AUTHORIZATION, v);
         }
@@ -338,5 +336,4 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-#[path = "client_tests.rs"]
 mod tests;

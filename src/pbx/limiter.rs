@@ -104,9 +104,12 @@ impl HostLimiters {
     pub async fn acquire(&self, host: &str) -> Result<RequestPermit, Throttled> {
         let h = self.host(host);
         self.check_throttle(&h)?;
+        // Counted once per acquisition, however many times it waits.
+        let mut waited = false;
         let permit = match Arc::clone(&h.slots).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                waited = true;
                 h.waits.fetch_add(1, Ordering::Relaxed);
                 match Arc::clone(&h.slots).acquire_owned().await {
                     Ok(p) => p,
@@ -125,7 +128,6 @@ impl HostLimiters {
             permit: Some(permit),
         };
         let mut starts = h.starts.lock().await;
-        let mut waited = false;
         loop {
             self.check_throttle(&h)?;
             let now = self.clock.now();
@@ -156,6 +158,14 @@ impl HostLimiters {
         self.host(host)
             .throttled_until
             .fetch_max(until.0, Ordering::SeqCst);
+    }
+
+    /// [`Self::throttle`] for `retry_after` from now (as carried by
+    /// [`crate::pbx::PbxError::Throttled`]); returns the end time.
+    pub fn throttle_for(&self, host: &str, retry_after: Duration) -> UnixMs {
+        let until = self.clock.now().plus(retry_after);
+        self.throttle(host, until);
+        until
     }
 
     /// Lifts a throttle early (operator action, tests).
@@ -275,5 +285,4 @@ impl Host {
 }
 
 #[cfg(test)]
-#[path = "limiter_tests.rs"]
 mod tests;

@@ -7,25 +7,19 @@
 //! Error texts never contain tokens, secrets or raw bodies: only lengths,
 //! content types, field names and sanitised PBX messages.
 
-use std::time::Duration;
-
 use serde_json::{Map, Value};
 
 use super::{PbxError, TokenGrant};
+
+mod throttle;
 use crate::domain::PbxUser;
 use crate::secret::Secret;
+pub use throttle::{parse_http_date, throttle_delay, DEFAULT_THROTTLE, MAX_THROTTLE, MIN_THROTTLE};
 
 /// Longest access or refresh token accepted.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// PBX-provided error texts are cut to this many characters.
 pub const MAX_DETAIL_CHARS: usize = 200;
-/// 429 without a usable `Retry-After` / `X-RateLimit-Reset`.
-pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(60);
-/// A longer throttle than this is treated as this: a broken or hostile header
-/// must not park a tenant for days.
-pub const MAX_THROTTLE: Duration = Duration::from_secs(3600);
-/// `Retry-After: 0` would make callers hammer the PBX in a loop.
-pub const MIN_THROTTLE: Duration = Duration::from_secs(1);
 
 /// The response headers the parsers look at, as raw strings. The client
 /// fills it; fuzzers build it from arbitrary text.
@@ -432,88 +426,6 @@ impl ErrorDetails {
     }
 }
 
-/// How long a 429 says to wait: the larger of `Retry-After` (seconds or an
-/// IMF-fixdate HTTP-date, the latter only when `Date` is present to compare
-/// with) and `X-RateLimit-Reset` (seconds until reset; a value that looks
-/// like epoch seconds is converted through `Date`). Clamped to
-/// [`MIN_THROTTLE`]..=[`MAX_THROTTLE`]; [`DEFAULT_THROTTLE`] when neither
-/// header is usable.
-pub fn throttle_delay(meta: &ResponseMeta) -> Duration {
-    let server_now = meta.date.as_deref().and_then(parse_http_date);
-    let retry_after = meta.retry_after.as_deref().and_then(|v| {
-        seconds(v).or_else(|| Some(parse_http_date(v)?.saturating_sub(server_now?).max(0) as u64))
-    });
-    let reset = meta.rate_limit_reset.as_deref().and_then(seconds).map(|s| {
-        const LOOKS_LIKE_EPOCH: u64 = 1_000_000_000;
-        match server_now {
-            Some(now) if s >= LOOKS_LIKE_EPOCH => {
-                let s = i64::try_from(s).unwrap_or(i64::MAX);
-                s.saturating_sub(now).max(0) as u64
-            }
-            _ => s,
-        }
-    });
-    let secs = match (retry_after, reset) {
-        (None, None) => return DEFAULT_THROTTLE,
-        (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
-    };
-    Duration::from_secs(secs.min(MAX_THROTTLE.as_secs())).clamp(MIN_THROTTLE, MAX_THROTTLE)
-}
-
-/// Non-negative seconds; fractions round up; absurdly many saturate.
-fn seconds(v: &str) -> Option<u64> {
-    let v = v.trim();
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(v.parse::<u64>().unwrap_or(u64::MAX));
-    }
-    match v.parse::<f64>() {
-        Ok(f)
-            if f.is_finite() && f >= 0.0 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
-        {
-            Some(f.ceil().min(u32::MAX as f64) as u64)
-        }
-        _ => None,
-    }
-}
-
-/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds. The
-/// obsolete RFC 850 and asctime forms are not accepted.
-pub fn parse_http_date(s: &str) -> Option<i64> {
-    let p: Vec<&str> = s.split_ascii_whitespace().collect();
-    let [wday, day, mon, year, hms, "GMT"] = p.as_slice() else {
-        return None;
-    };
-    if !wday.ends_with(',') || day.len() != 2 || year.len() != 4 || hms.len() != 8 {
-        return None;
-    }
-    let num = |t: &str| -> Option<i64> {
-        t.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| t.parse().ok())
-            .flatten()
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|x| x == mon)? as i64 + 1;
-    let (d, y) = (num(day)?, num(year)?);
-    let t: Vec<i64> = hms.split(':').map(num).collect::<Option<_>>()?;
-    let [hh, mm, ss] = t.as_slice() else {
-        return None;
-    };
-    if !(1..=31).contains(&d) || *hh > 23 || *mm > 59 || *ss > 60 {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
 /// Control characters and bidi overrides out, at most `max` characters.
 fn sanitize(s: &str, max: usize) -> String {
     let cleaned: String = s
@@ -601,5 +513,4 @@ fn kind(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-#[path = "parse_tests.rs"]
 mod tests;
