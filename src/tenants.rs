@@ -202,11 +202,13 @@ impl Tenants {
                     "{e}; nothing was stored: check the trusted app's client_id and client_secret"
                 )))
             }
-            Err(FetchFailure::Pbx(e @ (PbxError::Refused { .. } | PbxError::Protocol { .. }))) => {
-                Err(AdminError::FailedPrecondition(format!(
-                    "{e}; nothing was stored: check pbx_base_url points at the PBX API"
-                )))
-            }
+            Err(FetchFailure::Pbx(
+                e @ (PbxError::Refused { .. }
+                | PbxError::Protocol { .. }
+                | PbxError::Misconfigured { .. }),
+            )) => Err(AdminError::FailedPrecondition(format!(
+                "{e}; nothing was stored: check pbx_base_url points at the PBX API"
+            ))),
             Err(f @ FetchFailure::HostThrottled { until }) => Err(AdminError::Unavailable {
                 reason: format!(
                     "{}; nothing was stored, try again after {until}",

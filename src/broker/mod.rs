@@ -390,8 +390,9 @@ impl Broker {
         drop(permit);
         result.map_err(|e| {
             if let PbxError::Throttled { retry_after } = &e {
-                let until = self.clock.now().plus(*retry_after);
-                self.limiter.throttle(base.host(), until);
+                // A 429 on the token endpoint is the host's limit: every
+                // tenant of the host waits, not only this one.
+                self.limiter.throttle_for(base.host(), *retry_after);
             }
             FetchFailure::Pbx(e)
         })

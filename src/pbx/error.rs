@@ -22,6 +22,11 @@ pub enum PbxError {
     /// The answer is not what the API document promises.
     #[error("malformed PBX answer: {reason}")]
     Protocol { reason: String },
+    /// Not sent: our side forbids the request (an `http://` base URL while
+    /// `[pbx] allow_insecure_http` is off, an unusable bearer token). A
+    /// person must fix the configuration or the tenant; retrying won't help.
+    #[error("request to the PBX not sent: {reason}")]
+    Misconfigured { reason: String },
 }
 
 fn fmt_detail(error: &Option<String>, description: &Option<String>) -> String {
@@ -42,6 +47,7 @@ impl PbxError {
             PbxError::Transient { .. } => "transient",
             PbxError::Refused { .. } => "refused",
             PbxError::Protocol { .. } => "protocol",
+            PbxError::Misconfigured { .. } => "misconfigured",
         }
     }
 }

@@ -45,10 +45,22 @@ async fn every_validation_rule_is_invalid_argument() {
         (create("é", base, cid, sec), "tenant_id"),
         (create("ok", "", cid, sec), "pbx_base_url"),
         (create("ok", "pbx.example.com", cid, sec), "pbx_base_url"),
-        (create("ok", "ftp://pbx.example.com", cid, sec), "pbx_base_url"),
-        (create("ok", "https://u:p@pbx.example.com", cid, sec), "pbx_base_url"),
-        (create("ok", "https://pbx.example.com/?x=1", cid, sec), "pbx_base_url"),
-        (create("ok", "https://pbx.example.com/#f", cid, sec), "pbx_base_url"),
+        (
+            create("ok", "ftp://pbx.example.com", cid, sec),
+            "pbx_base_url",
+        ),
+        (
+            create("ok", "https://u:p@pbx.example.com", cid, sec),
+            "pbx_base_url",
+        ),
+        (
+            create("ok", "https://pbx.example.com/?x=1", cid, sec),
+            "pbx_base_url",
+        ),
+        (
+            create("ok", "https://pbx.example.com/#f", cid, sec),
+            "pbx_base_url",
+        ),
         (create("ok", base, "", sec), "client_id"),
         (create("ok", base, cid, ""), "client_secret"),
         (create("ok", base, cid, &long_secret), "client_secret"),
@@ -163,7 +175,12 @@ async fn create_rejected_credentials_stores_nothing_and_duplicates_are_refused()
     let app = sim.sim.add_trusted_app(None, None).unwrap();
     let e = d
         .admin()
-        .create_tenant(create("acme", &sim.base_url, &app.client_id, &app.client_secret))
+        .create_tenant(create(
+            "acme",
+            &sim.base_url,
+            &app.client_id,
+            &app.client_secret,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
@@ -236,9 +253,11 @@ async fn list_pages_filters_and_tenant_fields() {
         .unwrap()
         .into_inner();
     assert_ne!(t.state, TenantState::Disabled as i32);
-    eventually(std::time::Duration::from_secs(5), "t3 serves again", || async {
-        d.get_token("t3").await.is_ok()
-    })
+    eventually(
+        std::time::Duration::from_secs(5),
+        "t3 serves again",
+        || async { d.get_token("t3").await.is_ok() },
+    )
     .await;
     // Fields a dashboard needs are filled in; secrets never appear.
     let t = d.tenant("t0").await;

@@ -32,7 +32,11 @@ fn invalid_config_is_refused_naming_the_key() {
         .args(["--config", path.to_str().unwrap(), "check-config"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(BIN)
         .args(["check-config"])
         .env("PBX_TOKEND_LIMITS_PER_HOST_CONCURRENT", "zero")
@@ -77,7 +81,8 @@ async fn binary_serves_and_drains_on_sigterm() {
     }
     let channel = channel.expect("daemon did not start listening");
     let app = sim.sim.add_trusted_app(None, None).unwrap();
-    let mut admin = pbx_tokend::proto::admin_service_client::AdminServiceClient::new(channel.clone());
+    let mut admin =
+        pbx_tokend::proto::admin_service_client::AdminServiceClient::new(channel.clone());
     admin
         .create_tenant(pbx_tokend::proto::CreateTenantRequest {
             tenant_id: "bin".into(),
@@ -101,7 +106,11 @@ async fn binary_serves_and_drains_on_sigterm() {
         .into_inner();
     // SIGTERM: clean exit, well within the drain deadline.
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = tokio::task::spawn_blocking(move || {
         let out = child.wait_with_output().unwrap();
         (out.status, String::from_utf8_lossy(&out.stderr).to_string())

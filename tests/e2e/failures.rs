@@ -32,7 +32,11 @@ async fn outage_serves_valid_tokens_then_unavailable_then_recovers() {
     let t = d.tenant("acme").await;
     assert_eq!(t.state, TenantState::RenewalFailing as i32);
     assert!(t.consecutive_failures >= 1);
-    assert!(t.last_error.contains("503") || t.last_error.contains("unavailable"), "{}", t.last_error);
+    assert!(
+        t.last_error.contains("503") || t.last_error.contains("unavailable"),
+        "{}",
+        t.last_error
+    );
     // The PBX comes back: the daemon recovers by itself.
     sim.sim.clear_faults();
     eventually(Duration::from_secs(8), "token served again", || async {
@@ -72,7 +76,11 @@ async fn revoked_client_goes_to_credentials_rejected() {
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("UpdateTenant"), "{}", e.message());
     }
-    assert_eq!(sim.sim.token_requests_for(&client), 0, "rejected credentials are retried rarely");
+    assert_eq!(
+        sim.sim.token_requests_for(&client),
+        0,
+        "rejected credentials are retried rarely"
+    );
     // New credentials bring it back.
     let app = sim.sim.add_trusted_app(None, None).unwrap();
     let t = d
@@ -117,7 +125,9 @@ async fn throttled_host_gets_no_request_before_reset() {
     for t in ["a", "b"] {
         let e = d
             .admin()
-            .refresh_tenant(RefreshTenantRequest { tenant_id: t.into() })
+            .refresh_tenant(RefreshTenantRequest {
+                tenant_id: t.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unavailable);
@@ -125,19 +135,28 @@ async fn throttled_host_gets_no_request_before_reset() {
     }
     assert_eq!(sim.sim.stats().token_requests_total, 1);
     // The held token is still served.
-    assert_eq!(d.get_token("a").await.unwrap().access_token, held.access_token);
+    assert_eq!(
+        d.get_token("a").await.unwrap().access_token,
+        held.access_token
+    );
     let t = d.tenant("a").await;
     assert_eq!(t.state, TenantState::RenewalFailing as i32);
     assert!(t.last_error.contains("throttled"), "{}", t.last_error);
     // After the reset the next refresh goes through.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
     sim.sim.clear_faults();
-    eventually(Duration::from_secs(5), "refresh after the throttle", || async {
-        d.admin()
-            .refresh_tenant(RefreshTenantRequest { tenant_id: "a".into() })
-            .await
-            .is_ok()
-    })
+    eventually(
+        Duration::from_secs(5),
+        "refresh after the throttle",
+        || async {
+            d.admin()
+                .refresh_tenant(RefreshTenantRequest {
+                    tenant_id: "a".into(),
+                })
+                .await
+                .is_ok()
+        },
+    )
     .await;
     assert_eq!(d.tenant("a").await.state, TenantState::Active as i32);
 }
@@ -165,8 +184,15 @@ async fn malformed_answers_are_typed_errors_and_nothing_panics() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{mode:?}: {e:?}");
-        assert!(e.message().contains("malformed"), "{mode:?}: {}", e.message());
-        assert_eq!(d.get_token("acme").await.unwrap().access_token, held.access_token);
+        assert!(
+            e.message().contains("malformed"),
+            "{mode:?}: {}",
+            e.message()
+        );
+        assert_eq!(
+            d.get_token("acme").await.unwrap().access_token,
+            held.access_token
+        );
         // A new tenant: refused, nothing stored.
         let app = sim.sim.add_trusted_app(None, None).unwrap();
         let e = d
@@ -183,7 +209,11 @@ async fn malformed_answers_are_typed_errors_and_nothing_panics() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{mode:?}: {e:?}");
-        assert!(e.message().contains("nothing was stored"), "{}", e.message());
+        assert!(
+            e.message().contains("nothing was stored"),
+            "{}",
+            e.message()
+        );
         let e = d
             .admin()
             .get_tenant(proto::GetTenantRequest {

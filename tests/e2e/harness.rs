@@ -46,7 +46,9 @@ impl TestDaemon {
 
     pub async fn start_in(dir: Arc<TempDir>, config: Config) -> TestDaemon {
         config.validate().unwrap();
-        let listener = tokio::net::TcpListener::bind(&config.grpc.listen).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(&config.grpc.listen)
+            .await
+            .unwrap();
         let daemon = Daemon::start(config.clone(), listener, Arc::new(SystemClock))
             .await
             .unwrap();

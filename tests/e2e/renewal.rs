@@ -45,7 +45,10 @@ async fn renews_before_expiry_and_never_serves_an_expired_token() {
             }
         }
     }
-    assert!(renewals >= 3, "only {renewals} renewals in 9 s of 3 s tokens");
+    assert!(
+        renewals >= 3,
+        "only {renewals} renewals in 9 s of 3 s tokens"
+    );
     assert!(polls > 20);
     let tenant = d.tenant("short").await;
     assert_eq!(tenant.state, pbx_tokend::proto::TenantState::Active as i32);
@@ -83,5 +86,8 @@ async fn per_host_rate_and_concurrency_limits_hold_for_renewals_and_fetches() {
         stats.max_concurrent_token_requests <= 2,
         "concurrency limit exceeded: {stats:?}"
     );
-    assert_eq!(stats.requests_without_gzip, 0, "Accept-Encoding: gzip is always sent");
+    assert_eq!(
+        stats.requests_without_gzip, 0,
+        "Accept-Encoding: gzip is always sent"
+    );
 }

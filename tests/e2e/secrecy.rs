@@ -5,7 +5,9 @@ use pbx_tokend::proto::RefreshTenantRequest;
 use crate::harness::*;
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +50,10 @@ async fn database_files_hold_no_secret_or_token_in_clear() {
                 continue;
             }
             let bytes = std::fs::read(&path).unwrap();
-            assert!(!contains(&bytes, secret), "{when}: secret in clear in {name}");
+            assert!(
+                !contains(&bytes, secret),
+                "{when}: secret in clear in {name}"
+            );
             for t in &tokens {
                 assert!(!contains(&bytes, t), "{when}: token in clear in {name}");
             }

@@ -23,7 +23,11 @@ async fn get_token_serves_the_created_token_from_memory() {
         let t = d.get_token("acme").await.unwrap();
         assert_eq!(t.access_token, first.access_token);
     }
-    assert_eq!(sim.sim.stats().token_requests_total, 0, "held token: no PBX request");
+    assert_eq!(
+        sim.sim.stats().token_requests_total,
+        0,
+        "held token: no PBX request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,8 +49,7 @@ async fn two_hundred_callers_needing_more_validity_cause_one_request() {
         }
     });
     let results = futures::future::join_all(calls).await;
-    let tokens: std::collections::HashSet<_> =
-        results.into_iter().map(|r| r.unwrap()).collect();
+    let tokens: std::collections::HashSet<_> = results.into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(tokens.len(), 1, "every caller got the one fresh token");
     assert_eq!(sim.sim.token_requests_for(&client), 1);
 }
@@ -79,8 +82,7 @@ async fn cold_tenant_after_restart_two_hundred_callers_one_request() {
         }
     });
     let results = futures::future::join_all(calls).await;
-    let tokens: std::collections::HashSet<_> =
-        results.into_iter().map(|r| r.unwrap()).collect();
+    let tokens: std::collections::HashSet<_> = results.into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(tokens.len(), 1);
     assert_eq!(sim.sim.token_requests_for(&client), 1);
 }
@@ -105,8 +107,7 @@ async fn report_rejected_storm_causes_one_refresh() {
         }
     });
     let results = futures::future::join_all(calls).await;
-    let tokens: std::collections::HashSet<_> =
-        results.into_iter().map(|r| r.unwrap()).collect();
+    let tokens: std::collections::HashSet<_> = results.into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(tokens.len(), 1);
     assert!(!tokens.contains(&old), "a different token");
     assert_eq!(sim.sim.token_requests_for(&client), 1);
