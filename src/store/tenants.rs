@@ -297,3 +297,256 @@ pub(super) fn count_by_state(conn: &Connection) -> Result<Vec<(TenantState, u64)
     }
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{RefreshRecord, TenantChanges};
+    use super::*;
+
+    #[tokio::test]
+    async fn insert_then_get_joins_everything() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        let got = t.store.get_tenant(&tid("acme")).await.unwrap().unwrap();
+        assert_eq!(got.id, tid("acme"));
+        assert_eq!(got.display_name, "Tenant acme");
+        assert_eq!(got.base_url.as_str(), "https://pbx.example.com");
+        assert_eq!(got.state, TenantState::Active);
+        assert_eq!(got.trusted_client_id.as_deref(), Some("app-acme"));
+        assert_eq!(got.token_expires_at, Some(T0.plus_ms(HOUR)));
+        assert_eq!(got.next_refresh_at, Some(T0.plus_ms(HOUR * 8 / 10)));
+        assert_eq!(got.last_refresh_at, Some(T0));
+        assert_eq!(got.consecutive_failures, 0);
+        assert_eq!((got.created_at, got.updated_at), (T0, T0));
+        assert!(got.pbx_user.is_none() && got.last_error.is_none());
+        assert!(t.store.get_tenant(&tid("nobody")).await.unwrap().is_none());
+
+        // A pending tenant has only its public app.
+        let mut p = new_tenant("pend", TenantState::PendingAuthorization);
+        p.public_app = Some((app("pub-id", "pub-secret"), "https://crm/cb".into()));
+        t.store.insert_tenant(p).await.unwrap();
+        let got = t.store.get_tenant(&tid("pend")).await.unwrap().unwrap();
+        assert!(got.trusted_client_id.is_none() && got.token_expires_at.is_none());
+        assert!(got.next_refresh_at.is_none() && got.last_refresh_at.is_none());
+        let (public, redirect) = t
+            .store
+            .public_credentials(&tid("pend"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(public.client_id, "pub-id");
+        assert_eq!(public.client_secret.expose(), "pub-secret");
+        assert_eq!(redirect, "https://crm/cb");
+        assert!(t
+            .store
+            .trusted_credentials(&tid("pend"))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn duplicate_insert_is_refused_and_changes_nothing() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        let mut again = new_tenant("acme", TenantState::Disabled);
+        again.trusted_app = Some(app("other", "other-secret"));
+        match t.store.insert_tenant(again).await {
+            Err(StoreError::TenantExists(id)) => assert_eq!(id, "acme"),
+            other => panic!("expected TenantExists, got {other:?}"),
+        }
+        let creds = t.store.trusted_credentials(&tid("acme")).await.unwrap();
+        assert_eq!(creds.unwrap().client_id, "app-acme");
+        // Bulk insert is all or nothing.
+        let batch = vec![
+            new_tenant("b1", TenantState::Active),
+            new_tenant("acme", TenantState::Active),
+        ];
+        assert!(matches!(
+            t.store.insert_tenants(batch).await,
+            Err(StoreError::TenantExists(_))
+        ));
+        assert!(t.store.get_tenant(&tid("b1")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn list_pages_by_id_and_filters_by_state() {
+        let t = open_temp();
+        let states = [
+            TenantState::Active,
+            TenantState::Disabled,
+            TenantState::PendingAuthorization,
+        ];
+        let ts = (0..25)
+            .map(|i| new_tenant(&format!("t{i:02}"), states[i % 3]))
+            .collect();
+        t.store.insert_tenants(ts).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = t.store.list_tenants(after.clone(), 10, None).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 10);
+            after = page.last().map(|x| x.id.clone());
+            seen.extend(page.into_iter().map(|x| x.id.to_string()));
+        }
+        let expected: Vec<String> = (0..25).map(|i| format!("t{i:02}")).collect();
+        assert_eq!(seen, expected);
+
+        let disabled = t
+            .store
+            .list_tenants(Some(tid("t03")), 3, Some(TenantState::Disabled))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = disabled.iter().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids, ["t04", "t07", "t10"]);
+        assert!(disabled.iter().all(|x| x.state == TenantState::Disabled));
+        let none = t
+            .store
+            .list_tenants(None, 10, Some(TenantState::RenewalFailing))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        assert!(t.store.list_tenants(None, 0, None).await.unwrap().is_empty());
+
+        let counts = t.store.count_by_state().await.unwrap();
+        assert_eq!(counts.len(), TenantState::ALL.len());
+        let get = |s| counts.iter().find(|(st, _)| *st == s).unwrap().1;
+        assert_eq!(get(TenantState::Active), 9);
+        assert_eq!(get(TenantState::Disabled), 8);
+        assert_eq!(get(TenantState::PendingAuthorization), 8);
+        assert_eq!(get(TenantState::RenewalFailing), 0);
+    }
+
+    #[tokio::test]
+    async fn update_applies_every_change() {
+        let t = open_temp();
+        let id = tid("acme");
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        let failure = RefreshRecord::Failure {
+            state: TenantState::CredentialsRejected,
+            error: "401".into(),
+            retry_at: T0.plus_ms(5),
+        };
+        t.store.record_refresh(&id, failure, T0).await.unwrap();
+
+        let later = T0.plus_ms(HOUR);
+        let changes = TenantChanges {
+            display_name: Some("Acme Corp".into()),
+            base_url: Some(base_url("new.example.com:8443")),
+            state: Some(TenantState::Active),
+            trusted_app: Some(app("app-2", "secret-2")),
+            token: Some(token("token-2", later)),
+            renew_at: Some(later.plus_ms(1000)),
+            clear_job: false,
+            clear_failures: true,
+        };
+        let got = t.store.update_tenant(&id, changes, later).await.unwrap();
+        assert_eq!(got.display_name, "Acme Corp");
+        assert_eq!(got.base_url.host(), "new.example.com:8443");
+        assert_eq!(got.state, TenantState::Active);
+        assert_eq!(got.trusted_client_id.as_deref(), Some("app-2"));
+        assert_eq!(got.token_expires_at, Some(later.plus_ms(HOUR)));
+        assert_eq!(got.last_refresh_at, Some(later));
+        assert_eq!(got.next_refresh_at, Some(later.plus_ms(1000)));
+        assert_eq!((got.consecutive_failures, got.last_error), (0, None));
+        assert_eq!((got.created_at, got.updated_at), (T0, later));
+        let creds = t.store.trusted_credentials(&id).await.unwrap().unwrap();
+        assert_eq!(creds.client_secret.expose(), "secret-2");
+        let (host, attempts): (String, i64) = t
+            .raw()
+            .query_row(
+                "SELECT pbx_host, attempts FROM renewal_jobs WHERE tenant_id = 'acme'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((host.as_str(), attempts), ("new.example.com:8443", 0));
+
+        // Nothing but updated_at changes with empty changes; clear_job wins.
+        let same = t
+            .store
+            .update_tenant(&id, TenantChanges::default(), later.plus_ms(1))
+            .await
+            .unwrap();
+        assert_eq!(same.display_name, "Acme Corp");
+        assert_eq!(same.updated_at, later.plus_ms(1));
+        let changes = TenantChanges {
+            state: Some(TenantState::Disabled),
+            renew_at: Some(later),
+            clear_job: true,
+            ..TenantChanges::default()
+        };
+        let got = t.store.update_tenant(&id, changes, later).await.unwrap();
+        assert_eq!(got.state, TenantState::Disabled);
+        assert!(got.next_refresh_at.is_none());
+
+        assert!(matches!(
+            t.store
+                .update_tenant(&tid("nobody"), TenantChanges::default(), later)
+                .await,
+            Err(StoreError::TenantNotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn delete_cascades_everywhere() {
+        let t = open_temp();
+        let mut n = new_tenant("acme", TenantState::Active);
+        n.public_app = Some((app("pub", "pub-secret"), "https://crm/cb".into()));
+        t.store.insert_tenant(n).await.unwrap();
+        t.store
+            .insert_tenant(new_tenant("keep", TenantState::Active))
+            .await
+            .unwrap();
+        assert_eq!(t.count("credentials", "acme"), 2);
+        t.store.delete_tenant(&tid("acme")).await.unwrap();
+        for table in ["tenants", "credentials", "tokens", "renewal_jobs"] {
+            assert_eq!(t.count(table, "acme"), 0, "{table}");
+            assert_eq!(t.count(table, "keep"), 1, "{table}");
+        }
+        assert!(matches!(
+            t.store.delete_tenant(&tid("acme")).await,
+            Err(StoreError::TenantNotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn pbx_user_round_trips() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        let user = PbxUser {
+            id: 7,
+            login: "admin@acme".into(),
+            client_id: 42,
+            admin: true,
+            dealer_id: None,
+            extension_id: Some(100),
+            extension_group_id: None,
+        };
+        t.store.set_pbx_user(&tid("acme"), &user).await.unwrap();
+        let got = t.store.get_tenant(&tid("acme")).await.unwrap().unwrap();
+        assert_eq!(got.pbx_user, Some(user.clone()));
+        assert_eq!(got.updated_at, T0);
+        assert!(matches!(
+            t.store.set_pbx_user(&tid("nobody"), &user).await,
+            Err(StoreError::TenantNotFound(_))
+        ));
+    }
+}

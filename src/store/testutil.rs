@@ -19,7 +19,7 @@ pub(super) struct TestStore {
     pub path: PathBuf,
     pub keys: Arc<Keyring>,
     // Dropped last: removes the directory.
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 pub(super) fn open_temp() -> TestStore {
@@ -31,7 +31,7 @@ pub(super) fn open_temp() -> TestStore {
         store,
         path,
         keys,
-        dir,
+        _dir: dir,
     }
 }
 
