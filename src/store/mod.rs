@@ -12,11 +12,26 @@
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
 
-// STUB: the signatures below are the contract used by broker/renewal/api.
-// Bodies are filled in by the store implementation.
+//! Files: `connection.rs` (open, pragmas, file modes, read pool),
+//! `migrate.rs`, `sealed.rs` (which fields are sealed and how), and one file
+//! per table family: `tenants.rs`, `credentials.rs`, `tokens.rs`, `jobs.rs`.
 
-use std::path::Path;
-use std::sync::Arc;
+mod connection;
+mod credentials;
+mod jobs;
+mod migrate;
+mod sealed;
+mod tenants;
+#[cfg(test)]
+mod testutil;
+mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use connection::{lock, ReadPool};
 
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -121,100 +136,431 @@ pub struct HostLoad {
     pub tenants_with_token: u64,
 }
 
+/// Read-only connections. Two: a long admin listing and the renewal loop's
+/// queries proceed side by side; more would not help on a small machine.
+const READERS: usize = 2;
+
+/// Handle to the database; cheap to clone (all clones share the
+/// connections).
 #[derive(Clone)]
 pub struct Store {
-    _inner: Arc<()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The one writer. A std `Mutex`, not tokio's: it is locked only inside
+    /// `spawn_blocking` closures and never held across an `.await`, and
+    /// SQLite serialises writers anyway, so queueing here costs nothing.
+    /// `None` after `close`.
+    writer: Mutex<Option<Connection>>,
+    readers: ReadPool,
+    keyring: Arc<Keyring>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, applies migrations.
-    pub fn open(_path: &Path, _keyring: Arc<Keyring>) -> Result<Store, StoreError> {
-        unimplemented!()
+    ///
+    /// Blocking (file system and SQLite); call it at start-up or from
+    /// `spawn_blocking`.
+    pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Store, StoreError> {
+        connection::prepare_location(path)?;
+        let mut writer = connection::open_writer(path)?;
+        let found = migrate::apply(&mut writer, migrate::MIGRATIONS)?;
+        tracing::debug!(
+            path = %path.display(),
+            from = found,
+            to = migrate::latest_version(),
+            "database open"
+        );
+        let readers = ReadPool::open(path, READERS)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some(writer)),
+                readers,
+                keyring,
+                path: path.to_owned(),
+            }),
+        })
     }
-    pub async fn insert_tenant(&self, _t: NewTenant) -> Result<(), StoreError> {
-        unimplemented!()
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
     }
-    pub async fn get_tenant(&self, _id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        unimplemented!()
+
+    /// Runs `f` on the writer connection, on the blocking pool.
+    async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Keyring) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&inner.writer);
+            let conn = guard.as_mut().ok_or_else(connection::closed)?;
+            f(conn, &inner.keyring)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer; commits when it
+    /// returns `Ok`, rolls back otherwise.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &Keyring) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with_writer(move |conn, keys| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx, keys)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Runs `f` on a reader connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Keyring) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.with(|conn| f(conn, &inner.keyring)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Inserts the tenant with its credentials, first token and job, all or
+    /// nothing. `TenantExists` if the id is taken.
+    pub async fn insert_tenant(&self, t: NewTenant) -> Result<(), StoreError> {
+        self.write(move |tx, keys| tenants::insert(tx, keys, &t))
+            .await
+    }
+
+    /// Inserts many tenants in one transaction (bulk import, load tests):
+    /// all or nothing, `TenantExists` names the first duplicate.
+    pub async fn insert_tenants(&self, ts: Vec<NewTenant>) -> Result<(), StoreError> {
+        self.write(move |tx, keys| ts.iter().try_for_each(|t| tenants::insert(tx, keys, t)))
+            .await
+    }
+
+    pub async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, _| tenants::get(conn, id.as_str()))
+            .await
+    }
+
     /// Tenants ordered by id, strictly after `after`, optionally one state.
     pub async fn list_tenants(
         &self,
-        _after: Option<TenantId>,
-        _limit: u32,
-        _state: Option<TenantState>,
+        after: Option<TenantId>,
+        limit: u32,
+        state: Option<TenantState>,
     ) -> Result<Vec<Tenant>, StoreError> {
-        unimplemented!()
+        self.read(move |conn, _| tenants::list(conn, after.as_ref(), limit, state))
+            .await
     }
+
     /// Every tenant with its current token, for the broker's cache at start-up.
     pub async fn load_cache(&self) -> Result<Vec<CachedTenant>, StoreError> {
-        unimplemented!()
+        self.read(tokens::load_cache).await
     }
+
     pub async fn trusted_credentials(
         &self,
-        _id: &TenantId,
+        id: &TenantId,
     ) -> Result<Option<AppCredentials>, StoreError> {
-        unimplemented!()
+        let id = id.clone();
+        self.read(move |conn, keys| credentials::trusted(conn, keys, id.as_str()))
+            .await
     }
+
+    /// The public app and redirect URI for the authorization flow, if any.
+    pub async fn public_credentials(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<(AppCredentials, String)>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| credentials::public(conn, keys, id.as_str()))
+            .await
+    }
+
     /// Success: token stored, state ACTIVE, failures reset, last_refresh_at =
     /// token.issued_at, job due at renew_at. Failure: state set,
     /// consecutive_failures + 1, last_error set, job due at retry_at.
     /// Returns consecutive_failures after the update.
+    ///
+    /// A tenant that was DISABLED or put back to PENDING_AUTHORIZATION while
+    /// the refresh ran keeps that state (an operator's decision is not undone
+    /// by a renewal that was already in flight). `TenantNotFound` if it was
+    /// deleted meanwhile.
     pub async fn record_refresh(
         &self,
-        _id: &TenantId,
-        _record: RefreshRecord,
-        _now: UnixMs,
+        id: &TenantId,
+        record: RefreshRecord,
+        now: UnixMs,
     ) -> Result<u32, StoreError> {
-        unimplemented!()
+        let id = id.clone();
+        self.write(move |tx, keys| tokens::record_refresh(tx, keys, id.as_str(), &record, now))
+            .await
     }
+
+    /// Applies `changes` in one transaction and returns the tenant as stored.
+    /// A new base URL also moves the renewal job to the new host. With both
+    /// `renew_at` and `clear_job`, the job is removed. A new `token` also sets
+    /// last_refresh_at to its issued_at. `TenantNotFound` if missing.
     pub async fn update_tenant(
         &self,
-        _id: &TenantId,
-        _changes: TenantChanges,
-        _now: UnixMs,
+        id: &TenantId,
+        changes: TenantChanges,
+        now: UnixMs,
     ) -> Result<Tenant, StoreError> {
-        unimplemented!()
+        let id = id.clone();
+        self.write(move |tx, keys| tenants::update(tx, keys, id.as_str(), &changes, now))
+            .await
     }
+
     /// Deletes the tenant, its credentials, token and jobs (bytes overwritten).
-    pub async fn delete_tenant(&self, _id: &TenantId) -> Result<(), StoreError> {
-        unimplemented!()
+    pub async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| tenants::delete(tx, id.as_str()))
+            .await
     }
-    pub async fn set_pbx_user(&self, _id: &TenantId, _user: &PbxUser) -> Result<(), StoreError> {
-        unimplemented!()
+
+    /// Records the PBX user the trusted app acts for. `TenantNotFound` if
+    /// missing. Leaves updated_at alone (this is observed, not edited).
+    pub async fn set_pbx_user(&self, id: &TenantId, user: &PbxUser) -> Result<(), StoreError> {
+        let id = id.clone();
+        let user = user.clone();
+        self.write(move |tx, _| tenants::set_pbx_user(tx, id.as_str(), &user))
+            .await
     }
-    /// Jobs due at or before `now`, earliest first.
-    pub async fn due_jobs(&self, _now: UnixMs, _limit: u32) -> Result<Vec<DueJob>, StoreError> {
-        unimplemented!()
+
+    /// Jobs due at or before `now`, earliest first, of tenants whose state
+    /// renews (`TenantState::is_renewing`).
+    pub async fn due_jobs(&self, now: UnixMs, limit: u32) -> Result<Vec<DueJob>, StoreError> {
+        self.read(move |conn, _| jobs::due(conn, now, limit)).await
     }
-    /// The earliest due time of any job, if there is one.
+
+    /// The earliest due time of any job, if there is one. Only jobs that
+    /// `due_jobs` would return count, so a job of a disabled tenant never
+    /// makes the scheduler spin.
     pub async fn next_due_at(&self) -> Result<Option<UnixMs>, StoreError> {
-        unimplemented!()
+        self.read(|conn, _| jobs::next_due_at(conn)).await
     }
-    /// Moves one job (creating it if absent).
-    pub async fn reschedule(&self, _id: &TenantId, _due_at: UnixMs) -> Result<(), StoreError> {
-        unimplemented!()
+
+    /// Moves one job (creating it if absent). `TenantNotFound` if missing.
+    pub async fn reschedule(&self, id: &TenantId, due_at: UnixMs) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| jobs::reschedule(tx, id.as_str(), due_at))
+            .await
     }
+
     /// Moves many jobs in one transaction (spreading overdue renewals).
-    pub async fn reschedule_many(&self, _jobs: Vec<(TenantId, UnixMs)>) -> Result<(), StoreError> {
-        unimplemented!()
+    /// Tenants deleted meanwhile are skipped.
+    pub async fn reschedule_many(&self, jobs: Vec<(TenantId, UnixMs)>) -> Result<(), StoreError> {
+        self.write(move |tx, _| jobs::reschedule_many(tx, &jobs))
+            .await
     }
+
+    /// Per host (ordered by host): renewing tenants, how many hold a token and
+    /// the sum of those tokens' lifetimes.
     pub async fn host_loads(&self) -> Result<Vec<HostLoad>, StoreError> {
-        unimplemented!()
+        self.read(|conn, _| jobs::host_loads(conn)).await
     }
+
+    /// Tenant count for every state (zero included), in `TenantState::ALL`
+    /// order.
     pub async fn count_by_state(&self) -> Result<Vec<(TenantState, u64)>, StoreError> {
-        unimplemented!()
+        self.read(|conn, _| tenants::count_by_state(conn)).await
     }
-    /// Maintenance: checkpoint the WAL (TRUNCATE).
+
+    /// Maintenance: checkpoint the WAL (TRUNCATE). Afterwards the `-wal` file
+    /// is empty, so no old page image (of a deleted row) stays in it.
     pub async fn wal_checkpoint(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        self.with_writer(|conn, _| checkpoint(conn)).await
     }
+
     /// Maintenance: `PRAGMA optimize`.
     pub async fn optimize(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        self.with_writer(|conn, _| Ok(conn.execute_batch("PRAGMA optimize")?))
+            .await
     }
+
     /// Flushes and closes; later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            inner.readers.close()?;
+            let Some(conn) = lock(&inner.writer).take() else {
+                return Ok(());
+            };
+            conn.execute_batch("PRAGMA optimize")?;
+            checkpoint(&conn)?;
+            conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 {
+        tracing::warn!(log, done, "WAL checkpoint could not finish: readers were busy");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::testutil::*;
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn files_are_private_and_settings_hold() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        assert_eq!(mode(t.path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&t.path), 0o600);
+        assert_eq!(mode(&connection::sibling(&t.path, "-wal")), 0o600);
+        assert_eq!(mode(&connection::sibling(&t.path, "-shm")), 0o600);
+        let settings = t
+            .store
+            .with_writer(|c, _| {
+                let q = |sql: &str| -> Result<i64, StoreError> {
+                    Ok(c.query_row(sql, [], |r| r.get(0))?)
+                };
+                let jm: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                Ok((
+                    jm,
+                    q("PRAGMA synchronous")?,
+                    q("PRAGMA foreign_keys")?,
+                    q("PRAGMA secure_delete")?,
+                ))
+            })
+            .await
+            .unwrap();
+        // synchronous 2 = FULL.
+        assert_eq!(settings, ("wal".to_string(), 2, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn loose_existing_file_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path, Arc::new(Keyring::ephemeral())).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_across_reopen() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        t.store.close().await.unwrap();
+        for _ in 0..2 {
+            let s = Store::open(&t.path, Arc::clone(&t.keys)).unwrap();
+            let got = s.get_tenant(&tid("acme")).await.unwrap().unwrap();
+            assert_eq!(got.state, TenantState::Active);
+            assert!(s.trusted_credentials(&tid("acme")).await.unwrap().is_some());
+            s.close().await.unwrap();
+        }
+        let v = migrate::user_version(&t.raw()).unwrap();
+        assert_eq!(v, migrate::latest_version());
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let t = open_temp();
+        t.store.close().await.unwrap();
+        t.raw().pragma_update(None, "user_version", 999).unwrap();
+        match Store::open(&t.path, Arc::clone(&t.keys)) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (999, migrate::latest_version()));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn closed_store_refuses_work_and_leaves_no_wal() {
+        let t = open_temp();
+        insert_many(&t.store, 10).await;
+        let clone = t.store.clone();
+        t.store.close().await.unwrap();
+        assert!(matches!(
+            clone.get_tenant(&tid("t000001")).await,
+            Err(StoreError::Task(_))
+        ));
+        assert!(matches!(
+            clone.delete_tenant(&tid("t000001")).await,
+            Err(StoreError::Task(_))
+        ));
+        // Closing twice is harmless.
+        clone.close().await.unwrap();
+        let wal = connection::sibling(&t.path, "-wal");
+        assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    }
+
+    #[tokio::test]
+    async fn maintenance_runs() {
+        let t = open_temp();
+        insert_many(&t.store, 50).await;
+        t.store.optimize().await.unwrap();
+        t.store.wal_checkpoint().await.unwrap();
+        let wal = connection::sibling(&t.path, "-wal");
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(t.store.load_cache().await.unwrap().len(), 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_and_writes() {
+        let t = open_temp();
+        insert_many(&t.store, 20).await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = t.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = tid(&format!("t{:06}", i % 20));
+                if i % 2 == 0 {
+                    s.reschedule(&id, T0.plus_ms(i)).await.unwrap();
+                } else {
+                    assert!(s.get_tenant(&id).await.unwrap().is_some());
+                    s.list_tenants(None, 5, None).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
     }
 }

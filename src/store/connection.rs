@@ -1,0 +1,202 @@
+//! Opening SQLite connections with the settings the daemon relies on, the
+//! file-system preparation around them (directory 0700, files 0600), and the
+//! tiny pool of read-only connections.
+//!
+//! Does not: run migrations (see `migrate.rs`) or any query of the schema.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::StoreError;
+
+/// How long a statement waits for a lock held by another connection (the
+/// writer checkpointing, another process) before it reports SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates the parent directory (0700) when missing and the database file
+/// itself (0600) before SQLite does: SQLite would create it with the umask
+/// (often 0644), and its `-wal` and `-shm` files copy the main file's mode.
+/// Existing files that are readable by others are tightened to 0600.
+pub(super) fn prepare_location(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for p in [
+        path.to_owned(),
+        sibling(path, "-wal"),
+        sibling(path, "-shm"),
+    ] {
+        match std::fs::metadata(&p) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to the file name (`db` -> `db-wal`).
+pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The one connection that writes.
+pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer and the writer never blocks
+    // readers, and a commit is one sequential append.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "cannot switch the database to WAL mode (journal_mode is {mode})"
+        )));
+    }
+    // FULL, not NORMAL: a trusted application's secret exists exactly once,
+    // in the PBX's answer to the create call. It must be on disk (WAL fsynced
+    // at every commit) before anything reports success, or a power cut
+    // after "ok" would lose the tenant for good.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows (old sealed secrets and tokens) are overwritten with
+    // zeros instead of lingering in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    Ok(conn)
+}
+
+/// A read-only connection: it can never write by mistake.
+pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Locks a std mutex, taking over a poisoned one. A panic while a
+/// connection was held rolled its open transaction back (rusqlite's
+/// `Transaction` rolls back on drop), so the connection is still sound.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(super) fn closed() -> StoreError {
+    StoreError::Task("the store is closed".into())
+}
+
+/// A few read-only connections shared by the blocking tasks. A std `Mutex`
+/// and `Condvar` (not tokio's): they are only ever taken inside
+/// `spawn_blocking`, never held across an `.await`.
+pub(super) struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    available: Condvar,
+    closed: AtomicBool,
+}
+
+impl ReadPool {
+    pub(super) fn open(path: &Path, size: usize) -> Result<Self, StoreError> {
+        let idle = (0..size)
+            .map(|_| open_reader(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            idle: Mutex::new(idle),
+            available: Condvar::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `f` on an idle connection, waiting for one if all are busy
+    /// (blocking: call from the blocking pool).
+    pub(super) fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let loan = Loan {
+            pool: self,
+            conn: self.take()?,
+        };
+        match loan.conn.as_ref() {
+            Some(conn) => f(conn),
+            None => Err(closed()),
+        }
+    }
+
+    fn take(&self) -> Result<Option<Connection>, StoreError> {
+        let mut idle = lock(&self.idle);
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(closed());
+            }
+            if let Some(conn) = idle.pop() {
+                return Ok(Some(conn));
+            }
+            idle = self
+                .available
+                .wait(idle)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Closes the idle connections; busy ones close when they come back.
+    pub(super) fn close(&self) -> Result<(), StoreError> {
+        // Under the lock, so a loan coming back sees `closed` or is taken here.
+        let conns: Vec<Connection> = {
+            let mut idle = lock(&self.idle);
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *idle)
+        };
+        self.available.notify_all();
+        for conn in conns {
+            conn.close().map_err(|(_, e)| e)?;
+        }
+        Ok(())
+    }
+}
+
+/// A reader on loan; goes back to the pool on drop, even if the query
+/// panicked, so the pool never shrinks.
+struct Loan<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = lock(&self.pool.idle);
+            if !self.pool.closed.load(Ordering::Acquire) {
+                idle.push(conn);
+                self.pool.available.notify_one();
+            }
+        }
+    }
+}

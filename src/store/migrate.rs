@@ -1,0 +1,116 @@
+//! Schema migrations: every `migrations/NNNN_name.sql` file is compiled in,
+//! in order; `PRAGMA user_version` records how many were applied. Pending
+//! ones run in ONE transaction, so a database is always at a version this
+//! list names, never half-way. A database newer than the binary is refused.
+//!
+//! Does not: migrate down, or touch data outside the SQL files.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// One schema step. `version` is its position in [`MIGRATIONS`] plus one.
+pub(super) struct Migration {
+    pub(super) version: i64,
+    pub(super) name: &'static str,
+    pub(super) sql: &'static str,
+}
+
+/// Append only: never edit a released migration, add the next file instead.
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_initial",
+    sql: include_str!("../../migrations/0001_initial.sql"),
+}];
+
+/// The schema version this binary writes.
+pub(super) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+pub(super) fn user_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Brings the database up to the last of `migrations`. Returns the version
+/// found before.
+pub(super) fn apply(conn: &mut Connection, migrations: &[Migration]) -> Result<i64, StoreError> {
+    let supported = migrations.last().map_or(0, |m| m.version);
+    // IMMEDIATE takes the write lock first, so a second process starting at
+    // the same moment waits and then sees the version this one wrote.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found = user_version(&tx)?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for m in migrations.iter().filter(|m| m.version > found) {
+        tracing::info!(version = m.version, name = m.name, "applying migration");
+        tx.execute_batch(m.sql)?;
+        // user_version lives in the database header and is part of the
+        // transaction: it commits or rolls back with the schema.
+        tx.pragma_update(None, "user_version", m.version)?;
+    }
+    tx.commit()?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_consecutive_and_every_file_is_listed() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|m| format!("{}.sql", m.name)).collect();
+        assert_eq!(files, listed, "every migrations/*.sql must be in MIGRATIONS");
+    }
+
+    #[test]
+    fn failing_migration_leaves_nothing_behind() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let bad = [
+            Migration {
+                version: 1,
+                name: "0001_ok",
+                sql: "CREATE TABLE a (x INTEGER);",
+            },
+            Migration {
+                version: 2,
+                name: "0002_broken",
+                sql: "CREATE TABLE b (x INTEGER); THIS IS NOT SQL;",
+            },
+        ];
+        assert!(apply(&mut conn, &bad).is_err());
+        assert_eq!(user_version(&conn).unwrap(), 0);
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0);
+        // The good prefix alone applies, and applying again is a no-op.
+        assert_eq!(apply(&mut conn, &bad[..1]).unwrap(), 0);
+        assert_eq!(apply(&mut conn, &bad[..1]).unwrap(), 1);
+        assert_eq!(user_version(&conn).unwrap(), 1);
+    }
+
+    #[test]
+    fn newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        match apply(&mut conn, MIGRATIONS) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (99, latest_version()));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}
