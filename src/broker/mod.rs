@@ -52,6 +52,9 @@ pub enum TokenError {
     Store(#[from] StoreError),
 }
 
+/// See `refresh`: a token younger than this is never replaced on demand.
+const FRESH_ENOUGH_MS: i64 = 1000;
+
 const REJECTED_HINT: &str =
     "the PBX rejected the trusted app credentials; set new ones with UpdateTenant or re-authorize";
 
@@ -308,6 +311,14 @@ impl Broker {
             Need::MinValid(ms) => {
                 if let Some(t) = slot.servable_token(now, ms) {
                     return Ok(t);
+                }
+                // A token fetched a moment ago is as fresh as a new fetch would
+                // make it: asking for more validity than any token has must not
+                // turn every call into a PBX request.
+                if let Some(t) = &held {
+                    if now.0 - t.issued_at.0 < FRESH_ENOUGH_MS && slot.state().is_renewing() {
+                        return Ok(t.clone());
+                    }
                 }
                 // Credentials were rejected: retry only on the rare schedule,
                 // never per caller.

@@ -28,7 +28,10 @@ pub fn warnings(
         };
         let interval_s = (avg_lifetime_s * at_fraction).max(1.0);
         let needed_per_s = load.renewing_tenants as f64 / interval_s;
-        let capacity = f64::from(per_host_rps);
+        // The limiter's window is a little longer than a second (see
+        // `pbx::limiter::WINDOW_GUARD_MS`), so its sustained rate is a little lower.
+        let capacity =
+            f64::from(per_host_rps) * 1000.0 / (1000 + crate::pbx::limiter::WINDOW_GUARD_MS) as f64;
         if needed_per_s > capacity * WARN_SHARE {
             out.push(format!(
                 "PBX host {}: {} tenants need about {:.1} renewals/s ({:.0}/h) but limits.per_host_requests_per_second = {} ({:.0}/h); renewals will fall behind and tokens will expire. Raise the limit if the provider allows it, or spread these tenants over more hosts.",
@@ -37,7 +40,7 @@ pub fn warnings(
                 needed_per_s,
                 needed_per_s * 3600.0,
                 per_host_rps,
-                capacity * 3600.0,
+                f64::from(per_host_rps) * 3600.0,
             ));
         }
     }

@@ -105,7 +105,11 @@ fn move_job(tx: &Connection, tenant_id: &str, due_at: UnixMs) -> Result<bool, St
     Ok(changed > 0)
 }
 
-pub(super) fn reschedule(tx: &Connection, tenant_id: &str, due_at: UnixMs) -> Result<(), StoreError> {
+pub(super) fn reschedule(
+    tx: &Connection,
+    tenant_id: &str,
+    due_at: UnixMs,
+) -> Result<(), StoreError> {
     if move_job(tx, tenant_id, due_at)? {
         Ok(())
     } else {

@@ -71,8 +71,14 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let listed: Vec<String> = MIGRATIONS.iter().map(|m| format!("{}.sql", m.name)).collect();
-        assert_eq!(files, listed, "every migrations/*.sql must be in MIGRATIONS");
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{}.sql", m.name))
+            .collect();
+        assert_eq!(
+            files, listed,
+            "every migrations/*.sql must be in MIGRATIONS"
+        );
     }
 
     #[test]

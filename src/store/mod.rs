@@ -421,7 +421,11 @@ fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     if busy != 0 {
-        tracing::warn!(log, done, "WAL checkpoint could not finish: readers were busy");
+        tracing::warn!(
+            log,
+            done,
+            "WAL checkpoint could not finish: readers were busy"
+        );
     }
     Ok(())
 }

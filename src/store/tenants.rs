@@ -200,7 +200,9 @@ pub(super) fn update(
 ) -> Result<Tenant, StoreError> {
     // Touching updated_at first both checks existence and learns the host.
     let mut host: String = tx
-        .prepare_cached("UPDATE tenants SET updated_at = ?2 WHERE tenant_id = ?1 RETURNING pbx_host")?
+        .prepare_cached(
+            "UPDATE tenants SET updated_at = ?2 WHERE tenant_id = ?1 RETURNING pbx_host",
+        )?
         .query_row(params![id, now.0], |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
@@ -417,7 +419,12 @@ mod tests {
             .await
             .unwrap();
         assert!(none.is_empty());
-        assert!(t.store.list_tenants(None, 0, None).await.unwrap().is_empty());
+        assert!(t
+            .store
+            .list_tenants(None, 0, None)
+            .await
+            .unwrap()
+            .is_empty());
 
         let counts = t.store.count_by_state().await.unwrap();
         assert_eq!(counts.len(), TenantState::ALL.len());

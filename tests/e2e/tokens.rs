@@ -35,6 +35,12 @@ async fn two_hundred_callers_needing_more_validity_cause_one_request() {
     let sim = sim_with_lifetime(3600).await;
     let d = TestDaemon::start(|_| {}).await;
     let client = d.add_tenant(&sim, "acme").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Slow answers: all callers overlap the one fetch.
+    sim.sim.set_faults(pbx_tokend::sim::Faults {
+        latency_ms: 500,
+        ..Default::default()
+    });
     sim.sim.reset_stats();
     // More validity than any held token has: every caller needs a fetch.
     let calls = (0..200).map(|_| {

@@ -225,8 +225,12 @@ async fn cancelled_acquire_records_nothing() {
     );
     drop(first);
     assert_eq!(lim.in_flight("h"), 0);
-    // The window still holds only the first start, 1 s after it a slot frees.
+    // The window still holds only the first start; one window (1 s plus the
+    // arrival guard) after it a place frees.
     let t = tokio::time::Instant::now();
     let _second = lim.acquire("h").await.unwrap();
-    assert_eq!(t.elapsed(), Duration::from_millis(990));
+    assert_eq!(
+        t.elapsed(),
+        Duration::from_millis(990 + super::WINDOW_GUARD_MS as u64)
+    );
 }
