@@ -325,7 +325,8 @@ impl Store {
     /// Applies `changes` in one transaction and returns the tenant as stored.
     /// A new base URL also moves the renewal job to the new host. With both
     /// `renew_at` and `clear_job`, the job is removed. A new `token` also sets
-    /// last_refresh_at to its issued_at. `TenantNotFound` if missing.
+    /// last_refresh_at to its issued_at; `clear_failures` also resets the
+    /// job's attempt counter. updated_at = `now`. `TenantNotFound` if missing.
     pub async fn update_tenant(
         &self,
         id: &TenantId,
