@@ -200,3 +200,114 @@ impl Drop for Loan<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    use super::super::testutil::*;
+    use super::super::Store;
+    use super::*;
+    use crate::crypto::Keyring;
+    use crate::domain::TenantState;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn files_are_private_and_settings_hold() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        assert_eq!(mode(t.path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&t.path), 0o600);
+        assert_eq!(mode(&sibling(&t.path, "-wal")), 0o600);
+        assert_eq!(mode(&sibling(&t.path, "-shm")), 0o600);
+        let settings = t
+            .store
+            .with_writer(|c, _| {
+                let q = |sql: &str| -> Result<i64, StoreError> {
+                    Ok(c.query_row(sql, [], |r| r.get(0))?)
+                };
+                let jm: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                Ok((
+                    jm,
+                    q("PRAGMA synchronous")?,
+                    q("PRAGMA foreign_keys")?,
+                    q("PRAGMA secure_delete")?,
+                ))
+            })
+            .await
+            .unwrap();
+        // synchronous 2 = FULL.
+        assert_eq!(settings, ("wal".to_string(), 2, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn loose_existing_file_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path, Arc::new(Keyring::ephemeral())).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closed_store_refuses_work_and_leaves_no_wal() {
+        let t = open_temp();
+        insert_many(&t.store, 10).await;
+        let clone = t.store.clone();
+        t.store.close().await.unwrap();
+        assert!(matches!(
+            clone.get_tenant(&tid("t000001")).await,
+            Err(StoreError::Task(_))
+        ));
+        assert!(matches!(
+            clone.delete_tenant(&tid("t000001")).await,
+            Err(StoreError::Task(_))
+        ));
+        // Closing twice is harmless.
+        clone.close().await.unwrap();
+        let wal = sibling(&t.path, "-wal");
+        assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    }
+
+    #[tokio::test]
+    async fn maintenance_runs() {
+        let t = open_temp();
+        insert_many(&t.store, 50).await;
+        t.store.optimize().await.unwrap();
+        t.store.wal_checkpoint().await.unwrap();
+        let wal = sibling(&t.path, "-wal");
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(t.store.load_cache().await.unwrap().len(), 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_and_writes() {
+        let t = open_temp();
+        insert_many(&t.store, 20).await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = t.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = tid(&format!("t{:06}", i % 20));
+                if i % 2 == 0 {
+                    s.reschedule(&id, T0.plus_ms(i)).await.unwrap();
+                } else {
+                    assert!(s.get_tenant(&id).await.unwrap().is_some());
+                    s.list_tenants(None, 5, None).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+}

@@ -55,16 +55,29 @@ pub(super) fn upsert(
     Ok(())
 }
 
-/// Walks the `(due_at, tenant_id)` index from the earliest job and stops
-/// after `limit` matches.
+/// Due jobs walk the `(due_at, tenant_id)` index from the earliest job and
+/// stop after `limit` matches. `CROSS JOIN` pins that join order: left to
+/// itself the planner may start from the tenants' state index and sort
+/// every renewing tenant's job on each call (a test checks the plan).
+const DUE_SQL: &str = concat!(
+    "SELECT j.tenant_id, j.pbx_host, j.due_at FROM renewal_jobs j \
+     CROSS JOIN tenants t ON t.tenant_id = j.tenant_id \
+     WHERE j.due_at <= ?1 AND t.state IN ",
+    renewing_states!(),
+    " ORDER BY j.due_at, j.tenant_id LIMIT ?2"
+);
+
+/// Same index walk, stopping at the first job of a renewing tenant.
+const NEXT_DUE_SQL: &str = concat!(
+    "SELECT j.due_at FROM renewal_jobs j \
+     CROSS JOIN tenants t ON t.tenant_id = j.tenant_id \
+     WHERE t.state IN ",
+    renewing_states!(),
+    " ORDER BY j.due_at LIMIT 1"
+);
+
 pub(super) fn due(conn: &Connection, now: UnixMs, limit: u32) -> Result<Vec<DueJob>, StoreError> {
-    let mut stmt = conn.prepare_cached(concat!(
-        "SELECT j.tenant_id, j.pbx_host, j.due_at FROM renewal_jobs j \
-         JOIN tenants t ON t.tenant_id = j.tenant_id \
-         WHERE j.due_at <= ?1 AND t.state IN ",
-        renewing_states!(),
-        " ORDER BY j.due_at, j.tenant_id LIMIT ?2"
-    ))?;
+    let mut stmt = conn.prepare_cached(DUE_SQL)?;
     let mut rows = stmt.query(params![now.0, limit])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
@@ -80,13 +93,7 @@ pub(super) fn due(conn: &Connection, now: UnixMs, limit: u32) -> Result<Vec<DueJ
 
 pub(super) fn next_due_at(conn: &Connection) -> Result<Option<UnixMs>, StoreError> {
     Ok(conn
-        .prepare_cached(concat!(
-            "SELECT j.due_at FROM renewal_jobs j \
-             JOIN tenants t ON t.tenant_id = j.tenant_id \
-             WHERE t.state IN ",
-            renewing_states!(),
-            " ORDER BY j.due_at LIMIT 1"
-        ))?
+        .prepare_cached(NEXT_DUE_SQL)?
         .query_row([], |r| r.get(0))
         .optional()?
         .map(UnixMs))
@@ -157,6 +164,25 @@ mod tests {
     use crate::domain::TenantState;
 
     #[test]
+    fn due_queries_walk_the_due_index_without_sorting() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("../../migrations/0001_initial.sql"))
+            .unwrap();
+        for (sql, n) in [(super::DUE_SQL, 2), (super::NEXT_DUE_SQL, 0)] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params: Vec<i64> = vec![0; n];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains("renewal_jobs_due"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
+
+    #[test]
     fn renewing_states_match_the_domain() {
         let names: Vec<String> = TenantState::ALL
             .iter()
@@ -164,5 +190,120 @@ mod tests {
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
         assert_eq!(renewing_states!(), format!("({})", names.join(", ")));
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::domain::TenantState;
+
+    #[tokio::test]
+    async fn due_jobs_are_ordered_and_only_for_renewing_tenants() {
+        let t = open_temp();
+        let states = [
+            ("a", TenantState::Active, 30),
+            ("b", TenantState::RenewalFailing, 10),
+            ("c", TenantState::CredentialsRejected, 20),
+            ("d", TenantState::Disabled, 5),
+            ("e", TenantState::PendingAuthorization, 1),
+            ("f", TenantState::Active, 10),
+            ("g", TenantState::Active, 500),
+        ];
+        for (id, state, _) in states {
+            t.store.insert_tenant(new_tenant(id, state)).await.unwrap();
+        }
+        // Every tenant gets a job, even the ones that must not renew.
+        let moves = states
+            .iter()
+            .map(|(id, _, due)| (tid(id), T0.plus_ms(*due)))
+            .collect();
+        t.store.reschedule_many(moves).await.unwrap();
+
+        let due = t.store.due_jobs(T0.plus_ms(100), 10).await.unwrap();
+        let got: Vec<(&str, i64)> = due
+            .iter()
+            .map(|j| (j.tenant_id.as_str(), j.due_at.0 - T0.0))
+            .collect();
+        assert_eq!(got, [("b", 10), ("f", 10), ("c", 20), ("a", 30)]);
+        assert!(due.iter().all(|j| j.host == "pbx.example.com"));
+        assert_eq!(t.store.due_jobs(T0.plus_ms(100), 2).await.unwrap().len(), 2);
+        assert!(t.store.due_jobs(T0, 10).await.unwrap().is_empty());
+        // The disabled and pending jobs (due at +5, +1) do not count.
+        assert_eq!(t.store.next_due_at().await.unwrap(), Some(T0.plus_ms(10)));
+    }
+
+    #[tokio::test]
+    async fn reschedule_creates_moves_and_refuses_unknown() {
+        let t = open_temp();
+        let id = tid("acme");
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        t.store
+            .update_tenant(
+                &id,
+                super::super::TenantChanges {
+                    clear_job: true,
+                    ..Default::default()
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(t.store.next_due_at().await.unwrap(), None);
+        t.store.reschedule(&id, T0.plus_ms(7)).await.unwrap();
+        t.store.reschedule(&id, T0.plus_ms(9)).await.unwrap();
+        assert_eq!(t.store.next_due_at().await.unwrap(), Some(T0.plus_ms(9)));
+        assert!(matches!(
+            t.store.reschedule(&tid("nobody"), T0).await,
+            Err(StoreError::TenantNotFound(_))
+        ));
+        // Unknown tenants in a batch are skipped, the rest still move.
+        t.store
+            .reschedule_many(vec![(tid("nobody"), T0), (id.clone(), T0.plus_ms(3))])
+            .await
+            .unwrap();
+        assert_eq!(t.store.next_due_at().await.unwrap(), Some(T0.plus_ms(3)));
+    }
+
+    #[tokio::test]
+    async fn host_loads_sum_renewing_tenants_per_host() {
+        let t = open_temp();
+        for (id, host, state) in [
+            ("a1", "a.example.com", TenantState::Active),
+            ("a2", "a.example.com", TenantState::RenewalFailing),
+            ("a3", "a.example.com", TenantState::Disabled),
+            ("b1", "b.example.com:8443", TenantState::Active),
+        ] {
+            let mut n = new_tenant(id, state);
+            n.base_url = base_url(host);
+            t.store.insert_tenant(n).await.unwrap();
+        }
+        let mut n = new_tenant("b2", TenantState::Active);
+        n.base_url = base_url("b.example.com:8443");
+        n.token = None;
+        t.store.insert_tenant(n).await.unwrap();
+
+        let loads = t.store.host_loads().await.unwrap();
+        assert_eq!(
+            loads,
+            [
+                HostLoad {
+                    host: "a.example.com".into(),
+                    renewing_tenants: 2,
+                    lifetime_ms_sum: 2 * HOUR,
+                    tenants_with_token: 2,
+                },
+                HostLoad {
+                    host: "b.example.com:8443".into(),
+                    renewing_tenants: 2,
+                    lifetime_ms_sum: HOUR,
+                    tenants_with_token: 1,
+                },
+            ]
+        );
     }
 }

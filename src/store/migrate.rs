@@ -120,3 +120,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use std::sync::Arc;
+
+    use super::super::testutil::*;
+    use super::super::{Store, StoreError};
+    use super::*;
+    use crate::domain::TenantState;
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_across_reopen() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        t.store.close().await.unwrap();
+        for _ in 0..2 {
+            let s = Store::open(&t.path, Arc::clone(&t.keys)).unwrap();
+            let got = s.get_tenant(&tid("acme")).await.unwrap().unwrap();
+            assert_eq!(got.state, TenantState::Active);
+            assert!(s.trusted_credentials(&tid("acme")).await.unwrap().is_some());
+            s.close().await.unwrap();
+        }
+        let v = user_version(&t.raw()).unwrap();
+        assert_eq!(v, latest_version());
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let t = open_temp();
+        t.store.close().await.unwrap();
+        t.raw().pragma_update(None, "user_version", 999).unwrap();
+        match Store::open(&t.path, Arc::clone(&t.keys)) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (999, latest_version()));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}

@@ -5,22 +5,25 @@
 //! sealed here with the tenant id and field name bound in as associated data,
 //! so a copy of the database file alone reveals nothing.
 //!
-//! Writes go through one writer connection; reads use their own connection,
-//! so a slow admin listing never blocks a renewal commit. Every public method
-//! is async and runs its SQLite work on the blocking pool.
+//! Writes go through one writer connection; reads use a pool of two
+//! read-only connections, so a slow admin listing never blocks a renewal
+//! commit. Every public method is async and runs its SQLite work on the
+//! blocking pool.
 //!
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
-
+//!
 //! Files: `connection.rs` (open, pragmas, file modes, read pool),
 //! `migrate.rs`, `sealed.rs` (which fields are sealed and how), and one file
-//! per table family: `tenants.rs`, `credentials.rs`, `tokens.rs`, `jobs.rs`.
+//! per table family: `tenants.rs` (reads) and `tenant_writes.rs`,
+//! `credentials.rs`, `tokens.rs`, `jobs.rs`.
 
 mod connection;
 mod credentials;
 mod jobs;
 mod migrate;
 mod sealed;
+mod tenant_writes;
 mod tenants;
 #[cfg(test)]
 mod testutil;
@@ -244,15 +247,18 @@ impl Store {
     /// Inserts the tenant with its credentials, first token and job, all or
     /// nothing. `TenantExists` if the id is taken.
     pub async fn insert_tenant(&self, t: NewTenant) -> Result<(), StoreError> {
-        self.write(move |tx, keys| tenants::insert(tx, keys, &t))
+        self.write(move |tx, keys| tenant_writes::insert(tx, keys, &t))
             .await
     }
 
     /// Inserts many tenants in one transaction (bulk import, load tests):
     /// all or nothing, `TenantExists` names the first duplicate.
     pub async fn insert_tenants(&self, ts: Vec<NewTenant>) -> Result<(), StoreError> {
-        self.write(move |tx, keys| ts.iter().try_for_each(|t| tenants::insert(tx, keys, t)))
-            .await
+        self.write(move |tx, keys| {
+            ts.iter()
+                .try_for_each(|t| tenant_writes::insert(tx, keys, t))
+        })
+        .await
     }
 
     pub async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
@@ -319,7 +325,8 @@ impl Store {
     /// Applies `changes` in one transaction and returns the tenant as stored.
     /// A new base URL also moves the renewal job to the new host. With both
     /// `renew_at` and `clear_job`, the job is removed. A new `token` also sets
-    /// last_refresh_at to its issued_at. `TenantNotFound` if missing.
+    /// last_refresh_at to its issued_at; `clear_failures` also resets the
+    /// job's attempt counter. updated_at = `now`. `TenantNotFound` if missing.
     pub async fn update_tenant(
         &self,
         id: &TenantId,
@@ -327,14 +334,14 @@ impl Store {
         now: UnixMs,
     ) -> Result<Tenant, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| tenants::update(tx, keys, id.as_str(), &changes, now))
+        self.write(move |tx, keys| tenant_writes::update(tx, keys, id.as_str(), &changes, now))
             .await
     }
 
     /// Deletes the tenant, its credentials, token and jobs (bytes overwritten).
     pub async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, _| tenants::delete(tx, id.as_str()))
+        self.write(move |tx, _| tenant_writes::delete(tx, id.as_str()))
             .await
     }
 
@@ -343,7 +350,7 @@ impl Store {
     pub async fn set_pbx_user(&self, id: &TenantId, user: &PbxUser) -> Result<(), StoreError> {
         let id = id.clone();
         let user = user.clone();
-        self.write(move |tx, _| tenants::set_pbx_user(tx, id.as_str(), &user))
+        self.write(move |tx, _| tenant_writes::set_pbx_user(tx, id.as_str(), &user))
             .await
     }
 
@@ -428,143 +435,4 @@ fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::testutil::*;
-    use super::*;
-
-    fn mode(p: &Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    }
-
-    #[tokio::test]
-    async fn files_are_private_and_settings_hold() {
-        let t = open_temp();
-        t.store
-            .insert_tenant(new_tenant("acme", TenantState::Active))
-            .await
-            .unwrap();
-        assert_eq!(mode(t.path.parent().unwrap()), 0o700);
-        assert_eq!(mode(&t.path), 0o600);
-        assert_eq!(mode(&connection::sibling(&t.path, "-wal")), 0o600);
-        assert_eq!(mode(&connection::sibling(&t.path, "-shm")), 0o600);
-        let settings = t
-            .store
-            .with_writer(|c, _| {
-                let q = |sql: &str| -> Result<i64, StoreError> {
-                    Ok(c.query_row(sql, [], |r| r.get(0))?)
-                };
-                let jm: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-                Ok((
-                    jm,
-                    q("PRAGMA synchronous")?,
-                    q("PRAGMA foreign_keys")?,
-                    q("PRAGMA secure_delete")?,
-                ))
-            })
-            .await
-            .unwrap();
-        // synchronous 2 = FULL.
-        assert_eq!(settings, ("wal".to_string(), 2, 1, 1));
-    }
-
-    #[tokio::test]
-    async fn loose_existing_file_is_tightened() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        std::fs::write(&path, b"").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let store = Store::open(&path, Arc::new(Keyring::ephemeral())).unwrap();
-        assert_eq!(mode(&path), 0o600);
-        store.close().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn migrations_are_idempotent_across_reopen() {
-        let t = open_temp();
-        t.store
-            .insert_tenant(new_tenant("acme", TenantState::Active))
-            .await
-            .unwrap();
-        t.store.close().await.unwrap();
-        for _ in 0..2 {
-            let s = Store::open(&t.path, Arc::clone(&t.keys)).unwrap();
-            let got = s.get_tenant(&tid("acme")).await.unwrap().unwrap();
-            assert_eq!(got.state, TenantState::Active);
-            assert!(s.trusted_credentials(&tid("acme")).await.unwrap().is_some());
-            s.close().await.unwrap();
-        }
-        let v = migrate::user_version(&t.raw()).unwrap();
-        assert_eq!(v, migrate::latest_version());
-    }
-
-    #[tokio::test]
-    async fn newer_schema_is_refused() {
-        let t = open_temp();
-        t.store.close().await.unwrap();
-        t.raw().pragma_update(None, "user_version", 999).unwrap();
-        match Store::open(&t.path, Arc::clone(&t.keys)) {
-            Err(StoreError::SchemaTooNew { found, supported }) => {
-                assert_eq!((found, supported), (999, migrate::latest_version()));
-            }
-            other => panic!("expected SchemaTooNew, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn closed_store_refuses_work_and_leaves_no_wal() {
-        let t = open_temp();
-        insert_many(&t.store, 10).await;
-        let clone = t.store.clone();
-        t.store.close().await.unwrap();
-        assert!(matches!(
-            clone.get_tenant(&tid("t000001")).await,
-            Err(StoreError::Task(_))
-        ));
-        assert!(matches!(
-            clone.delete_tenant(&tid("t000001")).await,
-            Err(StoreError::Task(_))
-        ));
-        // Closing twice is harmless.
-        clone.close().await.unwrap();
-        let wal = connection::sibling(&t.path, "-wal");
-        assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
-    }
-
-    #[tokio::test]
-    async fn maintenance_runs() {
-        let t = open_temp();
-        insert_many(&t.store, 50).await;
-        t.store.optimize().await.unwrap();
-        t.store.wal_checkpoint().await.unwrap();
-        let wal = connection::sibling(&t.path, "-wal");
-        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
-        assert_eq!(t.store.load_cache().await.unwrap().len(), 50);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_reads_and_writes() {
-        let t = open_temp();
-        insert_many(&t.store, 20).await;
-        let mut tasks = Vec::new();
-        for i in 0..40 {
-            let s = t.store.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = tid(&format!("t{:06}", i % 20));
-                if i % 2 == 0 {
-                    s.reschedule(&id, T0.plus_ms(i)).await.unwrap();
-                } else {
-                    assert!(s.get_tenant(&id).await.unwrap().is_some());
-                    s.list_tenants(None, 5, None).await.unwrap();
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-    }
 }

@@ -141,3 +141,148 @@ pub(super) fn record_refresh(
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::domain::TenantState;
+
+    #[tokio::test]
+    async fn record_refresh_counts_failures_and_resets_on_success() {
+        let t = open_temp();
+        let id = tid("acme");
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Active))
+            .await
+            .unwrap();
+        let fail = |state, n: i64| RefreshRecord::Failure {
+            state,
+            error: format!("failure {n}"),
+            retry_at: T0.plus_ms(n * 1000),
+        };
+        let n1 = t
+            .store
+            .record_refresh(&id, fail(TenantState::RenewalFailing, 1), T0.plus_ms(1))
+            .await
+            .unwrap();
+        let n2 = t
+            .store
+            .record_refresh(
+                &id,
+                fail(TenantState::CredentialsRejected, 2),
+                T0.plus_ms(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!((n1, n2), (1, 2));
+        let got = t.store.get_tenant(&id).await.unwrap().unwrap();
+        assert_eq!(got.state, TenantState::CredentialsRejected);
+        assert_eq!(got.consecutive_failures, 2);
+        assert_eq!(got.last_error.as_deref(), Some("failure 2"));
+        assert_eq!(got.next_refresh_at, Some(T0.plus_ms(2000)));
+        assert_eq!(got.updated_at, T0.plus_ms(2));
+        // The held token is untouched by failures.
+        assert_eq!(got.token_expires_at, Some(T0.plus_ms(HOUR)));
+        assert_eq!(got.last_refresh_at, Some(T0));
+        let attempts = |t: &TestStore| -> i64 {
+            t.raw()
+                .query_row(
+                    "SELECT attempts FROM renewal_jobs WHERE tenant_id = 'acme'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(attempts(&t), 2);
+
+        let issued = T0.plus_ms(HOUR);
+        let ok = RefreshRecord::Success {
+            token: token("fresh-token", issued),
+            renew_at: issued.plus_ms(HOUR / 2),
+        };
+        let n = t.store.record_refresh(&id, ok, issued).await.unwrap();
+        assert_eq!(n, 0);
+        let got = t.store.get_tenant(&id).await.unwrap().unwrap();
+        assert_eq!(got.state, TenantState::Active);
+        assert_eq!((got.consecutive_failures, got.last_error), (0, None));
+        assert_eq!(got.last_refresh_at, Some(issued));
+        assert_eq!(got.token_expires_at, Some(issued.plus_ms(HOUR)));
+        assert_eq!(got.next_refresh_at, Some(issued.plus_ms(HOUR / 2)));
+        assert_eq!(attempts(&t), 0);
+        let cache = t.store.load_cache().await.unwrap();
+        let tok = cache[0].token.as_ref().unwrap();
+        assert_eq!(tok.value.expose(), "fresh-token");
+        assert_eq!(tok.issued_at, issued);
+
+        let gone = tid("gone");
+        assert!(matches!(
+            t.store
+                .record_refresh(&gone, fail(TenantState::RenewalFailing, 3), T0)
+                .await,
+            Err(StoreError::TenantNotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn record_refresh_does_not_undo_an_operator_decision() {
+        let t = open_temp();
+        let id = tid("acme");
+        t.store
+            .insert_tenant(new_tenant("acme", TenantState::Disabled))
+            .await
+            .unwrap();
+        let ok = RefreshRecord::Success {
+            token: token("late", T0),
+            renew_at: T0.plus_ms(HOUR),
+        };
+        t.store.record_refresh(&id, ok, T0).await.unwrap();
+        let got = t.store.get_tenant(&id).await.unwrap().unwrap();
+        assert_eq!(got.state, TenantState::Disabled);
+        // Its job exists but is never due while disabled.
+        assert!(t
+            .store
+            .due_jobs(T0.plus_ms(2 * HOUR), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn load_cache_returns_every_tenant_with_its_token() {
+        let t = open_temp();
+        t.store
+            .insert_tenant(new_tenant("a", TenantState::Active))
+            .await
+            .unwrap();
+        t.store
+            .insert_tenant(new_tenant("p", TenantState::PendingAuthorization))
+            .await
+            .unwrap();
+        let mut cache = t.store.load_cache().await.unwrap();
+        cache.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache[0].state, TenantState::Active);
+        assert_eq!(cache[0].base_url.host(), "pbx.example.com");
+        let tok = cache[0].token.as_ref().unwrap();
+        assert_eq!(tok.value.expose(), "token-a");
+        assert_eq!(tok.token_type, "Bearer");
+        assert_eq!((tok.issued_at, tok.expires_at), (T0, T0.plus_ms(HOUR)));
+        assert_eq!(cache[1].state, TenantState::PendingAuthorization);
+        assert!(cache[1].token.is_none());
+    }
+
+    #[tokio::test]
+    async fn load_cache_of_ten_thousand_tenants() {
+        let t = open_temp();
+        insert_many(&t.store, 10_000).await;
+        let started = std::time::Instant::now();
+        let cache = t.store.load_cache().await.unwrap();
+        // Reported, not asserted: debug builds and busy CI machines vary.
+        eprintln!("load_cache: 10,000 tenants in {:?}", started.elapsed());
+        assert_eq!(cache.len(), 10_000);
+        assert!(cache.iter().all(|c| c.token.is_some()));
+        let c = cache.iter().find(|c| c.id.as_str() == "t004321").unwrap();
+        assert_eq!(c.token.as_ref().unwrap().value.expose(), "token-t004321");
+    }
+}
