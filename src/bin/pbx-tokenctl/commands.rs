@@ -255,7 +255,10 @@ async fn tenant_delete(ctx: &Ctx, a: TenantDeleteArgs) -> Result<()> {
             a.tenant_id
         ))?
     {
-        return Err(CliError::Usage("not deleted".into()).into());
+        return Err(anyhow::anyhow!(
+            "aborted: tenant {} not deleted",
+            a.tenant_id
+        ));
     }
     let req = proto::DeleteTenantRequest {
         tenant_id: a.tenant_id.clone(),
