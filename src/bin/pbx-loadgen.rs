@@ -1,1 +1,611 @@
-fn main() {}
+//! pbx-loadgen: load generator for `TokenService.GetToken`.
+//!
+//! Opens `--connections` HTTP/2 connections, runs `--concurrency` tasks spread
+//! over them, each calling GetToken for a random tenant in a closed loop.
+//! After `--warmup`, every call that starts and ends inside the `--duration`
+//! window is counted: requests/s, errors by gRPC code and the latency
+//! percentiles of the successful calls (in microseconds, from per-task
+//! HDR histograms merged at the end).
+//!
+//! `--make-h2load-body FILE --tenant ID` instead writes one pre-encoded gRPC
+//! request for driving the server with h2load (see `--help`).
+
+#[path = "pbx-tokenctl/codes.rs"]
+mod codes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use pbx_tokend::proto::token_service_client::TokenServiceClient;
+use pbx_tokend::proto::GetTokenRequest;
+
+use crate::codes::code_name;
+
+const AFTER_HELP: &str = "\
+Tenant ids:
+  Each call asks for <tenants-prefix><index> with index drawn uniformly from
+  [first-index, first-index + tenants), zero-padded to --id-width digits:
+  with the defaults, bench-000000 .. bench-099999 (e.g. bench-000042).
+
+Output:
+  requests/s over the measured window, errors by gRPC code, and the
+  p50/p90/p99/p99.9/max latency of successful calls in microseconds.
+  Exits 1 when no call succeeded.
+
+h2load:
+  To take this client out of the measurement, write a request body once and
+  drive the server with h2load (nghttp2):
+    pbx-loadgen --make-h2load-body getbody.bin --tenant bench-000042
+    h2load -n 200000 -c 4 -m 50 \\
+      -H 'content-type: application/grpc' -H 'te: trailers' \\
+      -H 'authorization: Bearer KEY' \\
+      -d getbody.bin http://127.0.0.1:50051/pbxtokend.v1.TokenService/GetToken
+  (-c connections, -m concurrent streams per connection.) h2load counts
+  HTTP status only: a gRPC error still answers HTTP 200, with the code in the
+  grpc-status trailer, so check a sample with pbx-tokenctl first.";
+
+/// Load generator for pbx-tokend's TokenService.GetToken.
+#[derive(Debug, Parser)]
+#[command(name = "pbx-loadgen", version, after_help = AFTER_HELP)]
+struct Args {
+    /// gRPC endpoint of the daemon.
+    #[arg(
+        long,
+        env = "PBX_TOKEND_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    endpoint: String,
+
+    /// API key sent as `authorization: Bearer <key>` (a READER key matching
+    /// the benchmark tenants is enough).
+    #[arg(
+        long,
+        env = "PBX_TOKEND_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
+
+    /// Prefix of the tenant ids.
+    #[arg(long, default_value = "bench-", value_name = "PREFIX")]
+    tenants_prefix: String,
+
+    /// Number of distinct tenants to spread the calls over.
+    #[arg(long, default_value_t = 100_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tenants: u64,
+
+    /// Index of the first tenant.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    first_index: u64,
+
+    /// Zero-pad the tenant index to this many digits (0 = no padding).
+    #[arg(long, default_value_t = 6, value_name = "DIGITS")]
+    id_width: usize,
+
+    /// Calls in flight at any time (one task each, closed loop).
+    #[arg(long, default_value_t = 50, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+
+    /// HTTP/2 connections; the tasks are spread over them round-robin.
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+
+    /// Measured time, e.g. 10s, 500ms, 2m (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// Unmeasured time before the measurement starts.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// GetTokenRequest.min_valid_seconds (0 = the daemon's default).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    min_valid: u32,
+
+    /// Deadline of each call; late calls count as DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+
+    /// Do not run: write a pre-encoded gRPC GetToken request body for h2load
+    /// to FILE (needs --tenant).
+    #[arg(long, value_name = "FILE", requires = "tenant")]
+    make_h2load_body: Option<PathBuf>,
+
+    /// Tenant id of the request written by --make-h2load-body.
+    #[arg(long, value_name = "TENANT", requires = "make_h2load_body")]
+    tenant: Option<String>,
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// "10s", "500ms", "2m", "1h", "1.5s"; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    let factor = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(value * factor).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `bench-000042`: prefix, then the index zero-padded to `width` digits.
+fn tenant_id(prefix: &str, index: u64, width: usize) -> String {
+    format!("{prefix}{index:0width$}")
+}
+
+/// A gRPC length-prefixed message: compressed flag 0, 4-byte big-endian
+/// length, then the message.
+fn grpc_frame(message: &[u8]) -> Result<Vec<u8>> {
+    let len = u32::try_from(message.len()).context("message too large for one gRPC frame")?;
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(message);
+    Ok(out)
+}
+
+fn h2load_body(tenant: &str, min_valid_seconds: u32) -> Result<Vec<u8>> {
+    let req = GetTokenRequest {
+        tenant_id: tenant.to_string(),
+        min_valid_seconds,
+    };
+    grpc_frame(&req.encode_to_vec())
+}
+
+/// "2s", "500ms", "1500ms": as a person would write it.
+fn short_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn latency_histogram() -> Result<Histogram<u64>> {
+    // 1 µs .. 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------- load
+
+/// What every task needs, shared.
+struct Plan {
+    prefix: String,
+    first_index: u64,
+    tenants: u64,
+    id_width: usize,
+    min_valid: u32,
+    timeout: Duration,
+    auth: Option<MetadataValue<Ascii>>,
+    measure_start: Instant,
+    end: Instant,
+}
+
+/// One task's counts for the measured window.
+struct Tally {
+    latency: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    fn new() -> Result<Self> {
+        Ok(Tally {
+            latency: latency_histogram()?,
+            ok: 0,
+            errors: BTreeMap::new(),
+        })
+    }
+
+    fn merge(&mut self, other: Tally) -> Result<()> {
+        self.latency
+            .add(&other.latency)
+            .map_err(|e| anyhow!("merging histograms: {e}"))?;
+        self.ok += other.ok;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        Ok(())
+    }
+
+    fn error_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+async fn worker(mut client: TokenServiceClient<Channel>, plan: Arc<Plan>) -> Result<Tally> {
+    let mut tally = Tally::new()?;
+    let mut rng = StdRng::from_entropy();
+    loop {
+        let index = plan.first_index + rng.gen_range(0..plan.tenants);
+        let mut req = Request::new(GetTokenRequest {
+            tenant_id: tenant_id(&plan.prefix, index, plan.id_width),
+            min_valid_seconds: plan.min_valid,
+        });
+        if let Some(auth) = &plan.auth {
+            req.metadata_mut().insert("authorization", auth.clone());
+        }
+        req.set_timeout(plan.timeout);
+        let start = Instant::now();
+        if start >= plan.end {
+            return Ok(tally);
+        }
+        let result = tokio::time::timeout(plan.timeout, client.get_token(req)).await;
+        let done = Instant::now();
+        if start < plan.measure_start || done > plan.end {
+            continue;
+        }
+        let code = match result {
+            Ok(Ok(_)) => Code::Ok,
+            Ok(Err(status)) => status.code(),
+            Err(_) => Code::DeadlineExceeded,
+        };
+        if code == Code::Ok {
+            tally.ok += 1;
+            tally.latency.saturating_record(micros(done - start).max(1));
+        } else {
+            *tally.errors.entry(code_name(code)).or_default() += 1;
+        }
+    }
+}
+
+async fn connect(endpoint: &str, n: u32) -> Result<Vec<Channel>> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("invalid --endpoint {endpoint:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let mut channels = Vec::new();
+    for i in 0..n {
+        // One connect() per channel: a separate TCP connection each.
+        let ch = ep
+            .connect()
+            .await
+            .with_context(|| format!("connection {} to {endpoint}", i + 1))?;
+        channels.push(ch);
+    }
+    Ok(channels)
+}
+
+async fn run_load(args: &Args) -> Result<Tally> {
+    let auth = match &args.api_key {
+        Some(key) => {
+            let mut v = MetadataValue::try_from(format!("Bearer {}", key.trim()))
+                .map_err(|_| anyhow!("the API key contains characters not allowed in a header"))?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    let channels = connect(&args.endpoint, args.connections).await?;
+    let now = Instant::now();
+    let measure_start = now + args.warmup;
+    let plan = Arc::new(Plan {
+        prefix: args.tenants_prefix.clone(),
+        first_index: args.first_index,
+        tenants: args.tenants,
+        id_width: args.id_width,
+        min_valid: args.min_valid,
+        timeout: args.timeout,
+        auth,
+        measure_start,
+        end: measure_start + args.duration,
+    });
+    if !args.json {
+        eprintln!(
+            "{} connections, {} tasks: warming up {}, then measuring {}",
+            args.connections,
+            args.concurrency,
+            short_duration(args.warmup),
+            short_duration(args.duration)
+        );
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.concurrency {
+        let idx = usize::try_from(i)? % channels.len().max(1);
+        let channel = channels
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| anyhow!("no connection"))?;
+        tasks.spawn(worker(TokenServiceClient::new(channel), plan.clone()));
+    }
+    let mut total = Tally::new()?;
+    while let Some(joined) = tasks.join_next().await {
+        total.merge(joined??)?;
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------- report
+
+fn per_second(n: u64, window: Duration) -> f64 {
+    let secs = window.as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> [(&'static str, u64); 5] {
+    [
+        ("p50", h.value_at_quantile(0.50)),
+        ("p90", h.value_at_quantile(0.90)),
+        ("p99", h.value_at_quantile(0.99)),
+        ("p99.9", h.value_at_quantile(0.999)),
+        ("max", h.max()),
+    ]
+}
+
+fn report_json(args: &Args, t: &Tally) -> Value {
+    let requests = t.ok + t.error_total();
+    let latency: serde_json::Map<String, Value> = percentiles(&t.latency)
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .chain(std::iter::once((
+            "mean".to_string(),
+            json!(t.latency.mean()),
+        )))
+        .collect();
+    json!({
+        "endpoint": args.endpoint,
+        "connections": args.connections,
+        "concurrency": args.concurrency,
+        "tenants": args.tenants,
+        "tenants_prefix": args.tenants_prefix,
+        "duration_seconds": args.duration.as_secs_f64(),
+        "warmup_seconds": args.warmup.as_secs_f64(),
+        "requests": requests,
+        "ok": t.ok,
+        "errors_total": t.error_total(),
+        "errors": t.errors,
+        "requests_per_second": per_second(requests, args.duration),
+        "ok_per_second": per_second(t.ok, args.duration),
+        "latency_us": latency,
+    })
+}
+
+fn report_text(args: &Args, t: &Tally) -> String {
+    let requests = t.ok + t.error_total();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<20}{v}\n"));
+    line("endpoint", args.endpoint.clone());
+    line(
+        "tenants",
+        format!(
+            "{} ({} .. {})",
+            args.tenants,
+            tenant_id(&args.tenants_prefix, args.first_index, args.id_width),
+            tenant_id(
+                &args.tenants_prefix,
+                args.first_index + args.tenants - 1,
+                args.id_width
+            )
+        ),
+    );
+    line(
+        "load",
+        format!(
+            "{} connections, {} concurrent calls",
+            args.connections, args.concurrency
+        ),
+    );
+    line(
+        "window",
+        format!(
+            "{} after {} warm-up",
+            short_duration(args.duration),
+            short_duration(args.warmup)
+        ),
+    );
+    line(
+        "requests",
+        format!("{requests} ({:.1}/s)", per_second(requests, args.duration)),
+    );
+    line(
+        "ok",
+        format!("{} ({:.1}/s)", t.ok, per_second(t.ok, args.duration)),
+    );
+    line("errors", t.error_total().to_string());
+    for (code, n) in &t.errors {
+        line(&format!("  {code}"), n.to_string());
+    }
+    if t.latency.is_empty() {
+        out.push_str("latency             no successful calls\n");
+        return out;
+    }
+    out.push_str("latency of successful calls (µs):\n");
+    for (name, v) in percentiles(&t.latency) {
+        out.push_str(&format!("  {name:<18}{v}\n"));
+    }
+    out
+}
+
+// ---------------------------------------------------------------- main
+
+fn write_h2load_body(path: &PathBuf, tenant: &str, min_valid: u32) -> Result<()> {
+    let body = h2load_body(tenant, min_valid)?;
+    std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "wrote {} bytes to {}; now run for example:\n  \
+         h2load -n 200000 -c 4 -m 50 -H 'content-type: application/grpc' -H 'te: trailers' \
+         -H 'authorization: Bearer KEY' -d {} http://127.0.0.1:50051/pbxtokend.v1.TokenService/GetToken",
+        body.len(),
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    if let Some(path) = &args.make_h2load_body {
+        let tenant = args
+            .tenant
+            .as_deref()
+            .ok_or_else(|| anyhow!("--make-h2load-body needs --tenant"))?;
+        write_h2load_body(path, tenant, args.min_valid)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.duration.is_zero() {
+        bail!("--duration must be more than 0");
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build()?;
+    let tally = runtime.block_on(run_load(&args))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&args, &tally))?
+        );
+    } else {
+        print!("{}", report_text(&args, &tally));
+    }
+    Ok(if tally.ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn args_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn short_durations() {
+        assert_eq!(short_duration(Duration::ZERO), "0s");
+        assert_eq!(short_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(short_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn tenant_ids() {
+        assert_eq!(tenant_id("bench-", 42, 6), "bench-000042");
+        assert_eq!(tenant_id("bench-", 1_234_567, 6), "bench-1234567");
+        assert_eq!(tenant_id("t", 7, 0), "t7");
+    }
+
+    #[test]
+    fn h2load_body_is_a_grpc_frame() -> Result<()> {
+        let body = h2load_body("bench-000042", 0)?;
+        // field 1 (tenant_id), wire type 2, length 12, then the bytes.
+        let mut expected = vec![0u8, 0, 0, 0, 14, 0x0a, 12];
+        expected.extend_from_slice(b"bench-000042");
+        assert_eq!(body, expected);
+        let decoded = GetTokenRequest::decode(&body[5..])?;
+        assert_eq!(decoded.tenant_id, "bench-000042");
+
+        let with_min = h2load_body("a", 30)?;
+        assert_eq!(with_min, vec![0, 0, 0, 0, 5, 0x0a, 1, b'a', 0x10, 30]);
+        Ok(())
+    }
+
+    #[test]
+    fn frame_length_is_big_endian() -> Result<()> {
+        let msg = vec![7u8; 300];
+        let f = grpc_frame(&msg)?;
+        assert_eq!(&f[..5], &[0, 0, 0, 1, 44]);
+        assert_eq!(f.len(), 305);
+        Ok(())
+    }
+
+    #[test]
+    fn tallies_merge() -> Result<()> {
+        let mut a = Tally::new()?;
+        a.ok = 2;
+        a.latency.saturating_record(100);
+        a.latency.saturating_record(200);
+        a.errors.insert("NOT_FOUND", 1);
+        let mut b = Tally::new()?;
+        b.ok = 1;
+        b.latency.saturating_record(1000);
+        b.errors.insert("NOT_FOUND", 2);
+        b.errors.insert("UNAVAILABLE", 1);
+        a.merge(b)?;
+        assert_eq!(a.ok, 3);
+        assert_eq!(a.latency.len(), 3);
+        assert_eq!(a.errors.get("NOT_FOUND"), Some(&3));
+        assert_eq!(a.error_total(), 4);
+        assert!(a.latency.max() >= 1000);
+        Ok(())
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(per_second(100, Duration::from_secs(10)), 10.0);
+        assert_eq!(per_second(100, Duration::ZERO), 0.0);
+    }
+}

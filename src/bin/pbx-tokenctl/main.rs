@@ -1,0 +1,271 @@
+//! pbx-tokenctl: the command-line front end of pbx-tokend's gRPC API.
+//!
+//! - `cli.rs`      the clap definition (every flag documented there)
+//! - `commands.rs` one function per command
+//! - `display.rs`  proto <-> tables / JSON / times
+//! - `secrets.rs`  reading secrets and the API key (never from argv)
+//! - `codes.rs`    gRPC code names (shared with pbx-loadgen)
+
+mod cli;
+mod codes;
+mod commands;
+mod display;
+mod secrets;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use pbx_tokend::proto::admin_service_client::AdminServiceClient;
+use pbx_tokend::proto::token_service_client::TokenServiceClient;
+
+use crate::cli::Cli;
+use crate::codes::code_name;
+
+/// Failures found on this side of the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad command-line input: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The daemon cannot be reached: exit code 5.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Exit code for a gRPC status code (see `--help`).
+pub fn exit_code_for(code: Code) -> u8 {
+    match code {
+        Code::Ok => 0,
+        Code::InvalidArgument | Code::OutOfRange => 2,
+        Code::NotFound => 3,
+        Code::FailedPrecondition | Code::AlreadyExists => 4,
+        Code::Unavailable => 5,
+        Code::Unauthenticated | Code::PermissionDenied => 6,
+        _ => 1,
+    }
+}
+
+/// Exit code 141 (as if killed by SIGPIPE) when stdout was closed early,
+/// e.g. `pbx-tokenctl tenant list | head`.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// Prints the error as `error: <message> (<CODE>)` and picks the exit code.
+fn report(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(status) = cause.downcast_ref::<Status>() {
+            let message = if status.message().is_empty() {
+                status.code().description()
+            } else {
+                status.message()
+            };
+            eprintln!("error: {message} ({})", code_name(status.code()));
+            return exit_code_for(status.code());
+        }
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return match e {
+                CliError::Usage(m) => {
+                    eprintln!("error: {m}");
+                    2
+                }
+                CliError::Unavailable(m) => {
+                    eprintln!("error: {m} (UNAVAILABLE)");
+                    5
+                }
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return BROKEN_PIPE_EXIT;
+            }
+        }
+    }
+    eprintln!("error: {err:#}");
+    1
+}
+
+/// Adds `authorization: Bearer <key>` to every call when a key is known.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    fn new(key: Option<&str>) -> Result<Self> {
+        let Some(key) = key else {
+            return Ok(Auth(None));
+        };
+        let mut value = MetadataValue::try_from(format!("Bearer {key}")).map_err(|_| {
+            CliError::Usage("the API key contains characters not allowed in a header".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(Auth(Some(value)))
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type AuthChannel = InterceptedService<Channel, Auth>;
+
+/// What every command needs: the connection, the key and the output mode.
+pub struct Ctx {
+    channel: Channel,
+    auth: Auth,
+    timeout: Duration,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn admin(&self) -> AdminServiceClient<AuthChannel> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn tokens(&self) -> TokenServiceClient<AuthChannel> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// A request carrying the call deadline (`grpc-timeout`).
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        req.set_timeout(self.timeout);
+        req
+    }
+
+    /// Awaits a unary call, also enforcing the deadline on this side.
+    pub async fn unary<T>(
+        &self,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {}s (see --timeout)",
+                self.timeout.as_secs()
+            ))
+            .into()),
+        }
+    }
+}
+
+/// "transport error: ...: connection refused": every cause, one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    s
+}
+
+async fn connect(endpoint: &str) -> Result<Channel> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| CliError::Usage(format!("invalid --endpoint {endpoint:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    ep.connect().await.map_err(|e| {
+        CliError::Unavailable(format!(
+            "cannot connect to {endpoint}: {}; is pbx-tokend running? (--endpoint, PBX_TOKEND_ENDPOINT)",
+            error_chain(&e)
+        ))
+        .into()
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let key = secrets::resolve_api_key(&cli.global)?;
+    let auth = Auth::new(key.as_ref().map(|k| k.as_str()))?;
+    drop(key);
+    let channel = connect(&cli.global.endpoint).await?;
+    let ctx = Ctx {
+        channel,
+        auth,
+        timeout: Duration::from_secs(cli.global.timeout.max(1)),
+        json: cli.global.json,
+    };
+    commands::dispatch(&ctx, cli.command).await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => ExitCode::from(report(&err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_per_status_class() {
+        assert_eq!(exit_code_for(Code::Ok), 0);
+        assert_eq!(exit_code_for(Code::InvalidArgument), 2);
+        assert_eq!(exit_code_for(Code::NotFound), 3);
+        assert_eq!(exit_code_for(Code::FailedPrecondition), 4);
+        assert_eq!(exit_code_for(Code::AlreadyExists), 4);
+        assert_eq!(exit_code_for(Code::Unavailable), 5);
+        assert_eq!(exit_code_for(Code::Unauthenticated), 6);
+        assert_eq!(exit_code_for(Code::PermissionDenied), 6);
+        assert_eq!(exit_code_for(Code::Internal), 1);
+        assert_eq!(exit_code_for(Code::DeadlineExceeded), 1);
+    }
+
+    #[test]
+    fn report_finds_status_behind_context() {
+        let err = anyhow::Error::new(Status::not_found("tenant x not found")).context("getting x");
+        assert_eq!(report(&err), 3);
+        let err = anyhow::Error::new(CliError::Usage("bad".into()));
+        assert_eq!(report(&err), 2);
+        let err = anyhow::Error::new(CliError::Unavailable("down".into()));
+        assert_eq!(report(&err), 5);
+        assert_eq!(report(&anyhow::anyhow!("other")), 1);
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(report(&anyhow::Error::new(pipe)), BROKEN_PIPE_EXIT);
+    }
+
+    #[test]
+    fn auth_header_only_with_key() -> Result<()> {
+        let mut none = Auth::new(None)?;
+        let req = none.call(Request::new(()))?;
+        assert!(req.metadata().get("authorization").is_none());
+        let mut some = Auth::new(Some("k3y"))?;
+        let req = some.call(Request::new(()))?;
+        assert_eq!(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer k3y")
+        );
+        assert!(Auth::new(Some("bad\nkey")).is_err());
+        Ok(())
+    }
+}
