@@ -158,7 +158,11 @@ impl Slot {
     pub fn publish(&self, token: Arc<AccessToken>) {
         {
             let mut m = self.meta();
-            m.state = TenantState::Active;
+            // An operator's DISABLED (set while this fetch was in flight)
+            // stands, as it does in the store.
+            if m.state.is_renewing() {
+                m.state = TenantState::Active;
+            }
             m.failures = 0;
             m.last_error = None;
             m.cooldown_until = None;
@@ -168,7 +172,9 @@ impl Slot {
 
     pub fn record_failure(&self, state: TenantState, error: String) {
         let mut m = self.meta();
-        m.state = state;
+        if m.state.is_renewing() {
+            m.state = state;
+        }
         m.failures = m.failures.saturating_add(1);
         m.last_error = Some(error);
     }

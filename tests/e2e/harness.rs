@@ -23,8 +23,10 @@ pub struct TestDaemon {
 
 /// Settings every test wants: loopback simulator over http, fast backoff.
 pub fn test_config(dir: &TempDir) -> Config {
-    let mut c = Config::default();
-    c.state_dir = dir.path().join("state");
+    let mut c = Config {
+        state_dir: dir.path().join("state"),
+        ..Config::default()
+    };
     c.grpc.listen = "127.0.0.1:0".into();
     c.pbx.allow_insecure_http = true;
     c.pbx.allow_private_addresses = true;
