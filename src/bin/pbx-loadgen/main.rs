@@ -10,7 +10,10 @@
 //! `--make-h2load-body FILE --tenant ID` instead writes one pre-encoded gRPC
 //! request for driving the server with h2load (see `--help`).
 
-#[path = "pbx-tokenctl/codes.rs"]
+mod baseline;
+mod seed;
+
+#[path = "../pbx-tokenctl/codes.rs"]
 mod codes;
 
 use std::collections::BTreeMap;
@@ -141,6 +144,17 @@ struct Args {
     /// Tenant id of the request written by --make-h2load-body.
     #[arg(long, value_name = "TENANT", requires = "make_h2load_body")]
     tenant: Option<String>,
+
+    /// Do not run load: register --tenants benchmark tenants through
+    /// CreateTenant against the simulator at this base URL (start it with
+    /// `pbx-sim --trusted-apps N`; tenant <prefix>000000 gets app-000001).
+    #[arg(long, value_name = "SIM_BASE_URL")]
+    seed_from_sim: Option<String>,
+
+    /// Do not run load: serve a bare tonic TokenService answering GetToken
+    /// from a HashMap of --tenants tokens at ADDR (the comparison baseline).
+    #[arg(long, value_name = "ADDR")]
+    serve_baseline: Option<std::net::SocketAddr>,
 }
 
 // ---------------------------------------------------------------- helpers
@@ -487,14 +501,41 @@ fn run(args: Args) -> Result<ExitCode> {
         write_h2load_body(path, tenant, args.min_valid)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(addr) = args.serve_baseline {
+        let runtime = runtime(&args)?;
+        runtime.block_on(baseline::serve(
+            addr,
+            &args.tenants_prefix,
+            args.tenants,
+            args.first_index,
+            args.id_width,
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(sim) = &args.seed_from_sim {
+        let runtime = runtime(&args)?;
+        runtime.block_on(async {
+            let channels = connect(&args.endpoint, args.connections).await?;
+            seed::seed(
+                channels,
+                seed::SeedPlan {
+                    count: args.tenants,
+                    first_index: args.first_index,
+                    prefix: args.tenants_prefix.clone(),
+                    width: args.id_width,
+                    sim_base_url: sim.clone(),
+                    concurrency: args.concurrency,
+                    api_key: args.api_key.clone(),
+                },
+            )
+            .await
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = builder.enable_all().build()?;
+    let runtime = runtime(&args)?;
     let tally = runtime.block_on(run_load(&args))?;
     if args.json {
         println!(
@@ -509,6 +550,14 @@ fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn runtime(args: &Args) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        builder.worker_threads(n.max(1));
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn main() -> ExitCode {
