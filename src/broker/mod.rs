@@ -12,6 +12,7 @@
 mod slot;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rand::Rng;
@@ -100,6 +101,8 @@ pub struct Broker {
     pbx: Arc<dyn PbxApi>,
     limiter: Arc<HostLimiters>,
     settings: RwLock<Arc<BrokerSettings>>,
+    /// Copy of `settings.default_min_valid_ms` for the GetToken hot path.
+    default_min_valid_ms: AtomicI64,
     slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
     /// Woken whenever a renewal job may have moved earlier.
     schedule_changed: Notify,
@@ -118,6 +121,7 @@ impl Broker {
             store,
             pbx,
             limiter,
+            default_min_valid_ms: AtomicI64::new(settings.default_min_valid_ms),
             settings: RwLock::new(Arc::new(settings)),
             slots: RwLock::new(HashMap::new()),
             schedule_changed: Notify::new(),
@@ -155,6 +159,8 @@ impl Broker {
     }
 
     pub fn set_settings(&self, settings: BrokerSettings) {
+        self.default_min_valid_ms
+            .store(settings.default_min_valid_ms, Ordering::Relaxed);
         match self.settings.write() {
             Ok(mut s) => *s = Arc::new(settings),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(settings),
@@ -221,7 +227,7 @@ impl Broker {
     ) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot(tenant)?;
         let min_valid_ms = if min_valid_secs == 0 {
-            self.settings().default_min_valid_ms
+            self.default_min_valid_ms.load(Ordering::Relaxed)
         } else {
             i64::from(min_valid_secs) * 1000
         };
