@@ -283,3 +283,31 @@ async fn list_pages_filters_and_tenant_fields() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_warns_when_a_host_cannot_carry_its_renewals() {
+    let sim = sim_with_lifetime(3600).await;
+    let d = TestDaemon::start(|c| c.limits.per_host_requests_per_second = 1).await;
+    let quiet = d
+        .admin()
+        .list_tenants(ListTenantsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+    // 4 tenants renewing every ~2.4 s need ~1.7 renewals/s; the host allows 1.
+    sim.sim.set_token_lifetime(3);
+    for i in 0..4 {
+        d.add_tenant(&sim, &format!("w{i}")).await;
+    }
+    let page = d
+        .admin()
+        .list_tenants(ListTenantsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.warnings.len(), 1, "{:?}", page.warnings);
+    let w = &page.warnings[0];
+    assert!(w.contains(&sim.addr.to_string()), "{w}");
+    assert!(w.contains("per_host_requests_per_second = 1"), "{w}");
+}

@@ -52,14 +52,11 @@ async fn binary_serves_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("pbx-tokend.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let good_config = format!(
             "state_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n[pbx]\nallow_insecure_http = true\nallow_private_addresses = true\n[log]\nformat = \"json\"\n",
             dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
+        );
+    std::fs::write(&config, &good_config).unwrap();
     let child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -104,8 +101,34 @@ async fn binary_serves_and_drains_on_sigterm() {
         .await
         .unwrap()
         .into_inner();
-    // SIGTERM: clean exit, well within the drain deadline.
+    // SIGHUP: the file is re-read; a bad file is refused, the old config stays.
     let pid = child.id().to_string();
+    std::fs::write(&config, "[refresh]\nat_fraction = 7\n").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokens
+        .get_token(pbx_tokend::proto::GetTokenRequest {
+            tenant_id: "bin".into(),
+            min_valid_seconds: 0,
+        })
+        .await
+        .is_ok());
+    std::fs::write(
+        &config,
+        &good_config.replace("[pbx]", "[limits]\nper_host_requests_per_second = 7\n[pbx]"),
+    )
+    .unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM: clean exit, well within the drain deadline.
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -121,6 +144,9 @@ async fn binary_serves_and_drains_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit {status:?}; logs:\n{logs}");
     assert!(logs.contains("shutdown complete"), "{logs}");
+    assert!(logs.contains("reload refused"), "{logs}");
+    assert!(logs.contains("configuration reloaded"), "{logs}");
+    assert!(logs.contains("refresh.at_fraction"), "{logs}");
     // Logs never carry the secret or the token.
     assert!(!logs.contains(&app.client_secret));
     assert!(!logs.contains(&token.access_token));
