@@ -119,7 +119,7 @@ async fn binary_serves_and_drains_on_sigterm() {
         .is_ok());
     std::fs::write(
         &config,
-        &good_config.replace("[pbx]", "[limits]\nper_host_requests_per_second = 7\n[pbx]"),
+        good_config.replace("[pbx]", "[limits]\nper_host_requests_per_second = 7\n[pbx]"),
     )
     .unwrap();
     assert!(Command::new("kill")
