@@ -2,6 +2,8 @@
 //! timestamps of our own under systemd (journald adds them). The level can be
 //! changed on SIGHUP through the returned handle; `RUST_LOG`, when set, wins.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -54,7 +56,10 @@ pub fn init(config: &LogConfig) -> LogHandle {
             .with_writer(std::io::stderr);
         let _ = registry.with(layer).try_init();
     } else {
-        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        // Colours only on a terminal: escape codes in a log file are noise.
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr);
         let _ = registry.with(layer).try_init();
     }
     LogHandle {

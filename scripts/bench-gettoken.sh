@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# GetToken benchmark: pbx-tokend with N tenants against a bare tonic server
+# answering from a HashMap, on the same machine, same client.
+# Usage: scripts/bench-gettoken.sh [TENANTS] [DURATION]
+# Needs a release build (cargo build --release --bins). Writes raw results to
+# $OUT (default target/bench). h2load (Debian nghttp2-client) is used when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100000}
+DUR=${2:-10s}
+BIN=${BIN:-target/release}
+OUT=${OUT:-target/bench}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+SIM_PORT=18080 DAEMON_PORT=15051 BASE_PORT=15052
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+"$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime 7200 --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
+pids+=($!)
+cat >"$WORK/d.toml" <<TOML
+state_dir = "$WORK/state"
+[grpc]
+listen = "127.0.0.1:$DAEMON_PORT"
+[log]
+level = "warn"
+[pbx]
+allow_insecure_http = true
+allow_private_addresses = true
+[limits]
+per_host_requests_per_second = 100000
+per_host_concurrent = 64
+TOML
+wait_port() { for _ in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+wait_port $SIM_PORT
+"$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/d1.log" 2>&1 &
+DPID=$!; pids+=($DPID)
+wait_port $DAEMON_PORT
+KEY_ARGS=()
+[ -f "$WORK/state/admin.key" ] && KEY_ARGS=(--api-key "$(cat "$WORK/state/admin.key")")
+echo "== seeding $N tenants"
+/usr/bin/time -v "$BIN/pbx-loadgen" --endpoint http://127.0.0.1:$DAEMON_PORT "${KEY_ARGS[@]}" \
+  --tenants "$N" --concurrency 32 --connections 2 --seed-from-sim http://127.0.0.1:$SIM_PORT 2>"$OUT/seed.txt" || { cat "$OUT/seed.txt"; exit 1; }
+tail -1 "$OUT/seed.txt" | sed 's/^/   /'; grep -E "seeding done" "$OUT/seed.txt" || true
+kill -TERM $DPID; wait $DPID || true
+
+echo "== restart with $N tenants (start-up time, RSS)"
+start=$(date +%s%N)
+RUST_LOG=info "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/d2.log" 2>&1 &
+DPID=$!; pids+=($DPID)
+wait_port $DAEMON_PORT
+ready=$(( ($(date +%s%N) - start) / 1000000 ))
+sleep 1
+rss=$(awk '/VmRSS/{print $2}' /proc/$DPID/status)
+echo "process_start_to_port_open_ms=$ready rss_kb_idle=$rss" | tee "$OUT/startup.txt"
+grep -o "startup_ms=[0-9]*" "$WORK/d2.log" | tee -a "$OUT/startup.txt" || true
+db=$(du -k "$WORK/state/pbx-tokend.db" | cut -f1); echo "db_kb=$db" | tee -a "$OUT/startup.txt"
+
+for c in 8 50 200; do
+  echo "== pbx-tokend GetToken, concurrency $c"
+  "$BIN/pbx-loadgen" --endpoint http://127.0.0.1:$DAEMON_PORT "${KEY_ARGS[@]}" --tenants "$N" \
+     --concurrency $c --connections 4 --duration "$DUR" --warmup 2s --json >"$OUT/daemon-c$c.json"
+  python3 -c "import json,sys; r=json.load(open('$OUT/daemon-c$c.json')); print('   rps=%.0f'%r['requests_per_second'], 'lat_us=', r['latency_us'], 'errors=', r.get('errors'))"
+done
+rss=$(awk '/VmRSS/{print $2}' /proc/$DPID/status); echo "rss_kb_after_load=$rss" | tee -a "$OUT/startup.txt"
+
+if command -v h2load >/dev/null; then
+  "$BIN/pbx-loadgen" --make-h2load-body "$WORK/body.bin" --tenant bench-000042
+  H=(-H 'content-type: application/grpc' -H 'te: trailers')
+  [ ${#KEY_ARGS[@]} -gt 0 ] && H+=(-H "authorization: Bearer ${KEY_ARGS[1]}")
+  echo "== h2load against pbx-tokend (4 connections x 50 streams)"
+  h2load -n 200000 -c 4 -m 50 "${H[@]}" -d "$WORK/body.bin" http://127.0.0.1:$DAEMON_PORT/pbxtokend.v1.TokenService/GetToken >"$OUT/h2load-daemon.txt"
+  grep -E "finished in|requests:|time for request" "$OUT/h2load-daemon.txt" | sed 's/^/   /'
+fi
+kill -TERM $DPID; wait $DPID || true
+
+echo "== bare tonic baseline (HashMap), same client"
+"$BIN/pbx-loadgen" --serve-baseline 127.0.0.1:$BASE_PORT --tenants "$N" >"$WORK/base.log" 2>&1 &
+BPID=$!; pids+=($BPID)
+wait_port $BASE_PORT
+for c in 8 50 200; do
+  echo "== baseline GetToken, concurrency $c"
+  "$BIN/pbx-loadgen" --endpoint http://127.0.0.1:$BASE_PORT --tenants "$N" \
+     --concurrency $c --connections 4 --duration "$DUR" --warmup 2s --json >"$OUT/baseline-c$c.json"
+  python3 -c "import json,sys; r=json.load(open('$OUT/baseline-c$c.json')); print('   rps=%.0f'%r['requests_per_second'], 'lat_us=', r['latency_us'])"
+done
+if command -v h2load >/dev/null; then
+  echo "== h2load against the baseline"
+  h2load -n 200000 -c 4 -m 50 -H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/body.bin" \
+     http://127.0.0.1:$BASE_PORT/pbxtokend.v1.TokenService/GetToken >"$OUT/h2load-baseline.txt"
+  grep -E "finished in|requests:|time for request" "$OUT/h2load-baseline.txt" | sed 's/^/   /'
+fi
+echo "raw results in $OUT"
