@@ -21,7 +21,7 @@ impl LogHandle {
         if self.env_override {
             return;
         }
-        match EnvFilter::try_new(level) {
+        match EnvFilter::try_new(with_quiet_dependencies(level)) {
             Ok(f) => {
                 if let Err(e) = self.filter.reload(f) {
                     tracing::warn!("cannot change the log level: {e}");
@@ -32,13 +32,27 @@ impl LogHandle {
     }
 }
 
+/// The cron library logs its own life cycle at info; that is noise for an
+/// operator, so it is held at warn unless the directive names it.
+fn with_quiet_dependencies(level: &str) -> String {
+    if level.contains("tokio_cron_scheduler") {
+        level.to_owned()
+    } else {
+        format!("{level},tokio_cron_scheduler=warn")
+    }
+}
+
+fn filter_for(level: &str) -> EnvFilter {
+    EnvFilter::try_new(with_quiet_dependencies(level)).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
 /// Installs the global subscriber. Call once, from a binary.
 pub fn init(config: &LogConfig) -> LogHandle {
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
         EnvFilter::from_default_env()
     } else {
-        EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
+        filter_for(&config.level)
     };
     let (filter, handle) = reload::Layer::new(filter);
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
