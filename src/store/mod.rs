@@ -20,6 +20,7 @@
 
 mod connection;
 mod credentials;
+mod group_commit;
 mod jobs;
 mod migrate;
 mod sealed;
@@ -159,6 +160,8 @@ struct Inner {
     readers: ReadPool,
     keyring: Arc<Keyring>,
     path: PathBuf,
+    /// Refresh outcomes waiting for the next group commit.
+    refresh_queue: group_commit::Queue,
 }
 
 impl std::fmt::Debug for Store {
@@ -191,6 +194,7 @@ impl Store {
                 readers,
                 keyring,
                 path: path.to_owned(),
+                refresh_queue: group_commit::Queue::default(),
             }),
         })
     }
@@ -317,9 +321,7 @@ impl Store {
         record: RefreshRecord,
         now: UnixMs,
     ) -> Result<u32, StoreError> {
-        let id = id.clone();
-        self.write(move |tx, keys| tokens::record_refresh(tx, keys, id.as_str(), &record, now))
-            .await
+        group_commit::record(&self.inner, id.clone(), record, now).await
     }
 
     /// Applies `changes` in one transaction and returns the tenant as stored.

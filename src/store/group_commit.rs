@@ -1,0 +1,183 @@
+//! Group commit for refresh outcomes. With `synchronous=FULL` every commit
+//! waits for the disk; one commit per renewal would cap renewals at the
+//! disk's fsync rate. Instead, outcomes queue up while a commit is running
+//! and the next commit takes them all: one transaction, one fsync, each
+//! outcome in its own savepoint so one bad record cannot undo the others.
+//! With no load there is no waiting: the first caller commits at once.
+//!
+//! Does not: decide what a record contains (tokens.rs writes it).
+
+use std::sync::Mutex;
+
+use rusqlite::TransactionBehavior;
+use tokio::sync::oneshot;
+
+use super::connection::{closed, lock};
+use super::{tokens, Inner, RefreshRecord, StoreError};
+use crate::clock::UnixMs;
+use crate::domain::TenantId;
+
+/// Largest batch in one transaction: bounds the time the writer is held.
+const MAX_BATCH: usize = 512;
+
+pub(super) struct Pending {
+    id: TenantId,
+    record: RefreshRecord,
+    now: UnixMs,
+    reply: oneshot::Sender<Result<u32, StoreError>>,
+}
+
+/// The queue and whether a committer is running.
+#[derive(Default)]
+pub(super) struct Queue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: Vec<Pending>,
+    committing: bool,
+}
+
+/// Queues one outcome; the caller that finds no committer running becomes
+/// the committer and drains the queue on the blocking pool.
+pub(super) async fn record(
+    inner: &std::sync::Arc<Inner>,
+    id: TenantId,
+    record: RefreshRecord,
+    now: UnixMs,
+) -> Result<u32, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    let start_committer = {
+        let mut q = lock(&inner.refresh_queue.state);
+        q.pending.push(Pending {
+            id,
+            record,
+            now,
+            reply,
+        });
+        !std::mem::replace(&mut q.committing, true)
+    };
+    if start_committer {
+        let inner = std::sync::Arc::clone(inner);
+        // Detached on purpose: it must finish the batch even if this caller
+        // is cancelled, or the other waiters would never hear back.
+        tokio::task::spawn_blocking(move || drain(&inner));
+    }
+    answer
+        .await
+        .map_err(|_| StoreError::Task("the refresh committer stopped".into()))?
+}
+
+fn drain(inner: &Inner) {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut q = lock(&inner.refresh_queue.state);
+            if q.pending.is_empty() {
+                q.committing = false;
+                return;
+            }
+            let n = q.pending.len().min(MAX_BATCH);
+            q.pending.drain(..n).collect()
+        };
+        commit_batch(inner, batch);
+    }
+}
+
+fn commit_batch(inner: &Inner, batch: Vec<Pending>) {
+    let mut guard = lock(&inner.writer);
+    let Some(conn) = guard.as_mut() else {
+        for p in batch {
+            let _ = p.reply.send(Err(closed()));
+        }
+        return;
+    };
+    let mut results: Vec<Result<u32, StoreError>> = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<(), StoreError> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for p in &batch {
+            let sp = tx.savepoint()?;
+            let r = tokens::record_refresh(&sp, &inner.keyring, p.id.as_str(), &p.record, p.now);
+            if r.is_ok() {
+                sp.commit()?;
+            }
+            // An Err drops the savepoint, rolling back just this record.
+            results.push(r);
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            for (p, r) in batch.into_iter().zip(results) {
+                let _ = p.reply.send(r);
+            }
+        }
+        Err(e) => {
+            // The whole transaction is gone: nobody's record was stored.
+            let msg = e.to_string();
+            for p in batch {
+                let _ = p
+                    .reply
+                    .send(Err(StoreError::Task(format!("group commit failed: {msg}"))));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::domain::TenantState;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_outcomes_all_land_and_a_bad_one_spoils_nothing() {
+        let t = open_temp();
+        insert_many(&t.store, 300).await;
+        let mut calls = Vec::new();
+        for i in 0..300 {
+            let store = t.store.clone();
+            calls.push(tokio::spawn(async move {
+                let id = tid(&format!("t{i:06}"));
+                let issued = T0.plus_ms(1000 + i);
+                store
+                    .record_refresh(
+                        &id,
+                        RefreshRecord::Success {
+                            token: token(&format!("new-{i}"), issued),
+                            renew_at: issued.plus_ms(1000),
+                        },
+                        issued,
+                    )
+                    .await
+            }));
+        }
+        // A tenant that does not exist, in the middle of the crowd.
+        let gone = t
+            .store
+            .record_refresh(
+                &tid("gone"),
+                RefreshRecord::Failure {
+                    state: TenantState::RenewalFailing,
+                    error: "x".into(),
+                    retry_at: T0,
+                },
+                T0,
+            )
+            .await;
+        assert!(
+            matches!(gone, Err(StoreError::TenantNotFound(_))),
+            "{gone:?}"
+        );
+        for c in calls {
+            assert_eq!(c.await.unwrap().unwrap(), 0);
+        }
+        let cached = t.store.load_cache().await.unwrap();
+        assert_eq!(cached.len(), 300);
+        for c in cached {
+            let token = c.token.unwrap();
+            assert!(token.value.expose().starts_with("new-"), "{}", c.id);
+        }
+    }
+}
