@@ -133,8 +133,12 @@ pub enum FlowUpdate {
     /// A step failed and may be retried: the step stays.
     Error { error: String },
     /// The flow ends without a trusted app in use; the public token, any
-    /// new app secret and token are wiped.
-    Failed { error: String },
+    /// new app secret and token are wiped. `orphan` as in
+    /// `AppCreationFailed` (e.g. a new app the PBX then rejected).
+    Failed {
+        orphan: Option<String>,
+        error: String,
+    },
 }
 
 /// What step 6 puts on the tenant.
@@ -250,7 +254,8 @@ impl Store {
 
     /// Step 6 in one transaction: the tenant gets the new credentials, the
     /// first token, the PBX user, its state and renewal job; the flow is
-    /// completed and its secrets wiped. Returns the tenant as stored.
+    /// completed, its secrets wiped and its orphan list (reported in
+    /// `note`) cleared. Returns the tenant as stored.
     pub async fn complete_flow(
         &self,
         id: &TenantId,
@@ -278,7 +283,7 @@ impl Store {
             let n = tx.execute(
                 &format!(
                     "UPDATE onboarding_flows SET step = 'completed', {WIPE}, error = NULL, \
-                     updated_at = ?2 WHERE tenant_id = ?1"
+                     orphaned_apps = '[]', updated_at = ?2 WHERE tenant_id = ?1"
                 ),
                 params![id, now.0],
             )?;
@@ -372,7 +377,10 @@ fn advance(
                 params![id, error, now.0],
             )?
         }
-        FlowUpdate::Failed { error } => {
+        FlowUpdate::Failed { orphan, error } => {
+            if let Some(name) = orphan {
+                add_orphan(tx, id, name)?;
+            }
             set_tenant_error(tx, id, error)?;
             tx.execute(
                 &format!(

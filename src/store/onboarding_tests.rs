@@ -188,6 +188,7 @@ async fn orphans_survive_a_new_begin_and_failure_wipes_secrets() {
         .advance_flow(
             &id,
             FlowUpdate::Failed {
+                orphan: Some("a2".into()),
                 error: "403".into(),
             },
             T0,
@@ -197,6 +198,7 @@ async fn orphans_survive_a_new_begin_and_failure_wipes_secrets() {
     let f = t.store.flow_of(&id).await.unwrap().unwrap();
     assert_eq!(f.step, FlowStep::Failed);
     assert!(f.public_token.is_none());
+    assert_eq!(f.orphaned_apps, vec!["a1".to_string(), "a2".to_string()]);
     // Deleting the tenant takes the flow with it.
     t.store.delete_tenant(&id).await.unwrap();
     assert_eq!(t.count("onboarding_flows", "acme"), 0);
