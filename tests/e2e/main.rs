@@ -9,6 +9,8 @@ mod harness;
 mod admin;
 mod binary;
 mod failures;
+mod onboarding;
+mod onboarding_callback;
 mod renewal;
 mod secrecy;
 mod tokens;
