@@ -33,7 +33,9 @@ pub fn validate_state(s: &str) -> Result<(), ValidationError> {
     if s.is_empty() || s.len() > MAX_STATE_LEN {
         return Err(ValidationError::new(
             "state",
-            format!("must be 1 to {MAX_STATE_LEN} characters: the state printed by BeginAuthorization"),
+            format!(
+                "must be 1 to {MAX_STATE_LEN} characters: the state printed by BeginAuthorization"
+            ),
         ));
     }
     if !s

@@ -253,9 +253,12 @@ impl Onboarding {
         };
         let id = match by_state {
             Some(hash) => {
-                let flow = self.broker.store().flow_by_state(hash).await?.ok_or_else(|| {
-                    OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned())
-                })?;
+                let flow = self
+                    .broker
+                    .store()
+                    .flow_by_state(hash)
+                    .await?
+                    .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))?;
                 if !input.tenant_id.is_empty() && input.tenant_id != flow.tenant_id.as_str() {
                     return Err(ValidationError::new(
                         "tenant_id",
@@ -270,9 +273,12 @@ impl Onboarding {
         let _running = self.lock(&id).await;
         // Read again under the lock: a flow may have moved (or been replaced).
         let flow = match by_state {
-            Some(hash) => self.broker.store().flow_by_state(hash).await?.ok_or_else(|| {
-                OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned())
-            })?,
+            Some(hash) => self
+                .broker
+                .store()
+                .flow_by_state(hash)
+                .await?
+                .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))?,
             None => {
                 let _ = self.tenant(&id).await?;
                 self.broker.store().flow_of(&id).await?.ok_or_else(|| {

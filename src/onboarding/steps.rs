@@ -90,7 +90,12 @@ impl Onboarding {
     /// Records a failed step and turns it into the caller's error.
     async fn fail(&self, id: &TenantId, update: FlowUpdate, f: Failure) -> OnboardingError {
         tracing::warn!(tenant = %id, "{}", f.message);
-        match self.broker.store().advance_flow(id, update, self.now()).await {
+        match self
+            .broker
+            .store()
+            .advance_flow(id, update, self.now())
+            .await
+        {
             Ok(()) => f.error(),
             Err(e) => e.into(),
         }
@@ -117,8 +122,12 @@ impl Onboarding {
     ) -> Result<Flow, OnboardingError> {
         let id = &tenant.id;
         let base = &tenant.base_url;
-        let (public, redirect_uri) =
-            self.broker.store().public_credentials(id).await?.ok_or_else(|| {
+        let (public, redirect_uri) = self
+            .broker
+            .store()
+            .public_credentials(id)
+            .await?
+            .ok_or_else(|| {
                 OnboardingError::FailedPrecondition(format!(
                     "tenant {id} has no public app any more; register it again with public_app"
                 ))
@@ -134,7 +143,8 @@ impl Onboarding {
         let grant = match result {
             Ok(g) => g,
             Err(f) => {
-                let failure = exchange_failure(&f, &redirect_uri, flow.state_expires_at, self.now());
+                let failure =
+                    exchange_failure(&f, &redirect_uri, flow.state_expires_at, self.now());
                 let update = Self::update_for(&failure, None);
                 return Err(self.fail(id, update, failure).await);
             }
@@ -255,9 +265,17 @@ impl Onboarding {
         let mut attempt = 1;
         loop {
             let update = FlowUpdate::AppStored { app: app.clone() };
-            match self.broker.store().advance_flow(id, update, self.now()).await {
+            match self
+                .broker
+                .store()
+                .advance_flow(id, update, self.now())
+                .await
+            {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < STORE_ATTEMPTS => {
+                // A deleted tenant will not come back; anything else may pass.
+                Err(e)
+                    if attempt < STORE_ATTEMPTS && !matches!(e, StoreError::TenantNotFound(_)) =>
+                {
                     tracing::error!(tenant = %id, attempt, "cannot store the new trusted application yet: {e}; retrying");
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -274,7 +292,10 @@ impl Onboarding {
     async fn first_token(&self, tenant: &Tenant, mut flow: Flow) -> Result<Flow, OnboardingError> {
         let id = &tenant.id;
         let app = flow.app.clone().ok_or_else(|| corrupt(id, "trusted app"))?;
-        let name = flow.app_name.clone().unwrap_or_else(|| app.client_id.clone());
+        let name = flow
+            .app_name
+            .clone()
+            .unwrap_or_else(|| app.client_id.clone());
         let issued_at = self.now();
         match self.broker.request_token(&tenant.base_url, &app).await {
             Ok(grant) => {
@@ -441,7 +462,12 @@ fn orphan_note(names: &[String]) -> Option<String> {
 
 /// What a failed code exchange (step 1) means. The flow stays at `Issued`:
 /// the same state can be completed with a new code while it is valid.
-fn exchange_failure(f: &FetchFailure, redirect_uri: &str, state_until: UnixMs, now: UnixMs) -> Failure {
+fn exchange_failure(
+    f: &FetchFailure,
+    redirect_uri: &str,
+    state_until: UnixMs,
+    now: UnixMs,
+) -> Failure {
     let again = format!("have the PBX user open the authorization URL again (its state is valid until {state_until}) and complete with the new code, or run BeginAuthorization for a new URL");
     match f {
         FetchFailure::HostThrottled { until } => Failure::new(
@@ -515,7 +541,13 @@ fn create_failure(
 /// What a failed first token (step 4) means. Rejected credentials of an app
 /// the PBX just created end the flow (the secret is useless); anything else
 /// leaves the stored app waiting for a retry.
-fn token_failure(f: &FetchFailure, name: &str, client_id: &str, id: &TenantId, now: UnixMs) -> Failure {
+fn token_failure(
+    f: &FetchFailure,
+    name: &str,
+    client_id: &str,
+    id: &TenantId,
+    now: UnixMs,
+) -> Failure {
     let retry = format!("the new trusted application \"{name}\" (client_id {client_id}) is stored: call CompleteAuthorization(tenant_id={id}) again to go on");
     match f {
         FetchFailure::Pbx(e @ PbxError::CredentialsRejected { .. }) => Failure::new(
@@ -548,14 +580,43 @@ mod tests {
                 description: Some(description.into()),
             })
         };
-        let f = exchange_failure(&rejected("invalid_grant", "The code has expired."), "https://crm/cb", UnixMs(0), UnixMs(0));
+        let f = exchange_failure(
+            &rejected("invalid_grant", "The code has expired."),
+            "https://crm/cb",
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert_eq!(f.outcome, Outcome::Stuck);
-        assert!(f.message.contains("expired or was already used"), "{}", f.message);
-        let f = exchange_failure(&rejected("invalid_grant", "Mismatching redirect URI."), "https://crm/cb", UnixMs(0), UnixMs(0));
-        assert!(f.message.contains("redirect URI does not match") && f.message.contains("https://crm/cb"), "{}", f.message);
-        let f = exchange_failure(&rejected("invalid_client", "bad"), "u", UnixMs(0), UnixMs(0));
+        assert!(
+            f.message.contains("expired or was already used"),
+            "{}",
+            f.message
+        );
+        let f = exchange_failure(
+            &rejected("invalid_grant", "Mismatching redirect URI."),
+            "https://crm/cb",
+            UnixMs(0),
+            UnixMs(0),
+        );
+        assert!(
+            f.message.contains("redirect URI does not match")
+                && f.message.contains("https://crm/cb"),
+            "{}",
+            f.message
+        );
+        let f = exchange_failure(
+            &rejected("invalid_client", "bad"),
+            "u",
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert!(f.message.contains("public app"), "{}", f.message);
-        let f = exchange_failure(&FetchFailure::HostThrottled { until: UnixMs(5) }, "u", UnixMs(0), UnixMs(0));
+        let f = exchange_failure(
+            &FetchFailure::HostThrottled { until: UnixMs(5) },
+            "u",
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert_eq!(f.outcome, Outcome::Retry(Some(UnixMs(5))));
         assert!(matches!(f.error(), OnboardingError::Unavailable { .. }));
     }
@@ -563,26 +624,71 @@ mod tests {
     #[test]
     fn create_failures_name_possible_orphans() {
         let (f, orphan) = create_failure(
-            &PbxError::Refused { status: 403, message: "You do not have permission.".into() },
-            "app 1", &id(), UnixMs(0), UnixMs(0));
+            &PbxError::Refused {
+                status: 403,
+                message: "You do not have permission.".into(),
+            },
+            "app 1",
+            &id(),
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert_eq!((f.outcome, orphan), (Outcome::Fatal, false));
         assert!(f.message.contains("may not create applications"));
         let (f, orphan) = create_failure(
-            &PbxError::Protocol { reason: "fields received: app_key, app_password".into() },
-            "app 1", &id(), UnixMs(0), UnixMs(0));
+            &PbxError::Protocol {
+                reason: "fields received: app_key, app_password".into(),
+            },
+            "app 1",
+            &id(),
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert_eq!((f.outcome, orphan), (Outcome::Stuck, true));
         assert!(f.message.contains("\"app 1\"") && f.message.contains("app_key"));
-        let (f, orphan) = create_failure(&PbxError::Transient { reason: "HTTP 503".into() }, "app 1", &id(), UnixMs(0), UnixMs(0));
+        let (f, orphan) = create_failure(
+            &PbxError::Transient {
+                reason: "HTTP 503".into(),
+            },
+            "app 1",
+            &id(),
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert_eq!((f.outcome, orphan), (Outcome::Retry(None), true));
-        let (_, orphan) = create_failure(&PbxError::Throttled { retry_after: std::time::Duration::from_secs(1) }, "a", &id(), UnixMs(0), UnixMs(0));
+        let (_, orphan) = create_failure(
+            &PbxError::Throttled {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            "a",
+            &id(),
+            UnixMs(0),
+            UnixMs(0),
+        );
         assert!(!orphan);
     }
 
     #[test]
     fn rejected_new_app_ends_the_flow_other_token_failures_wait() {
-        let f = token_failure(&FetchFailure::Pbx(PbxError::CredentialsRejected { status: 401, error: None, description: None }), "n", "cid", &id(), UnixMs(0));
+        let f = token_failure(
+            &FetchFailure::Pbx(PbxError::CredentialsRejected {
+                status: 401,
+                error: None,
+                description: None,
+            }),
+            "n",
+            "cid",
+            &id(),
+            UnixMs(0),
+        );
         assert_eq!(f.outcome, Outcome::Fatal);
-        let f = token_failure(&FetchFailure::Pbx(PbxError::Transient { reason: "x".into() }), "n", "cid", &id(), UnixMs(0));
+        let f = token_failure(
+            &FetchFailure::Pbx(PbxError::Transient { reason: "x".into() }),
+            "n",
+            "cid",
+            &id(),
+            UnixMs(0),
+        );
         assert_eq!(f.outcome, Outcome::Retry(None));
         assert!(f.message.contains("is stored"));
     }

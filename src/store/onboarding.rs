@@ -311,7 +311,14 @@ fn advance(
                      public_token_type = ?3, public_token_issued_at = ?4, \
                      public_token_expires_at = ?5, error = NULL, updated_at = ?6 \
                  WHERE tenant_id = ?1",
-                params![id, sealed, t.token_type, t.issued_at.0, t.expires_at.0, now.0],
+                params![
+                    id,
+                    sealed,
+                    t.token_type,
+                    t.issued_at.0,
+                    t.expires_at.0,
+                    now.0
+                ],
             )?
         }
         FlowUpdate::CreatingApp { name } => tx.execute(
@@ -349,7 +356,14 @@ fn advance(
                 "UPDATE onboarding_flows SET step = 'token_obtained', token_sealed = ?2, \
                      token_type = ?3, token_issued_at = ?4, token_expires_at = ?5, error = NULL, \
                      updated_at = ?6 WHERE tenant_id = ?1",
-                params![id, sealed, t.token_type, t.issued_at.0, t.expires_at.0, now.0],
+                params![
+                    id,
+                    sealed,
+                    t.token_type,
+                    t.issued_at.0,
+                    t.expires_at.0,
+                    now.0
+                ],
             )?
         }
         FlowUpdate::UserVerified { user } => {

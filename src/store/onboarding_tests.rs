@@ -79,13 +79,16 @@ async fn begin_finds_flow_by_state_hash_only() {
         .unwrap();
     assert!(t.store.flow_by_state(hash(1)).await.unwrap().is_none());
     assert_eq!(
-        t.store.flow_of(&id).await.unwrap().unwrap().state_expires_at,
+        t.store
+            .flow_of(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state_expires_at,
         T0.plus_ms(1)
     );
     assert!(matches!(
-        t.store
-            .begin_flow(&tid("nobody"), hash(3), T0, T0)
-            .await,
+        t.store.begin_flow(&tid("nobody"), hash(3), T0, T0).await,
         Err(StoreError::TenantNotFound(_))
     ));
 }
@@ -204,13 +207,7 @@ async fn orphans_survive_a_new_begin_and_failure_wipes_secrets() {
     assert_eq!(t.count("onboarding_flows", "acme"), 0);
     assert!(matches!(
         t.store
-            .advance_flow(
-                &id,
-                FlowUpdate::Error {
-                    error: "x".into()
-                },
-                T0
-            )
+            .advance_flow(&id, FlowUpdate::Error { error: "x".into() }, T0)
             .await,
         Err(StoreError::TenantNotFound(_))
     ));

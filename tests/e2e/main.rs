@@ -11,6 +11,7 @@ mod binary;
 mod failures;
 mod onboarding;
 mod onboarding_callback;
+mod onboarding_crash;
 mod renewal;
 mod secrecy;
 mod tokens;

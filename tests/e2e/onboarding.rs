@@ -16,7 +16,12 @@ use crate::harness::*;
 pub const REDIRECT: &str = "https://crm.example.com/oauth/callback";
 
 /// Registers `tenant` with a new public app of `sim` (PENDING_AUTHORIZATION).
-pub async fn add_pending(d: &TestDaemon, sim: &RunningSim, tenant: &str, redirect: &str) -> AppInfo {
+pub async fn add_pending(
+    d: &TestDaemon,
+    sim: &RunningSim,
+    tenant: &str,
+    redirect: &str,
+) -> AppInfo {
     let public = sim.sim.add_public_app(None, None, redirect).unwrap();
     let t = d
         .admin()
@@ -68,7 +73,11 @@ fn assert_code(r: Result<proto::Tenant, tonic::Status>, code: Code, needle: &str
     match r {
         Err(s) => {
             assert_eq!(s.code(), code, "{}", s.message());
-            assert!(s.message().contains(needle), "{:?} lacks {needle:?}", s.message());
+            assert!(
+                s.message().contains(needle),
+                "{:?} lacks {needle:?}",
+                s.message()
+            );
             s.message().to_owned()
         }
         Ok(t) => panic!("expected {code:?}, got tenant in state {}", t.state),
@@ -98,7 +107,11 @@ async fn full_flow_via_complete_authorization() {
     assert_eq!(t.state, proto::TenantState::Active as i32);
     let created = sim.sim.created_apps();
     assert_eq!(created.len(), 1);
-    assert!(created[0].0.starts_with("pbx-tokend acme "), "{}", created[0].0);
+    assert!(
+        created[0].0.starts_with("pbx-tokend acme "),
+        "{}",
+        created[0].0
+    );
     assert_eq!(t.trusted_client_id, created[0].1);
     assert!(t.pbx_user.as_ref().is_some_and(|u| !u.login.is_empty()));
     assert!(t.next_refresh_at.is_some() && t.token_expires_at.is_some());
@@ -120,12 +133,20 @@ async fn full_flow_via_complete_authorization() {
     let db = std::fs::read(d.config.database_path()).unwrap();
     let wal = std::fs::read(d.config.state_dir.join("pbx-tokend.db-wal")).unwrap_or_default();
     for bytes in [db, wal] {
-        assert!(!bytes.windows(b.state.len()).any(|w| w == b.state.as_bytes()));
+        assert!(!bytes
+            .windows(b.state.len())
+            .any(|w| w == b.state.as_bytes()));
     }
 
     let d = d.restart().await;
-    assert_eq!(d.tenant("acme").await.state, proto::TenantState::Active as i32);
-    assert_eq!(d.get_token("acme").await.unwrap().access_token, token.access_token);
+    assert_eq!(
+        d.tenant("acme").await.state,
+        proto::TenantState::Active as i32
+    );
+    assert_eq!(
+        d.get_token("acme").await.unwrap().access_token,
+        token.access_token
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,9 +182,21 @@ async fn states_expire_are_single_use_and_superseded() {
     assert_eq!(t.state, proto::TenantState::Active as i32);
 
     // Bad input is INVALID_ARGUMENT, an unknown tenant NOT_FOUND.
-    assert_code(complete(&d, "", "", "x").await, Code::InvalidArgument, "state or tenant_id");
-    assert_code(complete(&d, "a b", "", "x").await, Code::InvalidArgument, "state");
-    assert_code(complete(&d, "", "nobody", "x").await, Code::NotFound, "nobody");
+    assert_code(
+        complete(&d, "", "", "x").await,
+        Code::InvalidArgument,
+        "state or tenant_id",
+    );
+    assert_code(
+        complete(&d, "a b", "", "x").await,
+        Code::InvalidArgument,
+        "state",
+    );
+    assert_code(
+        complete(&d, "", "nobody", "x").await,
+        Code::NotFound,
+        "nobody",
+    );
     let err = d
         .admin()
         .begin_authorization(BeginAuthorizationRequest {
@@ -196,7 +229,10 @@ async fn reused_code_and_redirect_mismatch() {
     let t = d.tenant("acme").await;
     assert_eq!(t.state, proto::TenantState::Active as i32);
     assert_eq!(t.trusted_client_id, first_app);
-    assert_eq!(d.get_token("acme").await.unwrap().access_token, token.access_token);
+    assert_eq!(
+        d.get_token("acme").await.unwrap().access_token,
+        token.access_token
+    );
     // A bad code does not consume the state: a fresh code completes it.
     let fresh = sim.sim.approve(&public.client_id, REDIRECT).unwrap();
     let t = complete(&d, &again.state, "", &fresh).await.unwrap();
@@ -281,7 +317,10 @@ async fn unknown_application_answer_is_named_and_resumable() {
     );
     let (lost_name, lost_id) = sim.sim.created_apps()[0].clone();
     assert!(msg.contains(&lost_name), "{msg}");
-    assert!(!msg.contains(&lost_id), "the answer's values must not show: {msg}");
+    assert!(
+        !msg.contains(&lost_id),
+        "the answer's values must not show: {msg}"
+    );
     assert!(d.tenant("acme").await.last_error.contains(&lost_name));
 
     // Resumable without a new code, by tenant or by state.
@@ -338,7 +377,10 @@ async fn reauthorization_serves_the_old_token_until_the_new_app_works() {
     let t = d.tenant("acme").await;
     assert_eq!(t.state, proto::TenantState::Active as i32);
     assert_eq!(t.trusted_client_id, first.trusted_client_id);
-    assert_eq!(d.get_token("acme").await.unwrap().access_token, old_token.access_token);
+    assert_eq!(
+        d.get_token("acme").await.unwrap().access_token,
+        old_token.access_token
+    );
     // The stored app is not thrown away by a new BeginAuthorization.
     let err = d
         .admin()

@@ -46,7 +46,11 @@ async fn decide(
         .send()
         .await
         .unwrap();
-    assert!(resp.url().path().ends_with("/oauth/callback"), "{}", resp.url());
+    assert!(
+        resp.url().path().ends_with("/oauth/callback"),
+        "{}",
+        resp.url()
+    );
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
@@ -67,7 +71,10 @@ async fn full_flow_via_the_callback_listener() {
     )
     .await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("Connected") && page.contains("alice"), "{page}");
+    assert!(
+        page.contains("Connected") && page.contains("alice"),
+        "{page}"
+    );
     let t = d.tenant("web").await;
     assert_eq!(t.state, proto::TenantState::Active as i32);
     assert_eq!(t.pbx_user.unwrap().login, "alice");
@@ -98,7 +105,10 @@ async fn user_denies_access() {
     )
     .await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("Access not granted") && page.contains("denied access"), "{page}");
+    assert!(
+        page.contains("Access not granted") && page.contains("denied access"),
+        "{page}"
+    );
     let t = d.tenant("no").await;
     assert_eq!(t.state, proto::TenantState::PendingAuthorization as i32);
     assert!(t.last_error.contains("denied access"), "{}", t.last_error);
@@ -121,8 +131,16 @@ async fn callback_pages_escape_and_refuse_bad_links() {
         ("", 400, "no state"),
         ("?code=abc", 400, "no state"),
         ("?state=abcdef", 400, "neither a code"),
-        ("?state=%3Cscript%3Ealert(1)%3C/script%3E&code=x", 400, "state"),
-        ("?state=unknownstate&error=%3Cb%3Ex%3C/b%3E", 409, "not known"),
+        (
+            "?state=%3Cscript%3Ealert(1)%3C/script%3E&code=x",
+            400,
+            "state",
+        ),
+        (
+            "?state=unknownstate&error=%3Cb%3Ex%3C/b%3E",
+            409,
+            "not known",
+        ),
         ("?state=unknownstate&code=c", 409, "not known"),
     ];
     for (query, status, needle) in cases {
@@ -178,22 +196,46 @@ async fn cli_onboards_a_tenant() {
         })
     };
     let t = run(vec![
-        "tenant".into(), "add".into(), "cli".into(), "--base-url".into(), base,
-        "--public-client-id".into(), cid, "--public-client-secret-file".into(), secret_path,
-        "--redirect-uri".into(), REDIRECT.into(),
+        "tenant".into(),
+        "add".into(),
+        "cli".into(),
+        "--base-url".into(),
+        base,
+        "--public-client-id".into(),
+        cid,
+        "--public-client-secret-file".into(),
+        secret_path,
+        "--redirect-uri".into(),
+        REDIRECT.into(),
     ])
     .await
     .unwrap();
-    assert!(t["state"].as_str().unwrap().eq_ignore_ascii_case("pending_authorization"), "{t}");
-    let b = run(vec!["auth".into(), "begin".into(), "cli".into()]).await.unwrap();
+    assert!(
+        t["state"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("pending_authorization"),
+        "{t}"
+    );
+    let b = run(vec!["auth".into(), "begin".into(), "cli".into()])
+        .await
+        .unwrap();
     let state = b["state"].as_str().unwrap().to_owned();
     assert!(b["authorization_url"].as_str().unwrap().contains(&state));
     let code = sim.sim.approve(&public.client_id, REDIRECT).unwrap();
     let t = run(vec![
-        "auth".into(), "complete".into(), "--state".into(), state, "--code".into(), code,
+        "auth".into(),
+        "complete".into(),
+        "--state".into(),
+        state,
+        "--code".into(),
+        code,
     ])
     .await
     .unwrap();
-    assert!(t["state"].as_str().unwrap().eq_ignore_ascii_case("active"), "{t}");
+    assert!(
+        t["state"].as_str().unwrap().eq_ignore_ascii_case("active"),
+        "{t}"
+    );
     assert_eq!(t["trusted_client_id"], sim.sim.created_apps()[0].1.as_str());
 }
