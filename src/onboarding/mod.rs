@@ -6,14 +6,16 @@
 //! interrupted by a crash resumes at start-up or on the next
 //! CompleteAuthorization for the same state or tenant.
 //!
-//! Files: `authorize.rs` (state, URL, names: pure), `steps.rs` (the steps and
-//! what each PBX failure means), `crash_hook.rs` (a test-only hook).
+//! Files: `authorize.rs` (state, URL, names: pure), `steps.rs` (the six
+//! steps), `failures.rs` (what each PBX failure means: pure),
+//! `crash_hook.rs` (a test-only hook).
 //!
 //! Does not: know protobuf or HTML (api/ translates), SQL (store/), or HTTP
 //! (pbx/). Token requests go through the broker's per-host limiter.
 
 mod authorize;
 mod crash_hook;
+mod failures;
 mod steps;
 
 use std::collections::HashMap;
@@ -359,7 +361,7 @@ impl Onboarding {
                 flow.state_expires_at
             )));
         }
-        let message = steps::denial_message(error, description);
+        let message = failures::denial_message(error, description);
         self.broker
             .store()
             .advance_flow(
