@@ -378,7 +378,8 @@ impl Onboarding {
     }
 
     /// Start-up: resumes every flow a crash interrupted between the code
-    /// exchange and the end. Errors are recorded on the tenant and logged.
+    /// exchange and the end (and flows holding a stored new app). Errors are
+    /// recorded on the tenant and logged.
     /// `cancel` is checked between flows (each flow is crash-safe anyway).
     pub async fn resume_interrupted(&self, cancel: CancellationToken) {
         let ids = match self.broker.store().interrupted_flows().await {
@@ -416,6 +417,17 @@ impl Onboarding {
         })?;
         if !flow.step.in_progress() {
             return self.tenant(id).await;
+        }
+        // Creating an application is a visible side effect in the PBX: it is
+        // repeated by itself only after a stop cut a flow short, never after
+        // a create call that failed and was reported (e.g. an unreadable
+        // answer would leave one more orphan at every start).
+        if flow.step == FlowStep::CodeExchanged {
+            if let Some(error) = &flow.error {
+                return Err(OnboardingError::FailedPrecondition(format!(
+                    "it waits for CompleteAuthorization(tenant_id={id}) after: {error}"
+                )));
+            }
         }
         let tenant = self.tenant(id).await?;
         self.drive(&tenant, flow).await

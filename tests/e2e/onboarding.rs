@@ -323,6 +323,12 @@ async fn unknown_application_answer_is_named_and_resumable() {
     );
     assert!(d.tenant("acme").await.last_error.contains(&lost_name));
 
+    // A restart does not try again by itself (that would leave one more
+    // unreadable app in the PBX at every start).
+    let d = d.restart().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(sim.sim.created_apps().len(), 1);
+
     // Resumable without a new code, by tenant or by state.
     sim.sim.clear_faults();
     let t = complete(&d, "", "acme", "").await.unwrap();
