@@ -40,6 +40,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub maintenance: MaintenanceConfig,
     pub shutdown: ShutdownConfig,
+    pub onboarding: OnboardingConfig,
+    pub callback: CallbackConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -115,6 +117,42 @@ pub struct ShutdownConfig {
     pub drain_timeout_ms: u64,
 }
 
+/// The authorization-code flow (BeginAuthorization / CompleteAuthorization).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnboardingConfig {
+    /// Name of the trusted application created in the PBX, so a person can
+    /// find it in the PBX web UI: `{tenant_id}` and `{suffix}` (6 random hex
+    /// digits, unique per attempt) are replaced.
+    pub app_name_template: String,
+    /// How long a state from BeginAuthorization can start a flow.
+    pub state_ttl_seconds: u64,
+}
+
+/// The optional OAuth callback listener (`GET /oauth/callback`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackConfig {
+    /// address:port to serve the callback on; unset or empty: off.
+    pub listen: Option<String>,
+}
+
+impl CallbackConfig {
+    /// The address to listen on, when the listener is on.
+    pub fn listen_addr(&self) -> Option<&str> {
+        self.listen.as_deref().filter(|l| !l.is_empty())
+    }
+}
+
+impl Default for OnboardingConfig {
+    fn default() -> Self {
+        Self {
+            app_name_template: "pbx-tokend {tenant_id} {suffix}".into(),
+            state_ttl_seconds: 600,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -128,6 +166,8 @@ impl Default for Config {
             refresh: RefreshConfig::default(),
             maintenance: MaintenanceConfig::default(),
             shutdown: ShutdownConfig::default(),
+            onboarding: OnboardingConfig::default(),
+            callback: CallbackConfig::default(),
         }
     }
 }
@@ -408,6 +448,31 @@ impl Config {
             0,
             600_000,
         )?;
+        range_u64(
+            "onboarding.state_ttl_seconds",
+            self.onboarding.state_ttl_seconds,
+            1,
+            86_400,
+        )?;
+        let template = &self.onboarding.app_name_template;
+        if !template.contains("{tenant_id}")
+            || !template.contains("{suffix}")
+            || template.len() > 200
+            || template.chars().any(char::is_control)
+        {
+            return Err(bad(
+                "onboarding.app_name_template",
+                format!("{template:?} must contain {{tenant_id}} and {{suffix}}, no control characters, and at most 200 bytes"),
+            ));
+        }
+        if let Some(listen) = self.callback.listen_addr() {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(
+                    "callback.listen",
+                    format!("{listen:?} is not an address:port such as 127.0.0.1:8081"),
+                ));
+            }
+        }
         for (key, expr) in [
             (
                 "maintenance.overdue_sweep_cron",
@@ -447,6 +512,15 @@ const ENV_PREFIX: &str = "PBX_TOKEND_";
 /// `state_dir` and not `[state] dir`.
 const TOP_LEVEL_KEYS: [&str; 2] = ["state_dir", "master_key_file"];
 
+/// `PBX_TOKEND_*` variables that are not settings: the binaries' own flags
+/// (`--config`, the CLI's endpoint and key) and the onboarding test hook.
+const NOT_SETTINGS: [&str; 4] = [
+    "PBX_TOKEND_CONFIG",
+    "PBX_TOKEND_ENDPOINT",
+    "PBX_TOKEND_API_KEY",
+    "PBX_TOKEND_TEST_CRASH_AFTER_STEP",
+];
+
 /// `PBX_TOKEND_<SECTION>_<KEY>=value` overrides `[section] key`. The value is
 /// parsed as a TOML value (number, bool) when it can be, else as a string.
 fn apply_env(
@@ -462,6 +536,8 @@ fn apply_env(
         "refresh",
         "maintenance",
         "shutdown",
+        "onboarding",
+        "callback",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -470,6 +546,9 @@ fn apply_env(
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if NOT_SETTINGS.contains(&var.as_str()) {
+            continue;
+        }
         let rest = rest.to_ascii_lowercase();
         let value = parse_env_value(&value);
         if TOP_LEVEL_KEYS.contains(&rest.as_str()) {
@@ -536,6 +615,37 @@ mod tests {
         assert_eq!(c.refresh.max_concurrent, 64);
         assert_eq!(c.refresh.max_concurrent_per_host, 16);
         assert!(!c.pbx.allow_insecure_http);
+        assert_eq!(c.onboarding.state_ttl_seconds, 600);
+        assert_eq!(c.callback.listen_addr(), None);
+    }
+
+    #[test]
+    fn onboarding_and_callback_from_env() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("PBX_TOKEND_CALLBACK_LISTEN", "127.0.0.1:8081"),
+                ("PBX_TOKEND_ONBOARDING_STATE_TTL_SECONDS", "5"),
+                ("PBX_TOKEND_CONFIG", "/etc/pbx-tokend.toml"),
+                ("PBX_TOKEND_TEST_CRASH_AFTER_STEP", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.callback.listen_addr(), Some("127.0.0.1:8081"));
+        assert_eq!(c.onboarding.state_ttl_seconds, 5);
+        for (var, value, key) in [
+            ("PBX_TOKEND_CALLBACK_LISTEN", "nowhere", "callback.listen"),
+            (
+                "PBX_TOKEND_ONBOARDING_APP_NAME_TEMPLATE",
+                "app {suffix}",
+                "onboarding.app_name_template",
+            ),
+        ] {
+            let err = Config::load_with_env(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

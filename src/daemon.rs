@@ -24,9 +24,10 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::{CryptoError, Keyring};
+use crate::onboarding::{CrashHook, Onboarding, OnboardingSettings};
 use crate::pbx::client::PbxClient;
 use crate::pbx::limiter::HostLimiters;
-use crate::pbx::PbxApi;
+use crate::pbx::{PbxApi, PbxOnboardingApi};
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
@@ -55,12 +56,20 @@ pub enum DaemonError {
     Serve(String),
     #[error("cannot read the listener address: {0}")]
     Listener(std::io::Error),
+    #[error("cannot listen on {addr} (callback.listen): {source}")]
+    CallbackListen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Daemon {
     local_addr: std::net::SocketAddr,
     broker: Arc<Broker>,
     tenants: Arc<Tenants>,
+    onboarding: Arc<Onboarding>,
+    /// The OAuth callback listener, when `[callback] listen` is set.
+    callback: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
     scheduler: Arc<Scheduler>,
     serving: CancellationToken,
     background: CancellationToken,
@@ -122,17 +131,33 @@ impl Daemon {
         listener: TcpListener,
         clock: SharedClock,
     ) -> Result<Daemon, DaemonError> {
-        let pbx = PbxClient::new(&config.pbx, &config.token)
-            .map_err(|e| DaemonError::PbxClient(e.to_string()))?;
-        Self::start_with(config, listener, clock, Arc::new(pbx)).await
+        let pbx = Arc::new(
+            PbxClient::new(&config.pbx, &config.token)
+                .map_err(|e| DaemonError::PbxClient(e.to_string()))?,
+        );
+        Self::start_with_onboarding(config, listener, clock, pbx.clone(), pbx).await
     }
 
-    /// Starts everything with the given PBX implementation.
+    /// Starts everything with the given PBX implementation for tokens; the
+    /// authorization flow uses the real HTTP client.
     pub async fn start_with(
         config: Config,
         listener: TcpListener,
         clock: SharedClock,
         pbx: Arc<dyn PbxApi>,
+    ) -> Result<Daemon, DaemonError> {
+        let onboarding_pbx = PbxClient::new(&config.pbx, &config.token)
+            .map_err(|e| DaemonError::PbxClient(e.to_string()))?;
+        Self::start_with_onboarding(config, listener, clock, pbx, Arc::new(onboarding_pbx)).await
+    }
+
+    /// Starts everything with the given PBX implementations.
+    pub async fn start_with_onboarding(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+        pbx: Arc<dyn PbxApi>,
+        onboarding_pbx: Arc<dyn PbxOnboardingApi>,
     ) -> Result<Daemon, DaemonError> {
         let started = std::time::Instant::now();
         create_state_dir(&config)?;
@@ -174,6 +199,19 @@ impl Daemon {
 
         let background = CancellationToken::new();
         let workers = TaskTracker::new();
+        let onboarding = Arc::new(Onboarding::new(
+            broker.clone(),
+            onboarding_pbx,
+            OnboardingSettings::from_config(&config.onboarding),
+            CrashHook::from_env(),
+            workers.clone(),
+        ));
+        // Flows a crash interrupted go on now, beside serving.
+        workers.spawn({
+            let onboarding = onboarding.clone();
+            let cancel = background.clone();
+            async move { onboarding.resume_interrupted(cancel).await }
+        });
         let scheduler = Arc::new(Scheduler::new(broker.clone(), scheduler_limits(&config)));
         let scheduler_task =
             tokio::spawn(scheduler.clone().run(background.clone(), workers.clone()));
@@ -197,7 +235,10 @@ impl Daemon {
                 broker.clone(),
                 serving.clone(),
             )))
-            .add_service(AdminServiceServer::new(AdminApi::new(tenants.clone())));
+            .add_service(AdminServiceServer::new(AdminApi::new(
+                tenants.clone(),
+                onboarding.clone(),
+            )));
         let stop = serving.clone();
         let server = tokio::spawn(async move {
             router
@@ -207,6 +248,25 @@ impl Daemon {
                 )
                 .await
         });
+        let callback = match config.callback.listen_addr() {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.map_err(|source| {
+                    DaemonError::CallbackListen {
+                        addr: addr.to_owned(),
+                        source,
+                    }
+                })?;
+                let at = l.local_addr().map_err(DaemonError::Listener)?;
+                let task = tokio::spawn(crate::api::callback::serve(
+                    l,
+                    onboarding.clone(),
+                    serving.clone(),
+                ));
+                tracing::info!(listen = %at, "OAuth callback listener serves GET /oauth/callback");
+                Some((at, task))
+            }
+            None => None,
+        };
         tracing::info!(
             listen = %local_addr,
             tenants = tenants_loaded,
@@ -217,6 +277,8 @@ impl Daemon {
             local_addr,
             broker,
             tenants,
+            onboarding,
+            callback,
             scheduler,
             serving,
             background,
@@ -237,6 +299,11 @@ impl Daemon {
         &self.broker
     }
 
+    /// Where the OAuth callback listener listens, when it is on.
+    pub fn callback_addr(&self) -> Option<std::net::SocketAddr> {
+        self.callback.as_ref().map(|(a, _)| *a)
+    }
+
     pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
         self.scheduler.status()
     }
@@ -252,6 +319,8 @@ impl Daemon {
         );
         self.scheduler.set_limits(scheduler_limits(config));
         self.tenants.set_capacity(capacity_settings(config));
+        self.onboarding
+            .set_settings(OnboardingSettings::from_config(&config.onboarding));
         tracing::info!("configuration reloaded");
     }
 
@@ -280,6 +349,13 @@ impl Daemon {
             Ok(Ok(())) => tracing::info!("gRPC server stopped"),
             Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
             Err(e) => result = Err(DaemonError::Serve(e.to_string())),
+        }
+        if let Some((_, task)) = self.callback {
+            match task.await {
+                Ok(Ok(())) => tracing::info!("callback listener stopped"),
+                Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
+                Err(e) => result = Err(DaemonError::Serve(e.to_string())),
+            }
         }
         self.background.cancel();
         if let Err(e) = self.scheduler_task.await {

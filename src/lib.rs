@@ -6,6 +6,7 @@
 //! - `api`        tonic services, proto <-> domain, the one Status mapping
 //! - `broker`     in-memory token cache, single-flight refresh, watchers
 //! - `tenants`    tenant administration use cases (create, update, delete)
+//! - `onboarding` the PBX authorization dialog as a resumable state machine
 //! - `renewal`    persistent renewal queue, workers, backoff, maintenance
 //! - `store`      SQLite: migrations, repositories, sealed secrets
 //! - `pbx`        HTTP client for the PBX API, its error model, rate limiter
@@ -23,6 +24,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod domain;
 pub mod logging;
+pub mod onboarding;
 pub mod pbx;
 pub mod renewal;
 pub mod secret;

@@ -6,17 +6,22 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::onboarding::{CompleteInput, Onboarding};
 use crate::proto;
 use crate::proto::admin_service_server::AdminService;
 use crate::tenants::{CreateTenantInput, Tenants, UpdateTenantInput};
 
 pub struct AdminApi {
     tenants: Arc<Tenants>,
+    onboarding: Arc<Onboarding>,
 }
 
 impl AdminApi {
-    pub fn new(tenants: Arc<Tenants>) -> Self {
-        Self { tenants }
+    pub fn new(tenants: Arc<Tenants>, onboarding: Arc<Onboarding>) -> Self {
+        Self {
+            tenants,
+            onboarding,
+        }
     }
 }
 
@@ -106,16 +111,33 @@ impl AdminService for AdminApi {
 
     async fn begin_authorization(
         &self,
-        _request: Request<proto::BeginAuthorizationRequest>,
+        request: Request<proto::BeginAuthorizationRequest>,
     ) -> Result<Response<proto::BeginAuthorizationResponse>, Status> {
-        Err(not_yet("BeginAuthorization"))
+        let a = self
+            .onboarding
+            .begin(&request.into_inner().tenant_id)
+            .await?;
+        Ok(Response::new(proto::BeginAuthorizationResponse {
+            authorization_url: a.url,
+            state: a.state.expose().clone(),
+            expires_at: Some(convert::timestamp(a.expires_at)),
+        }))
     }
 
     async fn complete_authorization(
         &self,
-        _request: Request<proto::CompleteAuthorizationRequest>,
+        request: Request<proto::CompleteAuthorizationRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
-        Err(not_yet("CompleteAuthorization"))
+        let r = request.into_inner();
+        let tenant = self
+            .onboarding
+            .complete(CompleteInput {
+                state: r.state,
+                tenant_id: r.tenant_id,
+                code: r.code,
+            })
+            .await?;
+        Ok(Response::new(convert::tenant(&tenant)))
     }
 
     async fn create_client(

@@ -1,8 +1,10 @@
 //! The gRPC front end: tonic services that decode a request, call one use
 //! case, and encode the answer. The only module that knows protobuf, and
-//! (in `status.rs`) the one place where errors become gRPC statuses.
+//! (in `status.rs`) the one place where errors become gRPC statuses. Also
+//! the optional OAuth callback listener (`callback.rs`, plain HTML pages).
 
 pub mod admin;
+pub mod callback;
 pub mod convert;
 pub mod status;
 pub mod token;

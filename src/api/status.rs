@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 
 use crate::broker::TokenError;
 use crate::domain::ValidationError;
+use crate::onboarding::OnboardingError;
 use crate::store::StoreError;
 use crate::tenants::AdminError;
 
@@ -66,6 +67,26 @@ impl From<AdminError> for Status {
             AdminError::Unimplemented(m) => Status::unimplemented(m),
             AdminError::Token(t) => t.into(),
             AdminError::Store(s) => store(s),
+        }
+    }
+}
+
+impl From<OnboardingError> for Status {
+    fn from(e: OnboardingError) -> Self {
+        match e {
+            OnboardingError::InvalidArgument(v) => invalid(v),
+            e @ OnboardingError::NotFound(_) => Status::not_found(format!(
+                "{e}; register it with CreateTenant (public_app and redirect_uri) first"
+            )),
+            // Replayed, expired or unknown states land here too: the
+            // request was fine, the flow is not in a state for it.
+            OnboardingError::FailedPrecondition(m) => Status::failed_precondition(m),
+            OnboardingError::Unavailable { reason, .. } => Status::unavailable(reason),
+            OnboardingError::Store(s) => store(s),
+            e @ OnboardingError::Internal(_) => {
+                tracing::error!("{e}");
+                Status::internal(format!("{e}; the flow resumes at the next start or CompleteAuthorization(tenant_id); see the daemon log"))
+            }
         }
     }
 }

@@ -206,6 +206,24 @@ impl Broker {
         self.schedule_changed.notify_one();
     }
 
+    /// Runs `f` holding the tenant's fetch lock (if it is cached), so no
+    /// refresh with the old credentials is recorded between a credential
+    /// swap's commit and its `upsert_slot` (re-authorization).
+    pub async fn with_fetch_lock<T>(
+        &self,
+        id: &TenantId,
+        f: impl std::future::Future<Output = T>,
+    ) -> T {
+        let slot = self.slots_read().get(id).cloned();
+        match slot {
+            Some(slot) => {
+                let _flight = slot.fetch_lock().await;
+                f.await
+            }
+            None => f.await,
+        }
+    }
+
     /// Forgets a tenant: its watchers' streams end.
     pub fn remove_slot(&self, id: &TenantId) {
         self.slots_write().remove(id);
@@ -399,11 +417,28 @@ impl Broker {
         base: &PbxBaseUrl,
         creds: &AppCredentials,
     ) -> Result<TokenGrant, FetchFailure> {
+        self.through_limiter(base, || self.pbx.client_credentials(base, creds))
+            .await
+    }
+
+    /// Runs one token-endpoint request (`call`) under the host's limiter, as
+    /// every token request must: waits for a slot and the window, refuses
+    /// while the host is throttled, and throttles the whole host on a 429.
+    /// The onboarding flow's `authorization_code` request uses it too.
+    pub async fn through_limiter<T, F, Fut>(
+        &self,
+        base: &PbxBaseUrl,
+        call: F,
+    ) -> Result<T, FetchFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, PbxError>>,
+    {
         let permit = match self.limiter.acquire(base.host()).await {
             Ok(p) => p,
             Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
         };
-        let result = self.pbx.client_credentials(base, creds).await;
+        let result = call().await;
         drop(permit);
         result.map_err(|e| {
             if let PbxError::Throttled { retry_after } = &e {

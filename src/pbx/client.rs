@@ -13,7 +13,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response};
 
 use super::parse::{self, ResponseMeta};
-use super::{PbxApi, PbxError, TokenGrant};
+use super::{PbxApi, PbxError, PbxOnboardingApi, TokenGrant};
 use crate::config::{PbxConfig, TokenConfig};
 use crate::domain::{AppCredentials, PbxBaseUrl, PbxUser};
 use crate::secret::Secret;
@@ -298,6 +298,41 @@ impl PbxApi for PbxClient {
         creds: &'a AppCredentials,
     ) -> futures::future::BoxFuture<'a, Result<TokenGrant, PbxError>> {
         Box::pin(self.fetch_client_credentials(base, creds))
+    }
+}
+
+impl PbxOnboardingApi for PbxClient {
+    fn authorization_code<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        public_app: &'a AppCredentials,
+        code: &'a str,
+        redirect_uri: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<TokenGrant, PbxError>> {
+        Box::pin(PbxClient::authorization_code(
+            self,
+            base,
+            public_app,
+            code,
+            redirect_uri,
+        ))
+    }
+
+    fn create_application<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        bearer: &'a Secret<String>,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<AppCredentials, PbxError>> {
+        Box::pin(PbxClient::create_application(self, base, bearer, name))
+    }
+
+    fn get_user<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        bearer: &'a Secret<String>,
+    ) -> futures::future::BoxFuture<'a, Result<PbxUser, PbxError>> {
+        Box::pin(PbxClient::get_user(self, base, bearer))
     }
 }
 

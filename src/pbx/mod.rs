@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 
 pub use error::PbxError;
 
-use crate::domain::{AppCredentials, PbxBaseUrl};
+use crate::domain::{AppCredentials, PbxBaseUrl, PbxUser};
 use crate::secret::Secret;
 
 /// A token answer from `POST /oauth/token`, validated.
@@ -36,4 +36,32 @@ pub trait PbxApi: Send + Sync + 'static {
         base: &'a PbxBaseUrl,
         creds: &'a AppCredentials,
     ) -> BoxFuture<'a, Result<TokenGrant, PbxError>>;
+}
+
+/// The PBX operations of the authorization flow (`onboarding`), apart from
+/// [`PbxApi`] so an implementation of the broker's one call stays small.
+pub trait PbxOnboardingApi: Send + Sync + 'static {
+    /// `grant_type=authorization_code` with the provider's public app.
+    fn authorization_code<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        public_app: &'a AppCredentials,
+        code: &'a str,
+        redirect_uri: &'a str,
+    ) -> BoxFuture<'a, Result<TokenGrant, PbxError>>;
+
+    /// `POST /api/ver1.0/application/` creating a trusted app named `name`.
+    fn create_application<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        bearer: &'a Secret<String>,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<AppCredentials, PbxError>>;
+
+    /// `GET /api/ver1.0/user/`: the PBX user the token acts for.
+    fn get_user<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        bearer: &'a Secret<String>,
+    ) -> BoxFuture<'a, Result<PbxUser, PbxError>>;
 }

@@ -74,7 +74,12 @@ impl Shared {
                     return Some(respond::throttled(limit, 1, gzip));
                 }
             }
-            if st.faults.fail_next > 0 {
+            let grant_matches = st
+                .faults
+                .fail_grant_type
+                .as_deref()
+                .is_none_or(|g| g == a.grant_type);
+            if st.faults.fail_next > 0 && grant_matches {
                 st.faults.fail_next -= 1;
                 let status = match st.faults.fail_status {
                     0 => 500,

@@ -114,6 +114,10 @@ pub struct Faults {
     pub fail_next: u32,
     /// Status for `fail_next` (default 500 when left at 0).
     pub fail_status: u16,
+    /// When set, `fail_next` counts and fails only token requests of this
+    /// `grant_type` (e.g. `client_credentials`: the first token of a new
+    /// trusted app fails while the code exchange before it succeeds).
+    pub fail_grant_type: Option<String>,
     /// Answer 429 with `X-RateLimit-*` and `Retry-After` headers to every
     /// `/oauth` and `/api` request for this many seconds from now.
     pub throttle_for_secs: Option<u64>,

@@ -67,6 +67,8 @@ impl Drop for InFlight {
 /// What the limits need to know about a token request that just arrived.
 pub(crate) struct Arrival {
     _guard: InFlight,
+    /// The request's `grant_type` (for `Faults::fail_grant_type`).
+    pub grant_type: String,
     /// Requests in flight, this one included.
     pub in_flight: u64,
     /// Arrivals in the last second, this one included.
@@ -116,6 +118,7 @@ impl Collector {
         }
         Arrival {
             _guard: guard,
+            grant_type: grant_type.to_owned(),
             in_flight,
             in_window,
         }

@@ -100,6 +100,15 @@ async fn throttle_outage_error_rate_and_fail_next() {
     assert_eq!((s1.as_u16(), s2.as_u16(), s3.as_u16()), (401, 401, 200));
     assert_eq!(e.sim().faults().fail_next, 0);
 
+    // Restricted to one grant type, other grants pass and are not counted.
+    e.sim().set_faults(faults(|f| {
+        f.fail_next = 1;
+        f.fail_status = 503;
+        f.fail_grant_type = Some("authorization_code".into());
+    }));
+    assert_eq!(e.cc("a", "s").await.status(), 200);
+    assert_eq!(e.sim().faults().fail_next, 1);
+
     let st = e.sim().stats();
     assert_eq!(st.responses_429, 2);
     assert_eq!(st.responses_503, 4);

@@ -16,13 +16,15 @@
 //! Files: `connection.rs` (open, pragmas, file modes, read pool),
 //! `migrate.rs`, `sealed.rs` (which fields are sealed and how), and one file
 //! per table family: `tenants.rs` (reads) and `tenant_writes.rs`,
-//! `credentials.rs`, `tokens.rs`, `jobs.rs`.
+//! `credentials.rs`, `tokens.rs`, `jobs.rs`, `onboarding.rs` (the
+//! authorization flow's committed steps).
 
 mod connection;
 mod credentials;
 mod group_commit;
 mod jobs;
 mod migrate;
+mod onboarding;
 mod sealed;
 mod tenant_writes;
 mod tenants;
@@ -36,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use connection::{lock, ReadPool};
+pub use onboarding::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;

@@ -16,6 +16,12 @@ pub(super) enum Field {
     TrustedSecret,
     PublicSecret,
     AccessToken,
+    /// Onboarding: the public app's token from the code exchange.
+    OnboardingPublicToken,
+    /// Onboarding: the new trusted app's secret, before it is put in use.
+    OnboardingTrustedSecret,
+    /// Onboarding: the first token of the new trusted app.
+    OnboardingToken,
 }
 
 impl Field {
@@ -24,6 +30,9 @@ impl Field {
             Field::TrustedSecret => "trusted_secret",
             Field::PublicSecret => "public_secret",
             Field::AccessToken => "access_token",
+            Field::OnboardingPublicToken => "onboarding_public_token",
+            Field::OnboardingTrustedSecret => "onboarding_trusted_secret",
+            Field::OnboardingToken => "onboarding_token",
         }
     }
 }

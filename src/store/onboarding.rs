@@ -1,0 +1,515 @@
+//! The `onboarding_flows` table: one authorization-code flow per tenant,
+//! advanced one committed step at a time so it resumes after a crash. The
+//! `state` is known here only by its SHA-256; the public token, the new
+//! trusted app's secret and its first token are sealed, bound to the tenant
+//! and field. Completing a flow moves the new credentials, token and PBX user
+//! onto the tenant in the same transaction that marks the flow completed.
+//!
+//! Does not: decide which step comes next or what an error means (the
+//! `onboarding` module does), or talk to the PBX.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::sealed::{self, Field};
+use super::tenants::{get, parse_id};
+use super::{tenant_writes, Store, StoreError, TenantChanges};
+use crate::clock::UnixMs;
+use crate::crypto::Keyring;
+use crate::domain::{AccessToken, AppCredentials, PbxUser, Tenant, TenantId, TenantState};
+
+/// Where a flow is. Each step names the last outcome committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowStep {
+    /// BeginAuthorization handed out a state; waiting for the code.
+    Issued,
+    /// Step 1 done: the public token is stored.
+    CodeExchanged,
+    /// Step 2 under way: the application named `app_name` is being created.
+    /// Found at start-up, it means the daemon stopped during that call.
+    CreatingApp,
+    /// Steps 2-3 done: the new trusted app's credentials are stored.
+    AppStored,
+    /// Step 4 done: its first token is stored.
+    TokenObtained,
+    /// Step 5 done: the PBX user is stored.
+    UserVerified,
+    /// Step 6 done: the tenant uses the new app. The state is consumed.
+    Completed,
+    /// Ended without a trusted app in use. The state is consumed.
+    Failed,
+}
+
+impl FlowStep {
+    pub const ALL: [FlowStep; 8] = [
+        FlowStep::Issued,
+        FlowStep::CodeExchanged,
+        FlowStep::CreatingApp,
+        FlowStep::AppStored,
+        FlowStep::TokenObtained,
+        FlowStep::UserVerified,
+        FlowStep::Completed,
+        FlowStep::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStep::Issued => "issued",
+            FlowStep::CodeExchanged => "code_exchanged",
+            FlowStep::CreatingApp => "creating_app",
+            FlowStep::AppStored => "app_stored",
+            FlowStep::TokenObtained => "token_obtained",
+            FlowStep::UserVerified => "user_verified",
+            FlowStep::Completed => "completed",
+            FlowStep::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Past the code exchange and not finished: resumable without a code.
+    pub fn in_progress(self) -> bool {
+        !matches!(
+            self,
+            FlowStep::Issued | FlowStep::Completed | FlowStep::Failed
+        )
+    }
+
+    /// A new trusted app's secret is held and not yet in use.
+    pub fn holds_new_app(self) -> bool {
+        matches!(
+            self,
+            FlowStep::AppStored | FlowStep::TokenObtained | FlowStep::UserVerified
+        )
+    }
+}
+
+impl std::fmt::Display for FlowStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One flow as stored, secrets opened.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub tenant_id: TenantId,
+    pub step: FlowStep,
+    pub state_expires_at: UnixMs,
+    pub public_token: Option<AccessToken>,
+    pub app_name: Option<String>,
+    pub app: Option<AppCredentials>,
+    pub token: Option<AccessToken>,
+    pub pbx_user: Option<PbxUser>,
+    pub orphaned_apps: Vec<String>,
+    pub error: Option<String>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+/// One step's outcome, committed in one transaction.
+#[derive(Clone, Debug)]
+pub enum FlowUpdate {
+    /// Step 1: the code was exchanged for the public token.
+    CodeExchanged { public_token: AccessToken },
+    /// Step 2 starts: recorded *before* the create call, so a crash during
+    /// it leaves the name behind.
+    CreatingApp { name: String },
+    /// Step 2 failed; back to `CodeExchanged`. `orphan`: the name of an app
+    /// that may exist in the PBX without its answer stored.
+    AppCreationFailed {
+        orphan: Option<String>,
+        error: String,
+    },
+    /// Steps 2-3: the new app's credentials, the moment they arrive.
+    AppStored { app: AppCredentials },
+    /// Step 4.
+    TokenObtained { token: AccessToken },
+    /// Step 5.
+    UserVerified { user: PbxUser },
+    /// Back to `AppStored`, dropping the first token (it was refused).
+    TokenDropped { error: String },
+    /// A step failed and may be retried: the step stays.
+    Error { error: String },
+    /// The flow ends without a trusted app in use; the public token, any
+    /// new app secret and token are wiped. `orphan` as in
+    /// `AppCreationFailed` (e.g. a new app the PBX then rejected).
+    Failed {
+        orphan: Option<String>,
+        error: String,
+    },
+}
+
+/// What step 6 puts on the tenant.
+#[derive(Clone, Debug)]
+pub struct FlowCompletion {
+    pub app: AppCredentials,
+    pub token: AccessToken,
+    pub user: PbxUser,
+    pub state: TenantState,
+    /// `None` removes the renewal job (a tenant disabled meanwhile).
+    pub renew_at: Option<UnixMs>,
+    /// Becomes the tenant's last_error (e.g. apps to delete in the PBX).
+    pub note: Option<String>,
+}
+
+const SELECT_FLOW: &str = "SELECT tenant_id, step, state_expires_at, \
+        public_token_sealed, public_token_type, public_token_issued_at, public_token_expires_at, \
+        app_name, app_client_id, app_secret_sealed, \
+        token_sealed, token_type, token_issued_at, token_expires_at, \
+        pbx_user, orphaned_apps, error, created_at, updated_at \
+     FROM onboarding_flows ";
+
+/// Columns wiped when a flow ends or restarts.
+const WIPE: &str = "public_token_sealed = NULL, public_token_type = NULL, \
+     public_token_issued_at = NULL, public_token_expires_at = NULL, \
+     app_secret_sealed = NULL, token_sealed = NULL, token_type = NULL, \
+     token_issued_at = NULL, token_expires_at = NULL";
+
+impl Store {
+    /// Starts (or restarts) the tenant's flow in step `Issued` with a new
+    /// state hash. Everything of an earlier flow is wiped except the list of
+    /// possibly orphaned apps. `TenantNotFound` if the tenant is missing.
+    pub async fn begin_flow(
+        &self,
+        id: &TenantId,
+        state_hash: [u8; 32],
+        state_expires_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            let exists: bool = tx
+                .prepare_cached("SELECT 1 FROM tenants WHERE tenant_id = ?1")?
+                .query_row([id.as_str()], |_| Ok(true))
+                .optional()?
+                .unwrap_or(false);
+            if !exists {
+                return Err(StoreError::TenantNotFound(id.to_string()));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO onboarding_flows (tenant_id, state_hash, state_expires_at, step, \
+                         created_at, updated_at) VALUES (?1, ?2, ?3, 'issued', ?4, ?4) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET state_hash = excluded.state_hash, \
+                         state_expires_at = excluded.state_expires_at, step = 'issued', {WIPE}, \
+                         app_name = NULL, app_client_id = NULL, pbx_user = NULL, error = NULL, \
+                         created_at = excluded.created_at, updated_at = excluded.updated_at"
+                ),
+                params![id.as_str(), &state_hash[..], state_expires_at.0, now.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The flow whose state hashes to `state_hash`.
+    pub async fn flow_by_state(&self, state_hash: [u8; 32]) -> Result<Option<Flow>, StoreError> {
+        self.read(move |conn, keys| {
+            let sql = format!("{SELECT_FLOW}WHERE state_hash = ?1");
+            query_flow(conn, keys, &sql, &state_hash[..])
+        })
+        .await
+    }
+
+    /// The tenant's flow, if it ever had one.
+    pub async fn flow_of(&self, id: &TenantId) -> Result<Option<Flow>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| {
+            let sql = format!("{SELECT_FLOW}WHERE tenant_id = ?1");
+            query_flow(conn, keys, &sql, id.as_str())
+        })
+        .await
+    }
+
+    /// Tenants whose flow stopped between the code exchange and the end.
+    pub async fn interrupted_flows(&self) -> Result<Vec<TenantId>, StoreError> {
+        self.read(|conn, _| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant_id FROM onboarding_flows WHERE step IN \
+                 ('code_exchanged', 'creating_app', 'app_stored', 'token_obtained', 'user_verified') \
+                 ORDER BY updated_at",
+            )?;
+            let ids = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.iter().map(|id| parse_id(id)).collect()
+        })
+        .await
+    }
+
+    /// Commits one step's outcome. Errors are also written to the tenant's
+    /// last_error. `TenantNotFound` if the flow is gone (tenant deleted).
+    pub async fn advance_flow(
+        &self,
+        id: &TenantId,
+        update: FlowUpdate,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, keys| advance(tx, keys, id.as_str(), &update, now))
+            .await
+    }
+
+    /// Step 6 in one transaction: the tenant gets the new credentials, the
+    /// first token, the PBX user, its state and renewal job; the flow is
+    /// completed, its secrets wiped and its orphan list (reported in
+    /// `note`) cleared. Returns the tenant as stored.
+    pub async fn complete_flow(
+        &self,
+        id: &TenantId,
+        c: FlowCompletion,
+        now: UnixMs,
+    ) -> Result<Tenant, StoreError> {
+        let id = id.clone();
+        self.write(move |tx, keys| {
+            let id = id.as_str();
+            let changes = TenantChanges {
+                state: Some(c.state),
+                trusted_app: Some(c.app.clone()),
+                token: Some(c.token.clone()),
+                renew_at: c.renew_at,
+                clear_job: c.renew_at.is_none(),
+                clear_failures: true,
+                ..TenantChanges::default()
+            };
+            tenant_writes::update(tx, keys, id, &changes, now)?;
+            tenant_writes::set_pbx_user(tx, id, &c.user)?;
+            tx.execute(
+                "UPDATE tenants SET last_error = ?2 WHERE tenant_id = ?1",
+                params![id, c.note],
+            )?;
+            let n = tx.execute(
+                &format!(
+                    "UPDATE onboarding_flows SET step = 'completed', {WIPE}, error = NULL, \
+                     orphaned_apps = '[]', updated_at = ?2 WHERE tenant_id = ?1"
+                ),
+                params![id, now.0],
+            )?;
+            if n == 0 {
+                return Err(StoreError::TenantNotFound(id.to_owned()));
+            }
+            get(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))
+        })
+        .await
+    }
+}
+
+fn advance(
+    tx: &Connection,
+    keys: &Keyring,
+    id: &str,
+    update: &FlowUpdate,
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let n = match update {
+        FlowUpdate::CodeExchanged { public_token: t } => {
+            let sealed = sealed::seal(keys, id, Field::OnboardingPublicToken, t.value.expose())?;
+            tx.execute(
+                "UPDATE onboarding_flows SET step = 'code_exchanged', public_token_sealed = ?2, \
+                     public_token_type = ?3, public_token_issued_at = ?4, \
+                     public_token_expires_at = ?5, error = NULL, updated_at = ?6 \
+                 WHERE tenant_id = ?1",
+                params![
+                    id,
+                    sealed,
+                    t.token_type,
+                    t.issued_at.0,
+                    t.expires_at.0,
+                    now.0
+                ],
+            )?
+        }
+        FlowUpdate::CreatingApp { name } => tx.execute(
+            "UPDATE onboarding_flows SET step = 'creating_app', app_name = ?2, updated_at = ?3 \
+             WHERE tenant_id = ?1",
+            params![id, name, now.0],
+        )?,
+        FlowUpdate::AppCreationFailed { orphan, error } => {
+            if let Some(name) = orphan {
+                add_orphan(tx, id, name)?;
+            }
+            set_tenant_error(tx, id, error)?;
+            tx.execute(
+                "UPDATE onboarding_flows SET step = 'code_exchanged', app_name = NULL, \
+                     error = ?2, updated_at = ?3 WHERE tenant_id = ?1",
+                params![id, error, now.0],
+            )?
+        }
+        FlowUpdate::AppStored { app } => {
+            let sealed = sealed::seal(
+                keys,
+                id,
+                Field::OnboardingTrustedSecret,
+                app.client_secret.expose(),
+            )?;
+            tx.execute(
+                "UPDATE onboarding_flows SET step = 'app_stored', app_client_id = ?2, \
+                     app_secret_sealed = ?3, error = NULL, updated_at = ?4 WHERE tenant_id = ?1",
+                params![id, app.client_id, sealed, now.0],
+            )?
+        }
+        FlowUpdate::TokenObtained { token: t } => {
+            let sealed = sealed::seal(keys, id, Field::OnboardingToken, t.value.expose())?;
+            tx.execute(
+                "UPDATE onboarding_flows SET step = 'token_obtained', token_sealed = ?2, \
+                     token_type = ?3, token_issued_at = ?4, token_expires_at = ?5, error = NULL, \
+                     updated_at = ?6 WHERE tenant_id = ?1",
+                params![
+                    id,
+                    sealed,
+                    t.token_type,
+                    t.issued_at.0,
+                    t.expires_at.0,
+                    now.0
+                ],
+            )?
+        }
+        FlowUpdate::UserVerified { user } => {
+            let json = serde_json::to_string(user)
+                .map_err(|e| StoreError::Corrupt(format!("pbx_user of tenant {id}: {e}")))?;
+            tx.execute(
+                "UPDATE onboarding_flows SET step = 'user_verified', pbx_user = ?2, error = NULL, \
+                     updated_at = ?3 WHERE tenant_id = ?1",
+                params![id, json, now.0],
+            )?
+        }
+        FlowUpdate::TokenDropped { error } => {
+            set_tenant_error(tx, id, error)?;
+            tx.execute(
+                "UPDATE onboarding_flows SET step = 'app_stored', token_sealed = NULL, \
+                     token_type = NULL, token_issued_at = NULL, token_expires_at = NULL, \
+                     error = ?2, updated_at = ?3 WHERE tenant_id = ?1",
+                params![id, error, now.0],
+            )?
+        }
+        FlowUpdate::Error { error } => {
+            set_tenant_error(tx, id, error)?;
+            tx.execute(
+                "UPDATE onboarding_flows SET error = ?2, updated_at = ?3 WHERE tenant_id = ?1",
+                params![id, error, now.0],
+            )?
+        }
+        FlowUpdate::Failed { orphan, error } => {
+            if let Some(name) = orphan {
+                add_orphan(tx, id, name)?;
+            }
+            set_tenant_error(tx, id, error)?;
+            tx.execute(
+                &format!(
+                    "UPDATE onboarding_flows SET step = 'failed', {WIPE}, error = ?2, \
+                     updated_at = ?3 WHERE tenant_id = ?1"
+                ),
+                params![id, error, now.0],
+            )?
+        }
+    };
+    if n == 0 {
+        return Err(StoreError::TenantNotFound(id.to_owned()));
+    }
+    Ok(())
+}
+
+/// Flow errors are shown on the tenant too: that is where operators look.
+fn set_tenant_error(tx: &Connection, id: &str, error: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE tenants SET last_error = ?2 WHERE tenant_id = ?1",
+        params![id, error],
+    )?;
+    Ok(())
+}
+
+fn add_orphan(tx: &Connection, id: &str, name: &str) -> Result<(), StoreError> {
+    let current: Option<String> = tx
+        .prepare_cached("SELECT orphaned_apps FROM onboarding_flows WHERE tenant_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let mut names = parse_orphans(id, current.as_deref().unwrap_or("[]"))?;
+    if !names.iter().any(|n| n == name) {
+        names.push(name.to_owned());
+    }
+    let json = serde_json::to_string(&names)
+        .map_err(|e| StoreError::Corrupt(format!("orphaned_apps of tenant {id}: {e}")))?;
+    tx.execute(
+        "UPDATE onboarding_flows SET orphaned_apps = ?2 WHERE tenant_id = ?1",
+        params![id, json],
+    )?;
+    Ok(())
+}
+
+fn parse_orphans(id: &str, json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("orphaned_apps of tenant {id}: {e}")))
+}
+
+fn query_flow(
+    conn: &Connection,
+    keys: &Keyring,
+    sql: &str,
+    key: impl rusqlite::ToSql,
+) -> Result<Option<Flow>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query([key])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(flow_from_row(r, keys)?)),
+        None => Ok(None),
+    }
+}
+
+fn flow_from_row(r: &Row<'_>, keys: &Keyring) -> Result<Flow, StoreError> {
+    let id: String = r.get(0)?;
+    let step: String = r.get(1)?;
+    let step = FlowStep::parse(&step)
+        .ok_or_else(|| StoreError::Corrupt(format!("onboarding step of tenant {id}: {step:?}")))?;
+    let token = |sealed_col: usize, field: Field| -> Result<Option<AccessToken>, StoreError> {
+        let sealed: Option<Vec<u8>> = r.get(sealed_col)?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        Ok(Some(AccessToken {
+            value: sealed::open(keys, &id, field, &sealed)?,
+            token_type: r
+                .get::<_, Option<String>>(sealed_col + 1)?
+                .unwrap_or_default(),
+            issued_at: UnixMs(r.get::<_, Option<i64>>(sealed_col + 2)?.unwrap_or(0)),
+            expires_at: UnixMs(r.get::<_, Option<i64>>(sealed_col + 3)?.unwrap_or(0)),
+        }))
+    };
+    let public_token = token(3, Field::OnboardingPublicToken)?;
+    let first_token = token(10, Field::OnboardingToken)?;
+    let app_client_id: Option<String> = r.get(8)?;
+    let app_secret: Option<Vec<u8>> = r.get(9)?;
+    let app = match (app_client_id, app_secret) {
+        (Some(client_id), Some(sealed)) => Some(AppCredentials {
+            client_id,
+            client_secret: sealed::open(keys, &id, Field::OnboardingTrustedSecret, &sealed)?,
+        }),
+        _ => None,
+    };
+    let pbx_user = match r.get::<_, Option<String>>(14)? {
+        None => None,
+        Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+            StoreError::Corrupt(format!("onboarding pbx_user of tenant {id}: {e}"))
+        })?),
+    };
+    let orphans: String = r.get(15)?;
+    Ok(Flow {
+        orphaned_apps: parse_orphans(&id, &orphans)?,
+        tenant_id: parse_id(&id)?,
+        step,
+        state_expires_at: UnixMs(r.get(2)?),
+        public_token,
+        app_name: r.get(7)?,
+        app,
+        token: first_token,
+        pbx_user,
+        error: r.get(16)?,
+        created_at: UnixMs(r.get(17)?),
+        updated_at: UnixMs(r.get(18)?),
+    })
+}
+
+#[cfg(test)]
+#[path = "onboarding_tests.rs"]
+mod tests;

@@ -1,0 +1,249 @@
+//! Tests for `onboarding.rs`: state lookup by hash, step commits, completion
+//! in one transaction, orphans, wiping, and no secret in clear on disk.
+
+use super::super::connection::sibling;
+use super::super::testutil::*;
+use super::*;
+use crate::domain::TenantState;
+
+const PUBLIC_TOKEN: &str = "PUBLIC-TOKEN-c0ffee11";
+const NEW_SECRET: &str = "NEW-TRUSTED-SECRET-77aa01";
+const FIRST_TOKEN: &str = "FIRST-TOKEN-5e5e5e";
+
+fn hash(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+fn user() -> PbxUser {
+    PbxUser {
+        id: 20,
+        login: "client1".into(),
+        client_id: 12,
+        admin: true,
+        dealer_id: None,
+        extension_id: Some(100),
+        extension_group_id: None,
+    }
+}
+
+async fn pending(t: &TestStore, id: &str) {
+    let mut n = new_tenant(id, TenantState::PendingAuthorization);
+    n.public_app = Some((app("pub-id", "pub-secret"), "https://crm/cb".into()));
+    t.store.insert_tenant(n).await.unwrap();
+}
+
+/// Runs steps 1 to 5 for `id`.
+async fn advance_to_user_verified(t: &TestStore, id: &TenantId) {
+    let steps = [
+        FlowUpdate::CodeExchanged {
+            public_token: token(PUBLIC_TOKEN, T0),
+        },
+        FlowUpdate::CreatingApp {
+            name: "pbx-tokend acme 1a2b3c".into(),
+        },
+        FlowUpdate::AppStored {
+            app: app("new-app-id", NEW_SECRET),
+        },
+        FlowUpdate::TokenObtained {
+            token: token(FIRST_TOKEN, T0),
+        },
+        FlowUpdate::UserVerified { user: user() },
+    ];
+    for (i, u) in steps.into_iter().enumerate() {
+        t.store
+            .advance_flow(id, u, T0.plus_ms(i as i64 + 1))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn begin_finds_flow_by_state_hash_only() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    t.store
+        .begin_flow(&id, hash(1), T0.plus_ms(600_000), T0)
+        .await
+        .unwrap();
+    let f = t.store.flow_by_state(hash(1)).await.unwrap().unwrap();
+    assert_eq!(f.tenant_id, id);
+    assert_eq!(f.step, FlowStep::Issued);
+    assert_eq!(f.state_expires_at, T0.plus_ms(600_000));
+    assert!(f.public_token.is_none() && f.app.is_none() && f.token.is_none());
+    assert!(t.store.flow_by_state(hash(2)).await.unwrap().is_none());
+    // A second begin supersedes the first state.
+    t.store
+        .begin_flow(&id, hash(2), T0.plus_ms(1), T0)
+        .await
+        .unwrap();
+    assert!(t.store.flow_by_state(hash(1)).await.unwrap().is_none());
+    assert_eq!(
+        t.store
+            .flow_of(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state_expires_at,
+        T0.plus_ms(1)
+    );
+    assert!(matches!(
+        t.store.begin_flow(&tid("nobody"), hash(3), T0, T0).await,
+        Err(StoreError::TenantNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn steps_commit_and_completion_moves_everything_to_the_tenant() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    t.store.begin_flow(&id, hash(1), T0, T0).await.unwrap();
+    advance_to_user_verified(&t, &id).await;
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::UserVerified);
+    assert_eq!(f.public_token.unwrap().value.expose(), PUBLIC_TOKEN);
+    assert_eq!(f.app_name.as_deref(), Some("pbx-tokend acme 1a2b3c"));
+    let new_app = f.app.unwrap();
+    assert_eq!(new_app.client_secret.expose(), NEW_SECRET);
+    let first = f.token.unwrap();
+    assert_eq!(first.value.expose(), FIRST_TOKEN);
+    assert_eq!(f.pbx_user, Some(user()));
+    assert_eq!(t.store.interrupted_flows().await.unwrap(), vec![id.clone()]);
+
+    let done = t
+        .store
+        .complete_flow(
+            &id,
+            FlowCompletion {
+                app: new_app,
+                token: first,
+                user: user(),
+                state: TenantState::Active,
+                renew_at: Some(T0.plus_ms(1000)),
+                note: Some("delete app X".into()),
+            },
+            T0.plus_ms(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, TenantState::Active);
+    assert_eq!(done.trusted_client_id.as_deref(), Some("new-app-id"));
+    assert_eq!(done.next_refresh_at, Some(T0.plus_ms(1000)));
+    assert_eq!(done.pbx_user, Some(user()));
+    assert_eq!(done.last_error.as_deref(), Some("delete app X"));
+    let creds = t.store.trusted_credentials(&id).await.unwrap().unwrap();
+    assert_eq!(creds.client_secret.expose(), NEW_SECRET);
+    let cache = t.store.load_cache().await.unwrap();
+    assert_eq!(cache[0].token.as_ref().unwrap().value.expose(), FIRST_TOKEN);
+    // The flow stays findable by its state (to recognise a replay), wiped.
+    let f = t.store.flow_by_state(hash(1)).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::Completed);
+    assert!(f.public_token.is_none() && f.app.is_none() && f.token.is_none());
+    assert!(t.store.interrupted_flows().await.unwrap().is_empty());
+    // The public app stays for a later re-authorization.
+    assert!(t.store.public_credentials(&id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn orphans_survive_a_new_begin_and_failure_wipes_secrets() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    t.store.begin_flow(&id, hash(1), T0, T0).await.unwrap();
+    let steps = [
+        FlowUpdate::CodeExchanged {
+            public_token: token(PUBLIC_TOKEN, T0),
+        },
+        FlowUpdate::CreatingApp { name: "a1".into() },
+        FlowUpdate::AppCreationFailed {
+            orphan: Some("a1".into()),
+            error: "PBX unavailable".into(),
+        },
+    ];
+    for u in steps {
+        t.store.advance_flow(&id, u, T0).await.unwrap();
+    }
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::CodeExchanged);
+    assert_eq!(f.orphaned_apps, vec!["a1".to_string()]);
+    assert!(f.app_name.is_none());
+    assert_eq!(f.error.as_deref(), Some("PBX unavailable"));
+    let tenant = t.store.get_tenant(&id).await.unwrap().unwrap();
+    assert_eq!(tenant.last_error.as_deref(), Some("PBX unavailable"));
+
+    t.store.begin_flow(&id, hash(2), T0, T0).await.unwrap();
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!((f.step, f.orphaned_apps.len()), (FlowStep::Issued, 1));
+    assert!(f.public_token.is_none() && f.error.is_none());
+
+    t.store
+        .advance_flow(
+            &id,
+            FlowUpdate::CodeExchanged {
+                public_token: token(PUBLIC_TOKEN, T0),
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    t.store
+        .advance_flow(
+            &id,
+            FlowUpdate::Failed {
+                orphan: Some("a2".into()),
+                error: "403".into(),
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::Failed);
+    assert!(f.public_token.is_none());
+    assert_eq!(f.orphaned_apps, vec!["a1".to_string(), "a2".to_string()]);
+    // Deleting the tenant takes the flow with it.
+    t.store.delete_tenant(&id).await.unwrap();
+    assert_eq!(t.count("onboarding_flows", "acme"), 0);
+    assert!(matches!(
+        t.store
+            .advance_flow(&id, FlowUpdate::Error { error: "x".into() }, T0)
+            .await,
+        Err(StoreError::TenantNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn onboarding_secrets_are_never_in_clear_on_disk() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    t.store.begin_flow(&id, hash(9), T0, T0).await.unwrap();
+    advance_to_user_verified(&t, &id).await;
+    for suffix in ["", "-wal"] {
+        let bytes = std::fs::read(sibling(&t.path, suffix)).unwrap_or_default();
+        for secret in [PUBLIC_TOKEN, NEW_SECRET, FIRST_TOKEN] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in clear in db{suffix}"
+            );
+        }
+    }
+    // Moved to another tenant's row, a sealed value does not open.
+    pending(&t, "mallory").await;
+    t.store
+        .begin_flow(&tid("mallory"), hash(8), T0, T0)
+        .await
+        .unwrap();
+    t.raw()
+        .execute_batch(
+            "UPDATE onboarding_flows SET step = 'app_stored', app_client_id = 'x', \
+             app_secret_sealed = (SELECT app_secret_sealed FROM onboarding_flows \
+             WHERE tenant_id = 'acme') WHERE tenant_id = 'mallory'",
+        )
+        .unwrap();
+    assert!(matches!(
+        t.store.flow_of(&tid("mallory")).await,
+        Err(StoreError::Unseal { .. })
+    ));
+}
