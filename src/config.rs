@@ -46,6 +46,28 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub listen: String,
+    /// Optional Unix socket for local administration: a peer whose uid is
+    /// the daemon's own or root is ADMIN without a key. Mode 0660.
+    pub admin_socket: Option<PathBuf>,
+    /// Without TLS the daemon listens only on loopback addresses, unless
+    /// this is true (then it warns at start).
+    pub insecure_listen_public: bool,
+    /// PEM certificate chain and private key: the TCP listener serves TLS.
+    /// Both files are re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate it signed
+    /// (mTLS). Needs tls_cert_file. Re-read on SIGHUP.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Largest request message accepted, decoded.
+    pub max_message_bytes: u64,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Requests one connection may have in progress at once (others wait).
+    pub concurrency_per_connection: u32,
+    /// A request that takes longer is answered with CANCELLED (streams are
+    /// not cut: only producing the answer's start is bounded).
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -66,6 +88,10 @@ pub struct PbxConfig {
     pub connect_timeout_ms: u64,
     /// Answers larger than this are refused (protects memory).
     pub max_response_bytes: u64,
+    /// Glob patterns of PBX host names (`*` any run, `?` one character,
+    /// e.g. "*.pbx.example.com"). When not empty, CreateTenant/UpdateTenant
+    /// refuse any other host.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -76,6 +102,9 @@ pub struct TokenConfig {
     pub default_lifetime_seconds: u64,
     /// expires_in above this is treated as a malformed answer.
     pub max_lifetime_seconds: u64,
+    /// ReportRejectedToken forces at most one refresh per tenant in this
+    /// interval; reports in between get the current token.
+    pub report_rejected_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -148,6 +177,15 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            admin_socket: None,
+            insecure_listen_public: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            max_message_bytes: 256 * 1024,
+            max_concurrent_streams: 256,
+            concurrency_per_connection: 256,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -169,6 +207,7 @@ impl Default for PbxConfig {
             request_timeout_ms: 10_000,
             connect_timeout_ms: 3_000,
             max_response_bytes: 64 * 1024,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -179,6 +218,7 @@ impl Default for TokenConfig {
             default_min_valid_seconds: 10,
             default_lifetime_seconds: 3300,
             max_lifetime_seconds: 366 * 24 * 3600,
+            report_rejected_interval_ms: 5_000,
         }
     }
 }
@@ -296,6 +336,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_grpc()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",
@@ -328,6 +369,16 @@ impl Config {
             self.pbx.max_response_bytes,
             1024,
             16 * 1024 * 1024,
+        )?;
+        for (i, pattern) in self.pbx.allowed_hosts.iter().enumerate() {
+            crate::domain::HostPattern::parse(pattern)
+                .map_err(|m| bad(&format!("pbx.allowed_hosts[{i}]"), m))?;
+        }
+        range_u64(
+            "token.report_rejected_interval_ms",
+            self.token.report_rejected_interval_ms,
+            0,
+            3_600_000,
         )?;
         range_u64(
             "token.default_min_valid_seconds",
@@ -427,6 +478,88 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The `[grpc]` rules: TLS files come in pairs, and without TLS only a
+    /// loopback address may be listened on unless explicitly allowed.
+    fn validate_grpc(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let g = &self.grpc;
+        match (&g.tls_cert_file, &g.tls_key_file) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "grpc.tls_key_file",
+                    "is required with grpc.tls_cert_file".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "grpc.tls_cert_file",
+                    "is required with grpc.tls_key_file".into(),
+                ))
+            }
+            _ => {}
+        }
+        if g.tls_client_ca_file.is_some() && g.tls_cert_file.is_none() {
+            return Err(bad(
+                "grpc.tls_client_ca_file",
+                "client certificates (mTLS) need TLS: set grpc.tls_cert_file and grpc.tls_key_file"
+                    .into(),
+            ));
+        }
+        if let Ok(addr) = g.listen.parse::<std::net::SocketAddr>() {
+            if !self.tls_enabled() && !addr.ip().is_loopback() && !g.insecure_listen_public {
+                return Err(bad(
+                    "grpc.listen",
+                    format!("{addr} is not a loopback address and TLS is off: API keys and tokens would cross the network in clear. Set grpc.tls_cert_file and grpc.tls_key_file, or grpc.insecure_listen_public = true if something else encrypts the traffic"),
+                ));
+            }
+        }
+        if matches!(&g.admin_socket, Some(p) if p.as_os_str().is_empty() || p.is_relative()) {
+            return Err(bad(
+                "grpc.admin_socket",
+                "must be an absolute path such as /run/pbx-tokend/admin.sock".into(),
+            ));
+        }
+        let range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(bad(key, format!("is {v}; allowed range is {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        range(
+            "grpc.max_message_bytes",
+            g.max_message_bytes,
+            4096,
+            64 * 1024 * 1024,
+        )?;
+        range(
+            "grpc.max_concurrent_streams",
+            g.max_concurrent_streams.into(),
+            1,
+            100_000,
+        )?;
+        range(
+            "grpc.concurrency_per_connection",
+            g.concurrency_per_connection.into(),
+            1,
+            100_000,
+        )?;
+        range(
+            "grpc.request_timeout_ms",
+            g.request_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.grpc.tls_cert_file.is_some()
     }
 
     pub fn database_path(&self) -> PathBuf {

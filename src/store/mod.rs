@@ -16,11 +16,16 @@
 //! Files: `connection.rs` (open, pragmas, file modes, read pool),
 //! `migrate.rs`, `sealed.rs` (which fields are sealed and how), and one file
 //! per table family: `tenants.rs` (reads) and `tenant_writes.rs`,
-//! `credentials.rs`, `tokens.rs`, `jobs.rs`.
+//! `credentials.rs`, `tokens.rs`, `jobs.rs`, `clients.rs` (API clients),
+//! `audit.rs` (audit log); `masterkey.rs` (key check value, re-sealing for
+//! master key rotation).
 
+mod audit;
+mod clients;
 mod connection;
 mod credentials;
 mod jobs;
+mod masterkey;
 mod migrate;
 mod sealed;
 mod tenant_writes;
@@ -35,6 +40,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use connection::{lock, ReadPool};
+
+pub use audit::{AuditEntry, AuditQuery, NewAuditEvent};
+pub use clients::NewClientRow;
+pub use masterkey::{has_sealed_data, KeyCheck, RotationReport};
 
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -56,6 +65,11 @@ pub enum StoreError {
     Unseal {
         what: String,
         source: crate::crypto::CryptoError,
+    },
+    #[error("the configured master key (id {configured}) is not the key this database was sealed with (id {sealed_with}); start with the master key file the database was written with (master_key_file, $CREDENTIALS_DIRECTORY/master.key or <state_dir>/master.key). Nothing was changed")]
+    WrongMasterKey {
+        configured: String,
+        sealed_with: String,
     },
     #[error("corrupt row: {0}")]
     Corrupt(String),
