@@ -134,6 +134,12 @@ impl Keyring {
         }
     }
 
+    /// Reads the raw key from a key file (same format and permission rules
+    /// as [`Keyring::load_or_create`]), for building a rotation keyring.
+    pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
+        keyfile::read_key_file(path)
+    }
+
     /// A random key, for tests.
     pub fn ephemeral() -> Keyring {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);

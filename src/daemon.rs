@@ -102,9 +102,10 @@ pub struct Daemon {
     drain_timeout: Duration,
 }
 
-/// Where the master key is: explicit file, systemd credential, or generated
-/// next to the database (with a warning: it then sits beside what it protects).
-fn master_key_location(config: &Config) -> (PathBuf, bool) {
+/// Where the master key is, and whether the daemon may generate it there:
+/// explicit file, systemd credential, or generated next to the database
+/// (with a warning: it then sits beside what it protects).
+pub fn master_key_location(config: &Config) -> (PathBuf, bool) {
     if let Some(path) = &config.master_key_file {
         return (path.clone(), false);
     }

@@ -15,6 +15,7 @@
 //! - `config`     file + environment + flags -> validated `Config`
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
 //! - `statedir`   the state directory and its lock
+//! - `rotation`   re-sealing everything under a new master key (offline)
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
@@ -30,6 +31,7 @@ pub mod domain;
 pub mod logging;
 pub mod pbx;
 pub mod renewal;
+pub mod rotation;
 pub mod secret;
 pub mod sim;
 pub mod statedir;

@@ -93,7 +93,8 @@ impl TestDaemon {
             .await
             .unwrap();
         let url = format!("http://{}", daemon.local_addr());
-        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        // Lazy: a TLS daemon (tests/e2e/tls.rs) does not answer plain HTTP/2.
+        let channel = Channel::from_shared(url).unwrap().connect_lazy();
         let admin_key = read_admin_key(&config.state_dir);
         TestDaemon {
             daemon: Some(daemon),

@@ -6,9 +6,11 @@
 
 mod harness;
 
+mod access;
 mod admin;
 mod binary;
 mod failures;
 mod renewal;
 mod secrecy;
 mod tokens;
+mod transport;
