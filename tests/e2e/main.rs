@@ -10,6 +10,8 @@ mod access;
 mod admin;
 mod binary;
 mod failures;
+mod limits;
+mod masterkey;
 mod renewal;
 mod secrecy;
 mod tokens;
