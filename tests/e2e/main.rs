@@ -9,6 +9,7 @@ mod harness;
 mod access;
 mod admin;
 mod binary;
+mod canary;
 mod failures;
 mod limits;
 mod masterkey;
