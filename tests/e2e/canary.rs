@@ -7,13 +7,13 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pbx_tokend::proto::admin_service_client::AdminServiceClient;
+use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::{
     self, AppCredentials, ClientRole, CreateTenantRequest, GetTokenRequest, ListAuditEventsRequest,
     ListTenantsRequest, RefreshTenantRequest, ReportRejectedTokenRequest, UpdateTenantRequest,
     WatchTokenRequest,
 };
-use pbx_tokend::proto::admin_service_client::AdminServiceClient;
-use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::sim::Faults;
 use tonic::transport::Channel;
 
@@ -88,10 +88,10 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
     }
     let channel = channel.expect("daemon did not start listening");
     let admin_key = read_admin_key(&state);
-    let admin = || AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&admin_key)));
-    let tokens_with = |key: &str| {
-        TokenServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(key)))
-    };
+    let admin =
+        || AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&admin_key)));
+    let tokens_with =
+        |key: &str| TokenServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(key)));
     let mut seen = Seen::default();
     let mut secrets: Vec<String> = vec![
         TRUSTED_SECRET.into(),
@@ -103,7 +103,10 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
     ];
 
     let app = sim.sim.add_trusted_app(None, Some(TRUSTED_SECRET)).unwrap();
-    let app2 = sim.sim.add_trusted_app(None, Some(TRUSTED_SECRET_2)).unwrap();
+    let app2 = sim
+        .sim
+        .add_trusted_app(None, Some(TRUSTED_SECRET_2))
+        .unwrap();
     let create = |id: &str, secret: &str| CreateTenantRequest {
         tenant_id: id.into(),
         display_name: "Canary".into(),
@@ -114,10 +117,15 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
         }),
         ..Default::default()
     };
-    seen.err(admin().create_tenant(create("acme", TRUSTED_SECRET)).await).unwrap();
+    seen.err(admin().create_tenant(create("acme", TRUSTED_SECRET)).await)
+        .unwrap();
     // Wrong secret, a secret with control characters, a bad URL.
     seen.err(admin().create_tenant(create("wrong", WRONG_SECRET)).await);
-    seen.err(admin().create_tenant(create("ctl", &format!("{WRONG_SECRET}\n"))).await);
+    seen.err(
+        admin()
+            .create_tenant(create("ctl", &format!("{WRONG_SECRET}\n")))
+            .await,
+    );
     let mut bad_url = create("badurl", TRUSTED_SECRET);
     bad_url.pbx_base_url = format!("https://user:{TRUSTED_SECRET}@pbx.example.com");
     seen.err(admin().create_tenant(bad_url).await);
@@ -143,7 +151,10 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
         tenant_id: id.into(),
         min_valid_seconds: 0,
     };
-    let t1 = seen.err(t.get_token(get("acme")).await).unwrap().into_inner();
+    let t1 = seen
+        .err(t.get_token(get("acme")).await)
+        .unwrap()
+        .into_inner();
     secrets.push(t1.access_token.clone());
     let t2 = seen
         .err(
@@ -292,9 +303,17 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
 
     // SIGHUP, then SIGTERM; wait for the exit.
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let mut child = child;
     let status = tokio::time::timeout(
         Duration::from_secs(10),

@@ -231,6 +231,27 @@ async fn admin_socket_makes_the_local_owner_admin_without_a_key() {
         "{:?}",
         events[0]
     );
+    // pbx-tokenctl over the socket, no key anywhere: the audit command.
+    let socket_arg = format!("unix:{}", socket.display());
+    let cwd = run.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pbx-tokenctl"))
+            .args(["--endpoint", &socket_arg, "--json", "audit", "--all"])
+            .current_dir(cwd)
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("PBX_TOKEND_API_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["action"], "client.revoke");
     // The TCP listener still needs a key.
     let err = d
         .admin_with_key(None)

@@ -1,11 +1,13 @@
 //! pbx-tokenctl: the command-line front end of pbx-tokend's gRPC API.
 //!
 //! - `cli.rs`      the clap definition (every flag documented there)
+//! - `audit.rs`    the `audit` command (the daemon's audit log)
 //! - `commands.rs` one function per command
 //! - `display.rs`  proto <-> tables / JSON / times
 //! - `secrets.rs`  reading secrets and the API key (never from argv)
 //! - `codes.rs`    gRPC code names (shared with pbx-loadgen)
 
+mod audit;
 mod cli;
 mod codes;
 mod commands;
