@@ -727,6 +727,73 @@ mod tests {
     }
 
     #[test]
+    fn security_keys_are_checked() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("PBX_TOKEND_GRPC_TLS_CERT_FILE", "/c.pem")],
+                "grpc.tls_key_file",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_TLS_KEY_FILE", "/k.pem")],
+                "grpc.tls_cert_file",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_TLS_CLIENT_CA_FILE", "/ca.pem")],
+                "grpc.tls_client_ca_file",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_LISTEN", "0.0.0.0:50051")],
+                "grpc.listen",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_ADMIN_SOCKET", "admin.sock")],
+                "grpc.admin_socket",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_MAX_MESSAGE_BYTES", "10")],
+                "grpc.max_message_bytes",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_REQUEST_TIMEOUT_MS", "0")],
+                "grpc.request_timeout_ms",
+            ),
+            (
+                &[(
+                    "PBX_TOKEND_PBX_ALLOWED_HOSTS",
+                    "[\"ok.example.com\", \"bad host\"]",
+                )],
+                "pbx.allowed_hosts[1]",
+            ),
+        ];
+        for (vars, needle) in cases {
+            let err = Config::load_with_env(None, env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+        let ok = Config::load_with_env(
+            None,
+            env(&[
+                ("PBX_TOKEND_GRPC_LISTEN", "0.0.0.0:50051"),
+                ("PBX_TOKEND_GRPC_TLS_CERT_FILE", "/c.pem"),
+                ("PBX_TOKEND_GRPC_TLS_KEY_FILE", "/k.pem"),
+                ("PBX_TOKEND_PBX_ALLOWED_HOSTS", "[\"*.pbx.example.com\"]"),
+            ]),
+        )
+        .unwrap();
+        assert!(ok.tls_enabled());
+        assert_eq!(ok.pbx.allowed_hosts, vec!["*.pbx.example.com"]);
+        let public = Config::load_with_env(
+            None,
+            env(&[
+                ("PBX_TOKEND_GRPC_LISTEN", "0.0.0.0:50051"),
+                ("PBX_TOKEND_GRPC_INSECURE_LISTEN_PUBLIC", "true"),
+            ]),
+        );
+        assert!(public.is_ok());
+    }
+
+    #[test]
     fn unknown_file_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

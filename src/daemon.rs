@@ -45,11 +45,6 @@ use crate::tenants::{CapacitySettings, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create the state directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("master key {path}: {source}")]
     MasterKey { path: PathBuf, source: CryptoError },
     #[error(transparent)]

@@ -64,6 +64,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything this process creates (database, keys, admin.key, lock) is
+    // for its own user only; the admin socket is opened up to 0660 on purpose.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let config = match load_config(&cli) {
         Ok(c) => c,

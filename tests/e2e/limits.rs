@@ -68,6 +68,28 @@ async fn oversized_messages_and_slow_requests_are_cut_off() {
         "{err:?}"
     );
 
+    // The timeout bounds producing an answer, not a stream: WatchToken
+    // outlives it.
+    d.add_tenant(&sim, "acme").await;
+    let mut stream = d
+        .tokens()
+        .watch_token(pbx_tokend::proto::WatchTokenRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    d.admin()
+        .refresh_tenant(pbx_tokend::proto::RefreshTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap();
+    let second = stream.message().await.unwrap().unwrap();
+    assert_ne!(first.access_token, second.access_token);
+
     // A PBX that answers after 2 s: CreateTenant cannot finish in 300 ms.
     sim.sim.set_faults(Faults {
         latency_ms: 2_000,
