@@ -80,8 +80,7 @@ async fn binary_serves_and_drains_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let channel = channel.expect("daemon did not start listening");
-    // The daemon wrote its bootstrap admin key before it started listening.
-    let key = read_admin_key(&dir.path().join("state"));
+    let key = wait_for_admin_key(&dir.path().join("state"), &channel).await;
     let app = sim.sim.add_trusted_app(None, None).unwrap();
     let mut admin = pbx_tokend::proto::admin_service_client::AdminServiceClient::with_interceptor(
         channel.clone(),

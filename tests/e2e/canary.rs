@@ -87,7 +87,7 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let channel = channel.expect("daemon did not start listening");
-    let admin_key = read_admin_key(&state);
+    let admin_key = wait_for_admin_key(&state, &channel).await;
     let admin =
         || AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&admin_key)));
     let tokens_with =

@@ -51,6 +51,35 @@ pub type AuthChannel = InterceptedService<Channel, Bearer>;
 pub type TokenClient = TokenServiceClient<AuthChannel>;
 pub type AdminClient = AdminServiceClient<AuthChannel>;
 
+/// The bootstrap admin key of a daemon started as a separate process, once
+/// the daemon accepts it: the port is bound (and connectable) a moment
+/// before the key is written and registered.
+pub async fn wait_for_admin_key(state_dir: &std::path::Path, channel: &Channel) -> String {
+    let path = state_dir.join("admin.key");
+    eventually(Duration::from_secs(10), "admin.key to be written", || {
+        let exists = path.exists();
+        async move { exists }
+    })
+    .await;
+    let key = read_admin_key(state_dir);
+    eventually(
+        Duration::from_secs(10),
+        "the admin key to be accepted",
+        || {
+            let mut admin =
+                AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&key)));
+            async move {
+                admin
+                    .list_clients(proto::ListClientsRequest {})
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    key
+}
+
 /// The bootstrap admin key the daemon wrote into `state_dir`.
 pub fn read_admin_key(state_dir: &std::path::Path) -> String {
     std::fs::read_to_string(state_dir.join("admin.key"))
