@@ -159,6 +159,33 @@ async fn mtls_requires_a_certificate_from_the_client_ca() {
     let channel = tls_channel(&d, &server_ca.pem, Some(&good)).await.unwrap();
     list_with(channel, &d.admin_key).await.unwrap();
 
+    // pbx-tokenctl over mTLS: CA, client certificate and key from files.
+    let client_cert = write(certs.path(), "client.pem", &good.0);
+    let client_key = write(certs.path(), "client.key", &good.1);
+    let server_ca_file = write(certs.path(), "server-ca.pem", &server_ca.pem);
+    let port = d.daemon.as_ref().unwrap().local_addr().port();
+    let key_file = d.config.state_dir.join("admin.key");
+    let out = tokio::task::spawn_blocking(move || {
+        let arg = |p: &Path| p.to_str().unwrap().to_owned();
+        std::process::Command::new(env!("CARGO_BIN_EXE_pbx-tokenctl"))
+            .args(["--endpoint", &format!("https://127.0.0.1:{port}")])
+            .args(["--tls-ca-file", &arg(&server_ca_file)])
+            .args(["--tls-cert-file", &arg(&client_cert)])
+            .args(["--tls-key-file", &arg(&client_key)])
+            .args(["--admin-key-file", &arg(&key_file)])
+            .args(["--json", "client", "list"])
+            .env_remove("PBX_TOKEND_API_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // No client certificate, or one from another CA: the handshake fails,
     // so no call gets through (a lazy error surfaces on connect or call).
     let stranger = Ca::new("stranger").issue("billing-service", false);

@@ -65,6 +65,34 @@ pub struct GlobalArgs {
     )]
     pub admin_key_file: Option<PathBuf>,
 
+    /// PEM file of the CA that signed the daemon's TLS certificate (for an
+    /// https:// endpoint).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, when the daemon requires one (mTLS).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
     /// Print machine-readable JSON (one object or array; `token watch` prints
     /// one JSON object per line) instead of human-readable tables.
     #[arg(long, global = true, help_heading = "Global options")]
