@@ -162,6 +162,17 @@ impl Daemon {
             Some(files) => Some(Arc::new(ReloadableTls::load(&files)?)),
             None => None,
         };
+        // Bound before anything is spawned, so a failure leaves nothing running.
+        let admin_listener = match &config.grpc.admin_socket {
+            Some(path) => Some((
+                serve::bind_admin_socket(path).map_err(|source| DaemonError::AdminSocket {
+                    path: path.clone(),
+                    source,
+                })?,
+                path.clone(),
+            )),
+            None => None,
+        };
         let keyring = Arc::new(load_keyring(&config)?);
         let store = Store::open(&config.database_path(), keyring)?;
         // A wrong key stops here, before the cache or anything else is read.
@@ -224,6 +235,14 @@ impl Daemon {
         };
         let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
             .map_err(|e| DaemonError::Reflection(e.to_string()))?;
+        let local_router = serve::router(
+            &services,
+            &config.grpc,
+            serve::Listener::LocalSocket {
+                own_uid: serve::own_uid(),
+            },
+        )
+        .map_err(|e| DaemonError::Reflection(e.to_string()))?;
         let stop = serving.clone();
         let server = match &tls {
             Some(tls) => {
@@ -243,35 +262,19 @@ impl Daemon {
                     .await
             }),
         };
-        let admin_socket = match &config.grpc.admin_socket {
-            Some(path) => {
-                let unix =
-                    serve::bind_admin_socket(path).map_err(|source| DaemonError::AdminSocket {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let router = serve::router(
-                    &services,
-                    &config.grpc,
-                    serve::Listener::LocalSocket {
-                        own_uid: serve::own_uid(),
-                    },
-                )
-                .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-                let stop = serving.clone();
-                let task = tokio::spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(
-                            UnixListenerStream::new(unix),
-                            stop.cancelled_owned(),
-                        )
-                        .await
-                });
-                tracing::info!(path = %path.display(), "local admin socket listening");
-                Some((task, path.clone()))
-            }
-            None => None,
-        };
+        let admin_socket = admin_listener.map(|(unix, path)| {
+            let stop = serving.clone();
+            let task = tokio::spawn(async move {
+                local_router
+                    .serve_with_incoming_shutdown(
+                        UnixListenerStream::new(unix),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            });
+            tracing::info!(path = %path.display(), "local admin socket listening");
+            (task, path)
+        });
         tracing::info!(
             listen = %local_addr,
             tenants = tenants_loaded,
