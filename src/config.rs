@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod grpc;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -48,6 +50,28 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub listen: String,
+    /// Optional Unix socket for local administration: a peer whose uid is
+    /// the daemon's own or root is ADMIN without a key. Mode 0660.
+    pub admin_socket: Option<PathBuf>,
+    /// Without TLS the daemon listens only on loopback addresses, unless
+    /// this is true (then it warns at start).
+    pub insecure_listen_public: bool,
+    /// PEM certificate chain and private key: the TCP listener serves TLS.
+    /// Both files are re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate it signed
+    /// (mTLS). Needs tls_cert_file. Re-read on SIGHUP.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Largest request message accepted, decoded.
+    pub max_message_bytes: u64,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Requests one connection may have in progress at once (others wait).
+    pub concurrency_per_connection: u32,
+    /// A request that takes longer is answered with CANCELLED (streams are
+    /// not cut: only producing the answer's start is bounded).
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -68,6 +92,10 @@ pub struct PbxConfig {
     pub connect_timeout_ms: u64,
     /// Answers larger than this are refused (protects memory).
     pub max_response_bytes: u64,
+    /// Glob patterns of PBX host names (`*` any run, `?` one character,
+    /// e.g. "*.pbx.example.com"). When not empty, CreateTenant/UpdateTenant
+    /// refuse any other host.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -78,6 +106,9 @@ pub struct TokenConfig {
     pub default_lifetime_seconds: u64,
     /// expires_in above this is treated as a malformed answer.
     pub max_lifetime_seconds: u64,
+    /// ReportRejectedToken forces at most one refresh per tenant in this
+    /// interval; reports in between get the current token.
+    pub report_rejected_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -188,6 +219,15 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            admin_socket: None,
+            insecure_listen_public: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            max_message_bytes: 256 * 1024,
+            max_concurrent_streams: 256,
+            concurrency_per_connection: 256,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -209,6 +249,7 @@ impl Default for PbxConfig {
             request_timeout_ms: 10_000,
             connect_timeout_ms: 3_000,
             max_response_bytes: 64 * 1024,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -219,6 +260,7 @@ impl Default for TokenConfig {
             default_min_valid_seconds: 10,
             default_lifetime_seconds: 3300,
             max_lifetime_seconds: 366 * 24 * 3600,
+            report_rejected_interval_ms: 5_000,
         }
     }
 }
@@ -336,6 +378,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_grpc()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",
@@ -368,6 +411,16 @@ impl Config {
             self.pbx.max_response_bytes,
             1024,
             16 * 1024 * 1024,
+        )?;
+        for (i, pattern) in self.pbx.allowed_hosts.iter().enumerate() {
+            crate::domain::HostPattern::parse(pattern)
+                .map_err(|m| bad(&format!("pbx.allowed_hosts[{i}]"), m))?;
+        }
+        range_u64(
+            "token.report_rejected_interval_ms",
+            self.token.report_rejected_interval_ms,
+            0,
+            3_600_000,
         )?;
         range_u64(
             "token.default_min_valid_seconds",
@@ -492,6 +545,10 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.grpc.tls_cert_file.is_some()
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -134,6 +134,12 @@ impl Keyring {
         }
     }
 
+    /// Reads the raw key from a key file (same format and permission rules
+    /// as [`Keyring::load_or_create`]), for building a rotation keyring.
+    pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
+        keyfile::read_key_file(path)
+    }
+
     /// A random key, for tests.
     pub fn ephemeral() -> Keyring {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
@@ -233,6 +239,18 @@ impl Keyring {
     }
 }
 
+/// The id of the key an envelope names, if it is a version-1 envelope.
+/// Public information (it is in clear in the envelope); used to say which
+/// key a database needs.
+pub fn envelope_key_id(sealed: &[u8]) -> Option<u32> {
+    if sealed.len() < MIN_SEALED_LEN || sealed[0] != ENVELOPE_VERSION {
+        return None;
+    }
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&sealed[1..1 + KEY_ID_LEN]);
+    Some(u32::from_be_bytes(id))
+}
+
 /// Version and key id, then the caller's associated data.
 fn bound_aad(version_and_id: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(version_and_id.len() + aad.len());
@@ -253,6 +271,8 @@ mod tests {
         assert_eq!(sealed.len(), MIN_SEALED_LEN + 11);
         assert_eq!(sealed[0], ENVELOPE_VERSION);
         assert_eq!(&sealed[1..5], &k.current_key_id().to_be_bytes());
+        assert_eq!(envelope_key_id(&sealed), Some(k.current_key_id()));
+        assert_eq!(envelope_key_id(&sealed[..10]), None);
         assert_eq!(k.open(&a, &sealed).unwrap(), b"hello token");
         assert_eq!(k.open(&a, &k.seal(&a, b"")).unwrap(), b"");
         // Random nonces: sealing twice never gives the same bytes.

@@ -1,7 +1,10 @@
 //! Wiring and life cycle. [`Daemon::start`] takes a validated config, a
 //! bound listener and a clock (production passes real ones, tests their
-//! own), opens the key and the database, fills the cache, starts the
-//! scheduler, maintenance and the gRPC server. [`Daemon::shutdown`] drains in
+//! own), locks the state directory, opens the key and the database (and
+//! proves the key opens it), fills the cache, loads the API clients (writing
+//! a bootstrap admin key when there is no admin), starts the scheduler,
+//! maintenance and the gRPC server (TLS when configured, plus the optional
+//! local admin socket). [`Daemon::shutdown`] drains in
 //! order: stop serving, stop the scheduler, wait for in-flight renewals (up
 //! to `shutdown.drain_timeout_ms`), stop maintenance, close the database.
 //!
@@ -15,11 +18,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{ClientError, Clients};
 use crate::api::admin::AdminApi;
+use crate::api::serve::{self, Services};
+use crate::api::tls::{self, ReloadableTls, TlsError, TlsFiles};
 use crate::api::token::TokenApi;
+use crate::audit::Audit;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -32,16 +40,12 @@ use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
+use crate::statedir::{self, StateDirError, StateLock};
 use crate::store::{Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create the state directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("master key {path}: {source}")]
     MasterKey { path: PathBuf, source: CryptoError },
     #[error(transparent)]
@@ -61,6 +65,21 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    StateDirLock(#[from] StateDirError),
+    #[error("master key file {} is missing but the database {} holds sealed values; restore the key file (or point master_key_file at it). A new key would open nothing", .key.display(), .database.display())]
+    MasterKeyMissing { key: PathBuf, database: PathBuf },
+    #[error("API clients: {0}")]
+    Clients(#[from] ClientError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("refusing to listen on {0} without TLS: it is not a loopback address. Configure grpc.tls_cert_file and grpc.tls_key_file, or set grpc.insecure_listen_public = true")]
+    InsecureListen(std::net::SocketAddr),
+    #[error("admin socket {}: {source}", .path.display())]
+    AdminSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Daemon {
@@ -75,15 +94,22 @@ pub struct Daemon {
     background: CancellationToken,
     workers: TaskTracker,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The local admin socket's server and path, when configured.
+    admin_socket: Option<(JoinHandle<Result<(), tonic::transport::Error>>, PathBuf)>,
+    tls: Option<Arc<ReloadableTls>>,
+    clients: Arc<Clients>,
+    /// Released last, when the daemon is dropped after shutdown.
+    _lock: StateLock,
     scheduler_task: JoinHandle<()>,
     maintenance: Maintenance,
     health: tonic_health::server::HealthReporter,
     drain_timeout: Duration,
 }
 
-/// Where the master key is: explicit file, systemd credential, or generated
-/// next to the database (with a warning: it then sits beside what it protects).
-fn master_key_location(config: &Config) -> (PathBuf, bool) {
+/// Where the master key is, and whether the daemon may generate it there:
+/// explicit file, systemd credential, or generated next to the database
+/// (with a warning: it then sits beside what it protects).
+pub fn master_key_location(config: &Config) -> (PathBuf, bool) {
     if let Some(path) = &config.master_key_file {
         return (path.clone(), false);
     }
@@ -95,6 +121,14 @@ fn master_key_location(config: &Config) -> (PathBuf, bool) {
 
 pub fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
     let (path, may_create) = master_key_location(config);
+    // Never replace a lost key with a new one while the database holds
+    // values sealed under the old one: refuse, so the operator restores it.
+    if may_create && !path.exists() && crate::store::has_sealed_data(&config.database_path())? {
+        return Err(DaemonError::MasterKeyMissing {
+            key: path,
+            database: config.database_path(),
+        });
+    }
     let (keyring, created) =
         Keyring::load_or_create(&path, may_create).map_err(|source| DaemonError::MasterKey {
             path: path.clone(),
@@ -107,21 +141,6 @@ pub fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
         );
     }
     Ok(keyring)
-}
-
-fn create_state_dir(config: &Config) -> Result<(), DaemonError> {
-    let err = |source| DaemonError::StateDir {
-        path: config.state_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&config.state_dir).map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(err)?;
-    }
-    Ok(())
 }
 
 impl Daemon {
@@ -160,9 +179,32 @@ impl Daemon {
         onboarding_pbx: Arc<dyn PbxOnboardingApi>,
     ) -> Result<Daemon, DaemonError> {
         let started = std::time::Instant::now();
-        create_state_dir(&config)?;
+        statedir::create(&config.state_dir)?;
+        let lock = statedir::lock(&config.state_dir)?;
+        let local_addr = listener.local_addr().map_err(DaemonError::Listener)?;
+        check_listen_address(&config, local_addr)?;
+        let tls = match TlsFiles::from_config(&config.grpc) {
+            Some(files) => Some(Arc::new(ReloadableTls::load(&files)?)),
+            None => None,
+        };
+        // Bound before anything is spawned, so a failure leaves nothing running.
+        let admin_listener = match &config.grpc.admin_socket {
+            Some(path) => Some((
+                serve::bind_admin_socket(path).map_err(|source| DaemonError::AdminSocket {
+                    path: path.clone(),
+                    source,
+                })?,
+                path.clone(),
+            )),
+            None => None,
+        };
         let keyring = Arc::new(load_keyring(&config)?);
         let store = Store::open(&config.database_path(), keyring)?;
+        // A wrong key stops here, before the cache or anything else is read.
+        store.check_master_key().await?;
+        let audit = Audit::new(store.clone(), clock.clone());
+        let clients = Arc::new(Clients::load(store.clone(), clock.clone(), audit.clone()).await?);
+        clients.bootstrap_admin(&config.state_dir).await?;
         let limiter = Arc::new(HostLimiters::new(
             clock.clone(),
             config.limits.per_host_requests_per_second,
@@ -193,6 +235,7 @@ impl Daemon {
             config.url_policy(),
             capacity_settings(&config),
         ));
+        tenants.set_allowed_hosts(allowed_hosts(&config));
         for warning in tenants.capacity_warnings().await.unwrap_or_default() {
             tracing::warn!("{warning}");
         }
@@ -219,34 +262,61 @@ impl Daemon {
             Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
 
         let serving = CancellationToken::new();
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = tonic_health::server::HealthReporter::new();
         health.set_serving::<TokenServiceServer<TokenApi>>().await;
         health.set_serving::<AdminServiceServer<AdminApi>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        let local_addr = listener.local_addr().map_err(DaemonError::Listener)?;
-        let router = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(TokenServiceServer::new(TokenApi::new(
-                broker.clone(),
-                serving.clone(),
-            )))
-            .add_service(AdminServiceServer::new(AdminApi::new(
+        let services = Services {
+            tokens: Arc::new(TokenApi::new(broker.clone(), serving.clone())),
+            admin: Arc::new(AdminApi::new(
                 tenants.clone(),
                 onboarding.clone(),
-            )));
+                clients.clone(),
+                audit,
+            )),
+            clients: clients.clone(),
+            health: health.clone(),
+        };
+        let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
+            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
+        let local_router = serve::router(
+            &services,
+            &config.grpc,
+            serve::Listener::LocalSocket {
+                own_uid: serve::own_uid(),
+            },
+        )
+        .map_err(|e| DaemonError::Reflection(e.to_string()))?;
         let stop = serving.clone();
-        let server = tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
-                .await
+        let server = match &tls {
+            Some(tls) => {
+                let incoming = tls::incoming(listener, tls.clone());
+                tokio::spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            }),
+        };
+        let admin_socket = admin_listener.map(|(unix, path)| {
+            let stop = serving.clone();
+            let task = tokio::spawn(async move {
+                local_router
+                    .serve_with_incoming_shutdown(
+                        UnixListenerStream::new(unix),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            });
+            tracing::info!(path = %path.display(), "local admin socket listening");
+            (task, path)
         });
         let callback = match config.callback.listen_addr() {
             Some(addr) => {
@@ -270,6 +340,8 @@ impl Daemon {
         tracing::info!(
             listen = %local_addr,
             tenants = tenants_loaded,
+            tls = tls.is_some(),
+            api_clients = clients.active_count(),
             startup_ms = started.elapsed().as_millis() as u64,
             "pbx-tokend is serving"
         );
@@ -284,6 +356,10 @@ impl Daemon {
             background,
             workers,
             server,
+            admin_socket,
+            tls,
+            clients,
+            _lock: lock,
             scheduler_task,
             maintenance,
             health,
@@ -304,6 +380,11 @@ impl Daemon {
         self.callback.as_ref().map(|(a, _)| *a)
     }
 
+    /// The API clients (keys) the daemon authenticates against.
+    pub fn clients(&self) -> &Arc<Clients> {
+        &self.clients
+    }
+
     pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
         self.scheduler.status()
     }
@@ -321,6 +402,19 @@ impl Daemon {
         self.tenants.set_capacity(capacity_settings(config));
         self.onboarding
             .set_settings(OnboardingSettings::from_config(&config.onboarding));
+        self.tenants.set_allowed_hosts(allowed_hosts(config));
+        match (&self.tls, TlsFiles::from_config(&config.grpc)) {
+            (Some(tls), Some(files)) => match tls.reload(&files) {
+                Ok(()) => tracing::info!("TLS certificate, key and client CA re-read"),
+                Err(e) => {
+                    tracing::error!("TLS reload failed, keeping the running certificate: {e}")
+                }
+            },
+            (None, Some(_)) | (Some(_), None) => tracing::warn!(
+                "turning TLS on or off needs a restart; the listener keeps its current mode"
+            ),
+            (None, None) => {}
+        }
         tracing::info!("configuration reloaded");
     }
 
@@ -357,6 +451,14 @@ impl Daemon {
                 Err(e) => result = Err(DaemonError::Serve(e.to_string())),
             }
         }
+        if let Some((task, path)) = self.admin_socket {
+            match task.await {
+                Ok(Ok(())) => tracing::info!("admin socket server stopped"),
+                Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
+                Err(e) => result = Err(DaemonError::Serve(e.to_string())),
+            }
+            let _ = std::fs::remove_file(&path);
+        }
         self.background.cancel();
         if let Err(e) = self.scheduler_task.await {
             tracing::error!("renewal scheduler ended abnormally: {e}");
@@ -378,6 +480,31 @@ impl Daemon {
         tracing::info!("database closed; shutdown complete");
         result
     }
+}
+
+/// Without TLS, only loopback unless `insecure_listen_public` (then warn).
+fn check_listen_address(config: &Config, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
+    if config.tls_enabled() || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.grpc.insecure_listen_public {
+        return Err(DaemonError::InsecureListen(addr));
+    }
+    tracing::warn!(
+        listen = %addr,
+        "serving gRPC WITHOUT TLS on a non-loopback address (grpc.insecure_listen_public = true): API keys and tokens cross the network in clear"
+    );
+    Ok(())
+}
+
+/// `[pbx] allowed_hosts`, parsed (validate() already checked each entry).
+fn allowed_hosts(config: &Config) -> Vec<crate::domain::HostPattern> {
+    config
+        .pbx
+        .allowed_hosts
+        .iter()
+        .filter_map(|p| crate::domain::HostPattern::parse(p).ok())
+        .collect()
 }
 
 fn scheduler_limits(config: &Config) -> SchedulerLimits {

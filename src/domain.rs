@@ -3,10 +3,13 @@
 //! the constructors here, so a value of one of these types is known good.
 //! No protobuf, no SQL, no HTTP in this file.
 
-use std::net::IpAddr;
+mod net;
 
 use crate::clock::UnixMs;
 use crate::secret::Secret;
+
+use net::forbidden_host;
+pub use net::{glob_match, is_private, HostPattern};
 
 /// What is wrong with one input field, said so a person can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,19 +153,10 @@ impl PbxBaseUrl {
             None => return Err(ValidationError::new(FIELD, "has no host")),
         };
         if !policy.allow_private_addresses {
-            if let Some(ip) = literal_ip(&url) {
-                if is_private(ip) {
-                    return Err(ValidationError::new(
-                        FIELD,
-                        format!("{ip} is a loopback, private or link-local address; set [pbx] allow_private_addresses = true for an on-premises PBX or the simulator"),
-                    ));
-                }
-            } else if host_str.eq_ignore_ascii_case("localhost")
-                || host_str.to_ascii_lowercase().ends_with(".localhost")
-            {
+            if let Some(reason) = forbidden_host(&url) {
                 return Err(ValidationError::new(
                     FIELD,
-                    "localhost is a loopback address; set [pbx] allow_private_addresses = true for the simulator",
+                    format!("{reason}; set [pbx] allow_private_addresses = true for an on-premises PBX or the simulator"),
                 ));
             }
         }
@@ -194,44 +188,31 @@ impl PbxBaseUrl {
         &self.host
     }
 
+    /// The host alone (no port; IPv6 in brackets), for allow lists.
+    pub fn host_name(&self) -> &str {
+        match self.host.rsplit_once(':') {
+            Some((name, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && (!name.starts_with('[') || name.ends_with(']')) =>
+            {
+                name
+            }
+            _ => &self.host,
+        }
+    }
+
+    /// Whether this URL names an internal host or address (see
+    /// [`is_private`]); the PBX client re-checks stored URLs with it.
+    pub fn is_internal(&self) -> bool {
+        url::Url::parse(&self.url)
+            .ok()
+            .is_some_and(|u| forbidden_host(&u).is_some())
+    }
+
     /// `path` must start with `/`, e.g. `/oauth/token`.
     pub fn join(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
-    }
-}
-
-fn literal_ip(url: &url::Url) -> Option<IpAddr> {
-    match url.host()? {
-        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-        url::Host::Domain(_) => None,
-    }
-}
-
-/// Loopback, private, link-local, unspecified, CGNAT and the IPv6 equivalents
-/// (including IPv4-mapped forms).
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-        }
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Layout (data flows top to bottom; see ARCHITECTURE.md):
 //!
-//! - `api`        tonic services, proto <-> domain, the one Status mapping
+//! - `api`        tonic services, auth, TLS, proto <-> domain, the one Status mapping
+//! - `access`     API clients, roles, tenant patterns, key authentication
+//! - `audit`      the audit log of admin mutations
 //! - `broker`     in-memory token cache, single-flight refresh, watchers
 //! - `tenants`    tenant administration use cases (create, update, delete)
 //! - `onboarding` the PBX authorization dialog as a resumable state machine
@@ -13,10 +15,14 @@
 //! - `crypto`     master key and authenticated sealing of secrets
 //! - `config`     file + environment + flags -> validated `Config`
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
+//! - `statedir`   the state directory and its lock
+//! - `rotation`   re-sealing everything under a new master key (offline)
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
+pub mod access;
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod clock;
 pub mod config;
@@ -27,8 +33,10 @@ pub mod logging;
 pub mod onboarding;
 pub mod pbx;
 pub mod renewal;
+pub mod rotation;
 pub mod secret;
 pub mod sim;
+pub mod statedir;
 pub mod store;
 pub mod tenants;
 

@@ -12,8 +12,8 @@ use rand::Rng;
 use crate::broker::{Broker, FetchFailure, TokenError};
 use crate::clock::UnixMs;
 use crate::domain::{
-    validate_display_name, AccessToken, AppCredentials, PbxBaseUrl, Tenant, TenantId, TenantState,
-    UrlPolicy, ValidationError,
+    validate_display_name, AccessToken, AppCredentials, HostPattern, PbxBaseUrl, Tenant, TenantId,
+    TenantState, UrlPolicy, ValidationError,
 };
 use crate::pbx::PbxError;
 use crate::renewal::capacity;
@@ -94,6 +94,8 @@ pub struct Tenants {
     broker: Arc<Broker>,
     url_policy: UrlPolicy,
     capacity: std::sync::RwLock<CapacitySettings>,
+    /// `[pbx] allowed_hosts`; empty allows every host. Replaced on SIGHUP.
+    allowed_hosts: std::sync::RwLock<Arc<Vec<HostPattern>>>,
 }
 
 const MAX_PAGE: u32 = 1000;
@@ -105,7 +107,35 @@ impl Tenants {
             broker,
             url_policy,
             capacity: std::sync::RwLock::new(capacity),
+            allowed_hosts: std::sync::RwLock::new(Arc::new(Vec::new())),
         }
+    }
+
+    pub fn set_allowed_hosts(&self, hosts: Vec<HostPattern>) {
+        *self
+            .allowed_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+    }
+
+    /// A base URL parsed with the URL policy and checked against the allow list.
+    fn base_url(&self, url: &str) -> Result<PbxBaseUrl, ValidationError> {
+        let parsed = PbxBaseUrl::parse(url, self.url_policy)?;
+        let allowed = self
+            .allowed_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !allowed.is_empty() && !allowed.iter().any(|p| p.matches(parsed.host_name())) {
+            return Err(ValidationError::new(
+                "pbx_base_url",
+                format!(
+                    "host {} is not in [pbx] allowed_hosts; ask the operator to add it",
+                    parsed.host_name()
+                ),
+            ));
+        }
+        Ok(parsed)
     }
 
     pub fn set_capacity(&self, c: CapacitySettings) {
@@ -119,7 +149,7 @@ impl Tenants {
     pub async fn create(&self, input: CreateTenantInput) -> Result<Tenant, AdminError> {
         let id = TenantId::parse(&input.tenant_id)?;
         validate_display_name(&input.display_name)?;
-        let base_url = PbxBaseUrl::parse(&input.pbx_base_url, self.url_policy)?;
+        let base_url = self.base_url(&input.pbx_base_url)?;
         if self.broker.store().get_tenant(&id).await?.is_some() {
             return Err(AdminError::AlreadyExists(id.to_string()));
         }
@@ -300,7 +330,7 @@ impl Tenants {
         }
         let base_url = match &input.pbx_base_url {
             Some(u) => {
-                let parsed = PbxBaseUrl::parse(u, self.url_policy)?;
+                let parsed = self.base_url(u)?;
                 changes.base_url = Some(parsed.clone());
                 parsed
             }

@@ -1,11 +1,16 @@
 //! AdminService: tenant management. Handlers translate proto to use-case
-//! input and back; the rules live in `tenants`.
+//! input and back; the rules live in `tenants`. Every mutation is recorded
+//! in the audit log (`audited`); API clients and the audit log itself are
+//! handled in `access.rs`. Only ADMIN callers get here (see `auth.rs`).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::audit::audited;
+use super::{access, auth, convert};
+use crate::access::Clients;
+use crate::audit::{action, Audit};
 use crate::onboarding::{CompleteInput, Onboarding};
 use crate::proto;
 use crate::proto::admin_service_server::AdminService;
@@ -14,21 +19,24 @@ use crate::tenants::{CreateTenantInput, Tenants, UpdateTenantInput};
 pub struct AdminApi {
     tenants: Arc<Tenants>,
     onboarding: Arc<Onboarding>,
+    clients: Arc<Clients>,
+    audit: Audit,
 }
 
 impl AdminApi {
-    pub fn new(tenants: Arc<Tenants>, onboarding: Arc<Onboarding>) -> Self {
+    pub fn new(
+        tenants: Arc<Tenants>,
+        onboarding: Arc<Onboarding>,
+        clients: Arc<Clients>,
+        audit: Audit,
+    ) -> Self {
         Self {
             tenants,
             onboarding,
+            clients,
+            audit,
         }
     }
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available in this version of pbx-tokend; register tenants with existing trusted-app credentials (CreateTenant with trusted_app)"
-    ))
 }
 
 #[tonic::async_trait]
@@ -37,8 +45,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CreateTenantRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let tenant = self
+        let id = r.tenant_id.clone();
+        let result = self
             .tenants
             .create(CreateTenantInput {
                 tenant_id: r.tenant_id,
@@ -48,7 +58,17 @@ impl AdminService for AdminApi {
                 public_app: convert::app(r.public_app),
                 redirect_uri: r.redirect_uri,
             })
-            .await?;
+            .await
+            .map_err(Status::from);
+        let tenant = audited(
+            &self.audit,
+            &caller,
+            action::TENANT_CREATE,
+            Some(&id),
+            "",
+            result,
+        )
+        .await?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
 
@@ -78,8 +98,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::UpdateTenantRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let tenant = self
+        let id = r.tenant_id.clone();
+        let changed = update_summary(&r);
+        let result = self
             .tenants
             .update(UpdateTenantInput {
                 tenant_id: r.tenant_id,
@@ -88,7 +111,17 @@ impl AdminService for AdminApi {
                 trusted_app: convert::app(r.trusted_app),
                 enabled: r.enabled,
             })
-            .await?;
+            .await
+            .map_err(Status::from);
+        let tenant = audited(
+            &self.audit,
+            &caller,
+            action::TENANT_UPDATE,
+            Some(&id),
+            &changed,
+            result,
+        )
+        .await?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
 
@@ -96,7 +129,18 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::DeleteTenantRequest>,
     ) -> Result<Response<()>, Status> {
-        self.tenants.delete(&request.into_inner().tenant_id).await?;
+        let caller = auth::caller(&request)?;
+        let id = request.into_inner().tenant_id;
+        let result = self.tenants.delete(&id).await.map_err(Status::from);
+        audited(
+            &self.audit,
+            &caller,
+            action::TENANT_DELETE,
+            Some(&id),
+            "",
+            result,
+        )
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -104,8 +148,18 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RefreshTenantRequest>,
     ) -> Result<Response<proto::AccessToken>, Status> {
+        let caller = auth::caller(&request)?;
         let id = request.into_inner().tenant_id;
-        let token = self.tenants.refresh(&id).await?;
+        let result = self.tenants.refresh(&id).await.map_err(Status::from);
+        let token = audited(
+            &self.audit,
+            &caller,
+            action::TENANT_REFRESH,
+            Some(&id),
+            "",
+            result,
+        )
+        .await?;
         Ok(Response::new(convert::access_token(&id, &token)))
     }
 
@@ -113,10 +167,18 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::BeginAuthorizationRequest>,
     ) -> Result<Response<proto::BeginAuthorizationResponse>, Status> {
-        let a = self
-            .onboarding
-            .begin(&request.into_inner().tenant_id)
-            .await?;
+        let caller = auth::caller(&request)?;
+        let id = request.into_inner().tenant_id;
+        let result = self.onboarding.begin(&id).await.map_err(Status::from);
+        let a = audited(
+            &self.audit,
+            &caller,
+            action::AUTHORIZATION_BEGIN,
+            Some(&id),
+            "",
+            result,
+        )
+        .await?;
         Ok(Response::new(proto::BeginAuthorizationResponse {
             authorization_url: a.url,
             state: a.state.expose().clone(),
@@ -128,36 +190,89 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CompleteAuthorizationRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let tenant = self
+        let named = (!r.tenant_id.is_empty()).then(|| r.tenant_id.clone());
+        let result = self
             .onboarding
             .complete(CompleteInput {
                 state: r.state,
                 tenant_id: r.tenant_id,
                 code: r.code,
             })
-            .await?;
+            .await
+            .map_err(Status::from);
+        // With only a state, the tenant is known once the flow answers.
+        let tenant_id = match (&result, named) {
+            (Ok(t), _) => Some(t.id.to_string()),
+            (Err(_), named) => named,
+        };
+        let tenant = audited(
+            &self.audit,
+            &caller,
+            action::AUTHORIZATION_COMPLETE,
+            tenant_id.as_deref(),
+            "",
+            result,
+        )
+        .await?;
         Ok(Response::new(convert::tenant(&tenant)))
     }
 
     async fn create_client(
         &self,
-        _request: Request<proto::CreateClientRequest>,
+        request: Request<proto::CreateClientRequest>,
     ) -> Result<Response<proto::CreateClientResponse>, Status> {
-        Err(not_yet("CreateClient"))
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        access::create_client(&self.clients, &self.audit, &caller, r)
+            .await
+            .map(Response::new)
     }
 
     async fn list_clients(
         &self,
         _request: Request<proto::ListClientsRequest>,
     ) -> Result<Response<proto::ListClientsResponse>, Status> {
-        Err(not_yet("ListClients"))
+        access::list_clients(&self.clients).await.map(Response::new)
     }
 
     async fn revoke_client(
         &self,
-        _request: Request<proto::RevokeClientRequest>,
+        request: Request<proto::RevokeClientRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(not_yet("RevokeClient"))
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        access::revoke_client(&self.clients, &self.audit, &caller, r)
+            .await
+            .map(Response::new)
     }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        access::list_audit_events(&self.audit, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Which fields an UpdateTenant changes, for the audit log (never values
+/// of secrets; the URL and name are not secret).
+fn update_summary(r: &proto::UpdateTenantRequest) -> String {
+    let mut parts = Vec::new();
+    if r.display_name.is_some() {
+        parts.push("display_name".to_string());
+    }
+    if let Some(url) = &r.pbx_base_url {
+        parts.push(format!("pbx_base_url={url}"));
+    }
+    if let Some(app) = &r.trusted_app {
+        parts.push(format!("trusted_app client_id={}", app.client_id));
+    }
+    if let Some(enabled) = r.enabled {
+        parts.push(format!("enabled={enabled}"));
+    }
+    parts.join(", ")
 }

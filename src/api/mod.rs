@@ -1,10 +1,18 @@
 //! The gRPC front end: tonic services that decode a request, call one use
 //! case, and encode the answer. The only module that knows protobuf, and
-//! (in `status.rs`) the one place where errors become gRPC statuses. Also
-//! the optional OAuth callback listener (`callback.rs`, plain HTML pages).
+//! (in `status.rs`) the one place where errors become gRPC statuses.
+//! `auth.rs` authenticates callers (API keys, the local admin socket) and
+//! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
+//! listeners with their limits; `tls.rs` is the reloadable TLS acceptor;
+//! `callback.rs` is the optional OAuth callback listener (plain HTML pages).
 
+pub mod access;
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod callback;
 pub mod convert;
+pub mod serve;
 pub mod status;
+pub mod tls;
 pub mod token;

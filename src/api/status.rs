@@ -4,6 +4,7 @@
 
 use tonic::{Code, Status};
 
+use crate::access::ClientError;
 use crate::broker::TokenError;
 use crate::domain::ValidationError;
 use crate::onboarding::OnboardingError;
@@ -89,4 +90,23 @@ impl From<OnboardingError> for Status {
             }
         }
     }
+}
+
+impl From<ClientError> for Status {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::InvalidArgument(v) => invalid(v),
+            e @ ClientError::NotFound(_) => Status::not_found(e.to_string()),
+            ClientError::Store(s) => store(s),
+            e @ (ClientError::Random(_) | ClientError::KeyFile { .. }) => {
+                tracing::error!("{e}");
+                Status::internal(format!("{e}; see the daemon log"))
+            }
+        }
+    }
+}
+
+/// A storage failure outside the tenant use cases (audit listing).
+pub fn storage(e: StoreError) -> Status {
+    store(e)
 }

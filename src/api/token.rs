@@ -1,5 +1,6 @@
 //! TokenService: GetToken, ReportRejectedToken, WatchToken. Each handler
-//! decodes, calls the broker, encodes; nothing else.
+//! checks the caller's tenant scope (first, so an out-of-scope caller learns
+//! nothing about the tenant), decodes, calls the broker, encodes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{auth, convert};
 use crate::broker::Broker;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
@@ -34,6 +35,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::AccessToken>, Status> {
+        auth::require_tenant(&request, &request.get_ref().tenant_id)?;
         let req = request.into_inner();
         let token = self
             .broker
@@ -46,6 +48,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::ReportRejectedTokenRequest>,
     ) -> Result<Response<proto::AccessToken>, Status> {
+        auth::require_tenant(&request, &request.get_ref().tenant_id)?;
         let req = request.into_inner();
         if req.access_token.is_empty() {
             return Err(Status::invalid_argument(
@@ -65,6 +68,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::WatchTokenRequest>,
     ) -> Result<Response<Self::WatchTokenStream>, Status> {
+        auth::require_tenant(&request, &request.get_ref().tenant_id)?;
         let tenant_id = request.into_inner().tenant_id;
         let receiver = self.broker.watch(&tenant_id)?;
         let clock = self.broker.clock().clone();

@@ -40,6 +40,14 @@ struct Cli {
 enum Command {
     /// Validate the configuration (file + environment) and exit.
     CheckConfig,
+    /// Re-seal every stored secret and token under a new master key, with
+    /// the daemon stopped. See README "Rotating the master key".
+    RotateMasterKey {
+        /// File holding the new key (32 raw bytes or 64 hex characters,
+        /// mode 0600). Never given on the command line itself.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -56,6 +64,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything this process creates (database, keys, admin.key, lock) is
+    // for its own user only; the admin socket is opened up to 0660 on purpose.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let config = match load_config(&cli) {
         Ok(c) => c,
@@ -67,6 +78,9 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::CheckConfig) = cli.command {
         println!("configuration is valid");
         return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(Command::RotateMasterKey { new_key_file }) = &cli.command {
+        return rotate(&config, new_key_file);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,6 +97,49 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("pbx-tokend stopped with an error: {e:#}");
             eprintln!("pbx-tokend: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn rotate(config: &Config, new_key_file: &std::path::Path) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx-tokend: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(pbx_tokend::rotation::rotate_master_key(
+        config,
+        new_key_file,
+        Arc::new(SystemClock),
+    ));
+    match result {
+        Ok(r) => {
+            println!(
+                "re-sealed {} values: master key {:08x} -> {:08x}",
+                r.resealed, r.old_key_id, r.new_key_id
+            );
+            match (&r.retired_copy, r.installed) {
+                (Some(old), true) => println!(
+                    "installed the new key as {}; the old key is kept as {} (delete it once the daemon started with the new key)",
+                    r.key_path.display(),
+                    old.display()
+                ),
+                _ => println!(
+                    "NOW replace {} with {} (mode 0600) before starting the daemon; keep the old key file until the daemon serves with the new one",
+                    r.key_path.display(),
+                    new_key_file.display()
+                ),
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pbx-tokend: master key rotation failed: {e}");
             std::process::ExitCode::FAILURE
         }
     }

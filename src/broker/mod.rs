@@ -69,6 +69,9 @@ pub struct BrokerSettings {
     /// UNAVAILABLE) for this long before another on-demand attempt: a PBX
     /// outage must not turn every GetToken into a PBX request.
     pub on_demand_retry_ms: i64,
+    /// At most one refresh forced by ReportRejectedToken per tenant in this
+    /// interval; reports in between get the current token.
+    pub report_rejected_interval_ms: i64,
 }
 
 impl BrokerSettings {
@@ -80,6 +83,8 @@ impl BrokerSettings {
                 .saturating_mul(1000),
             policy: RenewalPolicy::from_config(&c.refresh),
             on_demand_retry_ms: 1000,
+            report_rejected_interval_ms: i64::try_from(c.token.report_rejected_interval_ms)
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -281,6 +286,16 @@ impl Broker {
                 hint: REJECTED_HINT,
             });
         }
+        // Rate limit: a caller that keeps reporting fresh tokens (a bug, or
+        // an attack with a READER key) cannot turn reports into PBX traffic.
+        let interval = self.settings().report_rejected_interval_ms;
+        if slot.report_refresh_within(now, interval) {
+            if let Some(current) = slot.token().filter(|t| t.valid_for(now, 0)) {
+                tracing::debug!(tenant = %slot.id(), "rejected-token report within the rate-limit interval; answering with the current token");
+                return Ok(current);
+            }
+        }
+        slot.mark_report_refresh(now);
         self.fetch_locked(&slot, now).await
     }
 

@@ -23,6 +23,8 @@ struct Meta {
     last_error: Option<String>,
     /// No on-demand fetch before this time (after a failed one).
     cooldown_until: Option<UnixMs>,
+    /// When a ReportRejectedToken last forced a refresh (rate limit).
+    last_report_refresh: Option<UnixMs>,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,7 @@ impl Slot {
                 failures: 0,
                 last_error: None,
                 cooldown_until: None,
+                last_report_refresh: None,
             }),
             token,
             fetch: tokio::sync::Mutex::new(()),
@@ -148,6 +151,17 @@ impl Slot {
 
     pub fn on_demand_cooldown(&self, now: UnixMs) -> Option<UnixMs> {
         self.meta().cooldown_until.filter(|until| *until > now)
+    }
+
+    /// Whether a report forced a refresh less than `interval_ms` before `now`.
+    pub fn report_refresh_within(&self, now: UnixMs, interval_ms: i64) -> bool {
+        self.meta()
+            .last_report_refresh
+            .is_some_and(|at| now.0 - at.0 < interval_ms)
+    }
+
+    pub fn mark_report_refresh(&self, at: UnixMs) {
+        self.meta().last_report_refresh = Some(at);
     }
 
     pub fn start_cooldown(&self, until: UnixMs) {

@@ -32,6 +32,7 @@ pub struct ClientBuildError(String);
 pub struct PbxClient {
     http: reqwest::Client,
     allow_insecure_http: bool,
+    allow_private_addresses: bool,
     max_response_bytes: u64,
     max_lifetime_secs: u64,
     request_timeout: Duration,
@@ -69,11 +70,16 @@ impl PbxClient {
             // the decoded bytes (no gzip bomb).
             .gzip(true)
             .https_only(!pbx.allow_insecure_http)
+            // Every resolved address passes the SSRF guard before a connect.
+            .dns_resolver(std::sync::Arc::new(super::guard::GuardedResolver::new(
+                pbx.allow_private_addresses,
+            )))
             .build()
             .map_err(|e| ClientBuildError(root_cause(&e)))?;
         Ok(Self {
             http,
             allow_insecure_http: pbx.allow_insecure_http,
+            allow_private_addresses: pbx.allow_private_addresses,
             max_response_bytes: pbx.max_response_bytes,
             max_lifetime_secs: token.max_lifetime_seconds,
             request_timeout,
@@ -225,6 +231,16 @@ impl PbxClient {
     }
 
     fn check_scheme(&self, base: &PbxBaseUrl) -> Result<(), PbxError> {
+        // IP-literal hosts never reach the resolver's guard: check them here
+        // (a URL stored before the setting changed, or edited by hand).
+        if !self.allow_private_addresses && base.is_internal() {
+            return Err(PbxError::Misconfigured {
+                reason: format!(
+                    "{} is an internal address and [pbx] allow_private_addresses is false; change the tenant's pbx_base_url",
+                    base.host()
+                ),
+            });
+        }
         let url = base.as_str();
         if url.starts_with("https://") || (self.allow_insecure_http && url.starts_with("http://")) {
             return Ok(());

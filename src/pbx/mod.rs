@@ -1,10 +1,12 @@
 //! Everything that speaks HTTP to a PBX: the client (`client.rs`), the
 //! response parsers (`parse.rs`, pure and fuzzable), the error model
-//! (`error.rs`) and the per-host request limiter (`limiter.rs`).
+//! (`error.rs`), the per-host request limiter (`limiter.rs`) and the
+//! outbound address guard against SSRF (`guard.rs`).
 //! Nothing outside this module knows a URL path or a status code.
 
 pub mod client;
 pub mod error;
+pub mod guard;
 pub mod limiter;
 pub mod parse;
 

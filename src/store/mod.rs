@@ -17,12 +17,17 @@
 //! `migrate.rs`, `sealed.rs` (which fields are sealed and how), and one file
 //! per table family: `tenants.rs` (reads) and `tenant_writes.rs`,
 //! `credentials.rs`, `tokens.rs`, `jobs.rs`, `onboarding.rs` (the
-//! authorization flow's committed steps).
+//! authorization flow's committed steps), `clients.rs` (API clients),
+//! `audit.rs` (audit log); `masterkey.rs` (key check value, re-sealing for
+//! master key rotation).
 
+mod audit;
+mod clients;
 mod connection;
 mod credentials;
 mod group_commit;
 mod jobs;
+mod masterkey;
 mod migrate;
 mod onboarding;
 mod sealed;
@@ -39,6 +44,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use connection::{lock, ReadPool};
 pub use onboarding::{Flow, FlowCompletion, FlowStep, FlowUpdate};
+
+pub use audit::{AuditEntry, AuditQuery, NewAuditEvent};
+pub use clients::NewClientRow;
+pub use masterkey::{has_sealed_data, KeyCheck, RotationReport};
 
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -60,6 +69,11 @@ pub enum StoreError {
     Unseal {
         what: String,
         source: crate::crypto::CryptoError,
+    },
+    #[error("the configured master key (id {configured}) is not the key this database was sealed with (id {sealed_with}); start with the master key file the database was written with (master_key_file, $CREDENTIALS_DIRECTORY/master.key or <state_dir>/master.key). Nothing was changed")]
+    WrongMasterKey {
+        configured: String,
+        sealed_with: String,
     },
     #[error("corrupt row: {0}")]
     Corrupt(String),

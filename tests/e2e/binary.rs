@@ -77,9 +77,12 @@ async fn binary_serves_and_drains_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let channel = channel.expect("daemon did not start listening");
+    let key = wait_for_admin_key(&dir.path().join("state"), &channel).await;
     let app = sim.sim.add_trusted_app(None, None).unwrap();
-    let mut admin =
-        pbx_tokend::proto::admin_service_client::AdminServiceClient::new(channel.clone());
+    let mut admin = pbx_tokend::proto::admin_service_client::AdminServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(Some(&key)),
+    );
     admin
         .create_tenant(pbx_tokend::proto::CreateTenantRequest {
             tenant_id: "bin".into(),
@@ -92,7 +95,10 @@ async fn binary_serves_and_drains_on_sigterm() {
         })
         .await
         .unwrap();
-    let mut tokens = pbx_tokend::proto::token_service_client::TokenServiceClient::new(channel);
+    let mut tokens = pbx_tokend::proto::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        Bearer::new(Some(&key)),
+    );
     let token = tokens
         .get_token(pbx_tokend::proto::GetTokenRequest {
             tenant_id: "bin".into(),
@@ -150,4 +156,7 @@ async fn binary_serves_and_drains_on_sigterm() {
     // Logs never carry the secret or the token.
     assert!(!logs.contains(&app.client_secret));
     assert!(!logs.contains(&token.access_token));
+    // Nor the bootstrap admin key; they only say it was written.
+    assert!(!logs.contains(&key));
+    assert!(logs.contains("bootstrap admin key"), "{logs}");
 }

@@ -1,5 +1,7 @@
 //! `TestDaemon`: a daemon on 127.0.0.1:0 with its own temp state dir,
-//! pointed at a simulator on 127.0.0.1:0; plus small helpers.
+//! pointed at a simulator on 127.0.0.1:0; plus small helpers. Its `admin()`
+//! and `tokens()` clients carry the bootstrap admin key the daemon wrote to
+//! `<state_dir>/admin.key`; `tokens_with_key` / `admin_with_key` use another.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,9 @@ use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::{self, AppCredentials, CreateTenantRequest, GetTokenRequest};
 use pbx_tokend::sim::{RunningSim, SimConfig, Simulator};
 use tempfile::TempDir;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 pub struct TestDaemon {
@@ -19,6 +24,68 @@ pub struct TestDaemon {
     pub dir: Arc<TempDir>,
     pub config: Config,
     pub channel: Channel,
+    /// The bootstrap admin key from `<state_dir>/admin.key`.
+    pub admin_key: String,
+}
+
+/// Adds `authorization: Bearer <key>` to every call (no key: nothing).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(key: Option<&str>) -> Self {
+        Bearer(key.map(|k| format!("Bearer {k}").parse().unwrap()))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+pub type TokenClient = TokenServiceClient<AuthChannel>;
+pub type AdminClient = AdminServiceClient<AuthChannel>;
+
+/// The bootstrap admin key of a daemon started as a separate process, once
+/// the daemon accepts it: the port is bound (and connectable) a moment
+/// before the key is written and registered.
+pub async fn wait_for_admin_key(state_dir: &std::path::Path, channel: &Channel) -> String {
+    let path = state_dir.join("admin.key");
+    eventually(Duration::from_secs(10), "admin.key to be written", || {
+        let exists = path.exists();
+        async move { exists }
+    })
+    .await;
+    let key = read_admin_key(state_dir);
+    eventually(
+        Duration::from_secs(10),
+        "the admin key to be accepted",
+        || {
+            let mut admin =
+                AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&key)));
+            async move {
+                admin
+                    .list_clients(proto::ListClientsRequest {})
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    key
+}
+
+/// The bootstrap admin key the daemon wrote into `state_dir`.
+pub fn read_admin_key(state_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(state_dir.join("admin.key"))
+        .expect("the daemon writes admin.key on first start")
+        .trim()
+        .to_owned()
 }
 
 /// Settings every test wants: loopback simulator over http, fast backoff.
@@ -55,12 +122,15 @@ impl TestDaemon {
             .await
             .unwrap();
         let url = format!("http://{}", daemon.local_addr());
-        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        // Lazy: a TLS daemon (tests/e2e/tls.rs) does not answer plain HTTP/2.
+        let channel = Channel::from_shared(url).unwrap().connect_lazy();
+        let admin_key = read_admin_key(&config.state_dir);
         TestDaemon {
             daemon: Some(daemon),
             dir,
             config,
             channel,
+            admin_key,
         }
     }
 
@@ -76,12 +146,42 @@ impl TestDaemon {
         }
     }
 
-    pub fn tokens(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::new(self.channel.clone())
+    pub fn tokens(&self) -> TokenClient {
+        self.tokens_with_key(Some(&self.admin_key))
     }
 
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    pub fn admin(&self) -> AdminClient {
+        self.admin_with_key(Some(&self.admin_key))
+    }
+
+    /// TokenService with another key (`None`: no authorization metadata).
+    pub fn tokens_with_key(&self, key: Option<&str>) -> TokenClient {
+        TokenServiceClient::with_interceptor(self.channel.clone(), Bearer::new(key))
+    }
+
+    /// AdminService with another key (`None`: no authorization metadata).
+    pub fn admin_with_key(&self, key: Option<&str>) -> AdminClient {
+        AdminServiceClient::with_interceptor(self.channel.clone(), Bearer::new(key))
+    }
+
+    /// Creates an API client; returns (client_id, api_key).
+    pub async fn create_client(
+        &self,
+        name: &str,
+        role: proto::ClientRole,
+        patterns: &[&str],
+    ) -> (String, String) {
+        let r = self
+            .admin()
+            .create_client(proto::CreateClientRequest {
+                name: name.into(),
+                role: role as i32,
+                tenant_patterns: patterns.iter().map(|p| p.to_string()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (r.client_id, r.api_key)
     }
 
     /// Registers `tenant` with a new trusted app of `sim`; returns its client_id.

@@ -6,12 +6,17 @@
 
 mod harness;
 
+mod access;
 mod admin;
 mod binary;
+mod canary;
 mod failures;
+mod limits;
+mod masterkey;
 mod onboarding;
 mod onboarding_callback;
 mod onboarding_crash;
 mod renewal;
 mod secrecy;
 mod tokens;
+mod transport;

@@ -158,9 +158,10 @@ async fn callback_pages_escape_and_refuse_bad_links() {
     assert_eq!(reqwest::get(other).await.unwrap().status(), 404);
 }
 
-fn tokenctl(endpoint: &str, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+fn tokenctl(endpoint: &str, key: &str, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_pbx-tokenctl"))
         .args(["--endpoint", endpoint, "--json"])
+        .env("PBX_TOKEND_API_KEY", key)
         .args(args)
         .current_dir(dir)
         .output()
@@ -189,10 +190,11 @@ async fn cli_onboards_a_tenant() {
     );
     let run = |args: Vec<String>| {
         let endpoint = endpoint.clone();
+        let key = d.admin_key.clone();
         let dir = dir.path().to_owned();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            tokenctl(&endpoint, &dir, &args)
+            tokenctl(&endpoint, &key, &dir, &args)
         })
     };
     let t = run(vec![

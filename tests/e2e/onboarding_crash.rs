@@ -26,6 +26,8 @@ struct Proc {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
     channel: Channel,
+    /// The daemon's bootstrap admin key.
+    key: String,
 }
 
 impl Proc {
@@ -57,15 +59,22 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let channel = channel.unwrap_or_else(|| panic!("daemon did not listen; logs: {:?}", logs));
+        let state_dir = config.parent().unwrap().join("state");
+        let key = wait_for_admin_key(&state_dir, &channel).await;
         Proc {
             child,
             logs,
             channel,
+            key,
         }
     }
 
-    fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    fn admin(&self) -> AdminClient {
+        AdminServiceClient::with_interceptor(self.channel.clone(), Bearer::new(Some(&self.key)))
+    }
+
+    fn tokens(&self) -> TokenClient {
+        TokenServiceClient::with_interceptor(self.channel.clone(), Bearer::new(Some(&self.key)))
     }
 
     fn logs(&self) -> String {
@@ -181,7 +190,8 @@ async fn killed_after_step(step: u8) {
         created.last().unwrap().1,
         "step {step}"
     );
-    let token = TokenServiceClient::new(second.channel.clone())
+    let token = second
+        .tokens()
         .get_token(proto::GetTokenRequest {
             tenant_id: "crash".into(),
             min_valid_seconds: 0,

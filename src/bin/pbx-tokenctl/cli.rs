@@ -30,7 +30,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// gRPC endpoint of the daemon.
+    /// gRPC endpoint of the daemon: http://HOST:PORT, https://HOST:PORT
+    /// (TLS), or unix:/PATH for the local admin socket.
     #[arg(
         long,
         global = true,
@@ -64,6 +65,34 @@ pub struct GlobalArgs {
     )]
     pub admin_key_file: Option<PathBuf>,
 
+    /// PEM file of the CA that signed the daemon's TLS certificate (for an
+    /// https:// endpoint).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, when the daemon requires one (mTLS).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
     /// Print machine-readable JSON (one object or array; `token watch` prints
     /// one JSON object per line) instead of human-readable tables.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -94,6 +123,31 @@ pub enum Command {
     /// Manage API clients (keys) of the daemon.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Show the audit log of admin mutations, newest first.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only events about this tenant.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+
+    /// Only events by this API client id (e.g. cl_0123456789abcdef or local:uid=0).
+    #[arg(long, value_name = "CLIENT_ID")]
+    pub client: Option<String>,
+
+    /// Events per page (1..=1000; the daemon's default is 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: Option<u32>,
+
+    /// Continue a previous listing from this page token.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+    pub page_token: Option<String>,
+
+    /// Follow next_page_token and list every event.
+    #[arg(long)]
+    pub all: bool,
 }
 
 // ---------------------------------------------------------------- tenant
@@ -575,6 +629,16 @@ mod tests {
     fn global_flags_after_subcommand() {
         let cli = parse(&["token", "get", "acme", "--json", "--endpoint", "http://h:1"]);
         assert!(matches!(cli, Ok(ref c) if c.global.json && c.global.endpoint == "http://h:1"));
+    }
+
+    #[test]
+    fn audit_filters() {
+        let cli = parse(&["audit", "--tenant", "acme", "--all"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Audit(AuditArgs { tenant: Some(ref t), all: true, .. })) if t == "acme"
+        ));
+        assert!(parse(&["audit", "--all", "--page-token", "5"]).is_err());
     }
 
     #[test]

@@ -42,20 +42,21 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             ClientCommand::List => client_list(ctx).await,
             ClientCommand::Revoke(a) => client_revoke(ctx, a).await,
         },
+        Command::Audit(a) => crate::audit::audit(ctx, a).await,
     }
 }
 
 // ---------------------------------------------------------------- output
 
 /// Writes to stdout, returning (not panicking on) a closed pipe.
-fn emit(text: &str) -> Result<()> {
+pub(crate) fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-fn emit_json(value: &Value) -> Result<()> {
+pub(crate) fn emit_json(value: &Value) -> Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(value)?))
 }
 

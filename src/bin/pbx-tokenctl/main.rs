@@ -1,11 +1,13 @@
 //! pbx-tokenctl: the command-line front end of pbx-tokend's gRPC API.
 //!
 //! - `cli.rs`      the clap definition (every flag documented there)
+//! - `audit.rs`    the `audit` command (the daemon's audit log)
 //! - `commands.rs` one function per command
 //! - `display.rs`  proto <-> tables / JSON / times
 //! - `secrets.rs`  reading secrets and the API key (never from argv)
 //! - `codes.rs`    gRPC code names (shared with pbx-loadgen)
 
+mod audit;
 mod cli;
 mod codes;
 mod commands;
@@ -21,7 +23,7 @@ use clap::Parser;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
 
 use pbx_tokend::proto::admin_service_client::AdminServiceClient;
@@ -175,11 +177,48 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     s
 }
 
-async fn connect(endpoint: &str) -> Result<Channel> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
+/// TLS settings for an `https://` endpoint: the CA that signed the daemon's
+/// certificate and, for mTLS, this client's certificate and key (PEM files).
+fn tls_config(global: &cli::GlobalArgs) -> Result<ClientTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| CliError::Usage(format!("cannot read the {what} {}: {e}", path.display())))
+    };
+    let Some(ca) = &global.tls_ca_file else {
+        return Err(CliError::Usage(
+            "an https:// endpoint needs --tls-ca-file (the CA that signed the daemon's certificate)"
+                .into(),
+        )
+        .into());
+    };
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA file")?));
+    match (&global.tls_cert_file, &global.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let key = zeroize::Zeroizing::new(read(key, "client key")?);
+            tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, &*key));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(
+                CliError::Usage("--tls-cert-file and --tls-key-file go together".into()).into(),
+            )
+        }
+    }
+    Ok(tls)
+}
+
+async fn connect(global: &cli::GlobalArgs) -> Result<Channel> {
+    let endpoint = global.endpoint.as_str();
+    let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| CliError::Usage(format!("invalid --endpoint {endpoint:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if endpoint.starts_with("https://") {
+        ep = ep
+            .tls_config(tls_config(global)?)
+            .map_err(|e| CliError::Usage(format!("TLS settings: {}", error_chain(&e))))?;
+    }
     ep.connect().await.map_err(|e| {
         CliError::Unavailable(format!(
             "cannot connect to {endpoint}: {}; is pbx-tokend running? (--endpoint, PBX_TOKEND_ENDPOINT)",
@@ -193,7 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
     let key = secrets::resolve_api_key(&cli.global)?;
     let auth = Auth::new(key.as_ref().map(|k| k.as_str()))?;
     drop(key);
-    let channel = connect(&cli.global.endpoint).await?;
+    let channel = connect(&cli.global).await?;
     let ctx = Ctx {
         channel,
         auth,

@@ -87,6 +87,7 @@ fn config() -> PbxConfig {
         request_timeout_ms: 2_000,
         connect_timeout_ms: 1_000,
         max_response_bytes: 64 * 1024,
+        ..PbxConfig::default()
     }
 }
 

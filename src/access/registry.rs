@@ -1,0 +1,407 @@
+//! API clients: create (the key is returned once), list, revoke, and the
+//! bootstrap admin key. Keeps the authentication table in memory: SHA-256 of
+//! each active key -> its [`Caller`], replaced as a whole after every create
+//! or revoke, so a revoked key fails on the very next call and a lookup
+//! never touches SQLite.
+//!
+//! Why a hash-map lookup is a safe comparison: the map is keyed by the
+//! SHA-256 of the presented key, so any timing difference in the lookup can
+//! only tell an attacker about hashes of keys they already hold, never about
+//! a stored key.
+//!
+//! Does not: know gRPC (api/auth.rs reads the metadata) or audit RPCs (the
+//! API layer does; the bootstrap key is audited here because no RPC makes it).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rand::RngCore;
+
+use super::TenantPattern;
+use super::{generate_client_id, generate_key, hash_key, Caller, ClientInfo, KeyHash, Role};
+use crate::audit::{self, Audit};
+use crate::clock::SharedClock;
+use crate::domain::ValidationError;
+use crate::secret::Secret;
+use crate::store::{NewClientRow, Store, StoreError};
+
+/// The bootstrap key's file name inside `state_dir`.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// Who created the bootstrap admin, in the client list and the audit log.
+pub const BOOTSTRAP: &str = "bootstrap";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    InvalidArgument(#[from] ValidationError),
+    #[error("API client {0} does not exist; see ListClients")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+    #[error("cannot write the bootstrap admin key {}: {source}", .path.display())]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// CreateClient input.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub name: String,
+    /// `None` when the request left the role unspecified.
+    pub role: Option<Role>,
+    pub tenant_patterns: Vec<String>,
+}
+
+type Table = HashMap<KeyHash, Arc<Caller>>;
+
+pub struct Clients {
+    store: Store,
+    clock: SharedClock,
+    audit: Audit,
+    /// Replaced whole (never mutated in place): readers clone the `Arc`
+    /// under a read lock held for nanoseconds.
+    table: RwLock<Arc<Table>>,
+    /// Serialises reloads: two reloads finishing out of order must not put
+    /// an older snapshot (with a revoked key) back.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+const MAX_NAME_LEN: usize = 128;
+const MAX_PATTERNS: usize = 100;
+
+impl Clients {
+    /// Loads the active clients from the store.
+    pub async fn load(store: Store, clock: SharedClock, audit: Audit) -> Result<Self, StoreError> {
+        let clients = Self {
+            store,
+            clock,
+            audit,
+            table: RwLock::new(Arc::new(HashMap::new())),
+            reloading: tokio::sync::Mutex::new(()),
+        };
+        clients.reload().await?;
+        Ok(clients)
+    }
+
+    /// The caller a presented key belongs to, if the key is active. The hot
+    /// path: one SHA-256 and one map lookup, no SQLite, no allocation.
+    pub fn authenticate(&self, key: &str) -> Option<Arc<Caller>> {
+        let hash = hash_key(key);
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.get(&hash).cloned()
+    }
+
+    /// Number of active keys (tests, status).
+    pub fn active_count(&self) -> usize {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    async fn reload(&self) -> Result<(), StoreError> {
+        let _one = self.reloading.lock().await;
+        let rows = self.store.active_client_keys().await?;
+        let mut table = Table::with_capacity(rows.len());
+        for (hash, info) in rows {
+            let patterns = info
+                .tenant_patterns
+                .iter()
+                // Stored patterns were validated on the way in; a row that
+                // fails now (edited by hand) simply matches nothing.
+                .filter_map(|p| TenantPattern::parse(p).ok())
+                .collect();
+            table.insert(
+                hash,
+                Arc::new(Caller {
+                    client_id: info.client_id,
+                    role: info.role,
+                    patterns,
+                }),
+            );
+        }
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        Ok(())
+    }
+
+    /// Creates a client; the key in the answer is its only copy.
+    pub async fn create(
+        &self,
+        created_by: &str,
+        input: NewClient,
+    ) -> Result<(ClientInfo, Secret<String>), ClientError> {
+        let role = validate(&input)?;
+        let key = generate_key()?;
+        let info = ClientInfo {
+            client_id: generate_client_id()?,
+            name: input.name,
+            role,
+            tenant_patterns: input.tenant_patterns,
+            created_at: self.clock.now(),
+            created_by: created_by.to_owned(),
+            revoked_at: None,
+        };
+        self.store
+            .insert_client(NewClientRow {
+                info: info.clone(),
+                key_hash: hash_key(key.expose()),
+            })
+            .await?;
+        self.reload().await?;
+        tracing::info!(client = %info.client_id, role = info.role.as_str(), "API client created");
+        Ok((info, key))
+    }
+
+    pub async fn list(&self) -> Result<Vec<ClientInfo>, ClientError> {
+        Ok(self.store.list_clients().await?)
+    }
+
+    /// Revokes a client; its key fails from the next call on. Revoking a
+    /// revoked client is a no-op.
+    pub async fn revoke(&self, client_id: &str) -> Result<ClientInfo, ClientError> {
+        let info = self
+            .store
+            .revoke_client(client_id, self.clock.now())
+            .await?
+            .ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
+        self.reload().await?;
+        tracing::info!(client = %info.client_id, "API client revoked");
+        Ok(info)
+    }
+
+    /// On a start with no active ADMIN client: creates one and writes its
+    /// key to `<state_dir>/admin.key` (0600, the key alone on one line).
+    /// Returns the file's path when it did. Logs only that it wrote it.
+    pub async fn bootstrap_admin(&self, state_dir: &Path) -> Result<Option<PathBuf>, ClientError> {
+        if self.store.has_active_admin().await? {
+            return Ok(None);
+        }
+        let key = generate_key()?;
+        let path = state_dir.join(ADMIN_KEY_FILE);
+        // The file first: an admin row whose key nobody holds would lock the
+        // operator out (a later start would see an admin and not bootstrap).
+        write_key_file(&path, key.expose())?;
+        let info = ClientInfo {
+            client_id: generate_client_id()?,
+            name: "bootstrap admin".into(),
+            role: Role::Admin,
+            tenant_patterns: Vec::new(),
+            created_at: self.clock.now(),
+            created_by: BOOTSTRAP.into(),
+            revoked_at: None,
+        };
+        self.store
+            .insert_client(NewClientRow {
+                info: info.clone(),
+                key_hash: hash_key(key.expose()),
+            })
+            .await?;
+        self.reload().await?;
+        self.audit
+            .record(
+                BOOTSTRAP,
+                audit::action::CLIENT_CREATE,
+                None,
+                audit::OK,
+                &format!(
+                    "bootstrap admin {} (key in {})",
+                    info.client_id,
+                    path.display()
+                ),
+            )
+            .await;
+        tracing::warn!(
+            path = %path.display(),
+            client = %info.client_id,
+            "no admin API client existed: wrote a bootstrap admin key; pbx-tokenctl on this host uses it"
+        );
+        Ok(Some(path))
+    }
+}
+
+fn validate(input: &NewClient) -> Result<Role, ValidationError> {
+    let name = input.name.as_str();
+    if name.trim().is_empty() {
+        return Err(ValidationError::new(
+            "name",
+            "is required (e.g. the service using the key)",
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            "name",
+            format!("is longer than {MAX_NAME_LEN} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    let role = input.role.ok_or_else(|| {
+        ValidationError::new(
+            "role",
+            "is required: CLIENT_ROLE_ADMIN or CLIENT_ROLE_READER",
+        )
+    })?;
+    if input.tenant_patterns.len() > MAX_PATTERNS {
+        return Err(ValidationError::new(
+            "tenant_patterns",
+            format!("at most {MAX_PATTERNS} patterns"),
+        ));
+    }
+    for p in &input.tenant_patterns {
+        TenantPattern::parse(p)?;
+    }
+    match role {
+        Role::Admin if !input.tenant_patterns.is_empty() => Err(ValidationError::new(
+            "tenant_patterns",
+            "an ADMIN reaches every tenant; tenant patterns apply to READER clients only",
+        )),
+        Role::Reader if input.tenant_patterns.is_empty() => Err(ValidationError::new(
+            "tenant_patterns",
+            "a READER needs at least one pattern, e.g. \"acme-*\" (\"*\" for every tenant)",
+        )),
+        _ => Ok(role),
+    }
+}
+
+/// Writes `key` + newline to a new 0600 file beside `path`, syncs it, and
+/// renames it into place (an old admin.key is replaced atomically).
+fn write_key_file(path: &Path, key: &str) -> Result<(), ClientError> {
+    let err = |source| ClientError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!(
+        ".{ADMIN_KEY_FILE}.tmp.{}.{:08x}",
+        std::process::id(),
+        rand::rngs::OsRng.next_u32()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut line = zeroize::Zeroizing::new(String::with_capacity(key.len() + 1));
+        line.push_str(key);
+        line.push('\n');
+        f.write_all(line.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::clock::{ManualClock, UnixMs};
+    use crate::crypto::Keyring;
+
+    async fn clients(dir: &Path) -> (Clients, Store) {
+        let store = Store::open(&dir.join("db"), Arc::new(Keyring::ephemeral())).unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(UnixMs(1_700_000_000_000)));
+        let audit = Audit::new(store.clone(), clock.clone());
+        (
+            Clients::load(store.clone(), clock, audit).await.unwrap(),
+            store,
+        )
+    }
+
+    fn reader(patterns: &[&str]) -> NewClient {
+        NewClient {
+            name: "svc".into(),
+            role: Some(Role::Reader),
+            tenant_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_authenticate_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = clients(dir.path()).await;
+        let (info, key) = c.create("cl_admin", reader(&["acme-*"])).await.unwrap();
+        let caller = c.authenticate(key.expose()).unwrap();
+        assert_eq!(caller.client_id, info.client_id);
+        assert!(caller.may_read("acme-1") && !caller.may_read("other"));
+        assert!(c.authenticate("ptk_unknown").is_none());
+        c.revoke(&info.client_id).await.unwrap();
+        assert!(c.authenticate(key.expose()).is_none());
+        assert!(matches!(
+            c.revoke("cl_nope").await,
+            Err(ClientError::NotFound(_))
+        ));
+        let listed = c.list().await.unwrap();
+        assert!(listed[0].revoked_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn role_and_pattern_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = clients(dir.path()).await;
+        for bad in [
+            reader(&[]),
+            reader(&["a b"]),
+            NewClient {
+                role: None,
+                ..reader(&["x"])
+            },
+            NewClient {
+                role: Some(Role::Admin),
+                ..reader(&["x"])
+            },
+            NewClient {
+                name: " ".into(),
+                ..reader(&["x"])
+            },
+        ] {
+            assert!(matches!(
+                c.create("x", bad).await,
+                Err(ClientError::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn bootstrap_writes_a_private_key_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, store) = clients(dir.path()).await;
+        let path = c.bootstrap_admin(dir.path()).await.unwrap().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("ptk_") && text.ends_with('\n'));
+        assert_eq!(text.lines().count(), 1);
+        let caller = c.authenticate(text.trim()).unwrap();
+        assert!(caller.is_admin());
+        // An admin exists now: no second key.
+        assert!(c.bootstrap_admin(dir.path()).await.unwrap().is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let events = store
+            .list_audit(crate::store::AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(!events[0].event.detail.contains(text.trim()));
+    }
+}

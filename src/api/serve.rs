@@ -1,0 +1,117 @@
+//! Building and running the gRPC routers: health and reflection (open),
+//! TokenService and AdminService behind the auth interceptor, with the
+//! `[grpc]` limits (decoded message size, streams and requests in progress
+//! per connection, per-request timeout). One router per listener: the TCP
+//! one (plain or TLS) and, optionally, the local admin socket, whose
+//! interceptor also trusts the peer's uid.
+//!
+//! Does not: bind TCP listeners (the caller passes one) or decide the
+//! services' behaviour.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
+
+use super::admin::AdminApi;
+use super::auth::{Authenticate, Guard};
+use super::token::TokenApi;
+use crate::access::Clients;
+use crate::config::GrpcConfig;
+use crate::proto::admin_service_server::AdminServiceServer;
+use crate::proto::token_service_server::TokenServiceServer;
+
+/// Everything a router serves; cloned into each router.
+#[derive(Clone)]
+pub struct Services {
+    pub tokens: Arc<TokenApi>,
+    pub admin: Arc<AdminApi>,
+    pub clients: Arc<Clients>,
+    /// Shared by the routers: one set of serving statuses.
+    pub health: tonic_health::server::HealthReporter,
+}
+
+/// Which listener a router is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Listener {
+    Tcp,
+    /// The admin socket; peers with this uid (or root) are ADMIN.
+    LocalSocket {
+        own_uid: u32,
+    },
+}
+
+/// The router for one listener. Fails only if the embedded descriptor sets
+/// for reflection are broken (a build problem).
+pub fn router(
+    services: &Services,
+    limits: &GrpcConfig,
+    listener: Listener,
+) -> Result<Router, tonic_reflection::server::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(services.health.clone()),
+    );
+    let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
+    let auth = |guard| match listener {
+        Listener::Tcp => Authenticate::new(services.clients.clone(), guard),
+        Listener::LocalSocket { own_uid } => {
+            Authenticate::local_socket(services.clients.clone(), guard, own_uid)
+        }
+    };
+    let tokens = TokenServiceServer::from_arc(services.tokens.clone())
+        .max_decoding_message_size(max_message);
+    let admin =
+        AdminServiceServer::from_arc(services.admin.clone()).max_decoding_message_size(max_message);
+    Ok(tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .concurrency_limit_per_connection(
+            usize::try_from(limits.concurrency_per_connection).unwrap_or(usize::MAX),
+        )
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(tokens, auth(Guard::Tokens)))
+        .add_service(InterceptedService::new(admin, auth(Guard::Admin))))
+}
+
+/// Binds the admin socket at `path` with mode 0660. A stale socket file
+/// (left by a crash) is removed first; any other kind of file is an error.
+pub fn bind_admin_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o750,
+            )
+            .create(parent)?;
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// The daemon's own uid (the admin socket trusts it).
+pub fn own_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}

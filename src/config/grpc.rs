@@ -1,0 +1,164 @@
+//! The `[grpc]` section's rules (TLS files, loopback-only without TLS,
+//! admin socket path, server limits), split from `config.rs` to keep it
+//! readable. Only checks; the values are used by `daemon` and `api::serve`.
+
+use super::{Config, ConfigError};
+
+impl Config {
+    /// The `[grpc]` rules: TLS files come in pairs, and without TLS only a
+    /// loopback address may be listened on unless explicitly allowed.
+    pub(super) fn validate_grpc(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let g = &self.grpc;
+        match (&g.tls_cert_file, &g.tls_key_file) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "grpc.tls_key_file",
+                    "is required with grpc.tls_cert_file".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "grpc.tls_cert_file",
+                    "is required with grpc.tls_key_file".into(),
+                ))
+            }
+            _ => {}
+        }
+        if g.tls_client_ca_file.is_some() && g.tls_cert_file.is_none() {
+            return Err(bad(
+                "grpc.tls_client_ca_file",
+                "client certificates (mTLS) need TLS: set grpc.tls_cert_file and grpc.tls_key_file"
+                    .into(),
+            ));
+        }
+        if let Ok(addr) = g.listen.parse::<std::net::SocketAddr>() {
+            if !self.tls_enabled() && !addr.ip().is_loopback() && !g.insecure_listen_public {
+                return Err(bad(
+                    "grpc.listen",
+                    format!("{addr} is not a loopback address and TLS is off: API keys and tokens would cross the network in clear. Set grpc.tls_cert_file and grpc.tls_key_file, or grpc.insecure_listen_public = true if something else encrypts the traffic"),
+                ));
+            }
+        }
+        if matches!(&g.admin_socket, Some(p) if p.as_os_str().is_empty() || p.is_relative()) {
+            return Err(bad(
+                "grpc.admin_socket",
+                "must be an absolute path such as /run/pbx-tokend/admin.sock".into(),
+            ));
+        }
+        let range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(bad(key, format!("is {v}; allowed range is {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        range(
+            "grpc.max_message_bytes",
+            g.max_message_bytes,
+            4096,
+            64 * 1024 * 1024,
+        )?;
+        range(
+            "grpc.max_concurrent_streams",
+            g.max_concurrent_streams.into(),
+            1,
+            100_000,
+        )?;
+        range(
+            "grpc.concurrency_per_connection",
+            g.concurrency_per_connection.into(),
+            1,
+            100_000,
+        )?;
+        range(
+            "grpc.request_timeout_ms",
+            g.request_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn security_keys_are_checked() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("PBX_TOKEND_GRPC_TLS_CERT_FILE", "/c.pem")],
+                "grpc.tls_key_file",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_TLS_KEY_FILE", "/k.pem")],
+                "grpc.tls_cert_file",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_TLS_CLIENT_CA_FILE", "/ca.pem")],
+                "grpc.tls_client_ca_file",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_LISTEN", "0.0.0.0:50051")],
+                "grpc.listen",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_ADMIN_SOCKET", "admin.sock")],
+                "grpc.admin_socket",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_MAX_MESSAGE_BYTES", "10")],
+                "grpc.max_message_bytes",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_REQUEST_TIMEOUT_MS", "0")],
+                "grpc.request_timeout_ms",
+            ),
+            (
+                &[(
+                    "PBX_TOKEND_PBX_ALLOWED_HOSTS",
+                    "[\"ok.example.com\", \"bad host\"]",
+                )],
+                "pbx.allowed_hosts[1]",
+            ),
+        ];
+        for (vars, needle) in cases {
+            let err = Config::load_with_env(None, env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+        let ok = Config::load_with_env(
+            None,
+            env(&[
+                ("PBX_TOKEND_GRPC_LISTEN", "0.0.0.0:50051"),
+                ("PBX_TOKEND_GRPC_TLS_CERT_FILE", "/c.pem"),
+                ("PBX_TOKEND_GRPC_TLS_KEY_FILE", "/k.pem"),
+                ("PBX_TOKEND_PBX_ALLOWED_HOSTS", "[\"*.pbx.example.com\"]"),
+            ]),
+        )
+        .unwrap();
+        assert!(ok.tls_enabled());
+        assert_eq!(ok.pbx.allowed_hosts, vec!["*.pbx.example.com"]);
+        let public = Config::load_with_env(
+            None,
+            env(&[
+                ("PBX_TOKEND_GRPC_LISTEN", "0.0.0.0:50051"),
+                ("PBX_TOKEND_GRPC_INSECURE_LISTEN_PUBLIC", "true"),
+            ]),
+        );
+        assert!(public.is_ok());
+    }
+}

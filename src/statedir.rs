@@ -1,0 +1,90 @@
+//! The state directory: created 0700, and locked (`flock` on
+//! `<state_dir>/pbx-tokend.lock`) for as long as a daemon or a
+//! `rotate-master-key` run uses it, so two daemons never share a database
+//! and a key rotation never runs under a live daemon (whose cache would
+//! still seal with the old key). The lock dies with the process: a crash
+//! leaves nothing to clean up.
+//!
+//! Does not: open the database or read keys.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+pub const LOCK_FILE: &str = "pbx-tokend.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    #[error("cannot create the state directory {}: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another pbx-tokend (daemon or rotate-master-key) is using {}; stop it first", .path.display())]
+    Busy { path: PathBuf },
+    #[error("cannot lock {}: {source}", .path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Held while the state directory is in use; unlocks on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Creates `dir` (0700) if needed and tightens an existing one to 0700.
+pub fn create(dir: &Path) -> Result<(), StateDirError> {
+    let err = |source| StateDirError::Create {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Takes the exclusive lock without waiting; `Busy` if someone holds it.
+pub fn lock(dir: &Path) -> Result<StateLock, StateDirError> {
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |source| StateDirError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(lock_err)?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(StateLock { _file: file }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StateDirError::Busy {
+            path: dir.to_owned(),
+        }),
+        Err(e) => Err(lock_err(e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_until_the_first_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        create(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let first = lock(&state).unwrap();
+        assert!(matches!(lock(&state), Err(StateDirError::Busy { .. })));
+        drop(first);
+        assert!(lock(&state).is_ok());
+    }
+}

@@ -1,0 +1,231 @@
+//! The `api_clients` table: callers of the gRPC API with their role, tenant
+//! patterns and the SHA-256 of their key (never the key). Revoking sets
+//! `revoked_at`; rows are kept so the audit log's client ids stay readable.
+//!
+//! Does not: generate keys, match patterns or authenticate (`access` does).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::StoreError;
+use crate::access::{ClientInfo, KeyHash, Role};
+use crate::clock::UnixMs;
+
+/// A client to insert: its listing fields and its key's hash.
+#[derive(Debug, Clone)]
+pub struct NewClientRow {
+    pub info: ClientInfo,
+    pub key_hash: KeyHash,
+}
+
+impl super::Store {
+    /// Inserts a client. `Sqlite` (constraint) if the id or hash is taken.
+    pub async fn insert_client(&self, row: NewClientRow) -> Result<(), StoreError> {
+        self.write(move |tx, _| insert(tx, &row)).await
+    }
+
+    /// Every client, oldest first (revoked ones included).
+    pub async fn list_clients(&self) -> Result<Vec<ClientInfo>, StoreError> {
+        self.read(|conn, _| list(conn)).await
+    }
+
+    /// Clients that are not revoked, with their key hashes.
+    pub async fn active_client_keys(&self) -> Result<Vec<(KeyHash, ClientInfo)>, StoreError> {
+        // From the writer: right after a create or revoke commits, the
+        // cache reload must see it (a reader could lag a snapshot behind).
+        self.with_writer(|conn, _| active_keys(conn)).await
+    }
+
+    /// Marks the client revoked; `None` if there is no such client.
+    pub async fn revoke_client(
+        &self,
+        client_id: &str,
+        now: UnixMs,
+    ) -> Result<Option<ClientInfo>, StoreError> {
+        let id = client_id.to_owned();
+        self.write(move |tx, _| revoke(tx, &id, now)).await
+    }
+
+    pub async fn has_active_admin(&self) -> Result<bool, StoreError> {
+        self.with_writer(|conn, _| has_active_admin(conn)).await
+    }
+}
+
+fn insert(tx: &Connection, row: &NewClientRow) -> Result<(), StoreError> {
+    let patterns = serde_json::to_string(&row.info.tenant_patterns)
+        .map_err(|e| StoreError::Corrupt(format!("tenant patterns: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO api_clients (client_id, name, role, tenant_patterns, key_hash, \
+             created_at, created_by, revoked_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        row.info.client_id,
+        row.info.name,
+        row.info.role.as_str(),
+        patterns,
+        row.key_hash.as_slice(),
+        row.info.created_at.0,
+        row.info.created_by,
+        row.info.revoked_at.map(|t| t.0),
+    ])?;
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "client_id, name, role, tenant_patterns, created_at, created_by, revoked_at, key_hash";
+
+fn row_to_info(r: &rusqlite::Row<'_>) -> Result<(ClientInfo, Vec<u8>), StoreError> {
+    let client_id: String = r.get(0)?;
+    let role: String = r.get(2)?;
+    let patterns: String = r.get(3)?;
+    let role = Role::parse(&role)
+        .ok_or_else(|| StoreError::Corrupt(format!("client {client_id}: role {role:?}")))?;
+    let tenant_patterns: Vec<String> = serde_json::from_str(&patterns)
+        .map_err(|e| StoreError::Corrupt(format!("client {client_id}: tenant_patterns: {e}")))?;
+    let info = ClientInfo {
+        name: r.get(1)?,
+        role,
+        tenant_patterns,
+        created_at: UnixMs(r.get(4)?),
+        created_by: r.get(5)?,
+        revoked_at: r.get::<_, Option<i64>>(6)?.map(UnixMs),
+        client_id,
+    };
+    Ok((info, r.get(7)?))
+}
+
+/// Every client, oldest first.
+fn list(conn: &Connection) -> Result<Vec<ClientInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM api_clients ORDER BY created_at, client_id"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(row_to_info(r)?.0);
+    }
+    Ok(out)
+}
+
+/// Clients that are not revoked, with their key hashes (the auth table).
+fn active_keys(conn: &Connection) -> Result<Vec<(KeyHash, ClientInfo)>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM api_clients WHERE revoked_at IS NULL"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (info, hash) = row_to_info(r)?;
+        let hash: KeyHash = hash.as_slice().try_into().map_err(|_| {
+            StoreError::Corrupt(format!("client {}: key_hash length", info.client_id))
+        })?;
+        out.push((hash, info));
+    }
+    Ok(out)
+}
+
+/// Sets `revoked_at` (kept if already set). `None` if there is no such client.
+fn revoke(tx: &Connection, client_id: &str, now: UnixMs) -> Result<Option<ClientInfo>, StoreError> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE api_clients SET revoked_at = coalesce(revoked_at, ?2) WHERE client_id = ?1",
+        )?
+        .execute(params![client_id, now.0])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    tx.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM api_clients WHERE client_id = ?1"
+    ))?
+    .query_row([client_id], |r| Ok(row_to_info(r)))
+    .optional()?
+    .transpose()
+    .map(|o| o.map(|(info, _)| info))
+}
+
+/// Whether any ADMIN client is not revoked (bootstrap decides on this).
+fn has_active_admin(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM api_clients WHERE role = 'admin' AND revoked_at IS NULL)",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::access::hash_key;
+
+    fn row(id: &str, role: Role, patterns: &[&str]) -> NewClientRow {
+        NewClientRow {
+            info: ClientInfo {
+                client_id: id.into(),
+                name: format!("name {id}"),
+                role,
+                tenant_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+                created_at: T0,
+                created_by: "test".into(),
+                revoked_at: None,
+            },
+            key_hash: hash_key(&format!("ptk_{id}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_list_revoke() {
+        let t = open_temp();
+        assert!(!t.store.has_active_admin().await.unwrap());
+        t.store
+            .insert_client(row("cl_a", Role::Admin, &[]))
+            .await
+            .unwrap();
+        t.store
+            .insert_client(row("cl_r", Role::Reader, &["acme-*", "b"]))
+            .await
+            .unwrap();
+        assert!(t.store.has_active_admin().await.unwrap());
+        let all = t.store.list_clients().await.unwrap();
+        assert_eq!(all.len(), 2);
+        let reader = all.iter().find(|c| c.client_id == "cl_r").unwrap();
+        assert_eq!(reader.tenant_patterns, vec!["acme-*", "b"]);
+        assert_eq!(t.store.active_client_keys().await.unwrap().len(), 2);
+
+        let revoked = t
+            .store
+            .revoke_client("cl_a", T0.plus_ms(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.revoked_at, Some(T0.plus_ms(5)));
+        // Revoking again keeps the first time.
+        let again = t
+            .store
+            .revoke_client("cl_a", T0.plus_ms(9))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.revoked_at, Some(T0.plus_ms(5)));
+        assert!(t
+            .store
+            .revoke_client("cl_none", T0)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!t.store.has_active_admin().await.unwrap());
+        let active = t.store.active_client_keys().await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].0, hash_key("ptk_cl_r"));
+        // The key itself is nowhere in the database.
+        let raw = t.raw();
+        let hits: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM api_clients WHERE CAST(key_hash AS TEXT) LIKE '%ptk_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(hits, 0);
+    }
+}
