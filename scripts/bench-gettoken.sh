@@ -57,6 +57,16 @@ echo "process_start_to_port_open_ms=$ready rss_kb_idle=$rss" | tee "$OUT/startup
 grep -o "startup_ms=[0-9]*" "$WORK/d2.log" | tee -a "$OUT/startup.txt" || true
 db=$(du -k "$WORK/state/pbx-tokend.db" | cut -f1); echo "db_kb=$db" | tee -a "$OUT/startup.txt"
 
+# The load runs as a READER scoped to bench-*: authentication and the scope
+# check are part of what is measured.
+if [ ${#KEY_ARGS[@]} -gt 0 ]; then
+  wait_key() { for _ in $(seq 1 100); do [ -s "$WORK/state/admin.key" ] && return 0; sleep 0.05; done; }
+  wait_key
+  READER=$("$BIN/pbx-tokenctl" --endpoint http://127.0.0.1:$DAEMON_PORT --api-key "$(cat "$WORK/state/admin.key")" --json \
+      client create bench-reader --role reader --tenant-pattern 'bench-*' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  KEY_ARGS=(--api-key "$READER")
+  echo "   load runs with a READER key scoped to bench-*"
+fi
 for c in 8 50 200; do
   echo "== pbx-tokend GetToken, concurrency $c"
   "$BIN/pbx-loadgen" --endpoint http://127.0.0.1:$DAEMON_PORT "${KEY_ARGS[@]}" --tenants "$N" \
