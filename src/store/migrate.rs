@@ -17,11 +17,18 @@ pub(super) struct Migration {
 }
 
 /// Append only: never edit a released migration, add the next file instead.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../../migrations/0001_initial.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_heartbeat",
+        sql: include_str!("../../migrations/0002_heartbeat.sql"),
+    },
+];
 
 /// The schema version this binary writes.
 pub(super) fn latest_version() -> i64 {

@@ -16,13 +16,16 @@
 //! Files: `connection.rs` (open, pragmas, file modes, read pool),
 //! `migrate.rs`, `sealed.rs` (which fields are sealed and how), and one file
 //! per table family: `tenants.rs` (reads) and `tenant_writes.rs`,
-//! `credentials.rs`, `tokens.rs`, `jobs.rs`.
+//! `credentials.rs`, `tokens.rs`, `jobs.rs`; `stats.rs` (aggregates for
+//! operators) and `backup.rs` (VACUUM INTO snapshots, restore, heartbeat).
 
+pub mod backup;
 mod connection;
 mod credentials;
 mod jobs;
 mod migrate;
 mod sealed;
+mod stats;
 mod tenant_writes;
 mod tenants;
 #[cfg(test)]
@@ -35,6 +38,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use connection::{lock, ReadPool};
+
+pub use backup::{BackupCheck, BackupInfo, RestoreReport};
+pub use stats::{QueueStats, TokenHealth};
 
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -63,6 +69,8 @@ pub enum StoreError {
     Task(String),
     #[error("cannot prepare the database location: {0}")]
     Io(#[from] std::io::Error),
+    #[error("backup {0}")]
+    Backup(String),
 }
 
 /// Everything needed to insert a tenant in one transaction.
