@@ -40,6 +40,9 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub maintenance: MaintenanceConfig,
     pub shutdown: ShutdownConfig,
+    pub metrics: MetricsConfig,
+    pub health: HealthConfig,
+    pub backup: BackupConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -115,6 +118,48 @@ pub struct ShutdownConfig {
     pub drain_timeout_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// address:port of the Prometheus endpoint (`GET /metrics`); unset or
+    /// empty: no endpoint.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the heartbeat write proves the database writable
+    /// (grpc.health.v1 is NOT_SERVING while it fails).
+    pub probe_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Cron expression with seconds; empty: no scheduled backups.
+    pub cron: String,
+    /// Backups kept in `<state_dir>/backups` (older ones are removed); 0 keeps all.
+    pub keep: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 5_000,
+        }
+    }
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            cron: "0 40 2 * * *".into(),
+            keep: 7,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -128,6 +173,9 @@ impl Default for Config {
             refresh: RefreshConfig::default(),
             maintenance: MaintenanceConfig::default(),
             shutdown: ShutdownConfig::default(),
+            metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -408,6 +456,30 @@ impl Config {
             0,
             600_000,
         )?;
+        if let Some(listen) = self.metrics.listen.as_deref().filter(|l| !l.is_empty()) {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(
+                    "metrics.listen",
+                    format!("{listen:?} is not an address:port such as 127.0.0.1:9464"),
+                ));
+            }
+        }
+        range_u64(
+            "health.probe_interval_ms",
+            self.health.probe_interval_ms,
+            100,
+            60_000,
+        )?;
+        range_u64("backup.keep", self.backup.keep.into(), 0, 10_000)?;
+        if !self.backup.cron.is_empty() && self.backup.cron.split_whitespace().count() < 6 {
+            return Err(bad(
+                "backup.cron",
+                format!(
+                    "{:?} needs 6 fields: sec min hour day-of-month month day-of-week (or \"\" for no scheduled backups)",
+                    self.backup.cron
+                ),
+            ));
+        }
         for (key, expr) in [
             (
                 "maintenance.overdue_sweep_cron",
@@ -431,6 +503,15 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("pbx-tokend.db")
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.state_dir.join("backups")
+    }
+
+    /// The metrics endpoint address, when one is configured.
+    pub fn metrics_listen(&self) -> Option<&str> {
+        self.metrics.listen.as_deref().filter(|l| !l.is_empty())
     }
 
     pub fn url_policy(&self) -> crate::domain::UrlPolicy {
@@ -462,6 +543,9 @@ fn apply_env(
         "refresh",
         "maintenance",
         "shutdown",
+        "metrics",
+        "health",
+        "backup",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -579,6 +663,12 @@ mod tests {
                 "limits.per_host_requests_per_second",
             ),
             (&[("PBX_TOKEND_BOGUS_KEY", "1")], "PBX_TOKEND_BOGUS_KEY"),
+            (&[("PBX_TOKEND_METRICS_LISTEN", "nowhere")], "metrics.listen"),
+            (&[("PBX_TOKEND_BACKUP_CRON", "daily")], "backup.cron"),
+            (
+                &[("PBX_TOKEND_HEALTH_PROBE_INTERVAL_MS", "1")],
+                "health.probe_interval_ms",
+            ),
             (&[("PBX_TOKEND_PBX_NO_SUCH_KEY", "1")], "no_such_key"),
             (
                 &[("PBX_TOKEND_LIMITS_PER_HOST_CONCURRENT", "many")],

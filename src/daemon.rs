@@ -1,9 +1,12 @@
 //! Wiring and life cycle. [`Daemon::start`] takes a validated config, a
 //! bound listener and a clock (production passes real ones, tests their
-//! own), opens the key and the database, fills the cache, starts the
-//! scheduler, maintenance and the gRPC server. [`Daemon::shutdown`] drains in
-//! order: stop serving, stop the scheduler, wait for in-flight renewals (up
-//! to `shutdown.drain_timeout_ms`), stop maintenance, close the database.
+//! own), locks the state directory, opens the key and the database, fills
+//! the cache, starts the scheduler, maintenance (and backups), the health
+//! probe, the gRPC server and the metrics endpoint. [`Daemon::shutdown`]
+//! drains in order: health NOT_SERVING, stop serving (gRPC, metrics), stop
+//! the scheduler and the probe, wait for in-flight renewals (up to
+//! `shutdown.drain_timeout_ms`), stop maintenance, close the database,
+//! release the lock.
 //!
 //! Does not: parse flags, handle signals or talk to systemd's socket (the
 //! binary does), so tests can run many daemons in one process.
@@ -24,6 +27,10 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::{CryptoError, Keyring};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::overview::Overview;
+use crate::statelock::{LockError, StateLock};
 use crate::pbx::client::PbxClient;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::PbxApi;
@@ -31,7 +38,7 @@ use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +62,13 @@ pub enum DaemonError {
     Serve(String),
     #[error("cannot read the listener address: {0}")]
     Listener(std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot listen on {addr} (metrics.listen): {source}")]
+    MetricsListen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Daemon {
@@ -68,8 +82,16 @@ pub struct Daemon {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     scheduler_task: JoinHandle<()>,
     maintenance: Maintenance,
-    health: tonic_health::server::HealthReporter,
+    health: Arc<Health>,
+    probe_task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    overview: Arc<Overview>,
+    metrics_server: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
+    backup_dir: PathBuf,
+    backup_keep: u32,
     drain_timeout: Duration,
+    /// Released last, when the daemon is dropped after `shutdown`.
+    _lock: StateLock,
 }
 
 /// Where the master key is: explicit file, systemd credential, or generated
@@ -122,9 +144,11 @@ impl Daemon {
         listener: TcpListener,
         clock: SharedClock,
     ) -> Result<Daemon, DaemonError> {
+        let metrics = Arc::new(Metrics::new());
         let pbx = PbxClient::new(&config.pbx, &config.token)
-            .map_err(|e| DaemonError::PbxClient(e.to_string()))?;
-        Self::start_with(config, listener, clock, Arc::new(pbx)).await
+            .map_err(|e| DaemonError::PbxClient(e.to_string()))?
+            .with_metrics(metrics.clone());
+        Self::start_inner(config, listener, clock, Arc::new(pbx), metrics).await
     }
 
     /// Starts everything with the given PBX implementation.
@@ -134,8 +158,19 @@ impl Daemon {
         clock: SharedClock,
         pbx: Arc<dyn PbxApi>,
     ) -> Result<Daemon, DaemonError> {
+        Self::start_inner(config, listener, clock, pbx, Arc::new(Metrics::new())).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+        pbx: Arc<dyn PbxApi>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Daemon, DaemonError> {
         let started = std::time::Instant::now();
         create_state_dir(&config)?;
+        let lock = StateLock::acquire(&config.state_dir)?;
         let keyring = Arc::new(load_keyring(&config)?);
         let store = Store::open(&config.database_path(), keyring)?;
         let limiter = Arc::new(HostLimiters::new(
@@ -143,13 +178,16 @@ impl Daemon {
             config.limits.per_host_requests_per_second,
             config.limits.per_host_concurrent,
         ));
-        let broker = Arc::new(Broker::new(
-            clock.clone(),
-            store.clone(),
-            pbx,
-            limiter,
-            BrokerSettings::from_config(&config),
-        ));
+        let broker = Arc::new(
+            Broker::new(
+                clock.clone(),
+                store.clone(),
+                pbx,
+                limiter,
+                BrokerSettings::from_config(&config),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let tenants_loaded = broker.load().await?;
         let spread = scheduler::spread_overdue(
             &store,
@@ -179,11 +217,31 @@ impl Daemon {
             tokio::spawn(scheduler.clone().run(background.clone(), workers.clone()));
         let maintenance =
             Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
+        maintenance
+            .schedule_backups(
+                &config.backup,
+                store.clone(),
+                config.backup_dir(),
+                clock.clone(),
+                metrics.clone(),
+            )
+            .await?;
 
         let serving = CancellationToken::new();
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<TokenServiceServer<TokenApi>>().await;
-        health.set_serving::<AdminServiceServer<AdminApi>>().await;
+        let (health, health_service) = Health::new(serving.clone()).await;
+        health.probe(&store, &clock).await;
+        let probe_task = tokio::spawn(health.clone().run_probe(
+            store.clone(),
+            clock.clone(),
+            Duration::from_millis(config.health.probe_interval_ms),
+            background.clone(),
+        ));
+        let overview = Arc::new(Overview::new(
+            broker.clone(),
+            scheduler.status(),
+            health.clone(),
+            config.backup_dir(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -193,11 +251,12 @@ impl Daemon {
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(TokenServiceServer::new(TokenApi::new(
-                broker.clone(),
-                serving.clone(),
-            )))
-            .add_service(AdminServiceServer::new(AdminApi::new(tenants.clone())));
+            .add_service(TokenServiceServer::new(
+                TokenApi::new(broker.clone(), serving.clone()).with_metrics(metrics.clone()),
+            ))
+            .add_service(AdminServiceServer::new(
+                AdminApi::new(tenants.clone()).with_overview(overview.clone()),
+            ));
         let stop = serving.clone();
         let server = tokio::spawn(async move {
             router
@@ -207,6 +266,26 @@ impl Daemon {
                 )
                 .await
         });
+        let metrics_server = match config.metrics_listen() {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.map_err(|source| {
+                    DaemonError::MetricsListen {
+                        addr: addr.to_owned(),
+                        source,
+                    }
+                })?;
+                let bound = l.local_addr().map_err(DaemonError::Listener)?;
+                tracing::info!(listen = %bound, "metrics endpoint at http://{bound}/metrics");
+                let task = tokio::spawn(crate::metrics::http::serve(
+                    l,
+                    metrics.clone(),
+                    overview.clone(),
+                    serving.clone(),
+                ));
+                Some((bound, task))
+            }
+            None => None,
+        };
         tracing::info!(
             listen = %local_addr,
             tenants = tenants_loaded,
@@ -225,7 +304,14 @@ impl Daemon {
             scheduler_task,
             maintenance,
             health,
+            probe_task,
+            metrics,
+            overview,
+            metrics_server,
+            backup_dir: config.backup_dir(),
+            backup_keep: config.backup.keep,
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+            _lock: lock,
         })
     }
 
@@ -239,6 +325,35 @@ impl Daemon {
 
     pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
         self.scheduler.status()
+    }
+
+    /// Where `/metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(a, _)| *a)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn overview(&self) -> &Arc<Overview> {
+        &self.overview
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A backup now, into `<state_dir>/backups`, as the cron job makes it.
+    pub async fn backup_now(&self) -> Result<BackupInfo, StoreError> {
+        let now = self.broker.clock().now();
+        let result = self
+            .broker
+            .store()
+            .backup_into(&self.backup_dir, now, self.backup_keep)
+            .await;
+        self.metrics.backup(result.is_ok(), now.as_secs());
+        result
     }
 
     /// SIGHUP: applies the reloadable settings (refresh, rate limits, token
@@ -255,25 +370,31 @@ impl Daemon {
         tracing::info!("configuration reloaded");
     }
 
-    /// Proves the scheduler loop turns and the database answers; the
+    /// Proves the scheduler loop turns and the database can be written (a
+    /// heartbeat write, which also refreshes the health status); the
     /// systemd watchdog is fed only when this is true.
     pub async fn is_alive(&self) -> bool {
         let status = self.scheduler.status();
         let beat = status.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
         let age = self.broker.clock().now().0 - beat;
         let scheduler_ok = age < (scheduler::MAX_IDLE.as_millis() as i64) * 3 + 10_000;
-        scheduler_ok && self.broker.store().next_due_at().await.is_ok()
+        if !scheduler_ok {
+            tracing::error!(
+                heartbeat_age_ms = age,
+                "the renewal scheduler loop has not turned"
+            );
+        }
+        let db_ok = self
+            .health
+            .probe(self.broker.store(), self.broker.clock())
+            .await;
+        scheduler_ok && db_ok
     }
 
     /// Ordered drain; returns an error if something did not stop cleanly.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
-        tracing::info!("draining: no new requests");
-        self.health
-            .set_not_serving::<TokenServiceServer<TokenApi>>()
-            .await;
-        self.health
-            .set_not_serving::<AdminServiceServer<AdminApi>>()
-            .await;
+        tracing::info!("draining: health NOT_SERVING, no new requests");
+        self.health.begin_shutdown().await;
         self.serving.cancel();
         let mut result = Ok(());
         match self.server.await {
@@ -281,9 +402,19 @@ impl Daemon {
             Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
             Err(e) => result = Err(DaemonError::Serve(e.to_string())),
         }
+        if let Some((_, task)) = self.metrics_server {
+            match task.await {
+                Ok(Ok(())) => tracing::info!("metrics endpoint stopped"),
+                Ok(Err(e)) => tracing::error!("metrics endpoint failed: {e}"),
+                Err(e) => tracing::error!("metrics endpoint ended abnormally: {e}"),
+            }
+        }
         self.background.cancel();
         if let Err(e) = self.scheduler_task.await {
             tracing::error!("renewal scheduler ended abnormally: {e}");
+        }
+        if let Err(e) = self.probe_task.await {
+            tracing::error!("health probe ended abnormally: {e}");
         }
         self.workers.close();
         if tokio::time::timeout(self.drain_timeout, self.workers.wait())

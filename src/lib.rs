@@ -12,6 +12,10 @@
 //! - `crypto`     master key and authenticated sealing of secrets
 //! - `config`     file + environment + flags -> validated `Config`
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
+//! - `health`     grpc.health.v1 status from a database write probe
+//! - `metrics`    Prometheus registry and the `/metrics` endpoint
+//! - `overview`   operator numbers shared by metrics and GetServerStatus
+//! - `statelock`  the state-directory lock (one daemon per directory)
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
@@ -22,11 +26,15 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod domain;
+pub mod health;
 pub mod logging;
+pub mod metrics;
+pub mod overview;
 pub mod pbx;
 pub mod renewal;
 pub mod secret;
 pub mod sim;
+pub mod statelock;
 pub mod store;
 pub mod tenants;
 

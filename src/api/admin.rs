@@ -6,17 +6,28 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::overview::Overview;
 use crate::proto;
 use crate::proto::admin_service_server::AdminService;
 use crate::tenants::{CreateTenantInput, Tenants, UpdateTenantInput};
 
 pub struct AdminApi {
     tenants: Arc<Tenants>,
+    overview: Option<Arc<Overview>>,
 }
 
 impl AdminApi {
     pub fn new(tenants: Arc<Tenants>) -> Self {
-        Self { tenants }
+        Self {
+            tenants,
+            overview: None,
+        }
+    }
+
+    /// Enables GetServerStatus.
+    pub fn with_overview(mut self, overview: Arc<Overview>) -> Self {
+        self.overview = Some(overview);
+        self
     }
 }
 
@@ -137,5 +148,18 @@ impl AdminService for AdminApi {
         _request: Request<proto::RevokeClientRequest>,
     ) -> Result<Response<()>, Status> {
         Err(not_yet("RevokeClient"))
+    }
+
+    async fn get_server_status(
+        &self,
+        request: Request<proto::GetServerStatusRequest>,
+    ) -> Result<Response<proto::ServerStatus>, Status> {
+        let overview = self
+            .overview
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("GetServerStatus is not wired in this server"))?;
+        let status =
+            super::server_status::get(overview, &self.tenants, request.into_inner()).await?;
+        Ok(Response::new(status))
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod admin;
 pub mod convert;
+pub mod server_status;
 pub mod status;
 pub mod token;
