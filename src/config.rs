@@ -663,7 +663,10 @@ mod tests {
                 "limits.per_host_requests_per_second",
             ),
             (&[("PBX_TOKEND_BOGUS_KEY", "1")], "PBX_TOKEND_BOGUS_KEY"),
-            (&[("PBX_TOKEND_METRICS_LISTEN", "nowhere")], "metrics.listen"),
+            (
+                &[("PBX_TOKEND_METRICS_LISTEN", "nowhere")],
+                "metrics.listen",
+            ),
             (&[("PBX_TOKEND_BACKUP_CRON", "daily")], "backup.cron"),
             (
                 &[("PBX_TOKEND_HEALTH_PROBE_INTERVAL_MS", "1")],

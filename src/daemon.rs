@@ -30,7 +30,6 @@ use crate::crypto::{CryptoError, Keyring};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::overview::Overview;
-use crate::statelock::{LockError, StateLock};
 use crate::pbx::client::PbxClient;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::PbxApi;
@@ -38,6 +37,7 @@ use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
+use crate::statelock::{LockError, StateLock};
 use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
 
@@ -268,12 +268,13 @@ impl Daemon {
         });
         let metrics_server = match config.metrics_listen() {
             Some(addr) => {
-                let l = TcpListener::bind(addr).await.map_err(|source| {
-                    DaemonError::MetricsListen {
-                        addr: addr.to_owned(),
-                        source,
-                    }
-                })?;
+                let l =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| DaemonError::MetricsListen {
+                            addr: addr.to_owned(),
+                            source,
+                        })?;
                 let bound = l.local_addr().map_err(DaemonError::Listener)?;
                 tracing::info!(listen = %bound, "metrics endpoint at http://{bound}/metrics");
                 let task = tokio::spawn(crate::metrics::http::serve(

@@ -42,9 +42,7 @@ pub struct Health {
 impl Health {
     /// The state and the gRPC service that reports it. `shutdown` ends open
     /// Watch streams.
-    pub async fn new(
-        shutdown: CancellationToken,
-    ) -> (Arc<Health>, HealthServer<impl HealthApi>) {
+    pub async fn new(shutdown: CancellationToken) -> (Arc<Health>, HealthServer<impl HealthApi>) {
         let reporter = HealthReporter::new();
         let health = Arc::new(Health {
             reporter: reporter.clone(),
@@ -90,7 +88,9 @@ impl Health {
             }
             Err(e) => {
                 if self.db_writable() {
-                    tracing::error!("the database cannot be written ({e}); health is NOT_SERVING until it can");
+                    tracing::error!(
+                        "the database cannot be written ({e}); health is NOT_SERVING until it can"
+                    );
                 }
                 false
             }

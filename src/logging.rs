@@ -1,6 +1,9 @@
-//! Log set-up: text on a terminal, JSON with `[log] format = "json"`, no
-//! timestamps of our own under systemd (journald adds them). The level can be
+//! Log set-up: text by default (colours only on a terminal), JSON with
+//! `[log] format = "json"`, no timestamps or colours of our own when stderr
+//! is journald's stream (journald adds its own timestamp). The level can be
 //! changed on SIGHUP through the returned handle; `RUST_LOG`, when set, wins.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -39,7 +42,8 @@ pub fn init(config: &LogConfig) -> LogHandle {
         EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let (filter, handle) = reload::Layer::new(filter);
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let under_journald = stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal();
     let registry = tracing_subscriber::registry().with(filter);
     if config.format == "json" {
         let layer = tracing_subscriber::fmt::layer()
@@ -54,11 +58,32 @@ pub fn init(config: &LogConfig) -> LogHandle {
             .with_writer(std::io::stderr);
         let _ = registry.with(layer).try_init();
     } else {
-        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
         let _ = registry.with(layer).try_init();
     }
     LogHandle {
         filter: handle,
         env_override,
+    }
+}
+
+/// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for the stream it connected
+/// stdout/stderr to; it is ours only if stderr is still that stream (a
+/// child started from a unit inherits the variable with other fds).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let value = value.to_string_lossy();
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        // Without /proc, trust the variable.
+        Err(_) => true,
     }
 }

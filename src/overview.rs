@@ -108,7 +108,10 @@ impl Overview {
     pub async fn failing_tenants(&self, limit: u32) -> Result<(Vec<Tenant>, u64), StoreError> {
         let store = self.broker.store();
         let counts = store.count_by_state().await?;
-        let failing_states = [TenantState::RenewalFailing, TenantState::CredentialsRejected];
+        let failing_states = [
+            TenantState::RenewalFailing,
+            TenantState::CredentialsRejected,
+        ];
         let total = counts
             .iter()
             .filter(|(s, _)| failing_states.contains(s))

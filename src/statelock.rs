@@ -19,7 +19,9 @@ pub const LOCK_FILE: &str = "pbx-tokend.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another pbx-tokend holds {path} (pid {holder}); stop it first (systemctl stop pbx-tokend)")]
+    #[error(
+        "another pbx-tokend holds {path} (pid {holder}); stop it first (systemctl stop pbx-tokend)"
+    )]
     Held { path: PathBuf, holder: String },
     #[error("cannot lock {path}: {source}")]
     Io {

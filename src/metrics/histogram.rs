@@ -53,7 +53,11 @@ impl AtomicHistogram {
 
 impl Inner {
     fn observe(&self, value: f64) {
-        let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
+        let value = if value.is_finite() {
+            value.max(0.0)
+        } else {
+            0.0
+        };
         let idx = self
             .bounds
             .iter()
@@ -101,7 +105,12 @@ mod tests {
         for v in [0.5, 1.0, 5.0, 100.0, f64::NAN, -3.0] {
             h.observe(v);
         }
-        let counts: Vec<u64> = h.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = h
+            .inner
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
         // NaN and negatives count as 0.
         assert_eq!(counts, [4, 1, 1]);
         let (n, sum) = h.totals();

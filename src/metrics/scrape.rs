@@ -78,7 +78,11 @@ fn labelled(
 
 impl Collector for ScrapeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let v = self.values.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let v = self
+            .values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let states: Vec<(String, u64)> = v
             .tenants_by_state
             .iter()

@@ -360,7 +360,9 @@ mod tests {
         assert_eq!(made[3].pruned, vec![made[0].path.clone()]);
         let left = list_backups(&dir).unwrap();
         assert_eq!(left.len(), 3);
-        assert!(!left.iter().any(|p| p.to_string_lossy().ends_with(".partial")));
+        assert!(!left
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".partial")));
         let check = check_backup(&made[3].path).unwrap();
         assert_eq!(check.tenants, 30);
         assert_eq!(check.schema_version, migrate::latest_version());

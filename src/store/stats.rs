@@ -111,7 +111,11 @@ mod tests {
         n.token = None;
         t.store.insert_tenant(n).await.unwrap();
 
-        let early = t.store.token_health(T0.plus_ms(HOUR / 2), 0.25).await.unwrap();
+        let early = t
+            .store
+            .token_health(T0.plus_ms(HOUR / 2), 0.25)
+            .await
+            .unwrap();
         assert_eq!(
             early,
             TokenHealth {
@@ -121,7 +125,11 @@ mod tests {
                 in_renewal_window: 0
             }
         );
-        let late = t.store.token_health(T0.plus_ms(HOUR * 8 / 10), 0.25).await.unwrap();
+        let late = t
+            .store
+            .token_health(T0.plus_ms(HOUR * 8 / 10), 0.25)
+            .await
+            .unwrap();
         assert_eq!(late.in_renewal_window, 2);
         let gone = t.store.token_health(T0.plus_ms(HOUR), 0.25).await.unwrap();
         assert_eq!((gone.expired, gone.in_renewal_window), (2, 0));
@@ -145,7 +153,11 @@ mod tests {
             ])
             .await
             .unwrap();
-        let q = t.store.queue_stats(T0.plus_ms(70_000), 60_000).await.unwrap();
+        let q = t
+            .store
+            .queue_stats(T0.plus_ms(70_000), 60_000)
+            .await
+            .unwrap();
         assert_eq!(
             q,
             QueueStats {

@@ -41,6 +41,18 @@ pub struct GlobalArgs {
     )]
     pub endpoint: String,
 
+    /// Connect to the daemon's Unix admin socket at PATH instead of
+    /// --endpoint (the daemon listens there when `[grpc] admin_socket` is set;
+    /// file permissions decide who may connect).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "PBX_TOKEND_SOCKET",
+        value_name = "PATH"
+    )]
+    pub socket: Option<PathBuf>,
+
     /// API key sent as `authorization: Bearer <key>`. Prefer the environment
     /// variable: command-line arguments are visible to other users in `ps`.
     #[arg(
@@ -94,6 +106,27 @@ pub enum Command {
     /// Manage API clients (keys) of the daemon.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// One screen for operators: tenants by state, tokens expiring soon, the
+    /// renewal queue, PBX hosts, failing tenants with their last error.
+    Status(StatusArgs),
+    /// Print a shell completion script, e.g.
+    /// `pbx-tokenctl completions bash > /etc/bash_completion.d/pbx-tokenctl`
+    /// (needs no daemon).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// How many failing tenants to list (1..=1000).
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub failing: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 // ---------------------------------------------------------------- tenant
@@ -113,6 +146,42 @@ pub enum TenantCommand {
     Delete(TenantDeleteArgs),
     /// Fetch a new token for the tenant now, whatever the schedule says.
     Refresh(TenantIdArg),
+    /// Register many tenants from a CSV or JSON file: one CreateTenant per
+    /// row, with a progress bar; failed rows are reported and the rest go on.
+    Import(TenantImportArgs),
+}
+
+/// Input format of `tenant import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// Comma-separated, with a header row naming the columns.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantImportArgs {
+    /// The file, or "-" for standard input. Columns (CSV header) or keys
+    /// (JSON): tenant_id, base_url (or pbx_base_url), display_name
+    /// (optional), trusted_client_id, trusted_client_secret. The file holds
+    /// secrets: keep it private (0600) and delete it afterwards.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Input format; by default JSON for a .json file, CSV otherwise.
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFormat>,
+
+    /// How many CreateTenant calls run at once (1..=64). Each fetches a first
+    /// token; the daemon's per-host rate limit applies either way.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+
+    /// Count tenants that already exist as skipped instead of failed, so an
+    /// interrupted import can simply be run again.
+    #[arg(long)]
+    pub skip_existing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -575,6 +644,60 @@ mod tests {
     fn global_flags_after_subcommand() {
         let cli = parse(&["token", "get", "acme", "--json", "--endpoint", "http://h:1"]);
         assert!(matches!(cli, Ok(ref c) if c.global.json && c.global.endpoint == "http://h:1"));
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        assert!(matches!(
+            parse(&["status", "--failing", "5", "--json"]).map(|c| c.command),
+            Ok(Command::Status(StatusArgs { failing: 5 }))
+        ));
+        assert!(parse(&["status", "--failing", "0"]).is_err());
+        assert!(parse(&["completions", "zsh"]).is_ok());
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        let c = parse(&[
+            "tenant",
+            "import",
+            "t.csv",
+            "--skip-existing",
+            "--concurrency",
+            "8",
+        ]);
+        assert!(matches!(
+            c.map(|c| c.command),
+            Ok(Command::Tenant(TenantCommand::Import(TenantImportArgs {
+                skip_existing: true,
+                concurrency: 8,
+                format: None,
+                ..
+            })))
+        ));
+        assert!(parse(&["--socket", "/run/pbx-tokend/admin.sock", "status"]).is_ok());
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some() || arg.get_long_help().is_some(),
+                    "{path} --{id} has no help text"
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no help",
+                    sub.get_name()
+                );
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "pbx-tokenctl");
     }
 
     #[test]

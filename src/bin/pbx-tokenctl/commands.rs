@@ -27,6 +27,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             TenantCommand::Update(a) => tenant_update(ctx, a).await,
             TenantCommand::Delete(a) => tenant_delete(ctx, a).await,
             TenantCommand::Refresh(a) => tenant_refresh(ctx, a).await,
+            TenantCommand::Import(a) => crate::import::run(ctx, a).await,
         },
         Command::Token(c) => match c {
             TokenCommand::Get(a) => token_get(ctx, a).await,
@@ -42,20 +43,31 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             ClientCommand::List => client_list(ctx).await,
             ClientCommand::Revoke(a) => client_revoke(ctx, a).await,
         },
+        Command::Status(a) => crate::status::run(ctx, a).await,
+        Command::Completions(a) => completions(a.shell),
     }
+}
+
+/// The completion script for `shell`, on stdout.
+pub fn completions(shell: clap_complete::Shell) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "pbx-tokenctl", &mut out);
+    emit(&String::from_utf8_lossy(&out))
 }
 
 // ---------------------------------------------------------------- output
 
 /// Writes to stdout, returning (not panicking on) a closed pipe.
-fn emit(text: &str) -> Result<()> {
+pub fn emit(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-fn emit_json(value: &Value) -> Result<()> {
+pub fn emit_json(value: &Value) -> Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(value)?))
 }
 
