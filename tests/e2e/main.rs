@@ -7,8 +7,12 @@
 mod harness;
 
 mod admin;
+mod backup;
 mod binary;
+mod cli;
 mod failures;
+mod health;
+mod metrics;
 mod renewal;
 mod secrecy;
 mod tokens;
