@@ -22,7 +22,7 @@ impl LogHandle {
         if self.env_override {
             return;
         }
-        match EnvFilter::try_new(level) {
+        match filter_for(level) {
             Ok(f) => {
                 if let Err(e) = self.filter.reload(f) {
                     tracing::warn!("cannot change the log level: {e}");
@@ -33,13 +33,20 @@ impl LogHandle {
     }
 }
 
+/// `[log] level` plus quieter defaults for chatty dependencies (the cron
+/// scheduler logs every job it creates at info); an explicit directive for
+/// them in `level` still wins, since later directives override.
+fn filter_for(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    EnvFilter::try_new(format!("tokio_cron_scheduler=warn,{level}"))
+}
+
 /// Installs the global subscriber. Call once, from a binary.
 pub fn init(config: &LogConfig) -> LogHandle {
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
         EnvFilter::from_default_env()
     } else {
-        EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
+        filter_for(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let (filter, handle) = reload::Layer::new(filter);
     let under_journald = stderr_is_journal();
