@@ -101,9 +101,15 @@ pub fn backup_into_dir(
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // `pbx-tokend backup` run by root must not leave a directory the
+        // service's user cannot write to.
+        if let Some(state_dir) = db.parent() {
+            match_owner(dir, state_dir)?;
+        }
     }
     let path = dir.join(backup_name(now));
     let bytes = snapshot_file(db, &path)?;
+    match_owner(&path, dir)?;
     let pruned = prune(dir, keep)?;
     Ok(BackupInfo {
         path,
@@ -279,15 +285,22 @@ pub fn restore(backup: &Path, db: &Path, now: UnixMs) -> Result<RestoreReport, S
         to.sync_all()?;
     }
     if let Some(dir) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let owner = std::fs::metadata(dir)?;
-        let me = std::fs::metadata(&staging)?;
-        if (owner.uid(), owner.gid()) != (me.uid(), me.gid()) {
-            std::os::unix::fs::chown(&staging, Some(owner.uid()), Some(owner.gid()))?;
-        }
+        match_owner(&staging, dir)?;
     }
     std::fs::rename(&staging, db)?;
     sync_parent(db)?;
     Ok(RestoreReport { check, previous })
+}
+
+/// Gives `path` the owner of `reference` when they differ (only root can,
+/// and only root needs to: the service's files belong to its user).
+fn match_owner(path: &Path, reference: &Path) -> Result<(), StoreError> {
+    let want = std::fs::metadata(reference)?;
+    let have = std::fs::metadata(path)?;
+    if (want.uid(), want.gid()) != (have.uid(), have.gid()) {
+        std::os::unix::fs::chown(path, Some(want.uid()), Some(want.gid()))?;
+    }
+    Ok(())
 }
 
 fn backup_stamp(now: UnixMs) -> String {
