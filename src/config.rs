@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod ops;
+pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -116,48 +119,6 @@ pub struct MaintenanceConfig {
 pub struct ShutdownConfig {
     /// How long SIGTERM waits for in-flight renewals before giving up on them.
     pub drain_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// address:port of the Prometheus endpoint (`GET /metrics`); unset or
-    /// empty: no endpoint.
-    pub listen: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// How often the heartbeat write proves the database writable
-    /// (grpc.health.v1 is NOT_SERVING while it fails).
-    pub probe_interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackupConfig {
-    /// Cron expression with seconds; empty: no scheduled backups.
-    pub cron: String,
-    /// Backups kept in `<state_dir>/backups` (older ones are removed); 0 keeps all.
-    pub keep: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            probe_interval_ms: 5_000,
-        }
-    }
-}
-
-impl Default for BackupConfig {
-    fn default() -> Self {
-        Self {
-            cron: "0 40 2 * * *".into(),
-            keep: 7,
-        }
-    }
 }
 
 impl Default for Config {
@@ -456,30 +417,7 @@ impl Config {
             0,
             600_000,
         )?;
-        if let Some(listen) = self.metrics.listen.as_deref().filter(|l| !l.is_empty()) {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad(
-                    "metrics.listen",
-                    format!("{listen:?} is not an address:port such as 127.0.0.1:9464"),
-                ));
-            }
-        }
-        range_u64(
-            "health.probe_interval_ms",
-            self.health.probe_interval_ms,
-            100,
-            60_000,
-        )?;
-        range_u64("backup.keep", self.backup.keep.into(), 0, 10_000)?;
-        if !self.backup.cron.is_empty() && self.backup.cron.split_whitespace().count() < 6 {
-            return Err(bad(
-                "backup.cron",
-                format!(
-                    "{:?} needs 6 fields: sec min hour day-of-month month day-of-week (or \"\" for no scheduled backups)",
-                    self.backup.cron
-                ),
-            ));
-        }
+        self.validate_ops()?;
         for (key, expr) in [
             (
                 "maintenance.overdue_sweep_cron",

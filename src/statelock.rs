@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = "pbx-tokend.lock";
@@ -68,6 +68,14 @@ impl StateLock {
         }
         file.set_len(0).map_err(io)?;
         writeln!(file, "{}", std::process::id()).map_err(io)?;
+        // Made by root (`pbx-tokend restore` before the service ever ran),
+        // it would lock the service's own user out: give it the directory's
+        // owner.
+        let dir = std::fs::metadata(state_dir).map_err(io)?;
+        let own = file.metadata().map_err(io)?;
+        if (dir.uid(), dir.gid()) != (own.uid(), own.gid()) {
+            std::os::unix::fs::fchown(&file, Some(dir.uid()), Some(dir.gid())).map_err(io)?;
+        }
         Ok(StateLock { _file: file, path })
     }
 

@@ -158,10 +158,8 @@ pub async fn run(ctx: &Ctx, a: TenantImportArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40.cyan/blue} {pos}/{len} tenants  {per_sec}  eta {eta}  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} tenants  eta {eta}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let skip_existing = a.skip_existing;
     let outcomes: Vec<Outcome> = futures::stream::iter(rows.into_iter().enumerate())
