@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod grpc;
+mod ops;
+pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +46,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub onboarding: OnboardingConfig,
     pub callback: CallbackConfig,
+    pub metrics: MetricsConfig,
+    pub health: HealthConfig,
+    pub backup: BackupConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -199,6 +204,9 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             onboarding: OnboardingConfig::default(),
             callback: CallbackConfig::default(),
+            metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -526,6 +534,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_ops()?;
         for (key, expr) in [
             (
                 "maintenance.overdue_sweep_cron",
@@ -553,6 +562,15 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("pbx-tokend.db")
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.state_dir.join("backups")
+    }
+
+    /// The metrics endpoint address, when one is configured.
+    pub fn metrics_listen(&self) -> Option<&str> {
+        self.metrics.listen.as_deref().filter(|l| !l.is_empty())
     }
 
     pub fn url_policy(&self) -> crate::domain::UrlPolicy {
@@ -595,6 +613,9 @@ fn apply_env(
         "shutdown",
         "onboarding",
         "callback",
+        "metrics",
+        "health",
+        "backup",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -746,6 +767,15 @@ mod tests {
                 "limits.per_host_requests_per_second",
             ),
             (&[("PBX_TOKEND_BOGUS_KEY", "1")], "PBX_TOKEND_BOGUS_KEY"),
+            (
+                &[("PBX_TOKEND_METRICS_LISTEN", "nowhere")],
+                "metrics.listen",
+            ),
+            (&[("PBX_TOKEND_BACKUP_CRON", "daily")], "backup.cron"),
+            (
+                &[("PBX_TOKEND_HEALTH_PROBE_INTERVAL_MS", "1")],
+                "health.probe_interval_ms",
+            ),
             (&[("PBX_TOKEND_PBX_NO_SUCH_KEY", "1")], "no_such_key"),
             (
                 &[("PBX_TOKEND_LIMITS_PER_HOST_CONCURRENT", "many")],

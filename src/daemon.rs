@@ -3,10 +3,12 @@
 //! own), locks the state directory, opens the key and the database (and
 //! proves the key opens it), fills the cache, loads the API clients (writing
 //! a bootstrap admin key when there is no admin), starts the scheduler,
-//! maintenance and the gRPC server (TLS when configured, plus the optional
-//! local admin socket). [`Daemon::shutdown`] drains in
-//! order: stop serving, stop the scheduler, wait for in-flight renewals (up
-//! to `shutdown.drain_timeout_ms`), stop maintenance, close the database.
+//! maintenance (and backups), the health probe, the gRPC server (TLS when
+//! configured, plus the optional local admin socket) and the metrics
+//! endpoint. [`Daemon::shutdown`] drains in order: health NOT_SERVING, stop
+//! serving (gRPC, metrics), stop the scheduler and the probe, wait for
+//! in-flight renewals (up to `shutdown.drain_timeout_ms`), stop maintenance,
+//! close the database, release the lock.
 //!
 //! Does not: parse flags, handle signals or talk to systemd's socket (the
 //! binary does), so tests can run many daemons in one process.
@@ -32,16 +34,17 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::{CryptoError, Keyring};
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::onboarding::{CrashHook, Onboarding, OnboardingSettings};
+use crate::overview::Overview;
 use crate::pbx::client::PbxClient;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxOnboardingApi};
-use crate::proto::admin_service_server::AdminServiceServer;
-use crate::proto::token_service_server::TokenServiceServer;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
 use crate::statedir::{self, StateDirError, StateLock};
-use crate::store::{Store, StoreError};
+use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,11 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (metrics.listen): {source}")]
+    MetricsListen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Daemon {
@@ -98,12 +106,18 @@ pub struct Daemon {
     admin_socket: Option<(JoinHandle<Result<(), tonic::transport::Error>>, PathBuf)>,
     tls: Option<Arc<ReloadableTls>>,
     clients: Arc<Clients>,
-    /// Released last, when the daemon is dropped after shutdown.
-    _lock: StateLock,
     scheduler_task: JoinHandle<()>,
     maintenance: Maintenance,
-    health: tonic_health::server::HealthReporter,
+    health: Arc<Health>,
+    probe_task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    overview: Arc<Overview>,
+    metrics_server: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
+    backup_dir: PathBuf,
+    backup_keep: u32,
     drain_timeout: Duration,
+    /// Released last, when the daemon is dropped after `shutdown`.
+    _lock: StateLock,
 }
 
 /// Where the master key is, and whether the daemon may generate it there:
@@ -150,11 +164,13 @@ impl Daemon {
         listener: TcpListener,
         clock: SharedClock,
     ) -> Result<Daemon, DaemonError> {
+        let metrics = Arc::new(Metrics::new());
         let pbx = Arc::new(
             PbxClient::new(&config.pbx, &config.token)
-                .map_err(|e| DaemonError::PbxClient(e.to_string()))?,
+                .map_err(|e| DaemonError::PbxClient(e.to_string()))?
+                .with_metrics(metrics.clone()),
         );
-        Self::start_with_onboarding(config, listener, clock, pbx.clone(), pbx).await
+        Self::start_inner(config, listener, clock, pbx.clone(), pbx, metrics).await
     }
 
     /// Starts everything with the given PBX implementation for tokens; the
@@ -167,7 +183,15 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         let onboarding_pbx = PbxClient::new(&config.pbx, &config.token)
             .map_err(|e| DaemonError::PbxClient(e.to_string()))?;
-        Self::start_with_onboarding(config, listener, clock, pbx, Arc::new(onboarding_pbx)).await
+        Self::start_inner(
+            config,
+            listener,
+            clock,
+            pbx,
+            Arc::new(onboarding_pbx),
+            Arc::new(Metrics::new()),
+        )
+        .await
     }
 
     /// Starts everything with the given PBX implementations.
@@ -177,6 +201,25 @@ impl Daemon {
         clock: SharedClock,
         pbx: Arc<dyn PbxApi>,
         onboarding_pbx: Arc<dyn PbxOnboardingApi>,
+    ) -> Result<Daemon, DaemonError> {
+        Self::start_inner(
+            config,
+            listener,
+            clock,
+            pbx,
+            onboarding_pbx,
+            Arc::new(Metrics::new()),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+        pbx: Arc<dyn PbxApi>,
+        onboarding_pbx: Arc<dyn PbxOnboardingApi>,
+        metrics: Arc<Metrics>,
     ) -> Result<Daemon, DaemonError> {
         let started = std::time::Instant::now();
         statedir::create(&config.state_dir)?;
@@ -210,13 +253,16 @@ impl Daemon {
             config.limits.per_host_requests_per_second,
             config.limits.per_host_concurrent,
         ));
-        let broker = Arc::new(Broker::new(
-            clock.clone(),
-            store.clone(),
-            pbx,
-            limiter,
-            BrokerSettings::from_config(&config),
-        ));
+        let broker = Arc::new(
+            Broker::new(
+                clock.clone(),
+                store.clone(),
+                pbx,
+                limiter,
+                BrokerSettings::from_config(&config),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let tenants_loaded = broker.load().await?;
         let spread = scheduler::spread_overdue(
             &store,
@@ -260,21 +306,41 @@ impl Daemon {
             tokio::spawn(scheduler.clone().run(background.clone(), workers.clone()));
         let maintenance =
             Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
+        maintenance
+            .schedule_backups(
+                &config.backup,
+                store.clone(),
+                config.backup_dir(),
+                clock.clone(),
+                metrics.clone(),
+            )
+            .await?;
 
         let serving = CancellationToken::new();
-        let health = tonic_health::server::HealthReporter::new();
-        health.set_serving::<TokenServiceServer<TokenApi>>().await;
-        health.set_serving::<AdminServiceServer<AdminApi>>().await;
+        let (health, health_service) = Health::new(serving.clone()).await;
+        health.probe(&store, &clock).await;
+        let probe_task = tokio::spawn(health.clone().run_probe(
+            store.clone(),
+            clock.clone(),
+            Duration::from_millis(config.health.probe_interval_ms),
+            background.clone(),
+        ));
+        let overview = Arc::new(Overview::new(
+            broker.clone(),
+            scheduler.status(),
+            health.clone(),
+            config.backup_dir(),
+        ));
         let services = Services {
-            tokens: Arc::new(TokenApi::new(broker.clone(), serving.clone())),
-            admin: Arc::new(AdminApi::new(
-                tenants.clone(),
-                onboarding.clone(),
-                clients.clone(),
-                audit,
-            )),
+            tokens: Arc::new(
+                TokenApi::new(broker.clone(), serving.clone()).with_metrics(metrics.clone()),
+            ),
+            admin: Arc::new(
+                AdminApi::new(tenants.clone(), onboarding.clone(), clients.clone(), audit)
+                    .with_overview(overview.clone()),
+            ),
             clients: clients.clone(),
-            health: health.clone(),
+            health: health_service,
         };
         let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
             .map_err(|e| DaemonError::Reflection(e.to_string()))?;
@@ -337,6 +403,27 @@ impl Daemon {
             }
             None => None,
         };
+        let metrics_server = match config.metrics_listen() {
+            Some(addr) => {
+                let l =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| DaemonError::MetricsListen {
+                            addr: addr.to_owned(),
+                            source,
+                        })?;
+                let bound = l.local_addr().map_err(DaemonError::Listener)?;
+                tracing::info!(listen = %bound, "metrics endpoint at http://{bound}/metrics");
+                let task = tokio::spawn(crate::metrics::http::serve(
+                    l,
+                    metrics.clone(),
+                    overview.clone(),
+                    serving.clone(),
+                ));
+                Some((bound, task))
+            }
+            None => None,
+        };
         tracing::info!(
             listen = %local_addr,
             tenants = tenants_loaded,
@@ -359,11 +446,17 @@ impl Daemon {
             admin_socket,
             tls,
             clients,
-            _lock: lock,
             scheduler_task,
             maintenance,
             health,
+            probe_task,
+            metrics,
+            overview,
+            metrics_server,
+            backup_dir: config.backup_dir(),
+            backup_keep: config.backup.keep,
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+            _lock: lock,
         })
     }
 
@@ -387,6 +480,35 @@ impl Daemon {
 
     pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
         self.scheduler.status()
+    }
+
+    /// Where `/metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(a, _)| *a)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn overview(&self) -> &Arc<Overview> {
+        &self.overview
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A backup now, into `<state_dir>/backups`, as the cron job makes it.
+    pub async fn backup_now(&self) -> Result<BackupInfo, StoreError> {
+        let now = self.broker.clock().now();
+        let result = self
+            .broker
+            .store()
+            .backup_into(&self.backup_dir, now, self.backup_keep)
+            .await;
+        self.metrics.backup(result.is_ok(), now.as_secs());
+        result
     }
 
     /// SIGHUP: applies the reloadable settings (refresh, rate limits, token
@@ -418,25 +540,31 @@ impl Daemon {
         tracing::info!("configuration reloaded");
     }
 
-    /// Proves the scheduler loop turns and the database answers; the
+    /// Proves the scheduler loop turns and the database can be written (a
+    /// heartbeat write, which also refreshes the health status); the
     /// systemd watchdog is fed only when this is true.
     pub async fn is_alive(&self) -> bool {
         let status = self.scheduler.status();
         let beat = status.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
         let age = self.broker.clock().now().0 - beat;
         let scheduler_ok = age < (scheduler::MAX_IDLE.as_millis() as i64) * 3 + 10_000;
-        scheduler_ok && self.broker.store().next_due_at().await.is_ok()
+        if !scheduler_ok {
+            tracing::error!(
+                heartbeat_age_ms = age,
+                "the renewal scheduler loop has not turned"
+            );
+        }
+        let db_ok = self
+            .health
+            .probe(self.broker.store(), self.broker.clock())
+            .await;
+        scheduler_ok && db_ok
     }
 
     /// Ordered drain; returns an error if something did not stop cleanly.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
-        tracing::info!("draining: no new requests");
-        self.health
-            .set_not_serving::<TokenServiceServer<TokenApi>>()
-            .await;
-        self.health
-            .set_not_serving::<AdminServiceServer<AdminApi>>()
-            .await;
+        tracing::info!("draining: health NOT_SERVING, no new requests");
+        self.health.begin_shutdown().await;
         self.serving.cancel();
         let mut result = Ok(());
         match self.server.await {
@@ -459,9 +587,19 @@ impl Daemon {
             }
             let _ = std::fs::remove_file(&path);
         }
+        if let Some((_, task)) = self.metrics_server {
+            match task.await {
+                Ok(Ok(())) => tracing::info!("metrics endpoint stopped"),
+                Ok(Err(e)) => tracing::error!("metrics endpoint failed: {e}"),
+                Err(e) => tracing::error!("metrics endpoint ended abnormally: {e}"),
+            }
+        }
         self.background.cancel();
         if let Err(e) = self.scheduler_task.await {
             tracing::error!("renewal scheduler ended abnormally: {e}");
+        }
+        if let Err(e) = self.probe_task.await {
+            tracing::error!("health probe ended abnormally: {e}");
         }
         self.workers.close();
         if tokio::time::timeout(self.drain_timeout, self.workers.wait())

@@ -17,6 +17,9 @@
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
 //! - `statedir`   the state directory and its lock
 //! - `rotation`   re-sealing everything under a new master key (offline)
+//! - `health`     grpc.health.v1 status from a database write probe
+//! - `metrics`    Prometheus registry and the `/metrics` endpoint
+//! - `overview`   operator numbers shared by metrics and GetServerStatus
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
@@ -29,8 +32,11 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod domain;
+pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod onboarding;
+pub mod overview;
 pub mod pbx;
 pub mod renewal;
 pub mod rotation;

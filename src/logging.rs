@@ -1,5 +1,6 @@
-//! Log set-up: text on a terminal, JSON with `[log] format = "json"`, no
-//! timestamps of our own under systemd (journald adds them). The level can be
+//! Log set-up: text by default (colours only on a terminal), JSON with
+//! `[log] format = "json"`, no timestamps or colours of our own when stderr
+//! is journald's stream (journald adds its own timestamp). The level can be
 //! changed on SIGHUP through the returned handle; `RUST_LOG`, when set, wins.
 
 use std::io::IsTerminal;
@@ -21,7 +22,7 @@ impl LogHandle {
         if self.env_override {
             return;
         }
-        match EnvFilter::try_new(with_quiet_dependencies(level)) {
+        match filter_for(level) {
             Ok(f) => {
                 if let Err(e) = self.filter.reload(f) {
                     tracing::warn!("cannot change the log level: {e}");
@@ -32,18 +33,11 @@ impl LogHandle {
     }
 }
 
-/// The cron library logs its own life cycle at info; that is noise for an
-/// operator, so it is held at warn unless the directive names it.
-fn with_quiet_dependencies(level: &str) -> String {
-    if level.contains("tokio_cron_scheduler") {
-        level.to_owned()
-    } else {
-        format!("{level},tokio_cron_scheduler=warn")
-    }
-}
-
-fn filter_for(level: &str) -> EnvFilter {
-    EnvFilter::try_new(with_quiet_dependencies(level)).unwrap_or_else(|_| EnvFilter::new("info"))
+/// `[log] level` plus quieter defaults for chatty dependencies (the cron
+/// scheduler logs every job it creates at info); an explicit directive for
+/// them in `level` still wins, since later directives override.
+fn filter_for(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    EnvFilter::try_new(format!("tokio_cron_scheduler=warn,{level}"))
 }
 
 /// Installs the global subscriber. Call once, from a binary.
@@ -52,10 +46,11 @@ pub fn init(config: &LogConfig) -> LogHandle {
     let filter = if env_override {
         EnvFilter::from_default_env()
     } else {
-        filter_for(&config.level)
+        filter_for(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let (filter, handle) = reload::Layer::new(filter);
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let under_journald = stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal();
     let registry = tracing_subscriber::registry().with(filter);
     if config.format == "json" {
         let layer = tracing_subscriber::fmt::layer()
@@ -70,14 +65,32 @@ pub fn init(config: &LogConfig) -> LogHandle {
             .with_writer(std::io::stderr);
         let _ = registry.with(layer).try_init();
     } else {
-        // Colours only on a terminal: escape codes in a log file are noise.
         let layer = tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(ansi)
             .with_writer(std::io::stderr);
         let _ = registry.with(layer).try_init();
     }
     LogHandle {
         filter: handle,
         env_override,
+    }
+}
+
+/// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for the stream it connected
+/// stdout/stderr to; it is ours only if stderr is still that stream (a
+/// child started from a unit inherits the variable with other fds).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let value = value.to_string_lossy();
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        // Without /proc, trust the variable.
+        Err(_) => true,
     }
 }

@@ -22,7 +22,7 @@ pub enum StateDirError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("another pbx-tokend (daemon or rotate-master-key) is using {}; stop it first", .path.display())]
+    #[error("another pbx-tokend (daemon, restore or rotate-master-key) is using {} (it holds {}/pbx-tokend.lock); stop it first", .path.display(), .path.display())]
     Busy { path: PathBuf },
     #[error("cannot lock {}: {source}", .path.display())]
     Lock {

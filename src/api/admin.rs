@@ -12,6 +12,7 @@ use super::{access, auth, convert};
 use crate::access::Clients;
 use crate::audit::{action, Audit};
 use crate::onboarding::{CompleteInput, Onboarding};
+use crate::overview::Overview;
 use crate::proto;
 use crate::proto::admin_service_server::AdminService;
 use crate::tenants::{CreateTenantInput, Tenants, UpdateTenantInput};
@@ -21,6 +22,7 @@ pub struct AdminApi {
     onboarding: Arc<Onboarding>,
     clients: Arc<Clients>,
     audit: Audit,
+    overview: Option<Arc<Overview>>,
 }
 
 impl AdminApi {
@@ -35,7 +37,14 @@ impl AdminApi {
             onboarding,
             clients,
             audit,
+            overview: None,
         }
+    }
+
+    /// Enables GetServerStatus.
+    pub fn with_overview(mut self, overview: Arc<Overview>) -> Self {
+        self.overview = Some(overview);
+        self
     }
 }
 
@@ -255,6 +264,19 @@ impl AdminService for AdminApi {
         access::list_audit_events(&self.audit, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn get_server_status(
+        &self,
+        request: Request<proto::GetServerStatusRequest>,
+    ) -> Result<Response<proto::ServerStatus>, Status> {
+        let overview = self
+            .overview
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("GetServerStatus is not wired in this server"))?;
+        let status =
+            super::server_status::get(overview, &self.tenants, request.into_inner()).await?;
+        Ok(Response::new(status))
     }
 }
 

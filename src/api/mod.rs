@@ -13,6 +13,7 @@ pub mod auth;
 pub mod callback;
 pub mod convert;
 pub mod serve;
+pub mod server_status;
 pub mod status;
 pub mod tls;
 pub mod token;

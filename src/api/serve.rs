@@ -32,7 +32,7 @@ pub struct Services {
     pub admin: Arc<AdminApi>,
     pub clients: Arc<Clients>,
     /// Shared by the routers: one set of serving statuses.
-    pub health: tonic_health::server::HealthReporter,
+    pub health: crate::health::HealthGrpc,
 }
 
 /// Which listener a router is for.
@@ -56,9 +56,7 @@ pub fn router(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let health = tonic_health::pb::health_server::HealthServer::new(
-        tonic_health::server::HealthService::from_health_reporter(services.health.clone()),
-    );
+    let health = services.health.clone();
     let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
     let auth = |guard| match listener {
         Listener::Tcp => Authenticate::new(services.clients.clone(), guard),

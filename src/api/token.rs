@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{auth, convert};
 use crate::broker::Broker;
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 
@@ -19,11 +20,22 @@ pub struct TokenApi {
     broker: Arc<Broker>,
     /// Ends open WatchToken streams when the daemon drains.
     shutdown: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl TokenApi {
     pub fn new(broker: Arc<Broker>, shutdown: CancellationToken) -> Self {
-        Self { broker, shutdown }
+        Self {
+            broker,
+            shutdown,
+            metrics: None,
+        }
+    }
+
+    /// Counts GetToken results and the age of the tokens served.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -37,10 +49,21 @@ impl TokenService for TokenApi {
     ) -> Result<Response<proto::AccessToken>, Status> {
         auth::require_tenant(&request, &request.get_ref().tenant_id)?;
         let req = request.into_inner();
-        let token = self
+        let result = self
             .broker
             .get_token(&req.tenant_id, req.min_valid_seconds)
-            .await?;
+            .await
+            .map_err(Status::from);
+        if let Some(m) = &self.metrics {
+            match &result {
+                Ok(t) => {
+                    m.get_token(tonic::Code::Ok);
+                    m.token_served(self.broker.clock().now().0 - t.issued_at.0);
+                }
+                Err(status) => m.get_token(status.code()),
+            }
+        }
+        let token = result?;
         Ok(Response::new(convert::access_token(&req.tenant_id, &token)))
     }
 

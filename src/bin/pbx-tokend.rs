@@ -1,6 +1,8 @@
 //! `pbx-tokend`: the daemon. Parses flags, loads and validates the config,
 //! sets up logging, binds the listener, and handles signals and systemd
-//! notifications around `pbx_tokend::daemon::Daemon`.
+//! notifications around `pbx_tokend::daemon::Daemon`. Sub-commands for the
+//! operator: `check-config`, `backup` (safe while the daemon runs) and
+//! `restore FILE` (only while it is stopped).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,7 +50,28 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         new_key_file: PathBuf,
     },
+    /// Write a consistent snapshot of the database now (VACUUM INTO; safe
+    /// while the daemon runs) into <state_dir>/backups, keeping the last
+    /// [backup] keep, or to --output FILE. Prints the file written.
+    Backup {
+        /// Write the snapshot to FILE (which must not exist) instead.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace the database with a backup, after checking it (PRAGMA
+    /// integrity_check, schema version). The daemon must be stopped: refused
+    /// (exit code 3) while a daemon holds <state_dir>/pbx-tokend.lock. The
+    /// replaced database is kept beside it as pbx-tokend.db.before-restore-*.
+    /// The backup opens only with the master key it was sealed under.
+    Restore {
+        /// The backup file (e.g. <state_dir>/backups/pbx-tokend-<time>.db).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
+
+/// `restore` while the daemon runs.
+const EXIT_DAEMON_RUNNING: u8 = 3;
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut config = Config::load(cli.config.as_deref())?;
@@ -75,12 +98,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        println!("configuration is valid");
-        return std::process::ExitCode::SUCCESS;
-    }
-    if let Some(Command::RotateMasterKey { new_key_file }) = &cli.command {
-        return rotate(&config, new_key_file);
+    match &cli.command {
+        Some(Command::CheckConfig) => {
+            println!("configuration is valid");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Backup { output }) => return backup(&config, output.as_deref()),
+        Some(Command::Restore { file }) => return restore(&config, file),
+        Some(Command::RotateMasterKey { new_key_file }) => return rotate(&config, new_key_file),
+        None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -184,6 +210,82 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("internal error: daemon still shared at shutdown"))?;
     daemon.shutdown().await.context("unclean shutdown")?;
     Ok(())
+}
+
+fn backup(config: &Config, output: Option<&std::path::Path>) -> std::process::ExitCode {
+    use pbx_tokend::clock::Clock;
+    use pbx_tokend::store::backup;
+    let db = config.database_path();
+    if !db.is_file() {
+        eprintln!("pbx-tokend: no database at {} (state_dir)", db.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    let result = match output {
+        Some(path) => backup::snapshot_file(&db, path).map(|bytes| (path.to_owned(), bytes)),
+        None => backup::backup_into_dir(
+            &db,
+            &config.backup_dir(),
+            SystemClock.now(),
+            config.backup.keep,
+        )
+        .map(|info| {
+            for old in &info.pruned {
+                eprintln!("removed old backup {}", old.display());
+            }
+            (info.path, info.bytes)
+        }),
+    };
+    match result {
+        Ok((path, bytes)) => {
+            println!("{}", path.display());
+            eprintln!(
+                "backup written ({bytes} bytes); it opens only with this daemon's master key"
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pbx-tokend: backup failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn restore(config: &Config, file: &std::path::Path) -> std::process::ExitCode {
+    use pbx_tokend::clock::Clock;
+    use pbx_tokend::statedir::{self, StateDirError};
+    // Held until the restore is done: a daemon starting meanwhile refuses.
+    let _lock = match statedir::lock(&config.state_dir) {
+        Ok(l) => l,
+        Err(e @ StateDirError::Busy { .. }) => {
+            eprintln!("pbx-tokend: refusing to restore while the daemon runs: {e}");
+            return std::process::ExitCode::from(EXIT_DAEMON_RUNNING);
+        }
+        Err(e) => {
+            eprintln!("pbx-tokend: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let db = config.database_path();
+    match pbx_tokend::store::backup::restore(file, &db, SystemClock.now()) {
+        Ok(report) => {
+            println!(
+                "restored {} into {} ({} tenants, schema version {})",
+                file.display(),
+                db.display(),
+                report.check.tenants,
+                report.check.schema_version
+            );
+            if let Some(previous) = report.previous {
+                println!("the replaced database is kept at {}", previous.display());
+            }
+            println!("start the daemon again (systemctl start pbx-tokend); tokens older than the backup are fetched anew as needed");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pbx-tokend: restore failed, nothing was changed unless said above: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn notify(states: &[sd_notify::NotifyState]) {

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::domain::{
     AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState, ValidationError,
 };
+use crate::metrics::Metrics;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::renewal::policy::RenewalPolicy;
@@ -111,6 +112,7 @@ pub struct Broker {
     slots: RwLock<HashMap<TenantId, Arc<Slot>>>,
     /// Woken whenever a renewal job may have moved earlier.
     schedule_changed: Notify,
+    metrics: Arc<Metrics>,
 }
 
 impl Broker {
@@ -130,7 +132,14 @@ impl Broker {
             settings: RwLock::new(Arc::new(settings)),
             slots: RwLock::new(HashMap::new()),
             schedule_changed: Notify::new(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts fetches (result, latency) into the daemon's registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Fills the cache from the database (start-up).
@@ -422,8 +431,10 @@ impl Broker {
                 hint: "it has no trusted app credentials yet; complete the authorization flow",
             })?;
         let base = slot.base_url();
+        let started = tokio::time::Instant::now();
         let outcome = self.request_token(&base, &creds).await;
-        self.record_outcome(slot, now, outcome).await
+        self.record_outcome(slot, now, outcome, started.elapsed())
+            .await
     }
 
     /// One `client_credentials` request through the per-host limiter.
@@ -486,9 +497,18 @@ impl Broker {
         slot: &Arc<Slot>,
         issued_at: UnixMs,
         outcome: Result<TokenGrant, FetchFailure>,
+        latency: std::time::Duration,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let settings = self.settings();
         let now = self.clock.now();
+        let latency_ms = latency.as_millis() as u64;
+        self.metrics.renewal(
+            match &outcome {
+                Ok(_) => "success",
+                Err(f) => f.class(),
+            },
+            latency,
+        );
         match outcome {
             Ok(grant) => {
                 let token = self.token_from_grant(grant, issued_at);
@@ -506,7 +526,7 @@ impl Broker {
                 let token = Arc::new(token);
                 slot.publish(token.clone());
                 self.schedule_changed.notify_one();
-                tracing::debug!(tenant = %slot.id(), expires_at = %token.expires_at, next_renewal = %renew_at, "token renewed");
+                tracing::debug!(tenant = %slot.id(), outcome = "success", latency_ms, expires_at = %token.expires_at, next_renewal = %renew_at, "token renewed");
                 Ok(token)
             }
             Err(failure) => {
@@ -537,7 +557,7 @@ impl Broker {
                     ),
                 };
                 let message = failure.describe();
-                tracing::warn!(tenant = %slot.id(), class = failure.class(), failures, retry_at = %retry_at, "token refresh failed: {message}");
+                tracing::warn!(tenant = %slot.id(), outcome = "failure", class = failure.class(), latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");
                 self.store
                     .record_refresh(
                         slot.id(),

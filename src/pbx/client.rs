@@ -37,6 +37,8 @@ pub struct PbxClient {
     max_lifetime_secs: u64,
     request_timeout: Duration,
     connect_timeout: Duration,
+    /// Counts answers per host and status, when the daemon gave a registry.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 enum Outgoing {
@@ -84,7 +86,14 @@ impl PbxClient {
             max_lifetime_secs: token.max_lifetime_seconds,
             request_timeout,
             connect_timeout,
+            metrics: None,
         })
+    }
+
+    /// Counts every HTTP exchange by host and status into `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// `grant_type=authorization_code` with the provider's public app, after
@@ -210,6 +219,9 @@ impl PbxClient {
             Err(e) => Err(e),
         };
         let latency_ms = started.elapsed().as_millis() as u64;
+        if let Some(m) = &self.metrics {
+            m.pbx_request(host, result.as_ref().ok().map(|a| a.status));
+        }
         match result {
             Ok(answer) => {
                 tracing::debug!(host, path, %method, status = answer.status, latency_ms, "PBX answered");

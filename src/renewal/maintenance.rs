@@ -1,6 +1,8 @@
 //! Periodic maintenance on cron expressions (`[maintenance]` config), run by
 //! `tokio-cron-scheduler`: the overdue-job sweep (says loudly when renewals
-//! fall behind), WAL checkpoints, and `PRAGMA optimize`.
+//! fall behind), WAL checkpoints, `PRAGMA optimize`, and database backups
+//! (`[backup]`: a `VACUUM INTO` snapshot into `<state_dir>/backups`,
+//! keeping the last `keep`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +11,8 @@ use std::sync::Arc;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::clock::SharedClock;
-use crate::config::MaintenanceConfig;
+use crate::config::{BackupConfig, MaintenanceConfig};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// A job overdue by more than this is worth a warning: the scheduler should
@@ -82,6 +85,27 @@ impl Maintenance {
         Ok(Self { scheduler })
     }
 
+    /// Adds the backup job (nothing when `[backup] cron` is empty).
+    pub async fn schedule_backups(
+        &self,
+        config: &BackupConfig,
+        store: Store,
+        dir: std::path::PathBuf,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<(), MaintenanceError> {
+        if config.cron.is_empty() {
+            return Ok(());
+        }
+        let keep = config.keep;
+        add(&self.scheduler, "backup", &config.cron, move || {
+            let (store, dir, clock, metrics) =
+                (store.clone(), dir.clone(), clock.clone(), metrics.clone());
+            Box::pin(async move { backup(&store, &dir, &clock, &metrics, keep).await })
+        })
+        .await
+    }
+
     pub async fn shutdown(mut self) {
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::warn!("maintenance scheduler did not stop cleanly: {e}");
@@ -106,6 +130,34 @@ async fn add(
         .await
         .map_err(|source| MaintenanceError { job: name, source })?;
     Ok(())
+}
+
+/// One scheduled backup; failures are logged and counted, never fatal.
+pub async fn backup(
+    store: &Store,
+    dir: &std::path::Path,
+    clock: &SharedClock,
+    metrics: &Metrics,
+    keep: u32,
+) {
+    let now = clock.now();
+    let started = tokio::time::Instant::now();
+    match store.backup_into(dir, now, keep).await {
+        Ok(info) => {
+            metrics.backup(true, now.as_secs());
+            tracing::info!(
+                path = %info.path.display(),
+                bytes = info.bytes,
+                pruned = info.pruned.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "database backup written"
+            );
+        }
+        Err(e) => {
+            metrics.backup(false, now.as_secs());
+            tracing::error!(dir = %dir.display(), "database backup failed: {e}");
+        }
+    }
 }
 
 /// Counts jobs far past their due time and says so.

@@ -35,6 +35,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0003_clients_audit",
         sql: include_str!("../../migrations/0003_clients_audit.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_heartbeat",
+        sql: include_str!("../../migrations/0004_heartbeat.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -19,9 +19,11 @@
 //! `credentials.rs`, `tokens.rs`, `jobs.rs`, `onboarding.rs` (the
 //! authorization flow's committed steps), `clients.rs` (API clients),
 //! `audit.rs` (audit log); `masterkey.rs` (key check value, re-sealing for
-//! master key rotation).
+//! master key rotation); `stats.rs` (aggregates for operators) and
+//! `backup.rs` (VACUUM INTO snapshots, restore, heartbeat).
 
 mod audit;
+pub mod backup;
 mod clients;
 mod connection;
 mod credentials;
@@ -31,6 +33,7 @@ mod masterkey;
 mod migrate;
 mod onboarding;
 mod sealed;
+mod stats;
 mod tenant_writes;
 mod tenants;
 #[cfg(test)]
@@ -48,6 +51,9 @@ pub use onboarding::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEvent};
 pub use clients::NewClientRow;
 pub use masterkey::{has_sealed_data, KeyCheck, RotationReport};
+
+pub use backup::{BackupCheck, BackupInfo, RestoreReport};
+pub use stats::{QueueStats, TokenHealth};
 
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -81,6 +87,8 @@ pub enum StoreError {
     Task(String),
     #[error("cannot prepare the database location: {0}")]
     Io(#[from] std::io::Error),
+    #[error("backup {0}")]
+    Backup(String),
 }
 
 /// Everything needed to insert a tenant in one transaction.

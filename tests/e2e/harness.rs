@@ -184,6 +184,15 @@ impl TestDaemon {
         (r.client_id, r.api_key)
     }
 
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
+    }
+
+    /// The daemon's gRPC URL, for the CLI binaries.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.daemon.as_ref().unwrap().local_addr())
+    }
+
     /// Registers `tenant` with a new trusted app of `sim`; returns its client_id.
     pub async fn add_tenant(&self, sim: &RunningSim, tenant: &str) -> String {
         let app = sim.sim.add_trusted_app(None, None).unwrap();

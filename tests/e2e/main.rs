@@ -8,11 +8,15 @@ mod harness;
 
 mod access;
 mod admin;
+mod backup;
 mod binary;
 mod canary;
+mod cli;
 mod failures;
+mod health;
 mod limits;
 mod masterkey;
+mod metrics;
 mod onboarding;
 mod onboarding_callback;
 mod onboarding_crash;

@@ -206,7 +206,7 @@ fn h2load_body(tenant: &str, min_valid_seconds: u32) -> Result<Vec<u8>> {
 /// "2s", "500ms", "1500ms": as a person would write it.
 fn short_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -42,6 +42,18 @@ pub struct GlobalArgs {
     )]
     pub endpoint: String,
 
+    /// Connect to the daemon's Unix admin socket at PATH instead of
+    /// --endpoint (the daemon listens there when `[grpc] admin_socket` is set;
+    /// file permissions decide who may connect).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "PBX_TOKEND_SOCKET",
+        value_name = "PATH"
+    )]
+    pub socket: Option<PathBuf>,
+
     /// API key sent as `authorization: Bearer <key>`. Prefer the environment
     /// variable: command-line arguments are visible to other users in `ps`.
     #[arg(
@@ -125,6 +137,13 @@ pub enum Command {
     Client(ClientCommand),
     /// Show the audit log of admin mutations, newest first.
     Audit(AuditArgs),
+    /// One screen for operators: tenants by state, tokens expiring soon, the
+    /// renewal queue, PBX hosts, failing tenants with their last error.
+    Status(StatusArgs),
+    /// Print a shell completion script, e.g.
+    /// `pbx-tokenctl completions bash > /etc/bash_completion.d/pbx-tokenctl`
+    /// (needs no daemon).
+    Completions(CompletionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +169,20 @@ pub struct AuditArgs {
     pub all: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// How many failing tenants to list (1..=1000).
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub failing: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 // ---------------------------------------------------------------- tenant
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +200,42 @@ pub enum TenantCommand {
     Delete(TenantDeleteArgs),
     /// Fetch a new token for the tenant now, whatever the schedule says.
     Refresh(TenantIdArg),
+    /// Register many tenants from a CSV or JSON file: one CreateTenant per
+    /// row, with a progress bar; failed rows are reported and the rest go on.
+    Import(TenantImportArgs),
+}
+
+/// Input format of `tenant import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// Comma-separated, with a header row naming the columns.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantImportArgs {
+    /// The file, or "-" for standard input. Columns (CSV header) or keys
+    /// (JSON): tenant_id, base_url (or pbx_base_url), display_name
+    /// (optional), trusted_client_id, trusted_client_secret. The file holds
+    /// secrets: keep it private (0600) and delete it afterwards.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Input format; by default JSON for a .json file, CSV otherwise.
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFormat>,
+
+    /// How many CreateTenant calls run at once (1..=64). Each fetches a first
+    /// token; the daemon's per-host rate limit applies either way.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+
+    /// Count tenants that already exist as skipped instead of failed, so an
+    /// interrupted import can simply be run again.
+    #[arg(long)]
+    pub skip_existing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -650,3 +719,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod ops_tests;

@@ -27,6 +27,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             TenantCommand::Update(a) => tenant_update(ctx, a).await,
             TenantCommand::Delete(a) => tenant_delete(ctx, a).await,
             TenantCommand::Refresh(a) => tenant_refresh(ctx, a).await,
+            TenantCommand::Import(a) => crate::import::run(ctx, a).await,
         },
         Command::Token(c) => match c {
             TokenCommand::Get(a) => token_get(ctx, a).await,
@@ -43,7 +44,18 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             ClientCommand::Revoke(a) => client_revoke(ctx, a).await,
         },
         Command::Audit(a) => crate::audit::audit(ctx, a).await,
+        Command::Status(a) => crate::status::run(ctx, a).await,
+        Command::Completions(a) => completions(a.shell),
     }
+}
+
+/// The completion script for `shell`, on stdout.
+pub fn completions(shell: clap_complete::Shell) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "pbx-tokenctl", &mut out);
+    emit(&String::from_utf8_lossy(&out))
 }
 
 // ---------------------------------------------------------------- output

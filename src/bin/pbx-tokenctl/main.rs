@@ -6,13 +6,17 @@
 //! - `display.rs`  proto <-> tables / JSON / times
 //! - `secrets.rs`  reading secrets and the API key (never from argv)
 //! - `codes.rs`    gRPC code names (shared with pbx-loadgen)
+//! - `status.rs`   `status`: the operator's one-screen summary
+//! - `import.rs`   `tenant import`: bulk CreateTenant from CSV/JSON
 
 mod audit;
 mod cli;
 mod codes;
 mod commands;
 mod display;
+mod import;
 mod secrets;
+mod status;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -41,6 +45,10 @@ pub enum CliError {
     /// The daemon cannot be reached: exit code 5.
     #[error("{0}")]
     Unavailable(String),
+    /// A bulk command finished with failed items (already reported): exit
+    /// with this code.
+    #[error("{1}")]
+    Partial(u8, String),
 }
 
 /// Exit code for a gRPC status code (see `--help`).
@@ -81,6 +89,10 @@ fn report(err: &anyhow::Error) -> u8 {
                 CliError::Unavailable(m) => {
                     eprintln!("error: {m} (UNAVAILABLE)");
                     5
+                }
+                CliError::Partial(code, m) => {
+                    eprintln!("error: {m}");
+                    *code
                 }
             };
         }
@@ -228,11 +240,40 @@ async fn connect(global: &cli::GlobalArgs) -> Result<Channel> {
     })
 }
 
+/// gRPC over the Unix socket at `path`. The URI is only a placeholder that
+/// tonic needs; every connection goes to the socket.
+async fn connect_socket(path: &std::path::Path) -> Result<Channel> {
+    let path = path.to_owned();
+    let shown = path.display().to_string();
+    let ep = Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(5));
+    ep.connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    }))
+    .await
+    .map_err(|e| {
+        CliError::Unavailable(format!(
+            "cannot connect to the admin socket {shown}: {}; is pbx-tokend running with [grpc] admin_socket? (--socket, PBX_TOKEND_SOCKET)",
+            error_chain(&e)
+        ))
+        .into()
+    })
+}
+
 async fn run(cli: Cli) -> Result<()> {
+    if let cli::Command::Completions(a) = &cli.command {
+        return commands::completions(a.shell);
+    }
     let key = secrets::resolve_api_key(&cli.global)?;
     let auth = Auth::new(key.as_ref().map(|k| k.as_str()))?;
     drop(key);
-    let channel = connect(&cli.global).await?;
+    let channel = match &cli.global.socket {
+        Some(path) => connect_socket(path).await?,
+        None => connect(&cli.global).await?,
+    };
     let ctx = Ctx {
         channel,
         auth,
@@ -286,6 +327,8 @@ mod tests {
         assert_eq!(report(&err), 2);
         let err = anyhow::Error::new(CliError::Unavailable("down".into()));
         assert_eq!(report(&err), 5);
+        let err = anyhow::Error::new(CliError::Partial(4, "2 rows failed".into()));
+        assert_eq!(report(&err), 4);
         assert_eq!(report(&anyhow::anyhow!("other")), 1);
         let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
         assert_eq!(report(&anyhow::Error::new(pipe)), BROKEN_PIPE_EXIT);

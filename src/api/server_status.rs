@@ -1,0 +1,73 @@
+//! `AdminService.GetServerStatus`: the operator overview
+//! ([`crate::overview`]) as a `ServerStatus` message. Translation only.
+
+use tonic::Status;
+
+use super::convert::{state_to_proto, tenant, timestamp};
+use crate::overview::Overview;
+use crate::proto;
+use crate::store::StoreError;
+use crate::tenants::{AdminError, Tenants};
+
+const DEFAULT_FAILING: u32 = 20;
+const MAX_FAILING: u32 = 1000;
+
+pub async fn get(
+    overview: &Overview,
+    tenants: &Tenants,
+    request: proto::GetServerStatusRequest,
+) -> Result<proto::ServerStatus, Status> {
+    let limit = match request.failing_limit {
+        0 => DEFAULT_FAILING,
+        n => n.min(MAX_FAILING),
+    };
+    let o = overview.collect().await.map_err(store_status)?;
+    let (failing, failing_total) = overview
+        .failing_tenants(limit)
+        .await
+        .map_err(store_status)?;
+    let warnings = tenants.capacity_warnings().await?;
+    Ok(proto::ServerStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: Some(timestamp(o.started_at)),
+        now: Some(timestamp(o.now)),
+        database_writable: o.database_writable,
+        tenants_by_state: o
+            .tenants_by_state
+            .iter()
+            .map(|(s, n)| proto::TenantStateCount {
+                state: state_to_proto(*s) as i32,
+                count: *n,
+            })
+            .collect(),
+        tokens_in_renewal_window: o.tokens.in_renewal_window,
+        tokens_expired: o.tokens.expired,
+        tenants_without_token: o.tokens.renewing.saturating_sub(o.tokens.with_token),
+        renewals_due: o.queue.due,
+        renewals_overdue: o.queue.overdue,
+        oldest_due_at: o.queue.oldest_due_at.map(timestamp),
+        renewals_in_flight: o.renewals_in_flight,
+        failing_tenants: failing.iter().map(tenant).collect(),
+        failing_tenants_total: failing_total,
+        hosts: o
+            .hosts
+            .iter()
+            .map(|h| proto::HostStatus {
+                host: h.host.clone(),
+                rate_limit_waits: h.rate_limit_waits,
+                throttled_until: h.throttled_until.map(timestamp),
+            })
+            .collect(),
+        last_backup_file: o
+            .last_backup
+            .as_ref()
+            .map(|(p, _)| p.display().to_string())
+            .unwrap_or_default(),
+        last_backup_at: o.last_backup.as_ref().map(|(_, at)| timestamp(*at)),
+        warnings,
+    })
+}
+
+fn store_status(e: StoreError) -> Status {
+    AdminError::Store(e).into()
+}

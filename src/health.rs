@@ -1,0 +1,218 @@
+//! `grpc.health.v1` for load balancers and probes: SERVING only while the
+//! database can be written and the daemon is not shutting down, for the
+//! whole server ("") and per service (`pbxtokend.v1.TokenService`,
+//! `pbxtokend.v1.AdminService`).
+//!
+//! A probe task writes the heartbeat row every `interval`; the first
+//! failure flips every status to NOT_SERVING, the next success flips it
+//! back. Shutdown flips it for good. Open `Watch` streams see the change
+//! and then end when the daemon drains (the stock tonic-health stream never
+//! ends, which would hold a graceful shutdown open for ever).
+//!
+//! Does not: judge the PBX (a PBX outage is per tenant and served
+//! gracefully; taking the daemon out of rotation would not help).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
+
+use crate::clock::SharedClock;
+use crate::store::Store;
+
+/// The services whose status is reported (besides "" for the server).
+pub const SERVICES: [&str; 2] = ["pbxtokend.v1.TokenService", "pbxtokend.v1.AdminService"];
+
+pub struct Health {
+    reporter: HealthReporter,
+    db_writable: AtomicBool,
+    shutting_down: AtomicBool,
+    /// Last successful heartbeat write (ms since epoch), 0 before the first.
+    last_write_ok: AtomicI64,
+}
+
+impl Health {
+    /// The state and the gRPC service that reports it. `shutdown` ends open
+    /// Watch streams.
+    pub async fn new(shutdown: CancellationToken) -> (Arc<Health>, HealthGrpc) {
+        let reporter = HealthReporter::new();
+        let health = Arc::new(Health {
+            reporter: reporter.clone(),
+            db_writable: AtomicBool::new(true),
+            shutting_down: AtomicBool::new(false),
+            last_write_ok: AtomicI64::new(0),
+        });
+        health.publish().await;
+        let service = EndingWatch {
+            inner: HealthService::from_health_reporter(reporter),
+            shutdown,
+        };
+        (health, HealthServer::new(service))
+    }
+
+    pub fn db_writable(&self) -> bool {
+        self.db_writable.load(Ordering::Relaxed)
+    }
+
+    pub fn serving(&self) -> bool {
+        self.db_writable() && !self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// When the database was last proven writable (ms since epoch, 0: never).
+    pub fn last_write_ok_ms(&self) -> i64 {
+        self.last_write_ok.load(Ordering::Relaxed)
+    }
+
+    /// NOT_SERVING from now on (first step of the drain).
+    pub async fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.publish().await;
+    }
+
+    /// One heartbeat write; flips the status when writability changed.
+    /// Returns whether the write succeeded.
+    pub async fn probe(&self, store: &Store, clock: &SharedClock) -> bool {
+        let now = clock.now();
+        let ok = match store.heartbeat(now).await {
+            Ok(()) => {
+                self.last_write_ok.store(now.0, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if self.db_writable() {
+                    tracing::error!(
+                        "the database cannot be written ({e}); health is NOT_SERVING until it can"
+                    );
+                }
+                false
+            }
+        };
+        let was = self.db_writable.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("the database can be written again; health is SERVING");
+            }
+            self.publish().await;
+        }
+        ok
+    }
+
+    /// Probes every `interval` until `stop`.
+    pub async fn run_probe(
+        self: Arc<Self>,
+        store: Store,
+        clock: SharedClock,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            self.probe(&store, &clock).await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    async fn publish(&self) {
+        let status = if self.serving() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for service in SERVICES {
+            self.reporter.set_service_status(service, status).await;
+        }
+    }
+}
+
+/// The grpc.health.v1 service as served (cheap to clone: one per listener).
+pub type HealthGrpc = HealthServer<EndingWatch>;
+
+/// tonic-health's service, with Watch streams that end at shutdown.
+pub struct EndingWatch {
+    inner: HealthService,
+    shutdown: CancellationToken,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HealthApi for EndingWatch {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inner = self.inner.watch(request).await?.into_inner();
+        // The status is NOT_SERVING before the drain starts; the last
+        // message says so even if the stream is cut before it relayed it.
+        let last = futures::stream::once(async {
+            Ok(HealthCheckResponse {
+                status: ServingStatus::NotServing as i32,
+            })
+        });
+        let stream = inner
+            .take_until(self.shutdown.clone().cancelled_owned())
+            .chain(last);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, UnixMs};
+    use crate::crypto::Keyring;
+
+    async fn status(health: &Health, name: &str) -> i32 {
+        let svc = HealthService::from_health_reporter(health.reporter.clone());
+        let req = Request::new(HealthCheckRequest {
+            service: name.into(),
+        });
+        svc.check(req).await.unwrap().into_inner().status
+    }
+
+    const SERVING: i32 = ServingStatus::Serving as i32;
+    const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+
+    #[tokio::test]
+    async fn probe_flips_with_writability_and_shutdown_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Arc::new(Keyring::ephemeral())).unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(UnixMs(1_000)));
+        let (health, _svc) = Health::new(CancellationToken::new()).await;
+        assert!(health.probe(&store, &clock).await);
+        assert!(health.serving());
+        assert_eq!(health.last_write_ok_ms(), 1_000);
+        for name in ["", SERVICES[0], SERVICES[1]] {
+            assert_eq!(status(&health, name).await, SERVING, "{name}");
+        }
+        store.close().await.unwrap();
+        assert!(!health.probe(&store, &clock).await);
+        assert!(!health.serving() && !health.db_writable());
+        for name in ["", SERVICES[0], SERVICES[1]] {
+            assert_eq!(status(&health, name).await, NOT_SERVING, "{name}");
+        }
+        health.begin_shutdown().await;
+        assert!(!health.serving());
+        assert_eq!(status(&health, "").await, NOT_SERVING);
+    }
+}

@@ -1,0 +1,274 @@
+//! Prometheus metrics: one registry per daemon (no global recorder, so
+//! tests run many daemons in one process), served as text by `http.rs` when
+//! `[metrics] listen` is set.
+//!
+//! Two kinds of values:
+//! - events, counted where they happen (GetToken results and the age of the
+//!   token served, renewals and their latency, PBX HTTP answers, backups);
+//! - levels, read when Prometheus scrapes (`scrape.rs`: tenants by state,
+//!   tokens near or past expiry, the renewal queue, limiter waits), from
+//!   [`crate::overview`] so `pbx-tokenctl status` shows the same numbers.
+//!
+//! The GetToken path costs two relaxed atomic adds and a histogram
+//! observation: counters per gRPC code are looked up once, at start-up.
+//!
+//! Does not: decide anything; nothing reads these numbers back.
+
+pub mod histogram;
+pub mod http;
+pub mod scrape;
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use histogram::AtomicHistogram;
+pub use scrape::ScrapeValues;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Upper bounds of the token-age histogram, in seconds: tokens live about an
+/// hour and are renewed at ~80 %, so most answers fall below 48 minutes.
+const AGE_BUCKETS: [f64; 12] = [
+    10.0, 60.0, 300.0, 600.0, 1200.0, 1800.0, 2400.0, 2880.0, 3300.0, 3600.0, 7200.0, 86400.0,
+];
+/// Upper bounds of the renewal latency histogram, in seconds (limiter wait
+/// plus the PBX round trip).
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// GetToken results are labelled by gRPC code name in lower case.
+const CODE_LABELS: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Indexed by `tonic::Code as usize`.
+    get_token: Vec<Counter>,
+    token_age: AtomicHistogram,
+    renewals: Family<Labels, Counter>,
+    renewal_latency: AtomicHistogram,
+    pbx_http: Family<Labels, Counter>,
+    backups: Family<Labels, Counter>,
+    backup_last_success: Gauge<i64, AtomicI64>,
+    scrape: std::sync::Arc<scrape::ScrapeCollector>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("pbx_tokend");
+
+        let get_token_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "get_token_requests",
+            "GetToken calls by result (gRPC code)",
+            get_token_family.clone(),
+        );
+        let get_token = CODE_LABELS
+            .iter()
+            .map(|code| {
+                get_token_family
+                    .get_or_create(&vec![("result", (*code).to_owned())])
+                    .clone()
+            })
+            .collect();
+
+        let token_age = AtomicHistogram::new(&AGE_BUCKETS);
+        registry.register(
+            "token_age_served_seconds",
+            "Age of the token handed out by GetToken (time since the PBX issued it)",
+            token_age.clone(),
+        );
+        let renewals = Family::<Labels, Counter>::default();
+        registry.register(
+            "renewals",
+            "Token fetches from the PBX (scheduled, on demand, forced) by result: success or the error class",
+            renewals.clone(),
+        );
+        let renewal_latency = AtomicHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "renewal_duration_seconds",
+            "Time a token fetch took: waiting for the host limiter plus the PBX round trip",
+            renewal_latency.clone(),
+        );
+        let pbx_http = Family::<Labels, Counter>::default();
+        registry.register(
+            "pbx_http_requests",
+            "HTTP requests to PBX hosts by host and answer status (\"transport_error\" when no answer came)",
+            pbx_http.clone(),
+        );
+        let backups = Family::<Labels, Counter>::default();
+        registry.register(
+            "backups",
+            "Database backups by result (ok, error)",
+            backups.clone(),
+        );
+        let backup_last_success = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last backup succeeded (Unix seconds; 0: none since start)",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "build",
+            "Build of the running daemon",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("name", env!("CARGO_PKG_NAME").to_owned()),
+            ]),
+        );
+        let scrape = std::sync::Arc::new(scrape::ScrapeCollector::default());
+        registry.register_collector(Box::new(scrape.clone()));
+        Self {
+            registry: root,
+            get_token,
+            token_age,
+            renewals,
+            renewal_latency,
+            pbx_http,
+            backups,
+            backup_last_success,
+            scrape,
+        }
+    }
+
+    /// One GetToken answered with `code`.
+    pub fn get_token(&self, code: tonic::Code) {
+        if let Some(c) = self.get_token.get(code as usize) {
+            c.inc();
+        }
+    }
+
+    /// A token of this age (ms since issue) was handed out.
+    pub fn token_served(&self, age_ms: i64) {
+        self.token_age.observe(age_ms as f64 / 1000.0);
+    }
+
+    /// A token fetch ended: `result` is "success" or an error class.
+    pub fn renewal(&self, result: &'static str, latency: Duration) {
+        self.renewals
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+        self.renewal_latency.observe(latency.as_secs_f64());
+    }
+
+    /// An HTTP exchange with a PBX host ended with `status` (None: no answer).
+    pub fn pbx_request(&self, host: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| "transport_error".to_owned(), |s| s.to_string());
+        self.pbx_http
+            .get_or_create(&vec![("host", host.to_owned()), ("status", status)])
+            .inc();
+    }
+
+    /// A backup ended; `at_secs` is when (Unix seconds).
+    pub fn backup(&self, ok: bool, at_secs: i64) {
+        let result = if ok { "ok" } else { "error" };
+        self.backups
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+        if ok {
+            self.backup_last_success.set(at_secs);
+        }
+    }
+
+    /// The levels the next scrape shows.
+    pub fn set_levels(&self, values: ScrapeValues) {
+        self.scrape.set(values);
+    }
+
+    /// Counts a failed attempt to read the levels (they keep their last value).
+    pub fn levels_failed(&self) {
+        self.scrape.failed();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_line_up_with_tonic() {
+        for (i, label) in CODE_LABELS.iter().enumerate() {
+            let code = tonic::Code::from_i32(i as i32);
+            let name = format!("{code:?}");
+            let snake: String = name
+                .chars()
+                .enumerate()
+                .flat_map(|(j, c)| {
+                    let lower = c.to_ascii_lowercase();
+                    if c.is_ascii_uppercase() && j > 0 {
+                        vec!['_', lower]
+                    } else {
+                        vec![lower]
+                    }
+                })
+                .collect();
+            assert_eq!(*label, snake);
+        }
+    }
+
+    #[test]
+    fn exposition_has_the_event_metrics() {
+        let m = Metrics::new();
+        m.get_token(tonic::Code::Ok);
+        m.get_token(tonic::Code::NotFound);
+        m.token_served(90_000);
+        m.renewal("success", Duration::from_millis(20));
+        m.pbx_request("pbx.example.com", Some(200));
+        m.pbx_request("pbx.example.com", None);
+        m.backup(true, 1_700_000_000);
+        let text = m.encode().unwrap();
+        for needle in [
+            "pbx_tokend_get_token_requests_total{result=\"ok\"} 1",
+            "pbx_tokend_get_token_requests_total{result=\"not_found\"} 1",
+            "pbx_tokend_token_age_served_seconds_count 1",
+            "pbx_tokend_renewals_total{result=\"success\"} 1",
+            "pbx_tokend_renewal_duration_seconds_bucket{le=\"0.025\"} 1",
+            "pbx_tokend_pbx_http_requests_total{host=\"pbx.example.com\",status=\"200\"} 1",
+            "status=\"transport_error\"} 1",
+            "pbx_tokend_backup_last_success_timestamp_seconds 1700000000",
+            "pbx_tokend_build_info{version=",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

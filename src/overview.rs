@@ -1,0 +1,179 @@
+//! The numbers an operator looks at first, gathered in one place so the
+//! Prometheus scrape and `AdminService.GetServerStatus` (`pbx-tokenctl
+//! status`) always agree: tenants by state, tokens near or past expiry, the
+//! renewal queue, limiter waits per host, database writability, backups.
+//!
+//! Does not: change anything, or serve it (metrics/http.rs and api/admin.rs
+//! do). Reads go to the store's reader connections, never the writer.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::broker::Broker;
+use crate::clock::UnixMs;
+use crate::domain::{Tenant, TenantState};
+use crate::health::Health;
+use crate::metrics::ScrapeValues;
+use crate::renewal::scheduler::SchedulerStatus;
+use crate::store::{QueueStats, StoreError, TokenHealth};
+
+/// A job due for longer than this is overdue: the scheduler should have
+/// started it long ago (same threshold as the maintenance sweep's warning).
+pub const OVERDUE_GRACE_MS: i64 = 60_000;
+
+pub struct Overview {
+    broker: Arc<Broker>,
+    scheduler: Arc<SchedulerStatus>,
+    health: Arc<Health>,
+    started_at: UnixMs,
+    backup_dir: PathBuf,
+}
+
+/// Per PBX host, from the limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub host: String,
+    pub rate_limit_waits: u64,
+    pub throttled_until: Option<UnixMs>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOverview {
+    pub now: UnixMs,
+    pub started_at: UnixMs,
+    pub database_writable: bool,
+    pub tenants_by_state: Vec<(TenantState, u64)>,
+    pub tokens: TokenHealth,
+    pub queue: QueueStats,
+    pub renewals_in_flight: u64,
+    pub hosts: Vec<HostStatus>,
+    /// The newest file in the backup directory, and when it was written.
+    pub last_backup: Option<(PathBuf, UnixMs)>,
+}
+
+impl Overview {
+    pub fn new(
+        broker: Arc<Broker>,
+        scheduler: Arc<SchedulerStatus>,
+        health: Arc<Health>,
+        backup_dir: PathBuf,
+    ) -> Self {
+        let started_at = broker.clock().now();
+        Self {
+            broker,
+            scheduler,
+            health,
+            started_at,
+            backup_dir,
+        }
+    }
+
+    pub async fn collect(&self) -> Result<ServerOverview, StoreError> {
+        let store = self.broker.store();
+        let now = self.broker.clock().now();
+        let policy = self.broker.settings().policy.clone();
+        // The share of a lifetime after the earliest planned renewal point.
+        let window = (1.0 - policy.at_fraction + policy.jitter_fraction).clamp(0.0, 1.0);
+        let tenants_by_state = store.count_by_state().await?;
+        let tokens = store.token_health(now, window).await?;
+        let queue = store.queue_stats(now, OVERDUE_GRACE_MS).await?;
+        let limiter = self.broker.limiter();
+        let hosts = limiter
+            .hosts()
+            .into_iter()
+            .map(|host| HostStatus {
+                rate_limit_waits: limiter.waits_total(&host),
+                throttled_until: limiter.throttled_until(&host),
+                host,
+            })
+            .collect();
+        let last_backup = self.last_backup().await;
+        Ok(ServerOverview {
+            now,
+            started_at: self.started_at,
+            database_writable: self.health.db_writable(),
+            tenants_by_state,
+            tokens,
+            queue,
+            renewals_in_flight: u64::try_from(self.scheduler.in_flight.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            hosts,
+            last_backup,
+        })
+    }
+
+    /// Tenants whose renewals fail (RENEWAL_FAILING, then
+    /// CREDENTIALS_REJECTED), at most `limit`, and how many there are.
+    pub async fn failing_tenants(&self, limit: u32) -> Result<(Vec<Tenant>, u64), StoreError> {
+        let store = self.broker.store();
+        let counts = store.count_by_state().await?;
+        let failing_states = [
+            TenantState::RenewalFailing,
+            TenantState::CredentialsRejected,
+        ];
+        let total = counts
+            .iter()
+            .filter(|(s, _)| failing_states.contains(s))
+            .map(|(_, n)| n)
+            .sum();
+        let mut out = Vec::new();
+        for state in failing_states {
+            let room = limit.saturating_sub(out.len() as u32);
+            if room == 0 {
+                break;
+            }
+            out.extend(store.list_tenants(None, room, Some(state)).await?);
+        }
+        Ok((out, total))
+    }
+
+    async fn last_backup(&self) -> Option<(PathBuf, UnixMs)> {
+        let dir = self.backup_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let newest = crate::store::backup::list_backups(&dir).ok()?.pop()?;
+            let modified = std::fs::metadata(&newest).ok()?.modified().ok()?;
+            let ms = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())?;
+            Some((newest, UnixMs(ms)))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+impl ServerOverview {
+    pub fn scrape_values(&self) -> ScrapeValues {
+        ScrapeValues {
+            tenants_by_state: self
+                .tenants_by_state
+                .iter()
+                .map(|(s, n)| (s.as_str(), *n))
+                .collect(),
+            tokens_in_renewal_window: self.tokens.in_renewal_window,
+            tokens_expired: self.tokens.expired,
+            renewing_without_token: self.tokens.renewing.saturating_sub(self.tokens.with_token),
+            jobs_due: self.queue.due,
+            jobs_overdue: self.queue.overdue,
+            oldest_due_age_secs: self
+                .queue
+                .oldest_due_at
+                .map_or(0.0, |at| at.until(self.now).as_secs_f64()),
+            renewals_in_flight: self.renewals_in_flight,
+            rate_limit_waits: self
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.rate_limit_waits))
+                .collect(),
+            hosts_throttled: self
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), u64::from(h.throttled_until.is_some())))
+                .collect(),
+            database_writable: self.database_writable,
+        }
+    }
+}

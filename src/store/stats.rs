@@ -1,0 +1,172 @@
+//! Aggregate numbers for operators (metrics, `GetServerStatus`): how the
+//! held tokens stand against their expiry, and how far the renewal queue
+//! is behind. Read-only queries, each one pass over an index or a table.
+//!
+//! Does not: decide what "too late" means (the caller passes the grace
+//! and the renewal window), or read a secret.
+
+use rusqlite::params;
+
+use super::{Store, StoreError};
+use crate::clock::UnixMs;
+
+/// Held tokens of renewing tenants (ACTIVE, RENEWAL_FAILING,
+/// CREDENTIALS_REJECTED), against the clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenHealth {
+    /// Renewing tenants.
+    pub renewing: u64,
+    /// Of those, how many hold a token.
+    pub with_token: u64,
+    /// Held tokens already expired.
+    pub expired: u64,
+    /// Held tokens not yet expired with less than `window` of their
+    /// lifetime left: their renewal is due or late.
+    pub in_renewal_window: u64,
+}
+
+/// The renewal queue, against the clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs of renewing tenants that are due now.
+    pub due: u64,
+    /// Of those, due for longer than the grace.
+    pub overdue: u64,
+    /// Due time of the oldest due job.
+    pub oldest_due_at: Option<UnixMs>,
+}
+
+/// Same join order as `jobs::DUE_SQL`: walk the due index from the start.
+const QUEUE_SQL: &str = "SELECT count(*), coalesce(sum(j.due_at <= ?2), 0), min(j.due_at) \
+     FROM renewal_jobs j CROSS JOIN tenants t ON t.tenant_id = j.tenant_id \
+     WHERE j.due_at <= ?1 \
+       AND t.state IN ('active', 'renewal_failing', 'credentials_rejected')";
+
+const TOKENS_SQL: &str = "SELECT count(*), count(k.tenant_id), \
+        coalesce(sum(k.expires_at <= ?1), 0), \
+        coalesce(sum(k.expires_at > ?1 AND (k.expires_at - ?1) < (k.expires_at - k.issued_at) * ?2), 0) \
+     FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id \
+     WHERE t.state IN ('active', 'renewal_failing', 'credentials_rejected')";
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Token expiry standing at `now`. `window` is the share of a token's
+    /// lifetime after its planned renewal point (1 - at_fraction + jitter).
+    pub async fn token_health(&self, now: UnixMs, window: f64) -> Result<TokenHealth, StoreError> {
+        self.read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(TOKENS_SQL)?
+                .query_row(params![now.0, window], |r| {
+                    Ok(TokenHealth {
+                        renewing: count(r.get(0)?),
+                        with_token: count(r.get(1)?),
+                        expired: count(r.get(2)?),
+                        in_renewal_window: count(r.get(3)?),
+                    })
+                })?)
+        })
+        .await
+    }
+
+    /// Renewal queue standing at `now`; a job is overdue when it has been
+    /// due for more than `grace_ms`.
+    pub async fn queue_stats(&self, now: UnixMs, grace_ms: i64) -> Result<QueueStats, StoreError> {
+        self.read(move |conn, _| {
+            Ok(conn.prepare_cached(QUEUE_SQL)?.query_row(
+                params![now.0, now.0 - grace_ms],
+                |r| {
+                    Ok(QueueStats {
+                        due: count(r.get(0)?),
+                        overdue: count(r.get(1)?),
+                        oldest_due_at: r.get::<_, Option<i64>>(2)?.map(UnixMs),
+                    })
+                },
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::domain::TenantState;
+
+    #[tokio::test]
+    async fn token_health_counts_expired_and_late_tokens() {
+        let t = open_temp();
+        // Tokens issued at T0, one hour long; renewal window 25 %.
+        for (id, state) in [
+            ("a", TenantState::Active),
+            ("b", TenantState::RenewalFailing),
+            ("c", TenantState::Disabled),
+        ] {
+            t.store.insert_tenant(new_tenant(id, state)).await.unwrap();
+        }
+        let mut n = new_tenant("d", TenantState::Active);
+        n.token = None;
+        t.store.insert_tenant(n).await.unwrap();
+
+        let early = t
+            .store
+            .token_health(T0.plus_ms(HOUR / 2), 0.25)
+            .await
+            .unwrap();
+        assert_eq!(
+            early,
+            TokenHealth {
+                renewing: 3,
+                with_token: 2,
+                expired: 0,
+                in_renewal_window: 0
+            }
+        );
+        let late = t
+            .store
+            .token_health(T0.plus_ms(HOUR * 8 / 10), 0.25)
+            .await
+            .unwrap();
+        assert_eq!(late.in_renewal_window, 2);
+        let gone = t.store.token_health(T0.plus_ms(HOUR), 0.25).await.unwrap();
+        assert_eq!((gone.expired, gone.in_renewal_window), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn queue_stats_see_overdue_jobs() {
+        let t = open_temp();
+        for (id, state) in [
+            ("a", TenantState::Active),
+            ("b", TenantState::Active),
+            ("c", TenantState::Disabled),
+        ] {
+            t.store.insert_tenant(new_tenant(id, state)).await.unwrap();
+        }
+        t.store
+            .reschedule_many(vec![
+                (tid("a"), T0),
+                (tid("b"), T0.plus_ms(50_000)),
+                (tid("c"), T0.plus_ms(-100_000)),
+            ])
+            .await
+            .unwrap();
+        let q = t
+            .store
+            .queue_stats(T0.plus_ms(70_000), 60_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            q,
+            QueueStats {
+                due: 2,
+                overdue: 1,
+                oldest_due_at: Some(T0)
+            }
+        );
+        let none = t.store.queue_stats(T0.plus_ms(-1), 60_000).await.unwrap();
+        assert_eq!(none, QueueStats::default());
+    }
+}
