@@ -13,6 +13,8 @@
 //! - `config`     file + environment + flags -> validated `Config`
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
+//! - `simulation` deterministic simulation of the renewal engine under a
+//!                seeded fault plan (feature `simulation`, and in tests)
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
 pub mod api;
@@ -27,6 +29,8 @@ pub mod pbx;
 pub mod renewal;
 pub mod secret;
 pub mod sim;
+#[cfg(any(test, feature = "simulation"))]
+pub mod simulation;
 pub mod store;
 pub mod tenants;
 
