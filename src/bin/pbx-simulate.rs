@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use pbx_tokend::simulation::{run_seed, SeedReport, SimSpec};
+use pbx_tokend::simulation::{plan_for, run_seed, SeedReport, SimSpec};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Deterministic simulation of pbx-tokend's renewal engine")]
@@ -53,6 +53,9 @@ struct Args {
     /// Print every violation kept, not only the counts.
     #[arg(long)]
     verbose: bool,
+    /// Print each seed's fault plan before running it.
+    #[arg(long)]
+    show_plan: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +95,9 @@ fn main() -> anyhow::Result<()> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(&seed) = seeds.get(i) else { return };
+                if args.show_plan {
+                    println!("seed {seed} plan:\n{}", plan_for(&spec, seed));
+                }
                 match run_seed(&spec, seed) {
                     Ok(r) => {
                         println!("{}", r.line());
@@ -120,10 +126,12 @@ fn main() -> anyhow::Result<()> {
         .map(|r| r.seed)
         .collect();
     if !errors.is_empty() {
-        anyhow::bail!("{} seed(s) could not run", errors.len());
+        eprintln!("{} seed(s) could not run", errors.len());
+        std::process::exit(2);
     }
     if !failed.is_empty() {
-        anyhow::bail!("invariants broken in seed(s) {failed:?}");
+        eprintln!("invariants broken in seed(s) {failed:?}");
+        std::process::exit(1);
     }
     Ok(())
 }

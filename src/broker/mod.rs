@@ -378,6 +378,11 @@ impl Broker {
             Ok(t) => Ok(t),
             Err(e) => {
                 if let Need::MinValid(_) = need {
+                    // The fetch may have waited (limiter queue, a PBX timeout):
+                    // judge the held token at the time of answering, not at the
+                    // time the fetch began (the simulation served an expired
+                    // token that way).
+                    let now = self.clock.now();
                     slot.start_cooldown(now.plus_ms(settings.on_demand_retry_ms));
                     // Serve gracefully: a token that has not expired beats an error.
                     if let Some(t) = held.filter(|t| t.valid_for(now, 0)) {

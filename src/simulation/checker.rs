@@ -314,6 +314,18 @@ impl Checker {
         }
     }
 
+    /// Another disruption of one of `hosts` began after `ended`: this
+    /// recovery is no longer measurable on its own.
+    fn superseded(&self, hosts: &[usize], ended: UnixMs, now: UnixMs) -> bool {
+        let after = |t: UnixMs| ended < t && t <= now;
+        hosts.iter().any(|&h| {
+            self.plan.by_host[h].iter().any(|&i| {
+                let f = &self.plan.faults[i];
+                f.disrupts && after(f.window.start)
+            })
+        }) || self.plan.restarts.iter().any(|r| after(r.window.start))
+    }
+
     /// After a disruption of `host` (or of every host after a restart)
     /// ends at `ended`: how long until no tenant of the host has a failing
     /// last request and every one that is owed a token holds a valid one.
@@ -344,7 +356,7 @@ impl Checker {
                 s.max_recovery_ms = s.max_recovery_ms.max(now.0 - ended.0);
                 return;
             }
-            if now >= self.plan.end {
+            if now >= self.plan.end || self.superseded(&hosts, ended, now) {
                 return;
             }
             if now >= deadline {

@@ -191,6 +191,13 @@ impl SeedReport {
     }
 }
 
+/// The fault plan `run_seed(spec, seed)` will follow (for `--show-plan`).
+pub fn plan_for(spec: &SimSpec, seed: u64) -> Plan {
+    let mut master = StdRng::seed_from_u64(seed);
+    let _world: u64 = master.gen();
+    Plan::draw(spec, &mut StdRng::seed_from_u64(master.gen()))
+}
+
 /// Runs one seed on its own paused current-thread runtime.
 pub fn run_seed(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     let rt = tokio::runtime::Builder::new_current_thread()

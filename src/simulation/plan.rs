@@ -268,7 +268,38 @@ impl Plan {
                 plan.restarts.push(Restart { window: w });
             }
         }
+        plan.spread_disruption();
         plan
+    }
+
+    /// Slow or malformed answers are harmless to a tenant renewing on
+    /// schedule (it retries within seconds), but not to one recovering from
+    /// a disruption: it is then at the backoff cap, and each failed retry
+    /// costs up to `backoff_max`. So such a fault that touches a recovery
+    /// period counts as part of the disruption (until nothing changes).
+    fn spread_disruption(&mut self) {
+        loop {
+            let mut changed = false;
+            for i in 0..self.faults.len() {
+                if self.faults[i].disrupts {
+                    continue;
+                }
+                let f = self.faults[i];
+                let grace = self.grace_ms[f.host];
+                let touches = |w: &Window| f.window.overlaps(w.start, w.end.plus_ms(grace));
+                let near = self.by_host[f.host]
+                    .iter()
+                    .any(|&j| self.faults[j].disrupts && touches(&self.faults[j].window))
+                    || self.restarts.iter().any(|r| touches(&r.window));
+                if near {
+                    self.faults[i].disrupts = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return;
+            }
+        }
     }
 
     /// When `tenant` on `host` is next owed a valid token, at or after `t`:
@@ -379,4 +410,35 @@ pub struct Active {
     pub storm: Option<(ResetMode, UnixMs)>,
     pub slow: Option<(u64, u64)>,
     pub malformed: u32,
+}
+
+impl std::fmt::Display for Plan {
+    /// One line per fault, times in seconds from the start.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |t: UnixMs| (t.0 - T0.0) as f64 / 1000.0;
+        for x in &self.faults {
+            writeln!(
+                f,
+                "host {} {:>9.1}..{:>9.1} s {:?}{}",
+                x.host,
+                s(x.window.start),
+                s(x.window.end),
+                x.kind,
+                if x.disrupts { " (disrupts)" } else { "" }
+            )?;
+        }
+        for r in &self.restarts {
+            writeln!(f, "restart: killed at {:.1} s, up at {:.1} s", s(r.window.start), s(r.window.end))?;
+        }
+        for r in &self.revocations {
+            writeln!(
+                f,
+                "tenant {} revoked at {:.1} s, restored {}",
+                r.tenant,
+                s(r.at),
+                r.restore.map_or("never".to_string(), |t| format!("at {:.1} s", s(t)))
+            )?;
+        }
+        write!(f, "grace per host (s): {:?}", self.grace_ms.iter().map(|g| g / 1000).collect::<Vec<_>>())
+    }
 }
