@@ -254,6 +254,12 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     let plan = Arc::new(Plan::draw(spec, &mut sub(&mut master)));
     let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
     let rec = Arc::new(Recorder::default());
+    // PBX_SIMULATE_TRACE=PREFIX writes every event to PREFIX.<seed>.<n>, to
+    // find where two runs that should be equal diverge.
+    let trace_to = std::env::var_os("PBX_SIMULATE_TRACE");
+    if trace_to.is_some() {
+        rec.keep_trace();
+    }
     let mut pbx_config = config.clone();
     if spec.mutation == Some(Mutation::PbxLimitBelowConfig) {
         pbx_config.limits.per_host_requests_per_second =
@@ -319,6 +325,15 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
         let _ = t.await;
     }
 
+    if let (Some(prefix), Some(text)) = (trace_to, rec.trace()) {
+        static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut path = prefix;
+        path.push(format!(".{seed}.{n}"));
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!("cannot write the event trace: {e}");
+        }
+    }
     let ledgers = pbx.ledgers();
     let timing = analysis::renewal_timing(&plan, &world, &ledgers, &config, spec.hours, &rec);
     let meters = pbx.meters();

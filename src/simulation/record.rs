@@ -33,6 +33,8 @@ struct Inner {
     by_kind: BTreeMap<&'static str, u64>,
     /// FNV-1a over every event.
     digest: u64,
+    /// Every event, when asked for (finding where two runs diverge).
+    trace: Option<Vec<(i64, u8, i64, i64)>>,
 }
 
 #[derive(Debug)]
@@ -52,6 +54,22 @@ impl Recorder {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keeps every event in memory too (see [`Recorder::trace`]).
+    pub fn keep_trace(&self) {
+        self.inner().trace = Some(Vec::new());
+    }
+
+    /// The events kept since [`Recorder::keep_trace`], as text lines.
+    pub fn trace(&self) -> Option<String> {
+        let i = self.inner();
+        let t = i.trace.as_ref()?;
+        Some(
+            t.iter()
+                .map(|(at, tag, a, b)| format!("{at} {tag} {a} {b}\n"))
+                .collect(),
+        )
+    }
+
     pub fn violation(&self, at: UnixMs, kind: &'static str, detail: String) {
         let mut i = self.inner();
         *i.by_kind.entry(kind).or_default() += 1;
@@ -63,6 +81,9 @@ impl Recorder {
     /// Mixes one event into the digest.
     pub fn event(&self, at: UnixMs, tag: u8, a: i64, b: i64) {
         let mut i = self.inner();
+        if let Some(t) = i.trace.as_mut() {
+            t.push((at.0, tag, a, b));
+        }
         let mut h = i.digest;
         let bytes = at
             .0
