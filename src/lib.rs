@@ -13,8 +13,7 @@
 //! - `config`     file + environment + flags -> validated `Config`
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
-//! - `simulation` deterministic simulation of the renewal engine under a
-//!                seeded fault plan (feature `simulation`, and in tests)
+//! - `simulation` seeded deterministic simulation of the renewal engine
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
 pub mod api;

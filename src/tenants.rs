@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-
 use crate::broker::{Broker, FetchFailure, TokenError};
 use crate::clock::UnixMs;
 use crate::domain::{

@@ -16,7 +16,10 @@ use clap::Parser;
 use pbx_tokend::simulation::{plan_for, run_seed, SeedReport, SimSpec};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Deterministic simulation of pbx-tokend's renewal engine")]
+#[command(
+    version,
+    about = "Deterministic simulation of pbx-tokend's renewal engine"
+)]
 struct Args {
     /// Tenants (spread evenly over the hosts).
     #[arg(long, default_value_t = 2_000)]
@@ -69,9 +72,9 @@ fn main() -> anyhow::Result<()> {
         db_dir: args.db_dir.clone(),
         ..SimSpec::small()
     };
-    spec.probes_per_sec = args
-        .probes_per_sec
-        .unwrap_or(if args.tenants >= 50_000 { 20.0 } else { 5.0 });
+    spec.probes_per_sec =
+        args.probes_per_sec
+            .unwrap_or(if args.tenants >= 50_000 { 20.0 } else { 5.0 });
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
         None => (args.first_seed..args.first_seed + args.seeds).collect(),
@@ -170,8 +173,15 @@ fn summary(reports: &[SeedReport]) {
         .iter()
         .map(|r| r.timing.min_ratio)
         .fold(f64::INFINITY, f64::min);
-    let max_ratio = reports.iter().map(|r| r.timing.max_ratio).fold(0.0, f64::max);
-    let max_recovery = reports.iter().map(|r| r.checks.max_recovery_ms).max().unwrap_or(0);
+    let max_ratio = reports
+        .iter()
+        .map(|r| r.timing.max_ratio)
+        .fold(0.0, f64::max);
+    let max_recovery = reports
+        .iter()
+        .map(|r| r.checks.max_recovery_ms)
+        .max()
+        .unwrap_or(0);
     let unfinished: u64 = reports.iter().map(|r| r.checks.recoveries_unfinished).sum();
     let probes: u64 = reports.iter().map(|r| r.checks.probes).sum();
     let wall: f64 = reports.iter().map(|r| r.wall.as_secs_f64()).sum();

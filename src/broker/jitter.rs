@@ -17,8 +17,9 @@ pub struct Jitter(Source);
 #[derive(Debug)]
 enum Source {
     Entropy,
-    /// A std `Mutex`: held for one draw, never across an `.await`.
-    Seeded(Mutex<StdRng>),
+    /// A std `Mutex`: held for one draw, never across an `.await`. Boxed:
+    /// the generator's state is large and production never has one.
+    Seeded(Mutex<Box<StdRng>>),
 }
 
 impl Jitter {
@@ -31,7 +32,9 @@ impl Jitter {
     /// order of draws give the same numbers, within one build (`StdRng`'s
     /// algorithm may change between `rand` versions).
     pub fn seeded(seed: u64) -> Self {
-        Self(Source::Seeded(Mutex::new(StdRng::seed_from_u64(seed))))
+        Self(Source::Seeded(Mutex::new(Box::new(StdRng::seed_from_u64(
+            seed,
+        )))))
     }
 
     /// A uniform number in [0, 1).

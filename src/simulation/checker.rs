@@ -210,7 +210,8 @@ impl Checker {
         let host = self.world.host_of(tenant);
         let owed = self.plan.is_owed(tenant, host, start);
         let id = &self.world.tenant_ids[tenant];
-        let result = tokio::time::timeout(PROBE_DEADLINE, broker.get_token(id, min_valid_secs)).await;
+        let result =
+            tokio::time::timeout(PROBE_DEADLINE, broker.get_token(id, min_valid_secs)).await;
         drop(broker);
         let now = self.clock.now();
         if self.broker().map(|(e, _)| e) != Some(epoch) {
@@ -235,7 +236,9 @@ impl Checker {
                     self.rec.violation(
                         now,
                         "owed-tenant-refused",
-                        format!("GetToken({id}, {min_valid_secs}) failed while the PBX answers: {e}"),
+                        format!(
+                            "GetToken({id}, {min_valid_secs}) failed while the PBX answers: {e}"
+                        ),
                     );
                 }
                 1
@@ -246,7 +249,9 @@ impl Checker {
                     self.rec.violation(
                         now,
                         "owed-tenant-timeout",
-                        format!("GetToken({id}, {min_valid_secs}) took longer than {PROBE_DEADLINE:?}"),
+                        format!(
+                            "GetToken({id}, {min_valid_secs}) took longer than {PROBE_DEADLINE:?}"
+                        ),
                     );
                 }
                 2
@@ -269,7 +274,10 @@ impl Checker {
             self.rec.violation(
                 now,
                 "expired-token-served",
-                format!("GetToken({id}) served a token that expired at {}", token.expires_at),
+                format!(
+                    "GetToken({id}) served a token that expired at {}",
+                    token.expires_at
+                ),
             );
         }
         match self.pbx.lookup(token.value.expose()) {
@@ -281,14 +289,19 @@ impl Checker {
             Some((owner, _)) if owner != tenant => self.rec.violation(
                 now,
                 "wrong-tenant-token",
-                format!("GetToken({id}) served a token of {}", self.world.tenant_ids[owner]),
+                format!(
+                    "GetToken({id}) served a token of {}",
+                    self.world.tenant_ids[owner]
+                ),
             ),
             Some((_, pbx_expires)) => {
                 if pbx_expires <= now {
                     self.rec.violation(
                         now,
                         "pbx-expired-token-served",
-                        format!("GetToken({id}) served a token the PBX let expire at {pbx_expires}"),
+                        format!(
+                            "GetToken({id}) served a token the PBX let expire at {pbx_expires}"
+                        ),
                     );
                 }
                 if token.expires_at > pbx_expires {
@@ -342,8 +355,7 @@ impl Checker {
         let mut pending: Vec<usize> = (0..self.world.tenant_ids.len())
             .filter(|&t| {
                 let h = self.world.host_of(t);
-                hosts.contains(&h)
-                    && self.plan.owed_from(t, h, deadline) == Some(deadline)
+                hosts.contains(&h) && self.plan.owed_from(t, h, deadline) == Some(deadline)
             })
             .collect();
         loop {

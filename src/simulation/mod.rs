@@ -250,7 +250,12 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     let mut config = spec.config.clone();
     let mut master = StdRng::seed_from_u64(seed);
     let sub = |m: &mut StdRng| StdRng::seed_from_u64(m.gen());
-    let world = Arc::new(World::new(spec.tenants, spec.hosts, spec.lifetime_secs, &mut sub(&mut master)));
+    let world = Arc::new(World::new(
+        spec.tenants,
+        spec.hosts,
+        spec.lifetime_secs,
+        &mut sub(&mut master),
+    ));
     let plan = Arc::new(Plan::draw(spec, &mut sub(&mut master)));
     let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
     let rec = Arc::new(Recorder::default());
@@ -280,7 +285,16 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     let dir = TempDir::create(spec, seed)?;
     let db = dir.0.join("pbx-tokend.db");
     let keyring = Arc::new(Keyring::from_key(&[0x5a; 32]));
-    let initial = seed_tenants(spec, &config, &world, &pbx, &db, &keyring, &mut sub(&mut master)).await?;
+    let initial = seed_tenants(
+        spec,
+        &config,
+        &world,
+        &pbx,
+        &db,
+        &keyring,
+        &mut sub(&mut master),
+    )
+    .await?;
 
     let checker = Arc::new(Checker::new(
         clock.clone(),
@@ -291,11 +305,21 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
         i64::from(config.token.default_min_valid_seconds) * 1000,
     ));
     let mut epoch = 0u32;
-    let mut process = Process::start(&db, keyring.clone(), &config, clock.clone(), pbx.clone(), master.gen()).await?;
+    let mut process = Process::start(
+        &db,
+        keyring.clone(),
+        &config,
+        clock.clone(),
+        pbx.clone(),
+        master.gen(),
+    )
+    .await?;
     checker.set_current(Some((epoch, process.broker.clone())));
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(checker.clone().watch_expiries(initial)));
-    tasks.push(tokio::spawn(checker.clone().probe(spec.probes_per_sec, sub(&mut master))));
+    tasks.push(tokio::spawn(
+        checker.clone().probe(spec.probes_per_sec, sub(&mut master)),
+    ));
     for f in plan.faults.iter().filter(|f| f.disrupts) {
         tasks.push(tokio::spawn(
             checker.clone().measure_recovery(vec![f.host], f.window.end),
@@ -303,7 +327,9 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     }
     for r in &plan.restarts {
         tasks.push(tokio::spawn(
-            checker.clone().measure_recovery((0..plan.hosts).collect(), r.window.end),
+            checker
+                .clone()
+                .measure_recovery((0..plan.hosts).collect(), r.window.end),
         ));
     }
     for r in &plan.restarts {
@@ -313,7 +339,15 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
         process.kill().await;
         tokio::time::sleep(clock.now().until(r.window.end)).await;
         epoch += 1;
-        process = Process::start(&db, keyring.clone(), &config, clock.clone(), pbx.clone(), master.gen()).await?;
+        process = Process::start(
+            &db,
+            keyring.clone(),
+            &config,
+            clock.clone(),
+            pbx.clone(),
+            master.gen(),
+        )
+        .await?;
         checker.set_current(Some((epoch, process.broker.clone())));
         rec.event(clock.now(), 4, i64::from(epoch), 0);
     }
@@ -381,7 +415,8 @@ async fn seed_tenants(
     let store = Store::open_inline(db, keyring.clone())?;
     let policy = RenewalPolicy::from_config(&config.refresh);
     let lifetime_ms = spec.lifetime_secs as i64 * 1000;
-    let max_age = ((config.refresh.at_fraction - config.refresh.jitter_fraction) * lifetime_ms as f64)
+    let max_age = ((config.refresh.at_fraction - config.refresh.jitter_fraction)
+        * lifetime_ms as f64)
         .max(1.0) as i64;
     let bases: Vec<PbxBaseUrl> = world
         .hosts
@@ -403,7 +438,8 @@ async fn seed_tenants(
         expiries.push(token.expires_at);
         let renew_at = policy.renew_at(&token, rng.gen());
         batch.push(NewTenant {
-            id: TenantId::parse(&world.tenant_ids[i]).map_err(|e| SimError::Input(e.to_string()))?,
+            id: TenantId::parse(&world.tenant_ids[i])
+                .map_err(|e| SimError::Input(e.to_string()))?,
             display_name: format!("Simulated tenant {i}"),
             base_url: bases[world.host_of(i)].clone(),
             state: TenantState::Active,

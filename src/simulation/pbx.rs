@@ -31,14 +31,32 @@ use crate::pbx::{PbxApi, PbxError, TokenGrant};
 /// the parser must refuse every one (a unit test checks it).
 pub const MALFORMED: [(&str, &str); 9] = [
     ("application/json", r#"{"access_token": "abc", "token_ty"#),
-    ("text/html", "<html><body><h1>502 Bad Gateway</h1></body></html>"),
-    ("application/json", r#"{"token_type":"Bearer","expires_in":3600}"#),
-    ("application/json", r#"{"access_token":"a b","token_type":"Bearer","expires_in":3600}"#),
-    ("application/json", r#"{"access_token":"abc","token_type":"MAC","expires_in":3600}"#),
-    ("application/json", r#"{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}"#),
+    (
+        "text/html",
+        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+    ),
+    (
+        "application/json",
+        r#"{"token_type":"Bearer","expires_in":3600}"#,
+    ),
+    (
+        "application/json",
+        r#"{"access_token":"a b","token_type":"Bearer","expires_in":3600}"#,
+    ),
+    (
+        "application/json",
+        r#"{"access_token":"abc","token_type":"MAC","expires_in":3600}"#,
+    ),
+    (
+        "application/json",
+        r#"{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}"#,
+    ),
     ("application/json", ""),
     ("application/json", "[]"),
-    ("application/json", r#"{"access_token":"abc","token_type":"Bearer","expires_in":0}"#),
+    (
+        "application/json",
+        r#"{"access_token":"abc","token_type":"Bearer","expires_in":0}"#,
+    ),
 ];
 
 /// The static world the PBX serves: hosts and the tenants' trusted apps.
@@ -58,7 +76,11 @@ impl World {
         let hosts: Vec<String> = (0..hosts.max(1))
             .map(|h| format!("pbx-{h:03}.sim.example"))
             .collect();
-        let host_index = hosts.iter().enumerate().map(|(i, h)| (h.clone(), i)).collect();
+        let host_index = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), i))
+            .collect();
         let tenant_ids: Vec<String> = (0..tenants).map(|i| format!("t{i:06}")).collect();
         let client_ids: Vec<String> = (0..tenants).map(|i| format!("app-{i:06}")).collect();
         let secrets = (0..tenants)
@@ -232,7 +254,11 @@ impl SimPbx {
         self.state().outcomes
     }
 
-    async fn serve(&self, base: &PbxBaseUrl, creds: &AppCredentials) -> Result<TokenGrant, PbxError> {
+    async fn serve(
+        &self,
+        base: &PbxBaseUrl,
+        creds: &AppCredentials,
+    ) -> Result<TokenGrant, PbxError> {
         let transit = self.state().rng.gen_range(0..=30);
         tokio::time::sleep(Duration::from_millis(transit)).await;
         let now = self.clock.now();
@@ -315,12 +341,8 @@ impl SimPbx {
             }
         }
         drop(st);
-        self.rec.event(
-            done,
-            1,
-            tenant.map_or(-1, |t| t as i64),
-            code as i64,
-        );
+        self.rec
+            .event(done, 1, tenant.map_or(-1, |t| t as i64), code as i64);
         result
     }
 
@@ -382,12 +404,19 @@ impl SimPbx {
             return match mode {
                 OutageMode::Refused => Answer::Refused,
                 OutageMode::Hang => Answer::Hang,
-                OutageMode::Unavailable => status(latency_ms, 503, "text/plain", "Service Unavailable"),
+                OutageMode::Unavailable => {
+                    status(latency_ms, 503, "text/plain", "Service Unavailable")
+                }
             };
         }
         // The provider enforces its own limit too: an excess request gets 429.
         if over_rate {
-            let mut a = status(latency_ms, 429, "application/json", r#"{"error":"rate_limited"}"#);
+            let mut a = status(
+                latency_ms,
+                429,
+                "application/json",
+                r#"{"error":"rate_limited"}"#,
+            );
             if let Answer::Status { meta, .. } = &mut a {
                 meta.retry_after = Some("1".into());
             }
@@ -430,7 +459,12 @@ impl SimPbx {
         }
         match tenant {
             Some(tenant) => Answer::Token { latency_ms, tenant },
-            None => status(latency_ms, 401, "application/json", r#"{"error":"invalid_client"}"#),
+            None => status(
+                latency_ms,
+                401,
+                "application/json",
+                r#"{"error":"invalid_client"}"#,
+            ),
         }
     }
 

@@ -62,10 +62,15 @@ pub enum FaultKind {
     /// Every token request answered 429.
     Storm(ResetMode),
     /// Answers take `lo_ms..hi_ms`; above the request timeout they time out.
-    Slow { lo_ms: u64, hi_ms: u64 },
+    Slow {
+        lo_ms: u64,
+        hi_ms: u64,
+    },
     /// This share (per mille) of answers are 200 with a body the parser
     /// must refuse.
-    Malformed { per_mille: u32 },
+    Malformed {
+        per_mille: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -356,9 +361,9 @@ impl Plan {
             || self.restarts.iter().any(|r| r.window.overlaps(a, b))
             || self.revoked[tenant].is_some_and(|i| {
                 let r = self.revocations[i];
-                let until = r
-                    .restore
-                    .map_or(UnixMs(i64::MAX), |t| t.plus_ms(self.revocation_grace_ms[host]));
+                let until = r.restore.map_or(UnixMs(i64::MAX), |t| {
+                    t.plus_ms(self.revocation_grace_ms[host])
+                });
                 r.at <= b && a < until
             })
     }
@@ -387,7 +392,10 @@ impl Plan {
                 FaultKind::Outage(m) => a.outage = Some(m),
                 FaultKind::Storm(m) => a.storm = Some((m, f.window.end)),
                 FaultKind::Slow { lo_ms, hi_ms } => {
-                    a.slow = Some(a.slow.map_or((lo_ms, hi_ms), |(l, h)| (l.max(lo_ms), h.max(hi_ms))))
+                    a.slow = Some(
+                        a.slow
+                            .map_or((lo_ms, hi_ms), |(l, h)| (l.max(lo_ms), h.max(hi_ms))),
+                    )
                 }
                 FaultKind::Malformed { per_mille } => {
                     a.malformed = a.malformed.max(per_mille);
@@ -428,7 +436,12 @@ impl std::fmt::Display for Plan {
             )?;
         }
         for r in &self.restarts {
-            writeln!(f, "restart: killed at {:.1} s, up at {:.1} s", s(r.window.start), s(r.window.end))?;
+            writeln!(
+                f,
+                "restart: killed at {:.1} s, up at {:.1} s",
+                s(r.window.start),
+                s(r.window.end)
+            )?;
         }
         for r in &self.revocations {
             writeln!(
@@ -436,9 +449,14 @@ impl std::fmt::Display for Plan {
                 "tenant {} revoked at {:.1} s, restored {}",
                 r.tenant,
                 s(r.at),
-                r.restore.map_or("never".to_string(), |t| format!("at {:.1} s", s(t)))
+                r.restore
+                    .map_or("never".to_string(), |t| format!("at {:.1} s", s(t)))
             )?;
         }
-        write!(f, "grace per host (s): {:?}", self.grace_ms.iter().map(|g| g / 1000).collect::<Vec<_>>())
+        write!(
+            f,
+            "grace per host (s): {:?}",
+            self.grace_ms.iter().map(|g| g / 1000).collect::<Vec<_>>()
+        )
     }
 }

@@ -85,13 +85,12 @@ impl Recorder {
             t.push((at.0, tag, a, b));
         }
         let mut h = i.digest;
-        let bytes = at
-            .0
-            .to_le_bytes()
-            .into_iter()
-            .chain([tag])
-            .chain(a.to_le_bytes())
-            .chain(b.to_le_bytes());
+        let bytes =
+            at.0.to_le_bytes()
+                .into_iter()
+                .chain([tag])
+                .chain(a.to_le_bytes())
+                .chain(b.to_le_bytes());
         for byte in bytes {
             h ^= u64::from(byte);
             h = h.wrapping_mul(0x0100_0000_01b3);

@@ -67,7 +67,10 @@ fn small_size_calm_pbx_renews_on_schedule() {
     assert_clean(&r);
     // Every token renewed on schedule: 1 / at_fraction renewals per lifetime.
     assert!((0.95..1.05).contains(&r.timing.mean_ratio), "{r:?}");
-    assert!((1.2..1.3).contains(&r.timing.renewals_per_lifetime), "{r:?}");
+    assert!(
+        (1.2..1.3).contains(&r.timing.renewals_per_lifetime),
+        "{r:?}"
+    );
     assert_eq!(r.checks.probes_refused + r.checks.probes_timed_out, 0);
 }
 

@@ -11,7 +11,12 @@ use crate::secret::Secret;
 
 /// Policies `Config::validate` accepts.
 fn policies() -> impl Strategy<Value = RenewalPolicy> {
-    (0.1f64..=0.95, 0.0f64..=0.5, 10u64..=3_600_000, 1u64..=86_400)
+    (
+        0.1f64..=0.95,
+        0.0f64..=0.5,
+        10u64..=3_600_000,
+        1u64..=86_400,
+    )
         .prop_filter("at + jitter < 1", |(at, j, _, _)| at + j < 1.0)
         .prop_flat_map(|(at, j, initial, rejected_s)| {
             (initial..=86_400_000u64).prop_map(move |max| RenewalPolicy {
