@@ -14,9 +14,10 @@ pub fn answer(data: &[u8]) -> Option<Answer<'_>> {
     if data.len() < 2 {
         return None;
     }
-    // Mostly 2xx, but every status class is reachable.
+    // With the top bit clear a 2xx (200..=207), with it set any status in
+    // 100..=599: every class is reachable, success is common.
     let raw = u16::from_le_bytes([data[0], data[1]]);
-    let status = if raw % 4 == 0 { 100 + raw % 500 } else { 200 + raw % 8 };
+    let status = if raw & 0x8000 != 0 { 100 + raw % 500 } else { 200 + raw % 8 };
     let mut rest = &data[2..];
     let mut headers: Vec<Option<String>> = Vec::new();
     for _ in 0..4 {
