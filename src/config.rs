@@ -326,18 +326,43 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
+        let text = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                         path: path.to_owned(),
-                        message: e.to_string(),
-                    })?
+                        source,
+                    })?,
+                )
             }
+            None => None,
+        };
+        let origin = file
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("<environment>"));
+        Self::parse_with_env(text.as_deref(), &origin, env)
+    }
+
+    /// A config file's text alone (no environment), parsed and validated
+    /// (the fuzz target, tests).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_env(Some(text), Path::new("<string>"), std::iter::empty())
+    }
+
+    /// `text` (the file's content, if any; `origin` names it in errors),
+    /// overlaid by `env`, then validated.
+    fn parse_with_env(
+        text: Option<&str>,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match text {
+            Some(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?,
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
@@ -345,9 +370,7 @@ impl Config {
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: file
-                        .map(Path::to_owned)
-                        .unwrap_or_else(|| PathBuf::from("<environment>")),
+                    path: origin.to_owned(),
                     message: e.to_string(),
                 })?;
         config.validate()?;
@@ -788,6 +811,17 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{err} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn from_toml_str_parses_and_validates() {
+        let c = Config::from_toml_str("[limits]\nper_host_concurrent = 3\n").unwrap();
+        assert_eq!(c.limits.per_host_concurrent, 3);
+        let err = Config::from_toml_str("[refresh]\nat_fraction = 2.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refresh.at_fraction"), "{err}");
+        assert!(Config::from_toml_str("[grpc\n").is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! - `metrics`    Prometheus registry and the `/metrics` endpoint
 //! - `overview`   operator numbers shared by metrics and GetServerStatus
 //! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
+//! - `simulation` seeded deterministic simulation of the renewal engine
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
 pub mod access;
@@ -42,6 +43,8 @@ pub mod renewal;
 pub mod rotation;
 pub mod secret;
 pub mod sim;
+#[cfg(any(test, feature = "simulation"))]
+pub mod simulation;
 pub mod statedir;
 pub mod store;
 pub mod tenants;

@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
-
 use crate::broker::{Broker, FetchFailure, TokenError};
 use crate::clock::UnixMs;
 use crate::domain::{
@@ -177,7 +175,7 @@ impl Tenants {
                     .broker
                     .settings()
                     .policy
-                    .renew_at(&token, rand::thread_rng().gen());
+                    .renew_at(&token, self.broker.jitter());
                 NewTenant {
                     id: id.clone(),
                     display_name: input.display_name,
@@ -358,7 +356,7 @@ impl Tenants {
             changes.clear_failures = true;
             if input.enabled != Some(false) {
                 changes.state = Some(TenantState::Active);
-                changes.renew_at = Some(policy.renew_at(token, rand::thread_rng().gen()));
+                changes.renew_at = Some(policy.renew_at(token, self.broker.jitter()));
                 changes.clear_job = false;
             }
         } else if enabling {

@@ -9,13 +9,13 @@
 //! Does not: decide *when* scheduled renewals run (renewal/), validate admin
 //! input (tenants), or know protobuf (api/).
 
+mod jitter;
 mod slot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use rand::Rng;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::{SharedClock, UnixMs};
@@ -29,6 +29,7 @@ use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::renewal::policy::RenewalPolicy;
 use crate::store::{CachedTenant, RefreshRecord, Store, StoreError};
 
+pub use jitter::Jitter;
 pub use slot::Slot;
 
 /// Why a token could not be handed out.
@@ -113,6 +114,9 @@ pub struct Broker {
     /// Woken whenever a renewal job may have moved earlier.
     schedule_changed: Notify,
     metrics: Arc<Metrics>,
+    /// Every random choice the broker makes (entropy unless the simulation
+    /// seeds it with [`Broker::with_jitter`]).
+    jitter: Jitter,
 }
 
 impl Broker {
@@ -133,6 +137,7 @@ impl Broker {
             slots: RwLock::new(HashMap::new()),
             schedule_changed: Notify::new(),
             metrics: Arc::new(Metrics::new()),
+            jitter: Jitter::entropy(),
         }
     }
 
@@ -140,6 +145,17 @@ impl Broker {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Replaces the jitter source (the deterministic simulation seeds it).
+    pub fn with_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// A uniform number in [0, 1) from the broker's jitter source.
+    pub fn jitter(&self) -> f64 {
+        self.jitter.next()
     }
 
     /// Fills the cache from the database (start-up).
@@ -392,7 +408,7 @@ impl Broker {
                 if let Some(t) = &held {
                     if now < settings.policy.earliest_renewal(t) {
                         // Renewed on demand since the job was planned.
-                        let at = settings.policy.renew_at(t, rand01());
+                        let at = settings.policy.renew_at(t, self.jitter());
                         self.store.reschedule(slot.id(), at).await?;
                         return Ok(t.clone());
                     }
@@ -404,6 +420,11 @@ impl Broker {
             Ok(t) => Ok(t),
             Err(e) => {
                 if let Need::MinValid(_) = need {
+                    // The fetch may have waited (limiter queue, a PBX timeout):
+                    // judge the held token at the time of answering, not at the
+                    // time the fetch began (the simulation served an expired
+                    // token that way).
+                    let now = self.clock.now();
                     slot.start_cooldown(now.plus_ms(settings.on_demand_retry_ms));
                     // Serve gracefully: a token that has not expired beats an error.
                     if let Some(t) = held.filter(|t| t.valid_for(now, 0)) {
@@ -512,7 +533,7 @@ impl Broker {
         match outcome {
             Ok(grant) => {
                 let token = self.token_from_grant(grant, issued_at);
-                let renew_at = settings.policy.renew_at(&token, rand01());
+                let renew_at = settings.policy.renew_at(&token, self.jitter());
                 self.store
                     .record_refresh(
                         slot.id(),
@@ -534,25 +555,25 @@ impl Broker {
                 let (state, retry_at, retry_hint) = match &failure {
                     FetchFailure::Pbx(PbxError::CredentialsRejected { .. }) => (
                         TenantState::CredentialsRejected,
-                        now.plus(settings.policy.rejected_retry(rand01())),
+                        now.plus(settings.policy.rejected_retry(self.jitter())),
                         None,
                     ),
                     FetchFailure::HostThrottled { until } => (
                         TenantState::RenewalFailing,
-                        settings.policy.after_throttle(*until, rand01()),
+                        settings.policy.after_throttle(*until, self.jitter()),
                         Some(*until),
                     ),
                     FetchFailure::Pbx(PbxError::Throttled { retry_after }) => {
                         let until = now.plus(*retry_after);
                         (
                             TenantState::RenewalFailing,
-                            settings.policy.after_throttle(until, rand01()),
+                            settings.policy.after_throttle(until, self.jitter()),
                             Some(until),
                         )
                     }
                     FetchFailure::Pbx(_) => (
                         TenantState::RenewalFailing,
-                        now.plus(settings.policy.backoff(failures, rand01())),
+                        now.plus(settings.policy.backoff(failures, self.jitter())),
                         None,
                     ),
                 };
@@ -619,12 +640,6 @@ impl FetchFailure {
             FetchFailure::Pbx(e) => e.to_string(),
         }
     }
-}
-
-/// A uniform number in [0, 1) for jitter; the thread RNG is not held across
-/// an await (it is not Send).
-fn rand01() -> f64 {
-    rand::thread_rng().gen()
 }
 
 fn held_or(

@@ -85,6 +85,9 @@ impl RenewalPolicy {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::secret::Secret;

@@ -7,17 +7,16 @@
 //! while the daemon was down are spread over time at start-up
 //! ([`spread_overdue`]) instead of being fired in one burst.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Jitter};
 use crate::clock::UnixMs;
 use crate::domain::TenantId;
 use crate::store::{Store, StoreError};
@@ -165,7 +164,11 @@ impl Scheduler {
             // Due jobs that are all in flight would make `wait` zero: then
             // wait for a worker instead of spinning.
             let wait = if wait.is_zero() { MAX_IDLE } else { wait };
+            // `biased`: a fixed polling order instead of tokio's random one,
+            // so the deterministic simulation replays exactly; the order is
+            // otherwise irrelevant (every branch just goes round the loop).
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.worker_done.notified() => {}
@@ -183,14 +186,26 @@ pub async fn spread_overdue(
     now: UnixMs,
     per_host_rps: u32,
 ) -> Result<usize, StoreError> {
+    spread_overdue_with(store, now, per_host_rps, &Jitter::entropy()).await
+}
+
+/// [`spread_overdue`] with the jitter drawn from `jitter` (seeded in the
+/// deterministic simulation).
+pub async fn spread_overdue_with(
+    store: &Store,
+    now: UnixMs,
+    per_host_rps: u32,
+    jitter: &Jitter,
+) -> Result<usize, StoreError> {
     let overdue = store.due_jobs(now, u32::MAX).await?;
-    let mut by_host: HashMap<String, Vec<TenantId>> = HashMap::new();
+    // Ordered by host so the draws from `jitter` happen in the same order
+    // on every run (a HashMap would visit hosts in a random order).
+    let mut by_host: BTreeMap<String, Vec<TenantId>> = BTreeMap::new();
     for job in overdue {
         by_host.entry(job.host).or_default().push(job.tenant_id);
     }
     let budget_per_s = (f64::from(per_host_rps) / 2.0).max(1.0);
     let step_ms = 1000.0 / budget_per_s;
-    let mut rng = rand::thread_rng();
     let mut moves = Vec::new();
     for (_, tenants) in by_host {
         // Up to one second's budget can go right away.
@@ -198,7 +213,7 @@ pub async fn spread_overdue(
             continue;
         }
         for (i, id) in tenants.into_iter().enumerate() {
-            let at = now.plus_ms((i as f64 * step_ms + rng.gen::<f64>() * step_ms) as i64);
+            let at = now.plus_ms((i as f64 * step_ms + jitter.next() * step_ms) as i64);
             moves.push((id, at));
         }
     }

@@ -59,10 +59,15 @@ pub(super) async fn record(
         !std::mem::replace(&mut q.committing, true)
     };
     if start_committer {
-        let inner = std::sync::Arc::clone(inner);
-        // Detached on purpose: it must finish the batch even if this caller
-        // is cancelled, or the other waiters would never hear back.
-        tokio::task::spawn_blocking(move || drain(&inner));
+        if inner.inline {
+            // The simulation's store: commit on this task, deterministically.
+            drain(inner);
+        } else {
+            let inner = std::sync::Arc::clone(inner);
+            // Detached on purpose: it must finish the batch even if this
+            // caller is cancelled, or the other waiters would never hear back.
+            tokio::task::spawn_blocking(move || drain(&inner));
+        }
     }
     answer
         .await

@@ -8,7 +8,8 @@
 //! Writes go through one writer connection; reads use a pool of two
 //! read-only connections, so a slow admin listing never blocks a renewal
 //! commit. Every public method is async and runs its SQLite work on the
-//! blocking pool.
+//! blocking pool (except in a store opened with [`Store::open_inline`], for
+//! the deterministic simulation only).
 //!
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
@@ -187,6 +188,9 @@ struct Inner {
     path: PathBuf,
     /// Refresh outcomes waiting for the next group commit.
     refresh_queue: group_commit::Queue,
+    /// Run SQL on the calling thread instead of the blocking pool; see
+    /// [`Store::open_inline`].
+    inline: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -203,6 +207,20 @@ impl Store {
     /// Blocking (file system and SQLite); call it at start-up or from
     /// `spawn_blocking`.
     pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Store, StoreError> {
+        Self::open_with(path, keyring, false)
+    }
+
+    /// As [`Store::open`], but every query runs inline on the task that
+    /// awaits it, for the deterministic simulation (`crate::simulation`):
+    /// blocking-pool threads finish in an order the OS chooses, which a
+    /// seed cannot replay, and under a paused tokio clock time could move
+    /// while they run. Production must not use it: an fsync would then stall
+    /// an async worker thread and every task queued on it.
+    pub fn open_inline(path: &Path, keyring: Arc<Keyring>) -> Result<Store, StoreError> {
+        Self::open_with(path, keyring, true)
+    }
+
+    fn open_with(path: &Path, keyring: Arc<Keyring>, inline: bool) -> Result<Store, StoreError> {
         connection::prepare_location(path)?;
         let mut writer = connection::open_writer(path)?;
         let found = migrate::apply(&mut writer, migrate::MIGRATIONS)?;
@@ -220,6 +238,7 @@ impl Store {
                 keyring,
                 path: path.to_owned(),
                 refresh_queue: group_commit::Queue::default(),
+                inline,
             }),
         })
     }
@@ -236,13 +255,27 @@ impl Store {
         F: FnOnce(&mut Connection, &Keyring) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        self.run(move || {
             let mut guard = lock(&inner.writer);
             let conn = guard.as_mut().ok_or_else(connection::closed)?;
             f(conn, &inner.keyring)
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs blocking SQLite work on the blocking pool (inline for a store
+    /// from [`Store::open_inline`]).
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.inner.inline {
+            return f();
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Runs `f` in one IMMEDIATE transaction on the writer; commits when it
@@ -268,9 +301,8 @@ impl Store {
         F: FnOnce(&Connection, &Keyring) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.readers.with(|conn| f(conn, &inner.keyring)))
+        self.run(move || inner.readers.with(|conn| f(conn, &inner.keyring)))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Inserts the tenant with its credentials, first token and job, all or
@@ -435,7 +467,7 @@ impl Store {
     /// Flushes and closes; later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        self.run(move || {
             inner.readers.close()?;
             let Some(conn) = lock(&inner.writer).take() else {
                 return Ok(());
@@ -445,7 +477,6 @@ impl Store {
             conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 

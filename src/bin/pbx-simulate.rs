@@ -1,0 +1,205 @@
+//! pbx-simulate: the deterministic simulation of the renewal engine (see
+//! `pbx_tokend::simulation`) over many seeds. Exits non-zero when any seed
+//! breaks an invariant, printing the seed and the command that replays it.
+//!
+//! ```sh
+//! cargo run --release --features simulation --bin pbx-simulate -- \
+//!     --tenants 100000 --hosts 20 --hours 24 --seeds 100
+//! cargo run --release --features simulation --bin pbx-simulate -- --seed 17   # replay one
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use pbx_tokend::simulation::{plan_for, run_seed, SeedReport, SimSpec};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Deterministic simulation of pbx-tokend's renewal engine"
+)]
+struct Args {
+    /// Tenants (spread evenly over the hosts).
+    #[arg(long, default_value_t = 2_000)]
+    tenants: usize,
+    /// PBX hosts.
+    #[arg(long, default_value_t = 4)]
+    hosts: usize,
+    /// Simulated hours per seed.
+    #[arg(long, default_value_t = 6.0)]
+    hours: f64,
+    /// Token lifetime the PBX grants, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    lifetime_secs: u64,
+    /// How many seeds, starting at --first-seed.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// Run just this seed (replay).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A calm PBX: no faults.
+    #[arg(long)]
+    calm: bool,
+    /// GetToken probes per simulated second.
+    #[arg(long)]
+    probes_per_sec: Option<f64>,
+    /// Seeds run in parallel (each on its own thread and database).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Directory for the temporary databases (default /dev/shm).
+    #[arg(long)]
+    db_dir: Option<PathBuf>,
+    /// Print every violation kept, not only the counts.
+    #[arg(long)]
+    verbose: bool,
+    /// Print each seed's fault plan before running it.
+    #[arg(long)]
+    show_plan: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut spec = SimSpec {
+        tenants: args.tenants,
+        hosts: args.hosts,
+        hours: args.hours,
+        lifetime_secs: args.lifetime_secs,
+        faults: !args.calm,
+        db_dir: args.db_dir.clone(),
+        ..SimSpec::small()
+    };
+    spec.probes_per_sec =
+        args.probes_per_sec
+            .unwrap_or(if args.tenants >= 50_000 { 20.0 } else { 5.0 });
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.first_seed..args.first_seed + args.seeds).collect(),
+    };
+    eprintln!(
+        "simulating {} tenants on {} hosts for {} h, token lifetime {} s, {} seed(s), {} job(s){}",
+        spec.tenants,
+        spec.hosts,
+        spec.hours,
+        spec.lifetime_secs,
+        seeds.len(),
+        args.jobs,
+        if spec.faults { "" } else { ", calm PBX" }
+    );
+    let next = AtomicU64::new(0);
+    let reports: Mutex<Vec<SeedReport>> = Mutex::new(Vec::new());
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let spec = Arc::new(spec);
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&seed) = seeds.get(i) else { return };
+                if args.show_plan {
+                    println!("seed {seed} plan:\n{}", plan_for(&spec, seed));
+                }
+                match run_seed(&spec, seed) {
+                    Ok(r) => {
+                        println!("{}", r.line());
+                        if r.violation_total() > 0 {
+                            print_failure(&r, &args);
+                        }
+                        reports.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    }
+                    Err(e) => errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("seed {seed}: {e}")),
+                }
+            });
+        }
+    });
+    let reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());
+    let errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    summary(&reports);
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    let failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.violation_total() > 0)
+        .map(|r| r.seed)
+        .collect();
+    if !errors.is_empty() {
+        eprintln!("{} seed(s) could not run", errors.len());
+        std::process::exit(2);
+    }
+    if !failed.is_empty() {
+        eprintln!("invariants broken in seed(s) {failed:?}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn print_failure(r: &SeedReport, args: &Args) {
+    println!(
+        "  seed {} FAILED; replay: cargo run --release --features simulation --bin pbx-simulate -- --tenants {} --hosts {} --hours {} --lifetime-secs {}{} --seed {}",
+        r.seed,
+        args.tenants,
+        args.hosts,
+        args.hours,
+        args.lifetime_secs,
+        if args.calm { " --calm" } else { "" },
+        r.seed
+    );
+    for (kind, n) in &r.violation_counts {
+        println!("    {kind}: {n}");
+    }
+    let shown = if args.verbose { r.violations.len() } else { 5 };
+    for v in r.violations.iter().take(shown) {
+        println!("    {v}");
+    }
+}
+
+fn summary(reports: &[SeedReport]) {
+    if reports.is_empty() {
+        return;
+    }
+    let n = reports.len() as f64;
+    let total_violations: u64 = reports.iter().map(SeedReport::violation_total).sum();
+    let requests: u64 = reports.iter().map(|r| r.pbx_requests).sum();
+    let max_rate = reports.iter().map(|r| r.max_per_second).max().unwrap_or(0);
+    let max_inflight = reports.iter().map(|r| r.max_in_flight).max().unwrap_or(0);
+    let mean_ratio = reports.iter().map(|r| r.timing.mean_ratio).sum::<f64>() / n;
+    let min_ratio = reports
+        .iter()
+        .map(|r| r.timing.min_ratio)
+        .fold(f64::INFINITY, f64::min);
+    let max_ratio = reports
+        .iter()
+        .map(|r| r.timing.max_ratio)
+        .fold(0.0, f64::max);
+    let max_recovery = reports
+        .iter()
+        .map(|r| r.checks.max_recovery_ms)
+        .max()
+        .unwrap_or(0);
+    let unfinished: u64 = reports.iter().map(|r| r.checks.recoveries_unfinished).sum();
+    let probes: u64 = reports.iter().map(|r| r.checks.probes).sum();
+    let wall: f64 = reports.iter().map(|r| r.wall.as_secs_f64()).sum();
+    println!(
+        "summary: {} seed(s), {} violation(s); {} PBX requests; max {}/s and {} in flight at any host (limits {} and {}); undisturbed renewal gap mean {:.3}, min {:.3}, max {:.3} x lifetime x at_fraction; {} probes; max recovery {:.0} s, {} unfinished; {:.0} s of seed wall time",
+        reports.len(),
+        total_violations,
+        requests,
+        max_rate,
+        max_inflight,
+        reports[0].rate_limit,
+        reports[0].concurrency_limit,
+        mean_ratio,
+        min_ratio,
+        max_ratio,
+        probes,
+        max_recovery as f64 / 1000.0,
+        unfinished,
+        wall
+    );
+}

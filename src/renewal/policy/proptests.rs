@@ -1,0 +1,139 @@
+//! Property tests of the renewal arithmetic over every valid configuration
+//! (`validate()` ranges) and any random input, including NaN and infinity:
+//! a renewal is planned after issue and before expiry, inside the jitter
+//! band unless the headroom clips it; backoff stays within its bounds;
+//! jitter stays within its range.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::secret::Secret;
+
+/// Policies `Config::validate` accepts.
+fn policies() -> impl Strategy<Value = RenewalPolicy> {
+    (
+        0.1f64..=0.95,
+        0.0f64..=0.5,
+        10u64..=3_600_000,
+        1u64..=86_400,
+    )
+        .prop_filter("at + jitter < 1", |(at, j, _, _)| at + j < 1.0)
+        .prop_flat_map(|(at, j, initial, rejected_s)| {
+            (initial..=86_400_000u64).prop_map(move |max| RenewalPolicy {
+                at_fraction: at,
+                jitter_fraction: j,
+                backoff_initial_ms: initial,
+                backoff_max_ms: max,
+                rejected_retry_ms: rejected_s * 1000,
+            })
+        })
+}
+
+/// Any f64 at all, or (more often) one in [0, 1].
+fn rands() -> impl Strategy<Value = f64> {
+    prop_oneof![3 => 0.0f64..1.0, 1 => proptest::num::f64::ANY]
+}
+
+fn token(issued: i64, lifetime_ms: i64) -> AccessToken {
+    AccessToken {
+        value: Secret::new("t".into()),
+        token_type: "Bearer".into(),
+        issued_at: UnixMs(issued),
+        expires_at: UnixMs(issued + lifetime_ms),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn renewal_is_after_issue_and_before_expiry(
+        p in policies(),
+        issued in 0i64..4_000_000_000_000,
+        lifetime in 1i64..=31 * 86_400_000,
+        rand in rands(),
+    ) {
+        let t = token(issued, lifetime);
+        let r = p.renew_at(&t, rand);
+        prop_assert!(r >= t.issued_at, "{r:?} before issue {:?}", t.issued_at);
+        prop_assert!(r < t.expires_at, "{r:?} not before expiry {:?}", t.expires_at);
+        // Never closer to expiry than the headroom (500 ms, or a tenth of a
+        // short lifetime).
+        prop_assert!(t.expires_at.0 - r.0 >= (lifetime / 10).min(500));
+    }
+
+    #[test]
+    fn renewal_is_inside_the_jitter_band(
+        p in policies(),
+        issued in 0i64..4_000_000_000_000,
+        lifetime in 10_000i64..=31 * 86_400_000,
+        rand in 0.0f64..=1.0,
+    ) {
+        let t = token(issued, lifetime);
+        let r = p.renew_at(&t, rand);
+        let lo = issued + (lifetime as f64 * (p.at_fraction - p.jitter_fraction)).floor() as i64;
+        let hi = issued + (lifetime as f64 * (p.at_fraction + p.jitter_fraction)).ceil() as i64;
+        prop_assert!(r.0 >= lo.min(t.expires_at.0 - 500), "{} < {lo}", r.0);
+        prop_assert!(r.0 <= hi, "{} > {hi}", r.0);
+        // The earliest renewal is the low edge of the same band.
+        prop_assert!(p.earliest_renewal(&t) <= r);
+    }
+
+    #[test]
+    fn renewal_moves_with_the_random_draw(
+        p in policies(),
+        lifetime in 1i64..=31 * 86_400_000,
+        a in 0.0f64..=1.0,
+        b in 0.0f64..=1.0,
+    ) {
+        let t = token(1_700_000_000_000, lifetime);
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        prop_assert!(p.renew_at(&t, lo) <= p.renew_at(&t, hi));
+    }
+
+    #[test]
+    fn backoff_is_within_its_bounds(
+        p in policies(),
+        failures in any::<u32>(),
+        rand in rands(),
+    ) {
+        let d = p.backoff(failures, rand).as_millis() as u64;
+        let exp = failures.saturating_sub(1).min(40);
+        let cap = p.backoff_initial_ms.saturating_mul(1u64 << exp).min(p.backoff_max_ms);
+        prop_assert!(d >= MIN_BACKOFF_MS, "{d} below the floor");
+        prop_assert!(d <= cap.max(MIN_BACKOFF_MS), "{d} above the cap {cap}");
+        prop_assert!(d <= p.backoff_max_ms.max(MIN_BACKOFF_MS));
+    }
+
+    #[test]
+    fn backoff_cap_never_shrinks(p in policies(), failures in 0u32..100) {
+        prop_assert!(p.backoff(failures, 1.0) <= p.backoff(failures + 1, 1.0));
+    }
+
+    #[test]
+    fn rejected_retry_jitter_is_within_ten_percent(p in policies(), rand in rands()) {
+        let d = p.rejected_retry(rand).as_millis() as u64;
+        prop_assert!(d >= p.rejected_retry_ms);
+        prop_assert!(d <= p.rejected_retry_ms + p.rejected_retry_ms / 10);
+    }
+
+    #[test]
+    fn throttle_retry_is_after_the_reset_within_the_spread(
+        p in policies(),
+        ends in 0i64..4_000_000_000_000,
+        rand in rands(),
+    ) {
+        let at = p.after_throttle(UnixMs(ends), rand);
+        prop_assert!(at.0 >= ends);
+        prop_assert!(at.0 <= ends + 2 * p.backoff_initial_ms as i64);
+    }
+
+    #[test]
+    fn seeded_jitter_is_in_range(seed in any::<u64>()) {
+        let j = crate::broker::Jitter::seeded(seed);
+        for _ in 0..100 {
+            let x = j.next();
+            prop_assert!((0.0..1.0).contains(&x));
+        }
+    }
+}

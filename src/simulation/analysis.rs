@@ -1,0 +1,124 @@
+//! After a run: renewal timing from the PBX's ledger of issued tokens.
+//!
+//! Between two consecutive tokens of one tenant, when nothing disturbed the
+//! tenant (no disruption on its host, no restart, no revocation), the gap
+//! must lie within 10 % of the policy's band, `lifetime x (at_fraction ±
+//! jitter_fraction)`: shorter is a duplicate renewal, longer a missed one.
+//! The mean of all such gaps must be within 10 % of `lifetime x
+//! at_fraction`, i.e. renewals per lifetime within 10 % of `1 /
+//! at_fraction`. Tenants whose credentials were revoked must not have been
+//! retried more often than the rare retry interval allows.
+
+use super::pbx::{Ledger, World};
+use super::plan::Plan;
+use super::record::Recorder;
+use crate::config::Config;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Timing {
+    /// Undisturbed gaps between consecutive tokens of one tenant.
+    pub gaps: u64,
+    /// Mean, min and max gap divided by `lifetime x at_fraction`.
+    pub mean_ratio: f64,
+    pub min_ratio: f64,
+    pub max_ratio: f64,
+    /// Tokens issued, over tenant-lifetimes simulated (all tenants).
+    pub renewals_per_lifetime: f64,
+    pub revoked_tenants_checked: u64,
+    pub max_rejected_requests: u32,
+}
+
+pub fn renewal_timing(
+    plan: &Plan,
+    world: &World,
+    ledgers: &[Ledger],
+    config: &Config,
+    hours: f64,
+    rec: &Recorder,
+) -> Timing {
+    let lifetime_ms = world.lifetime_secs as f64 * 1000.0;
+    let at = config.refresh.at_fraction;
+    let jitter = config.refresh.jitter_fraction;
+    let nominal = lifetime_ms * at;
+    let lo = 0.9 * (at - jitter) * lifetime_ms;
+    let hi = 1.1 * (at + jitter) * lifetime_ms;
+    let mut t = Timing {
+        min_ratio: f64::INFINITY,
+        ..Timing::default()
+    };
+    let mut sum = 0.0;
+    let mut issued_total = 0u64;
+    for (tenant, ledger) in ledgers.iter().enumerate() {
+        let host = world.host_of(tenant);
+        // The first entry is the token the tenant started with.
+        issued_total += ledger.issued.len().saturating_sub(1) as u64;
+        for pair in ledger.issued.windows(2) {
+            let (a, b) = (pair[0].0, pair[1].0);
+            if plan.disturbed(tenant, host, a, b) {
+                continue;
+            }
+            let gap = (b.0 - a.0) as f64;
+            t.gaps += 1;
+            sum += gap;
+            t.min_ratio = t.min_ratio.min(gap / nominal);
+            t.max_ratio = t.max_ratio.max(gap / nominal);
+            if gap < lo || gap > hi {
+                rec.violation(
+                    b,
+                    "renewal-interval",
+                    format!(
+                        "{} renewed {:.1} s after its previous token; the undisturbed band is {:.1}..{:.1} s",
+                        world.tenant_ids[tenant],
+                        gap / 1000.0,
+                        lo / 1000.0,
+                        hi / 1000.0
+                    ),
+                );
+            }
+        }
+        if let Some(i) = plan.revoked[tenant] {
+            let r = plan.revocations[i];
+            let until = r.restore.unwrap_or(plan.end).min(plan.end);
+            let shaken = plan.by_host[host]
+                .iter()
+                .any(|&f| plan.faults[f].disrupts && plan.faults[f].window.overlaps(r.at, until))
+                || plan.restarts.iter().any(|x| x.window.overlaps(r.at, until));
+            if !shaken && until > r.at {
+                t.revoked_tenants_checked += 1;
+                t.max_rejected_requests = t.max_rejected_requests.max(ledger.requests_revoked);
+                let retry_ms = config.refresh.rejected_retry_seconds as f64 * 1000.0;
+                let allowed = ((until.0 - r.at.0) as f64 / retry_ms).ceil() as u32 + 2;
+                if ledger.requests_revoked > allowed {
+                    rec.violation(
+                        r.at,
+                        "rejected-retries",
+                        format!(
+                            "{} was tried {} times while its credentials were rejected ({} allowed)",
+                            world.tenant_ids[tenant], ledger.requests_revoked, allowed
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if t.gaps > 0 {
+        t.mean_ratio = sum / t.gaps as f64 / nominal;
+        if !(0.9..=1.1).contains(&t.mean_ratio) {
+            rec.violation(
+                plan.end,
+                "renewal-rate",
+                format!(
+                    "mean undisturbed renewal gap is {:.3} x lifetime x at_fraction (allowed 0.9..1.1)",
+                    t.mean_ratio
+                ),
+            );
+        }
+    } else {
+        t.min_ratio = 0.0;
+    }
+    let tenant_lifetimes = ledgers.len() as f64 * hours * 3_600_000.0 / lifetime_ms;
+    if tenant_lifetimes > 0.0 {
+        t.renewals_per_lifetime = issued_total as f64 / tenant_lifetimes;
+    }
+    t
+}

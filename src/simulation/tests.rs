@@ -1,0 +1,140 @@
+//! The simulation in CI: the small size over a handful of seeds, replay of
+//! a seed, and proof that the checker sees deliberate bugs. The full size
+//! runs from `pbx-simulate` (see docs/RELIABILITY.md).
+
+use super::*;
+use crate::pbx::parse::{parse_token_response, ResponseMeta};
+
+fn assert_clean(r: &SeedReport) {
+    assert!(
+        r.violation_total() == 0,
+        "seed {} broke invariants (replay: cargo run --release --features simulation --bin pbx-simulate -- --tenants {} --hosts {} --hours {} --seed {}):\n{}\n{:#?}",
+        r.seed,
+        r.tenants,
+        r.hosts,
+        r.hours,
+        r.seed,
+        r.violations
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        r.violation_counts
+    );
+}
+
+#[test]
+fn malformed_bodies_are_refused_by_the_parser() {
+    for (ct, body) in pbx::MALFORMED {
+        let meta = ResponseMeta {
+            content_type: Some(ct.into()),
+            ..ResponseMeta::default()
+        };
+        assert!(
+            parse_token_response(200, &meta, body.as_bytes(), 86_400).is_err(),
+            "{body:?} was accepted"
+        );
+    }
+}
+
+/// The CI size with faults: every fault kind, restarts included, over a
+/// few seeds (one test each, so they run in parallel).
+fn small_seed(seed: u64) {
+    let r = run_seed(&SimSpec::small(), seed).unwrap();
+    eprintln!("{}", r.line());
+    assert_clean(&r);
+    assert!(r.checks.probes_ok > 0 && r.timing.gaps > 0, "{r:?}");
+}
+
+#[test]
+fn small_size_seed_1() {
+    small_seed(1);
+}
+
+#[test]
+fn small_size_seed_2() {
+    small_seed(2);
+}
+
+#[test]
+fn small_size_calm_pbx_renews_on_schedule() {
+    let calm = SimSpec {
+        faults: false,
+        ..SimSpec::small()
+    };
+    let r = run_seed(&calm, 4).unwrap();
+    eprintln!("{}", r.line());
+    assert_clean(&r);
+    // Every token renewed on schedule: 1 / at_fraction renewals per lifetime.
+    assert!((0.95..1.05).contains(&r.timing.mean_ratio), "{r:?}");
+    assert!(
+        (1.2..1.3).contains(&r.timing.renewals_per_lifetime),
+        "{r:?}"
+    );
+    assert_eq!(r.checks.probes_refused + r.checks.probes_timed_out, 0);
+}
+
+const REPLAY_SEED: u64 = 4;
+
+fn tiny() -> SimSpec {
+    SimSpec {
+        tenants: 200,
+        hosts: 2,
+        hours: 3.0,
+        probes_per_sec: 2.0,
+        ..SimSpec::small()
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let spec = SimSpec {
+        hours: 6.0,
+        ..tiny()
+    };
+    // A seed whose plan has an outage, a storm and a restart.
+    let plan = plan_for(&spec, REPLAY_SEED);
+    assert!(
+        !plan.restarts.is_empty()
+            && plan.count(|k| matches!(k, FaultKind::Outage(_))) > 0
+            && plan.count(|k| matches!(k, FaultKind::Storm(_))) > 0,
+        "{plan}"
+    );
+    let a = run_seed(&spec, REPLAY_SEED).unwrap();
+    let b = run_seed(&spec, REPLAY_SEED).unwrap();
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(a.pbx_requests, b.pbx_requests);
+    assert_eq!(a.checks.probes_ok, b.checks.probes_ok);
+    assert_eq!(a.timing, b.timing);
+    let c = run_seed(&spec, REPLAY_SEED + 1).unwrap();
+    assert_ne!(a.digest, c.digest);
+}
+
+#[test]
+fn checker_catches_a_limit_above_the_pbx() {
+    let spec = SimSpec {
+        mutation: Some(Mutation::PbxLimitBelowConfig),
+        // A restart makes the daemon spread its overdue renewals at half its
+        // configured rate, which is then the PBX's full rate: add load.
+        faults: true,
+        ..tiny()
+    };
+    let found = (1..=5).any(|seed| {
+        let r = run_seed(&spec, seed).unwrap();
+        r.violation_counts.iter().any(|(k, _)| *k == "rate-limit")
+    });
+    assert!(found, "no seed tripped the rate-limit check");
+}
+
+#[test]
+fn checker_catches_tokens_outliving_the_pbx() {
+    let spec = SimSpec {
+        mutation: Some(Mutation::DefaultLifetimeTooLong),
+        faults: false,
+        ..tiny()
+    };
+    let r = run_seed(&spec, 1).unwrap();
+    let kinds: Vec<_> = r.violation_counts.iter().map(|(k, _)| *k).collect();
+    assert!(kinds.contains(&"token-outlives-pbx"), "{kinds:?}");
+    assert!(kinds.contains(&"pbx-expired-token-served"), "{kinds:?}");
+}
