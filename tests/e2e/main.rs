@@ -9,6 +9,7 @@ mod harness;
 mod admin;
 mod binary;
 mod failures;
+mod kill9;
 mod onboarding;
 mod onboarding_callback;
 mod onboarding_crash;

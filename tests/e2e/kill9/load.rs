@@ -1,0 +1,352 @@
+//! What runs against the daemon while it is being killed: GetToken checkers
+//! (a sweep over every tenant after each restart, plus random sampling), an
+//! onboarding driver that keeps several authorization flows in flight
+//! (BeginAuthorization, the simulator's approval, CompleteAuthorization,
+//! started again after whatever a kill did to them), and a creator of new
+//! trusted-app tenants. Every answer is judged; what must never happen is
+//! recorded as a violation.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use pbx_tokend::proto::admin_service_client::AdminServiceClient;
+use pbx_tokend::proto::token_service_client::TokenServiceClient;
+use pbx_tokend::proto::{self, AppCredentials};
+use pbx_tokend::sim::{AppInfo, Simulator};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::harness::{now_ms, ts_ms};
+use crate::onboarding::REDIRECT;
+
+/// Counters, all monotonic.
+#[derive(Default)]
+pub struct Counters {
+    pub get_ok: AtomicU64,
+    pub get_unavailable: AtomicU64,
+    pub get_transport: AtomicU64,
+    /// Valid when the daemon answered, expired by the time the answer arrived.
+    pub expired_in_transit: AtomicU64,
+    /// Checked against the simulator (`token_valid`).
+    pub sim_checked: AtomicU64,
+    pub sweeps: AtomicU64,
+    pub late_created: AtomicU64,
+    pub late_failed: AtomicU64,
+    pub begins: AtomicU64,
+    pub completes: AtomicU64,
+    pub completes_ok: AtomicU64,
+    pub resumes_by_tenant: AtomicU64,
+}
+
+pub struct Shared {
+    pub channel: Channel,
+    pub key: RwLock<Option<String>>,
+    pub sim: Simulator,
+    pub sim_url: String,
+    pub public: AppInfo,
+    /// Tenants that must serve a token from now on.
+    pub pool: RwLock<Vec<String>>,
+    /// Tenants whose creation the daemon acknowledged.
+    pub acked: Mutex<HashSet<String>>,
+    /// Tenants whose CreateTenant may or may not have been stored.
+    pub maybe: Mutex<HashSet<String>>,
+    /// Onboarded tenant -> the trusted client_id it was seen ACTIVE with.
+    pub onboarded: Mutex<HashMap<String, String>>,
+    pub counters: Counters,
+    pub violations: Mutex<Vec<String>>,
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    pub fn req<T>(&self, m: T) -> Request<T> {
+        let mut r = Request::new(m);
+        r.set_timeout(Duration::from_secs(5));
+        if let Some(key) = self.key.read().unwrap().as_ref() {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        }
+        r
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn tokens(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel.clone())
+    }
+
+    pub fn violation(&self, v: String) {
+        eprintln!("kill9 VIOLATION: {v}");
+        let mut all = self.violations.lock().unwrap();
+        if all.len() < 200 {
+            all.push(v);
+        }
+    }
+
+    fn count(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_to_pool(&self, id: &str) {
+        self.pool.write().unwrap().push(id.to_owned());
+    }
+
+    /// One GetToken, judged. Transport errors and UNAVAILABLE are what a
+    /// killed daemon looks like; a missing or unservable tenant that must
+    /// serve, or an expired token, is a violation.
+    pub async fn check_token(&self, id: &str) {
+        let sent = now_ms();
+        let answer = self
+            .tokens()
+            .get_token(self.req(proto::GetTokenRequest {
+                tenant_id: id.to_owned(),
+                min_valid_seconds: 0,
+            }))
+            .await;
+        let received = now_ms();
+        let token = match answer {
+            Ok(t) => t.into_inner(),
+            Err(s) => {
+                match s.code() {
+                    Code::Unavailable if s.message().contains("no valid token") => {
+                        Self::count(&self.counters.get_unavailable)
+                    }
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                        Self::count(&self.counters.get_transport)
+                    }
+                    _ => self.violation(format!("GetToken({id}): {s:?}")),
+                }
+                return;
+            }
+        };
+        Self::count(&self.counters.get_ok);
+        let expires = ts_ms(&token.expires_at);
+        if expires <= sent {
+            self.violation(format!(
+                "GetToken({id}) served a token that had expired {} ms before the call",
+                sent - expires
+            ));
+            return;
+        }
+        if expires <= received {
+            Self::count(&self.counters.expired_in_transit);
+            return;
+        }
+        // The daemon counts a token's life from before its request, the
+        // simulator from its answer: the daemon's expiry is never later.
+        if expires - received > 250 {
+            Self::count(&self.counters.sim_checked);
+            if !self.sim.issued_token_valid(&token.access_token) {
+                self.violation(format!(
+                    "GetToken({id}) served a token the PBX does not accept (expires_at in {} ms)",
+                    expires - received
+                ));
+            }
+        }
+    }
+}
+
+/// Random GetToken calls over the pool until stopped.
+pub async fn sampler(sh: Arc<Shared>) {
+    while !sh.stop.is_cancelled() {
+        let id = {
+            let pool = sh.pool.read().unwrap();
+            if pool.is_empty() {
+                None
+            } else {
+                Some(pool[rand::thread_rng().gen_range(0..pool.len())].clone())
+            }
+        };
+        if let Some(id) = id {
+            sh.check_token(&id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// After each restart (a new value on `restarts`): GetToken for every
+/// tenant of the pool, 16 at a time.
+pub async fn sweeper(sh: Arc<Shared>, mut restarts: watch::Receiver<u32>) {
+    loop {
+        tokio::select! {
+            _ = sh.stop.cancelled() => return,
+            changed = restarts.changed() => if changed.is_err() { return },
+        }
+        let ids = sh.pool.read().unwrap().clone();
+        let run = *restarts.borrow();
+        futures::stream::iter(ids)
+            .take_while(|_| {
+                let same = *restarts.borrow() == run && !sh.stop.is_cancelled();
+                async move { same }
+            })
+            .for_each_concurrent(16, |id| {
+                let sh = sh.clone();
+                async move { sh.check_token(&id).await }
+            })
+            .await;
+        Shared::count(&sh.counters.sweeps);
+    }
+}
+
+/// Registers new tenants with fresh trusted apps, one every `every`.
+pub async fn late_creator(sh: Arc<Shared>, every: Duration) {
+    let mut n = 0u32;
+    while !sh.stop.is_cancelled() {
+        tokio::time::sleep(every).await;
+        n += 1;
+        let id = format!("late-{n:05}");
+        let app = sh.sim.add_trusted_app(None, None).unwrap();
+        sh.maybe.lock().unwrap().insert(id.clone());
+        let r = sh
+            .admin()
+            .create_tenant(sh.req(proto::CreateTenantRequest {
+                tenant_id: id.clone(),
+                pbx_base_url: sh.sim_url.clone(),
+                trusted_app: Some(AppCredentials {
+                    client_id: app.client_id,
+                    client_secret: app.client_secret,
+                }),
+                ..Default::default()
+            }))
+            .await;
+        match r {
+            Ok(_) => {
+                sh.maybe.lock().unwrap().remove(&id);
+                sh.acked.lock().unwrap().insert(id.clone());
+                sh.add_to_pool(&id);
+                Shared::count(&sh.counters.late_created);
+            }
+            Err(_) => Shared::count(&sh.counters.late_failed),
+        }
+    }
+}
+
+/// Onboards `ids` (PENDING_AUTHORIZATION tenants with the public app),
+/// `parallel` at a time; returns when all are ACTIVE or when stopped.
+pub async fn onboard_all(sh: Arc<Shared>, ids: Vec<String>, parallel: usize) {
+    futures::stream::iter(ids)
+        .for_each_concurrent(parallel, |id| {
+            let sh = sh.clone();
+            async move { onboard(&sh, &id).await }
+        })
+        .await;
+}
+
+async fn pause() {
+    let ms = rand::thread_rng().gen_range(10..60);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Drives one tenant from registration to ACTIVE through whatever kills do
+/// to its flow: a lost reply is retried, a used or superseded state gets a
+/// new BeginAuthorization, a flow holding a new app is resumed by tenant id.
+async fn onboard(sh: &Shared, id: &str) {
+    let mut registered = false;
+    let mut state: Option<String> = None;
+    while !sh.stop.is_cancelled() {
+        if !registered {
+            let r = sh
+                .admin()
+                .create_tenant(sh.req(proto::CreateTenantRequest {
+                    tenant_id: id.to_owned(),
+                    pbx_base_url: sh.sim_url.clone(),
+                    public_app: Some(AppCredentials {
+                        client_id: sh.public.client_id.clone(),
+                        client_secret: sh.public.client_secret.clone(),
+                    }),
+                    redirect_uri: REDIRECT.into(),
+                    ..Default::default()
+                }))
+                .await;
+            match r {
+                Ok(_) => registered = true,
+                Err(s) if s.code() == Code::AlreadyExists => registered = true,
+                Err(_) => {
+                    pause().await;
+                    continue;
+                }
+            }
+            sh.acked.lock().unwrap().insert(id.to_owned());
+        }
+        match sh
+            .admin()
+            .get_tenant(sh.req(proto::GetTenantRequest {
+                tenant_id: id.to_owned(),
+            }))
+            .await
+        {
+            Ok(t) => {
+                let t = t.into_inner();
+                if t.state == proto::TenantState::Active as i32 {
+                    sh.onboarded
+                        .lock()
+                        .unwrap()
+                        .insert(id.to_owned(), t.trusted_client_id);
+                    sh.add_to_pool(id);
+                    return;
+                }
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                sh.violation(format!("onboarding tenant {id} was registered and is gone"));
+                return;
+            }
+            Err(_) => {
+                pause().await;
+                continue;
+            }
+        }
+        let Some(current) = state.clone() else {
+            Shared::count(&sh.counters.begins);
+            match sh
+                .admin()
+                .begin_authorization(sh.req(proto::BeginAuthorizationRequest {
+                    tenant_id: id.to_owned(),
+                }))
+                .await
+            {
+                Ok(b) => state = Some(b.into_inner().state),
+                // A flow holds a new app: it must be finished, not replaced.
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    Shared::count(&sh.counters.resumes_by_tenant);
+                    let _ = complete(sh, "", id, "").await;
+                }
+                Err(_) => pause().await,
+            }
+            continue;
+        };
+        // A fresh code each time: a kill may have spent the last one.
+        let code = sh.sim.approve(&sh.public.client_id, REDIRECT).unwrap();
+        match complete(sh, &current, "", &code).await {
+            Ok(_) => {}
+            // Used, superseded, failed or expired: start again.
+            Err(c) if c == Code::FailedPrecondition => state = None,
+            Err(_) => pause().await,
+        }
+    }
+}
+
+async fn complete(sh: &Shared, state: &str, tenant: &str, code: &str) -> Result<(), Code> {
+    Shared::count(&sh.counters.completes);
+    let r = sh
+        .admin()
+        .complete_authorization(sh.req(proto::CompleteAuthorizationRequest {
+            state: state.to_owned(),
+            tenant_id: tenant.to_owned(),
+            code: code.to_owned(),
+        }))
+        .await;
+    match r {
+        Ok(_) => {
+            Shared::count(&sh.counters.completes_ok);
+            Ok(())
+        }
+        Err(s) => Err(s.code()),
+    }
+}
