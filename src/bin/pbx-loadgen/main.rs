@@ -7,10 +7,16 @@
 //! percentiles of the successful calls (in microseconds, from per-task
 //! HDR histograms merged at the end).
 //!
+//! With `--rate N` the calls are open-loop at a steady N/s instead
+//! (`rate.rs`). Every answer's `expires_at` is checked against this
+//! machine's clock: a token that had expired when the call was sent is
+//! counted as `expired_served` (the goal is zero).
+//!
 //! `--make-h2load-body FILE --tenant ID` instead writes one pre-encoded gRPC
 //! request for driving the server with h2load (see `--help`).
 
 mod baseline;
+mod rate;
 mod seed;
 
 #[path = "../pbx-tokenctl/codes.rs"]
@@ -102,7 +108,8 @@ struct Args {
     #[arg(long, default_value_t = 6, value_name = "DIGITS")]
     id_width: usize,
 
-    /// Calls in flight at any time (one task each, closed loop).
+    /// Calls in flight at any time (one task each, closed loop); with
+    /// --rate, the most calls in flight (the tasks share the schedule).
     #[arg(long, default_value_t = 50, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
@@ -119,6 +126,12 @@ struct Args {
     /// Unmeasured time before the measurement starts.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
     warmup: Duration,
+
+    /// Open loop: N calls/s on a fixed schedule, latency counted from when
+    /// each call was due (see rate.rs). Without it: closed loop. With
+    /// --seed-from-sim: register N tenants/s.
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
 
     /// GetTokenRequest.min_valid_seconds (0 = the daemon's default).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
@@ -233,6 +246,10 @@ struct Plan {
     min_valid: u32,
     timeout: Duration,
     auth: Option<MetadataValue<Ascii>>,
+    /// Open loop: calls/s, when the schedule starts, how many tasks share it.
+    rate: Option<f64>,
+    start: Instant,
+    tasks: u64,
     measure_start: Instant,
     end: Instant,
 }
@@ -242,6 +259,10 @@ struct Tally {
     latency: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<&'static str, u64>,
+    /// Answers whose token had expired when the call was sent.
+    expired: u64,
+    /// Open loop: calls sent later than their due time (the task was busy).
+    late: u64,
 }
 
 impl Tally {
@@ -250,6 +271,8 @@ impl Tally {
             latency: latency_histogram()?,
             ok: 0,
             errors: BTreeMap::new(),
+            expired: 0,
+            late: 0,
         })
     }
 
@@ -258,6 +281,8 @@ impl Tally {
             .add(&other.latency)
             .map_err(|e| anyhow!("merging histograms: {e}"))?;
         self.ok += other.ok;
+        self.expired += other.expired;
+        self.late += other.late;
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
@@ -269,10 +294,41 @@ impl Tally {
     }
 }
 
-async fn worker(mut client: TokenServiceClient<Channel>, plan: Arc<Plan>) -> Result<Tally> {
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn timestamp_ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+/// Closed loop: calls back to back. Open loop (`plan.rate`): this task's
+/// share of the schedule, call `slot`, `slot + tasks`, ...
+async fn worker(
+    mut client: TokenServiceClient<Channel>,
+    plan: Arc<Plan>,
+    slot: u64,
+) -> Result<Tally> {
     let mut tally = Tally::new()?;
     let mut rng = StdRng::from_entropy();
+    let mut next = slot;
     loop {
+        let due = match plan.rate {
+            Some(r) => {
+                let due = rate::due(plan.start, r, next);
+                next += plan.tasks;
+                if due >= plan.end {
+                    return Ok(tally);
+                }
+                tokio::time::sleep_until(due).await;
+                Some(due)
+            }
+            None => None,
+        };
         let index = plan.first_index + rng.gen_range(0..plan.tenants);
         let mut req = Request::new(GetTokenRequest {
             tenant_id: tenant_id(&plan.prefix, index, plan.id_width),
@@ -286,19 +342,32 @@ async fn worker(mut client: TokenServiceClient<Channel>, plan: Arc<Plan>) -> Res
         if start >= plan.end {
             return Ok(tally);
         }
+        let sent_at = wall_ms();
         let result = tokio::time::timeout(plan.timeout, client.get_token(req)).await;
         let done = Instant::now();
-        if start < plan.measure_start || done > plan.end {
+        let origin = due.map_or(start, |d| rate::latency_origin(d, start));
+        if origin < plan.measure_start || done > plan.end {
             continue;
         }
+        if due.is_some_and(|d| rate::is_late(d, start)) {
+            tally.late += 1;
+        }
         let code = match result {
-            Ok(Ok(_)) => Code::Ok,
+            Ok(Ok(answer)) => {
+                let expires = answer.get_ref().expires_at.as_ref().map_or(0, timestamp_ms);
+                if expires <= sent_at {
+                    tally.expired += 1;
+                }
+                Code::Ok
+            }
             Ok(Err(status)) => status.code(),
             Err(_) => Code::DeadlineExceeded,
         };
         if code == Code::Ok {
             tally.ok += 1;
-            tally.latency.saturating_record(micros(done - start).max(1));
+            tally
+                .latency
+                .saturating_record(micros(done - origin).max(1));
         } else {
             *tally.errors.entry(code_name(code)).or_default() += 1;
         }
@@ -343,14 +412,20 @@ async fn run_load(args: &Args) -> Result<Tally> {
         min_valid: args.min_valid,
         timeout: args.timeout,
         auth,
+        rate: args.rate,
+        start: now,
+        tasks: u64::from(args.concurrency),
         measure_start,
         end: measure_start + args.duration,
     });
     if !args.json {
         eprintln!(
-            "{} connections, {} tasks: warming up {}, then measuring {}",
+            "{} connections, {} tasks{}: warming up {}, then measuring {}",
             args.connections,
             args.concurrency,
+            args.rate
+                .map(|r| format!(" at {r} calls/s (open loop)"))
+                .unwrap_or_default(),
             short_duration(args.warmup),
             short_duration(args.duration)
         );
@@ -362,7 +437,11 @@ async fn run_load(args: &Args) -> Result<Tally> {
             .get(idx)
             .cloned()
             .ok_or_else(|| anyhow!("no connection"))?;
-        tasks.spawn(worker(TokenServiceClient::new(channel), plan.clone()));
+        tasks.spawn(worker(
+            TokenServiceClient::new(channel),
+            plan.clone(),
+            u64::from(i),
+        ));
     }
     let mut total = Tally::new()?;
     while let Some(joined) = tasks.join_next().await {
@@ -414,6 +493,9 @@ fn report_json(args: &Args, t: &Tally) -> Value {
         "ok": t.ok,
         "errors_total": t.error_total(),
         "errors": t.errors,
+        "rate": args.rate,
+        "expired_served": t.expired,
+        "late_sends": t.late,
         "requests_per_second": per_second(requests, args.duration),
         "ok_per_second": per_second(t.ok, args.duration),
         "latency_us": latency,
@@ -462,6 +544,10 @@ fn report_text(args: &Args, t: &Tally) -> String {
         format!("{} ({:.1}/s)", t.ok, per_second(t.ok, args.duration)),
     );
     line("errors", t.error_total().to_string());
+    line("expired served", t.expired.to_string());
+    if let Some(r) = args.rate {
+        line("open loop", format!("{r} calls/s, {} sent late", t.late));
+    }
     for (code, n) in &t.errors {
         line(&format!("  {code}"), n.to_string());
     }
@@ -493,6 +579,11 @@ fn write_h2load_body(path: &PathBuf, tenant: &str, min_valid: u32) -> Result<()>
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--rate must be a positive number of calls per second");
+        }
+    }
     if let Some(path) = &args.make_h2load_body {
         let tenant = args
             .tenant
@@ -526,6 +617,7 @@ fn run(args: Args) -> Result<ExitCode> {
                     sim_base_url: sim.clone(),
                     concurrency: args.concurrency,
                     api_key: args.api_key.clone(),
+                    rate: args.rate,
                 },
             )
             .await

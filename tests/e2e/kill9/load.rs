@@ -1,10 +1,8 @@
 //! What runs against the daemon while it is being killed: GetToken checkers
-//! (a sweep over every tenant after each restart, plus random sampling), an
-//! onboarding driver that keeps several authorization flows in flight
-//! (BeginAuthorization, the simulator's approval, CompleteAuthorization,
-//! started again after whatever a kill did to them), and a creator of new
-//! trusted-app tenants. Every answer is judged; what must never happen is
-//! recorded as a violation.
+//! (a sweep over every tenant after each restart, plus random sampling) and
+//! a creator of new trusted-app tenants (the authorization flows are in
+//! `flows.rs`), with the state they share. Every answer is judged; what
+//! must never happen is recorded as a violation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +21,6 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::harness::{now_ms, ts_ms};
-use crate::onboarding::REDIRECT;
 
 /// Counters, all monotonic.
 #[derive(Default)]
@@ -42,6 +39,7 @@ pub struct Counters {
     pub completes: AtomicU64,
     pub completes_ok: AtomicU64,
     pub resumes_by_tenant: AtomicU64,
+    pub flows_completed: AtomicU64,
 }
 
 pub struct Shared {
@@ -56,8 +54,11 @@ pub struct Shared {
     pub acked: Mutex<HashSet<String>>,
     /// Tenants whose CreateTenant may or may not have been stored.
     pub maybe: Mutex<HashSet<String>>,
-    /// Onboarded tenant -> the trusted client_id it was seen ACTIVE with.
-    pub onboarded: Mutex<HashMap<String, String>>,
+    /// Onboarded tenant -> every trusted client_id it was seen ACTIVE
+    /// with, oldest first (re-authorizations add to it).
+    pub onboarded: Mutex<HashMap<String, Vec<String>>>,
+    /// Cancelled after the last kill: drivers finish their flow and stop.
+    pub flows_stop: CancellationToken,
     pub counters: Counters,
     pub violations: Mutex<Vec<String>>,
     pub stop: CancellationToken,
@@ -90,7 +91,7 @@ impl Shared {
         }
     }
 
-    fn count(c: &AtomicU64) {
+    pub fn count(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -225,128 +226,5 @@ pub async fn late_creator(sh: Arc<Shared>, every: Duration) {
             }
             Err(_) => Shared::count(&sh.counters.late_failed),
         }
-    }
-}
-
-/// Onboards `ids` (PENDING_AUTHORIZATION tenants with the public app),
-/// `parallel` at a time; returns when all are ACTIVE or when stopped.
-pub async fn onboard_all(sh: Arc<Shared>, ids: Vec<String>, parallel: usize) {
-    futures::stream::iter(ids)
-        .for_each_concurrent(parallel, |id| {
-            let sh = sh.clone();
-            async move { onboard(&sh, &id).await }
-        })
-        .await;
-}
-
-async fn pause() {
-    let ms = rand::thread_rng().gen_range(10..60);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-/// Drives one tenant from registration to ACTIVE through whatever kills do
-/// to its flow: a lost reply is retried, a used or superseded state gets a
-/// new BeginAuthorization, a flow holding a new app is resumed by tenant id.
-async fn onboard(sh: &Shared, id: &str) {
-    let mut registered = false;
-    let mut state: Option<String> = None;
-    while !sh.stop.is_cancelled() {
-        if !registered {
-            let r = sh
-                .admin()
-                .create_tenant(sh.req(proto::CreateTenantRequest {
-                    tenant_id: id.to_owned(),
-                    pbx_base_url: sh.sim_url.clone(),
-                    public_app: Some(AppCredentials {
-                        client_id: sh.public.client_id.clone(),
-                        client_secret: sh.public.client_secret.clone(),
-                    }),
-                    redirect_uri: REDIRECT.into(),
-                    ..Default::default()
-                }))
-                .await;
-            match r {
-                Ok(_) => registered = true,
-                Err(s) if s.code() == Code::AlreadyExists => registered = true,
-                Err(_) => {
-                    pause().await;
-                    continue;
-                }
-            }
-            sh.acked.lock().unwrap().insert(id.to_owned());
-        }
-        match sh
-            .admin()
-            .get_tenant(sh.req(proto::GetTenantRequest {
-                tenant_id: id.to_owned(),
-            }))
-            .await
-        {
-            Ok(t) => {
-                let t = t.into_inner();
-                if t.state == proto::TenantState::Active as i32 {
-                    sh.onboarded
-                        .lock()
-                        .unwrap()
-                        .insert(id.to_owned(), t.trusted_client_id);
-                    sh.add_to_pool(id);
-                    return;
-                }
-            }
-            Err(s) if s.code() == Code::NotFound => {
-                sh.violation(format!("onboarding tenant {id} was registered and is gone"));
-                return;
-            }
-            Err(_) => {
-                pause().await;
-                continue;
-            }
-        }
-        let Some(current) = state.clone() else {
-            Shared::count(&sh.counters.begins);
-            match sh
-                .admin()
-                .begin_authorization(sh.req(proto::BeginAuthorizationRequest {
-                    tenant_id: id.to_owned(),
-                }))
-                .await
-            {
-                Ok(b) => state = Some(b.into_inner().state),
-                // A flow holds a new app: it must be finished, not replaced.
-                Err(s) if s.code() == Code::FailedPrecondition => {
-                    Shared::count(&sh.counters.resumes_by_tenant);
-                    let _ = complete(sh, "", id, "").await;
-                }
-                Err(_) => pause().await,
-            }
-            continue;
-        };
-        // A fresh code each time: a kill may have spent the last one.
-        let code = sh.sim.approve(&sh.public.client_id, REDIRECT).unwrap();
-        match complete(sh, &current, "", &code).await {
-            Ok(_) => {}
-            // Used, superseded, failed or expired: start again.
-            Err(c) if c == Code::FailedPrecondition => state = None,
-            Err(_) => pause().await,
-        }
-    }
-}
-
-async fn complete(sh: &Shared, state: &str, tenant: &str, code: &str) -> Result<(), Code> {
-    Shared::count(&sh.counters.completes);
-    let r = sh
-        .admin()
-        .complete_authorization(sh.req(proto::CompleteAuthorizationRequest {
-            state: state.to_owned(),
-            tenant_id: tenant.to_owned(),
-            code: code.to_owned(),
-        }))
-        .await;
-    match r {
-        Ok(_) => {
-            Shared::count(&sh.counters.completes_ok);
-            Ok(())
-        }
-        Err(s) => Err(s.code()),
     }
 }
