@@ -152,6 +152,15 @@ impl Proc {
     }
 }
 
+/// A campaign that fails half-way must not leave a daemon running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // No-op once waited for: std does not signal a reaped pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
