@@ -141,7 +141,9 @@ async fn open_everything(store: &Store) -> Result<Snapshot, String> {
             if let Some(app) = &trusted {
                 snap.opened += 1;
                 if Some(&app.client_id) != t.trusted_client_id.as_ref() {
-                    return Err(format!("{id}: trusted client_id differs from the tenant row"));
+                    return Err(format!(
+                        "{id}: trusted client_id differs from the tenant row"
+                    ));
                 }
             }
             if store
@@ -161,8 +163,8 @@ async fn open_everything(store: &Store) -> Result<Snapshot, String> {
                     .flows_by_step
                     .entry(flow.step.as_str().to_owned())
                     .or_default() += 1;
-                snap.opened += u64::from(flow.public_token.is_some())
-                    + u64::from(flow.token.is_some());
+                snap.opened +=
+                    u64::from(flow.public_token.is_some()) + u64::from(flow.token.is_some());
                 if let Some(app) = flow.app {
                     snap.opened += 1;
                     snap.held_by_flows.push(app.client_id);

@@ -135,7 +135,7 @@ async fn flow(sh: &Shared, id: &str, before: Option<&str>) -> Option<String> {
         match complete(sh, &current, "", &code).await {
             Ok(()) => {}
             // Used, superseded, failed or expired: start again.
-            Err(c) if c == Code::FailedPrecondition => state = None,
+            Err(Code::FailedPrecondition) => state = None,
             Err(_) => pause().await,
         }
     }

@@ -119,9 +119,10 @@ impl Shared {
                     Code::Unavailable if s.message().contains("no valid token") => {
                         Self::count(&self.counters.get_unavailable)
                     }
-                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-                        Self::count(&self.counters.get_transport)
-                    }
+                    Code::Unavailable
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded => Self::count(&self.counters.get_transport),
                     _ => self.violation(format!("GetToken({id}): {s:?}")),
                 }
                 return;

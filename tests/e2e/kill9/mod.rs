@@ -115,7 +115,10 @@ pub async fn campaign(p: Params) -> Report {
     });
     for i in 0..p.tenants {
         sim.sim
-            .add_trusted_app(Some(&format!("k9-{i:06}")), Some(&format!("k9-secret-{i:06}")))
+            .add_trusted_app(
+                Some(&format!("k9-{i:06}")),
+                Some(&format!("k9-secret-{i:06}")),
+            )
             .unwrap();
     }
     let public = sim.sim.add_public_app(None, None, REDIRECT).unwrap();
@@ -196,7 +199,9 @@ pub async fn campaign(p: Params) -> Report {
                 kills_amid_flows += u32::from(amid);
                 for id in &acked {
                     if !snap.tenants.contains_key(id) {
-                        sh.violation(format!("kill {k}: acknowledged tenant {id} is not in the database"));
+                        sh.violation(format!(
+                            "kill {k}: acknowledged tenant {id} is not in the database"
+                        ));
                     }
                 }
                 for (id, history) in &onboarded {
@@ -205,9 +210,13 @@ pub async fn campaign(p: Params) -> Report {
                     // older one (a committed re-authorization undone).
                     let stored = snap.tenants.get(id).and_then(|t| t.1.clone());
                     let last = history.last();
-                    let older = stored.as_ref().is_some_and(|s| history.contains(s) && Some(s) != last);
+                    let older = stored
+                        .as_ref()
+                        .is_some_and(|s| history.contains(s) && Some(s) != last);
                     if stored.is_none() || older {
-                        sh.violation(format!("kill {k}: onboarded tenant {id} uses {stored:?}, was {last:?}"));
+                        sh.violation(format!(
+                            "kill {k}: onboarded tenant {id} uses {stored:?}, was {last:?}"
+                        ));
                     }
                 }
             }
@@ -232,7 +241,9 @@ pub async fn campaign(p: Params) -> Report {
     })
     .await;
     if finish.is_err() {
-        sh.violation("authorization flows did not all finish within 60 s after the last kill".into());
+        sh.violation(
+            "authorization flows did not all finish within 60 s after the last kill".into(),
+        );
     }
     sh.stop.cancel();
     while tasks.join_next().await.is_some() {}
@@ -250,7 +261,11 @@ pub async fn campaign(p: Params) -> Report {
     let fin = final_checks(&sh, &setup, &held).await;
     let mut ready = ready_ms.lock().unwrap().clone();
     ready.sort_unstable();
-    let pct = |q: f64| ready.get(((ready.len() as f64 - 1.0) * q).round() as usize).copied();
+    let pct = |q: f64| {
+        ready
+            .get(((ready.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
     if !proc.terminate() {
         sh.violation("the final run did not stop cleanly on SIGTERM".into());
     }
@@ -301,7 +316,10 @@ pub async fn campaign(p: Params) -> Report {
         "seconds": t0.elapsed().as_secs(),
         "violations": violations.len(),
     });
-    eprintln!("kill9 report: {}", serde_json::to_string_pretty(&json).unwrap());
+    eprintln!(
+        "kill9 report: {}",
+        serde_json::to_string_pretty(&json).unwrap()
+    );
     if let Ok(path) = std::env::var("KILL9_REPORT") {
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     }
@@ -465,7 +483,9 @@ async fn final_checks(sh: &Arc<Shared>, setup: &Setup, held: &HashSet<String>) -
                 match r {
                     Ok(t) => {
                         let t = t.into_inner();
-                        if ts_ms(&t.expires_at) <= now_ms() || !sh.sim.issued_token_valid(&t.access_token) {
+                        if ts_ms(&t.expires_at) <= now_ms()
+                            || !sh.sim.issued_token_valid(&t.access_token)
+                        {
                             sh.violation(format!("final: forced token of {id} is not valid"));
                         }
                         sh.check_token(&id).await;
