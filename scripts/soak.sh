@@ -14,13 +14,13 @@
 #    per second, so their renewals come evenly spread (~8 min for 100,000);
 #  2 soak: GetToken at RATE for SOAK; every 30 s the simulator's renewal
 #    count, the daemon's CPU time, RSS and database size (timeline.csv);
-#  3 GetToken closed loop at concurrency 50 for 20 s, renewals running;
+#  3 GetToken closed loop at concurrency 50 for 30 s, renewals running;
 #  4 60 s with renewals and no GetToken load (CPU per renewal);
 #  5 the simulator's token lifetime set to 2 h; wait until every tenant has
 #    renewed onto one (no renewals any more);
 #  6 60 s idle (the daemon's CPU with nothing to do);
 #  7 GetToken at RATE for BASELINE, then closed loop at concurrency 50 for
-#    20 s, without renewals.
+#    30 s, without renewals.
 # Writes $OUT/summary.json and prints it; raw files stay in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,8 +102,8 @@ echo "t_s,renewals_total,cpu_ms_total,rss_kb,db_kb" >"$OUT/timeline.csv"
 SAMPLER=$!; pids+=($SAMPLER)
 run_soak() { loadgen --rate "$RATE" --concurrency 50 --warmup 5s --duration "$SOAK" >"$OUT/soak-rate.json"; }
 window soak 0 run_soak
-log "phase 3: closed loop, concurrency 50, 20 s, renewals running"
-c50() { loadgen --concurrency 50 --warmup 2s --duration 20s >"$OUT/$1.json"; }
+log "phase 3: closed loop, concurrency 50, 30 s, renewals running"
+c50() { loadgen --concurrency 50 --warmup 2s --duration 30s >"$OUT/$1.json"; }
 window c50-renewing 0 c50 c50-renewing
 log "phase 4: renewals only, 60 s"
 window renew-only 60
