@@ -1,13 +1,14 @@
 //! What runs against the daemon while it is being killed: GetToken checkers
 //! (a sweep over every tenant after each restart, plus random sampling) and
 //! a creator of new trusted-app tenants (the authorization flows are in
-//! `flows.rs`), with the state they share. Every answer is judged; what
+//! `flows.rs`), with the state they share; plus seeding and the
+//! restart-to-first-token timer. Every answer is judged; what
 //! must never happen is recorded as a violation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use pbx_tokend::proto::admin_service_client::AdminServiceClient;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+use super::process::Setup;
 use crate::harness::{now_ms, ts_ms};
 
 /// Counters, all monotonic.
@@ -52,8 +54,6 @@ pub struct Shared {
     pub pool: RwLock<Vec<String>>,
     /// Tenants whose creation the daemon acknowledged.
     pub acked: Mutex<HashSet<String>>,
-    /// Tenants whose CreateTenant may or may not have been stored.
-    pub maybe: Mutex<HashSet<String>>,
     /// Onboarded tenant -> every trusted client_id it was seen ACTIVE
     /// with, oldest first (re-authorizations add to it).
     pub onboarded: Mutex<HashMap<String, Vec<String>>>,
@@ -205,7 +205,6 @@ pub async fn late_creator(sh: Arc<Shared>, every: Duration) {
         n += 1;
         let id = format!("late-{n:05}");
         let app = sh.sim.add_trusted_app(None, None).unwrap();
-        sh.maybe.lock().unwrap().insert(id.clone());
         let r = sh
             .admin()
             .create_tenant(sh.req(proto::CreateTenantRequest {
@@ -220,7 +219,6 @@ pub async fn late_creator(sh: Arc<Shared>, every: Duration) {
             .await;
         match r {
             Ok(_) => {
-                sh.maybe.lock().unwrap().remove(&id);
                 sh.acked.lock().unwrap().insert(id.clone());
                 sh.add_to_pool(&id);
                 Shared::count(&sh.counters.late_created);
@@ -228,4 +226,83 @@ pub async fn late_creator(sh: Arc<Shared>, every: Duration) {
             Err(_) => Shared::count(&sh.counters.late_failed),
         }
     }
+}
+
+/// After a restart: how long until GetToken answers (one tenant, polled
+/// every 5 ms); nothing is recorded when the next kill comes first.
+pub async fn time_to_first_token(
+    sh: Arc<Shared>,
+    out: Arc<Mutex<Vec<u64>>>,
+    run: watch::Receiver<u32>,
+) {
+    let t0 = Instant::now();
+    let this = *run.borrow();
+    while t0.elapsed() < Duration::from_secs(10) && *run.borrow() == this {
+        let r = sh
+            .tokens()
+            .get_token(sh.req(proto::GetTokenRequest {
+                tenant_id: "k9-000000".into(),
+                min_valid_seconds: 0,
+            }))
+            .await;
+        if r.is_ok() {
+            out.lock().unwrap().push(t0.elapsed().as_millis() as u64);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// With caller authentication (issue 4) the first start writes the
+/// bootstrap admin key to `<state_dir>/admin.key`: use it when asked to.
+pub async fn use_admin_key_if_needed(sh: &Shared, setup: &Setup) {
+    for _ in 0..200 {
+        let r = sh
+            .admin()
+            .list_tenants(sh.req(proto::ListTenantsRequest::default()))
+            .await;
+        match r {
+            Ok(_) => return,
+            Err(s) if s.code() == Code::Unauthenticated => {
+                let key = std::fs::read_to_string(setup.state_dir.join("admin.key")).unwrap();
+                *sh.key.write().unwrap() = Some(key.trim().to_owned());
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    panic!("the daemon never answered ListTenants");
+}
+
+/// Registers `n` tenants with the simulator's k9-NNNNNN apps (no kills yet).
+pub async fn seed_tenants(sh: &Arc<Shared>, n: u32) {
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let sh = sh.clone();
+            async move {
+                let id = format!("k9-{i:06}");
+                loop {
+                    let r = sh
+                        .admin()
+                        .create_tenant(sh.req(proto::CreateTenantRequest {
+                            tenant_id: id.clone(),
+                            pbx_base_url: sh.sim_url.clone(),
+                            trusted_app: Some(AppCredentials {
+                                client_id: id.clone(),
+                                client_secret: format!("k9-secret-{i:06}"),
+                            }),
+                            ..Default::default()
+                        }))
+                        .await;
+                    match r {
+                        Ok(_) => break,
+                        Err(s) if s.code() == Code::AlreadyExists => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                sh.acked.lock().unwrap().insert(id.clone());
+                sh.add_to_pool(&id);
+            }
+        })
+        .await;
 }

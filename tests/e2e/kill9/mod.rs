@@ -20,14 +20,13 @@ mod db;
 mod flows;
 mod load;
 mod process;
+mod verify;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use pbx_tokend::proto::{self, AppCredentials};
 use pbx_tokend::sim::{Faults, SimConfig, Simulator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,9 +34,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tonic::Code;
 
-use crate::harness::{now_ms, ts_ms};
 use crate::onboarding::REDIRECT;
 use load::Shared;
 use process::Setup;
@@ -140,15 +137,14 @@ pub async fn campaign(p: Params) -> Report {
         public,
         pool: RwLock::new(Vec::new()),
         acked: Mutex::new(HashSet::new()),
-        maybe: Mutex::new(HashSet::new()),
         onboarded: Mutex::new(Default::default()),
         flows_stop: CancellationToken::new(),
         counters: Default::default(),
         violations: Mutex::new(Vec::new()),
         stop: CancellationToken::new(),
     });
-    use_admin_key_if_needed(&sh, &setup).await;
-    seed_tenants(&sh, p.tenants).await;
+    load::use_admin_key_if_needed(&sh, &setup).await;
+    load::seed_tenants(&sh, p.tenants).await;
     let seeded_in = t0.elapsed();
     eprintln!("kill9: {} tenants seeded in {seeded_in:?}", p.tenants);
     let base_stats = sim.sim.stats();
@@ -224,7 +220,7 @@ pub async fn campaign(p: Params) -> Report {
         }
         proc = setup.spawn(k);
         restarts.send_replace(k);
-        tokio::spawn(time_to_first_token(
+        tokio::spawn(load::time_to_first_token(
             sh.clone(),
             ready_ms.clone(),
             restarts.subscribe(),
@@ -258,7 +254,7 @@ pub async fn campaign(p: Params) -> Report {
     };
     let proc = setup.spawn(p.kills + 1);
     assert!(setup.wait_listening(Duration::from_secs(10)).await);
-    let fin = final_checks(&sh, &setup, &held).await;
+    let fin = verify::final_checks(&sh, &setup, &held).await;
     let mut ready = ready_ms.lock().unwrap().clone();
     ready.sort_unstable();
     let pct = |q: f64| {
@@ -328,215 +324,6 @@ pub async fn campaign(p: Params) -> Report {
     }
     let _ = sim.stop().await;
     Report { json, violations }
-}
-
-/// After a restart: how long until GetToken answers (one tenant, polled
-/// every 5 ms); nothing is recorded when the next kill comes first.
-async fn time_to_first_token(
-    sh: Arc<Shared>,
-    out: Arc<Mutex<Vec<u64>>>,
-    run: watch::Receiver<u32>,
-) {
-    let t0 = Instant::now();
-    let this = *run.borrow();
-    while t0.elapsed() < Duration::from_secs(10) && *run.borrow() == this {
-        let r = sh
-            .tokens()
-            .get_token(sh.req(proto::GetTokenRequest {
-                tenant_id: "k9-000000".into(),
-                min_valid_seconds: 0,
-            }))
-            .await;
-        if r.is_ok() {
-            out.lock().unwrap().push(t0.elapsed().as_millis() as u64);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// With caller authentication (issue 4) the first start writes the
-/// bootstrap admin key to `<state_dir>/admin.key`: use it when asked to.
-async fn use_admin_key_if_needed(sh: &Shared, setup: &Setup) {
-    for _ in 0..200 {
-        let r = sh
-            .admin()
-            .list_tenants(sh.req(proto::ListTenantsRequest::default()))
-            .await;
-        match r {
-            Ok(_) => return,
-            Err(s) if s.code() == Code::Unauthenticated => {
-                let key = std::fs::read_to_string(setup.state_dir.join("admin.key")).unwrap();
-                *sh.key.write().unwrap() = Some(key.trim().to_owned());
-                return;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-        }
-    }
-    panic!("the daemon never answered ListTenants");
-}
-
-/// Registers `n` tenants with the simulator's k9-NNNNNN apps (no kills yet).
-async fn seed_tenants(sh: &Arc<Shared>, n: u32) {
-    futures::stream::iter(0..n)
-        .for_each_concurrent(16, |i| {
-            let sh = sh.clone();
-            async move {
-                let id = format!("k9-{i:06}");
-                loop {
-                    let r = sh
-                        .admin()
-                        .create_tenant(sh.req(proto::CreateTenantRequest {
-                            tenant_id: id.clone(),
-                            pbx_base_url: sh.sim_url.clone(),
-                            trusted_app: Some(AppCredentials {
-                                client_id: id.clone(),
-                                client_secret: format!("k9-secret-{i:06}"),
-                            }),
-                            ..Default::default()
-                        }))
-                        .await;
-                    match r {
-                        Ok(_) => break,
-                        Err(s) if s.code() == Code::AlreadyExists => break,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-                sh.acked.lock().unwrap().insert(id.clone());
-                sh.add_to_pool(&id);
-            }
-        })
-        .await;
-}
-
-#[derive(Default)]
-struct Final {
-    tenants: usize,
-    refreshed: usize,
-    created: usize,
-    created_in_use: usize,
-    retired: usize,
-    held_by_flows: usize,
-    reported: usize,
-    lost: usize,
-}
-
-/// On a daemon left running: every tenant listed; every acknowledged one
-/// there; every tenant past authorization serves a forced, fresh token
-/// (its credentials open and the PBX accepts them); every app created
-/// through the API in use or reported.
-async fn final_checks(sh: &Arc<Shared>, setup: &Setup, held: &HashSet<String>) -> Final {
-    let mut f = Final::default();
-    let mut tenants = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = sh
-            .admin()
-            .list_tenants(sh.req(proto::ListTenantsRequest {
-                page_size: 1000,
-                page_token: page_token.clone(),
-                state: 0,
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        tenants.extend(page.tenants);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    f.tenants = tenants.len();
-    let present: HashSet<String> = tenants.iter().map(|t| t.tenant_id.clone()).collect();
-    for id in sh.acked.lock().unwrap().iter() {
-        if !present.contains(id) {
-            sh.violation(format!("final: acknowledged tenant {id} is missing"));
-        }
-    }
-    let in_use: HashSet<String> = tenants
-        .iter()
-        .map(|t| t.trusted_client_id.clone())
-        .collect();
-    let servable: Vec<String> = tenants
-        .iter()
-        .filter(|t| t.state != proto::TenantState::PendingAuthorization as i32)
-        .map(|t| t.tenant_id.clone())
-        .collect();
-    for t in &tenants {
-        if t.state != proto::TenantState::Active as i32 {
-            sh.violation(format!(
-                "final: tenant {} is in state {} ({})",
-                t.tenant_id, t.state, t.last_error
-            ));
-        }
-    }
-    let refreshed = futures::stream::iter(servable)
-        .map(|id| {
-            let sh = sh.clone();
-            async move {
-                let r = sh
-                    .admin()
-                    .refresh_tenant(sh.req(proto::RefreshTenantRequest {
-                        tenant_id: id.clone(),
-                    }))
-                    .await;
-                match r {
-                    Ok(t) => {
-                        let t = t.into_inner();
-                        if ts_ms(&t.expires_at) <= now_ms()
-                            || !sh.sim.issued_token_valid(&t.access_token)
-                        {
-                            sh.violation(format!("final: forced token of {id} is not valid"));
-                        }
-                        sh.check_token(&id).await;
-                        1
-                    }
-                    Err(s) => {
-                        sh.violation(format!("final: RefreshTenant({id}): {s:?}"));
-                        0
-                    }
-                }
-            }
-        })
-        .buffer_unordered(16)
-        .fold(0usize, |a, b| async move { a + b })
-        .await;
-    f.refreshed = refreshed;
-    // Every app the PBX created for us is in use or was reported.
-    let logs = setup.logs();
-    let reported_lines: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.to_lowercase().contains("delete"))
-        .collect();
-    let created = sh.sim.created_apps();
-    f.created = created.len();
-    let used_before: HashSet<String> = sh
-        .onboarded
-        .lock()
-        .unwrap()
-        .values()
-        .flatten()
-        .cloned()
-        .collect();
-    for (name, client_id) in created {
-        if in_use.contains(&client_id) {
-            f.created_in_use += 1;
-        } else if used_before.contains(&client_id) {
-            // In use once, then replaced by a completed re-authorization.
-            f.retired += 1;
-        } else if held.contains(&client_id) {
-            // Stored by an unfinished flow (already a violation above).
-            f.held_by_flows += 1;
-        } else if reported_lines.iter().any(|l| l.contains(&name)) {
-            f.reported += 1;
-        } else {
-            f.lost += 1;
-            sh.violation(format!(
-                "app \"{name}\" ({client_id}) was created in the PBX, is not in use and was never reported"
-            ));
-        }
-    }
-    f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
