@@ -129,12 +129,13 @@ window c50-quiet 0 c50 c50-quiet
 DB_KB=$(du -k "$WORK/state/pbx-tokend.db" | cut -f1)
 WAL_KB=$(du -k "$WORK/state/pbx-tokend.db-wal" 2>/dev/null | cut -f1 || echo 0)
 kill -TERM $DPID; wait $DPID || true
-grep -ciE "expired" "$WORK/daemon.log" >"$OUT/daemon-log-expired-lines.txt" || true
 cp "$WORK/daemon.log" "$OUT/daemon.log"
+WARN_LINES=$(grep -c " WARN \| ERROR " "$OUT/daemon.log" || true)
+FAILED_REFRESHES=$(grep -c "token refresh failed" "$OUT/daemon.log" || true)
 
-python3 - "$OUT" "$N" "$LIFETIME" "$RATE" "$RSS_PEAK" "$DB_KB" "$WAL_KB" <<'PY' | tee "$OUT/summary.json"
+python3 - "$OUT" "$N" "$LIFETIME" "$RATE" "$RSS_PEAK" "$DB_KB" "$WAL_KB" "$WARN_LINES" "$FAILED_REFRESHES" <<'PY' | tee "$OUT/summary.json"
 import json, sys
-out, n, life, rate, hwm, db, wal = sys.argv[1:]
+out, n, life, rate, hwm, db, wal, warns, failed = sys.argv[1:]
 j = lambda f: json.load(open(f"{out}/{f}"))
 w = {k: j(f"window-{k}.json") for k in ["soak", "c50-renewing", "renew-only", "idle", "baseline", "c50-quiet"]}
 soak, base = j("soak-rate.json"), j("baseline-rate.json")
@@ -162,6 +163,7 @@ print(json.dumps({
   "expired_served": sum(r["expired_served"] for r in [soak, base, c50r, c50q]),
   "gettoken_errors": sum(r["errors_total"] for r in [soak, base, c50r, c50q]),
   "late_sends_soak": soak["late_sends"], "requests_soak": soak["requests"],
+  "daemon_warn_or_error_lines": int(warns), "failed_refreshes_logged": int(failed),
   "load_during": {k: v["load"] for k, v in w.items()},
 }, indent=1))
 PY
