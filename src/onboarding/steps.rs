@@ -15,12 +15,21 @@ use super::failures::{
     create_failure, exchange_failure, orphan_note, token_failure, Failure, Outcome,
 };
 use super::{authorize, Onboarding, OnboardingError};
-use crate::domain::{AppCredentials, Tenant, TenantId, TenantState};
+use crate::clock::UnixMs;
+use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId, TenantState};
 use crate::pbx::PbxError;
 use crate::store::{CachedTenant, Flow, FlowCompletion, FlowStep, FlowUpdate, StoreError};
 
-/// A token this close to expiry is not used to read the PBX user.
+/// A token this close to expiry is not used to read the PBX user...
 const MIN_TOKEN_VALIDITY_MS: i64 = 5_000;
+
+/// ...unless its whole life is shorter: then half of its life is enough.
+/// A fixed margin of at least the lifetime made every new token "too old"
+/// at once, and the flow fetched tokens in a loop forever (the kill -9
+/// campaign's 5-second tokens found it).
+fn fit_for_user_check(token: &AccessToken, now: UnixMs) -> bool {
+    token.valid_for(now, MIN_TOKEN_VALIDITY_MS.min(token.lifetime_ms() / 2))
+}
 /// Storing the new app is retried: its secret exists nowhere else.
 const STORE_ATTEMPTS: u32 = 3;
 
@@ -291,7 +300,7 @@ impl Onboarding {
         let id = &tenant.id;
         let now = self.now();
         let token = match &flow.token {
-            Some(t) if t.valid_for(now, MIN_TOKEN_VALIDITY_MS) => t.clone(),
+            Some(t) if fit_for_user_check(t, now) => t.clone(),
             // Expired while the flow waited: step 4 again.
             _ => {
                 flow.step = FlowStep::AppStored;
@@ -385,5 +394,35 @@ impl Onboarding {
         }
         self.crash_hook.after_step(6).await;
         Ok(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn token(issued: i64, life_ms: i64) -> AccessToken {
+        AccessToken {
+            value: Secret::new("t".to_owned()),
+            token_type: "Bearer".into(),
+            issued_at: UnixMs(issued),
+            expires_at: UnixMs(issued + life_ms),
+        }
+    }
+
+    #[test]
+    fn a_fresh_short_lived_token_is_fit_to_read_the_user() {
+        // 5-second tokens: fit for the first half of their life only.
+        let t = token(1_000, 5_000);
+        assert!(fit_for_user_check(&t, UnixMs(1_010)));
+        assert!(fit_for_user_check(&t, UnixMs(3_400)));
+        assert!(!fit_for_user_check(&t, UnixMs(3_600)));
+        // One-hour tokens: fit until 5 s before expiry.
+        let t = token(0, 3_600_000);
+        assert!(fit_for_user_check(&t, UnixMs(3_594_000)));
+        assert!(!fit_for_user_check(&t, UnixMs(3_596_000)));
+        // A token without a life is never fit.
+        assert!(!fit_for_user_check(&token(0, 0), UnixMs(0)));
     }
 }

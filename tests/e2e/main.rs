@@ -14,6 +14,7 @@ mod canary;
 mod cli;
 mod failures;
 mod health;
+mod kill9;
 mod limits;
 mod masterkey;
 mod metrics;

@@ -419,3 +419,25 @@ async fn reauthorization_serves_the_old_token_until_the_new_app_works() {
         .unwrap();
     assert_eq!(sim.sim.token_requests_for(&new_app), before + 1);
 }
+
+/// Regression (kill -9 campaign): with tokens shorter than the 5 s margin
+/// step 5 wanted, every new token was "too old" at once and the flow
+/// fetched tokens in a loop forever. A 5-second token now completes it
+/// with exactly one first-token request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_completes_with_five_second_tokens() {
+    let sim = sim_with_lifetime(5).await;
+    let d = TestDaemon::start(|c| c.token.default_min_valid_seconds = 1).await;
+    let public = add_pending(&d, &sim, "brief", REDIRECT).await;
+    let b = begin(&d, "brief").await;
+    let code = sim.sim.approve(&public.client_id, REDIRECT).unwrap();
+    let call = complete(&d, &b.state, "", &code);
+    let t = tokio::time::timeout(std::time::Duration::from_secs(5), call)
+        .await
+        .expect("the flow must not loop")
+        .unwrap();
+    assert_eq!(t.state, proto::TenantState::Active as i32);
+    let created = sim.sim.created_apps();
+    assert_eq!(created.len(), 1);
+    assert_eq!(sim.sim.token_requests_for(&created[0].1), 1);
+}

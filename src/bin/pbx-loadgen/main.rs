@@ -5,39 +5,37 @@
 //! After `--warmup`, every call that starts and ends inside the `--duration`
 //! window is counted: requests/s, errors by gRPC code and the latency
 //! percentiles of the successful calls (in microseconds, from per-task
-//! HDR histograms merged at the end).
+//! HDR histograms merged at the end; `load.rs`).
+//!
+//! With `--rate N` the calls are open-loop at a steady N/s instead
+//! (`rate.rs`). Every answer's `expires_at` is checked against this
+//! machine's clock: a token that had expired when the call was sent is
+//! counted as `expired_served` (the goal is zero).
 //!
 //! `--make-h2load-body FILE --tenant ID` instead writes one pre-encoded gRPC
 //! request for driving the server with h2load (see `--help`).
 
 mod baseline;
+mod load;
+mod rate;
 mod seed;
 
 #[path = "../pbx-tokenctl/codes.rs"]
 mod codes;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use prost::Message;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::time::Instant;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request};
 
-use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::GetTokenRequest;
 
-use crate::codes::code_name;
+use crate::load::{connect, run_load, Tally};
 
 const AFTER_HELP: &str = "\
 Tenant ids:
@@ -102,7 +100,8 @@ struct Args {
     #[arg(long, default_value_t = 6, value_name = "DIGITS")]
     id_width: usize,
 
-    /// Calls in flight at any time (one task each, closed loop).
+    /// Calls in flight at any time (one task each, closed loop); with
+    /// --rate, the most calls in flight (the tasks share the schedule).
     #[arg(long, default_value_t = 50, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
@@ -119,6 +118,12 @@ struct Args {
     /// Unmeasured time before the measurement starts.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
     warmup: Duration,
+
+    /// Open loop: N calls/s on a fixed schedule, latency counted from when
+    /// each call was due (see rate.rs). Without it: closed loop. With
+    /// --seed-from-sim: register N tenants/s.
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
 
     /// GetTokenRequest.min_valid_seconds (0 = the daemon's default).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
@@ -213,164 +218,6 @@ fn short_duration(d: Duration) -> String {
     }
 }
 
-fn latency_histogram() -> Result<Histogram<u64>> {
-    // 1 µs .. 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow!("histogram: {e}"))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-// ---------------------------------------------------------------- load
-
-/// What every task needs, shared.
-struct Plan {
-    prefix: String,
-    first_index: u64,
-    tenants: u64,
-    id_width: usize,
-    min_valid: u32,
-    timeout: Duration,
-    auth: Option<MetadataValue<Ascii>>,
-    measure_start: Instant,
-    end: Instant,
-}
-
-/// One task's counts for the measured window.
-struct Tally {
-    latency: Histogram<u64>,
-    ok: u64,
-    errors: BTreeMap<&'static str, u64>,
-}
-
-impl Tally {
-    fn new() -> Result<Self> {
-        Ok(Tally {
-            latency: latency_histogram()?,
-            ok: 0,
-            errors: BTreeMap::new(),
-        })
-    }
-
-    fn merge(&mut self, other: Tally) -> Result<()> {
-        self.latency
-            .add(&other.latency)
-            .map_err(|e| anyhow!("merging histograms: {e}"))?;
-        self.ok += other.ok;
-        for (code, n) in other.errors {
-            *self.errors.entry(code).or_default() += n;
-        }
-        Ok(())
-    }
-
-    fn error_total(&self) -> u64 {
-        self.errors.values().sum()
-    }
-}
-
-async fn worker(mut client: TokenServiceClient<Channel>, plan: Arc<Plan>) -> Result<Tally> {
-    let mut tally = Tally::new()?;
-    let mut rng = StdRng::from_entropy();
-    loop {
-        let index = plan.first_index + rng.gen_range(0..plan.tenants);
-        let mut req = Request::new(GetTokenRequest {
-            tenant_id: tenant_id(&plan.prefix, index, plan.id_width),
-            min_valid_seconds: plan.min_valid,
-        });
-        if let Some(auth) = &plan.auth {
-            req.metadata_mut().insert("authorization", auth.clone());
-        }
-        req.set_timeout(plan.timeout);
-        let start = Instant::now();
-        if start >= plan.end {
-            return Ok(tally);
-        }
-        let result = tokio::time::timeout(plan.timeout, client.get_token(req)).await;
-        let done = Instant::now();
-        if start < plan.measure_start || done > plan.end {
-            continue;
-        }
-        let code = match result {
-            Ok(Ok(_)) => Code::Ok,
-            Ok(Err(status)) => status.code(),
-            Err(_) => Code::DeadlineExceeded,
-        };
-        if code == Code::Ok {
-            tally.ok += 1;
-            tally.latency.saturating_record(micros(done - start).max(1));
-        } else {
-            *tally.errors.entry(code_name(code)).or_default() += 1;
-        }
-    }
-}
-
-async fn connect(endpoint: &str, n: u32) -> Result<Vec<Channel>> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("invalid --endpoint {endpoint:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let mut channels = Vec::new();
-    for i in 0..n {
-        // One connect() per channel: a separate TCP connection each.
-        let ch = ep
-            .connect()
-            .await
-            .with_context(|| format!("connection {} to {endpoint}", i + 1))?;
-        channels.push(ch);
-    }
-    Ok(channels)
-}
-
-async fn run_load(args: &Args) -> Result<Tally> {
-    let auth = match &args.api_key {
-        Some(key) => {
-            let mut v = MetadataValue::try_from(format!("Bearer {}", key.trim()))
-                .map_err(|_| anyhow!("the API key contains characters not allowed in a header"))?;
-            v.set_sensitive(true);
-            Some(v)
-        }
-        None => None,
-    };
-    let channels = connect(&args.endpoint, args.connections).await?;
-    let now = Instant::now();
-    let measure_start = now + args.warmup;
-    let plan = Arc::new(Plan {
-        prefix: args.tenants_prefix.clone(),
-        first_index: args.first_index,
-        tenants: args.tenants,
-        id_width: args.id_width,
-        min_valid: args.min_valid,
-        timeout: args.timeout,
-        auth,
-        measure_start,
-        end: measure_start + args.duration,
-    });
-    if !args.json {
-        eprintln!(
-            "{} connections, {} tasks: warming up {}, then measuring {}",
-            args.connections,
-            args.concurrency,
-            short_duration(args.warmup),
-            short_duration(args.duration)
-        );
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.concurrency {
-        let idx = usize::try_from(i)? % channels.len().max(1);
-        let channel = channels
-            .get(idx)
-            .cloned()
-            .ok_or_else(|| anyhow!("no connection"))?;
-        tasks.spawn(worker(TokenServiceClient::new(channel), plan.clone()));
-    }
-    let mut total = Tally::new()?;
-    while let Some(joined) = tasks.join_next().await {
-        total.merge(joined??)?;
-    }
-    Ok(total)
-}
-
 // ---------------------------------------------------------------- report
 
 fn per_second(n: u64, window: Duration) -> f64 {
@@ -414,6 +261,9 @@ fn report_json(args: &Args, t: &Tally) -> Value {
         "ok": t.ok,
         "errors_total": t.error_total(),
         "errors": t.errors,
+        "rate": args.rate,
+        "expired_served": t.expired,
+        "late_sends": t.late,
         "requests_per_second": per_second(requests, args.duration),
         "ok_per_second": per_second(t.ok, args.duration),
         "latency_us": latency,
@@ -462,6 +312,10 @@ fn report_text(args: &Args, t: &Tally) -> String {
         format!("{} ({:.1}/s)", t.ok, per_second(t.ok, args.duration)),
     );
     line("errors", t.error_total().to_string());
+    line("expired served", t.expired.to_string());
+    if let Some(r) = args.rate {
+        line("open loop", format!("{r} calls/s, {} sent late", t.late));
+    }
     for (code, n) in &t.errors {
         line(&format!("  {code}"), n.to_string());
     }
@@ -493,6 +347,11 @@ fn write_h2load_body(path: &PathBuf, tenant: &str, min_valid: u32) -> Result<()>
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--rate must be a positive number of calls per second");
+        }
+    }
     if let Some(path) = &args.make_h2load_body {
         let tenant = args
             .tenant
@@ -526,6 +385,7 @@ fn run(args: Args) -> Result<ExitCode> {
                     sim_base_url: sim.clone(),
                     concurrency: args.concurrency,
                     api_key: args.api_key.clone(),
+                    rate: args.rate,
                 },
             )
             .await
@@ -628,27 +488,6 @@ mod tests {
         let f = grpc_frame(&msg)?;
         assert_eq!(&f[..5], &[0, 0, 0, 1, 44]);
         assert_eq!(f.len(), 305);
-        Ok(())
-    }
-
-    #[test]
-    fn tallies_merge() -> Result<()> {
-        let mut a = Tally::new()?;
-        a.ok = 2;
-        a.latency.saturating_record(100);
-        a.latency.saturating_record(200);
-        a.errors.insert("NOT_FOUND", 1);
-        let mut b = Tally::new()?;
-        b.ok = 1;
-        b.latency.saturating_record(1000);
-        b.errors.insert("NOT_FOUND", 2);
-        b.errors.insert("UNAVAILABLE", 1);
-        a.merge(b)?;
-        assert_eq!(a.ok, 3);
-        assert_eq!(a.latency.len(), 3);
-        assert_eq!(a.errors.get("NOT_FOUND"), Some(&3));
-        assert_eq!(a.error_total(), 4);
-        assert!(a.latency.max() >= 1000);
         Ok(())
     }
 

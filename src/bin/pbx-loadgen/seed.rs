@@ -1,6 +1,9 @@
 //! `--seed N`: registers N benchmark tenants (`<prefix><index>`) through
 //! AdminService.CreateTenant, with the simulator's deterministic trusted apps
 //! (`pbx-sim --trusted-apps N` creates app-000001.. / secret-000001..).
+//! With `--rate R` tenant n is registered no earlier than n / R seconds
+//! after the start, so their renewals come evenly spread (a soak test
+//! seeds at tenants / (lifetime x at_fraction) per second).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +23,7 @@ pub struct SeedPlan {
     pub sim_base_url: String,
     pub concurrency: u32,
     pub api_key: Option<String>,
+    pub rate: Option<f64>,
 }
 
 pub async fn seed(channels: Vec<Channel>, plan: SeedPlan) -> Result<()> {
@@ -39,6 +43,10 @@ pub async fn seed(channels: Vec<Channel>, plan: SeedPlan) -> Result<()> {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= plan.count {
                     return Ok::<(), anyhow::Error>(());
+                }
+                if let Some(r) = plan.rate {
+                    let due = super::rate::due(tokio::time::Instant::from_std(started), r, n);
+                    tokio::time::sleep_until(due).await;
                 }
                 let index = plan.first_index + n;
                 let mut req = tonic::Request::new(CreateTenantRequest {
