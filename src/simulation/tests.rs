@@ -138,3 +138,79 @@ fn checker_catches_tokens_outliving_the_pbx() {
     assert!(kinds.contains(&"token-outlives-pbx"), "{kinds:?}");
     assert!(kinds.contains(&"pbx-expired-token-served"), "{kinds:?}");
 }
+
+/// Regression (found by seed 3 of the small size): a failed on-demand fetch
+/// fell back to the held token judged at the time the fetch *began*; a fetch
+/// that outlasted the token served it expired.
+#[tokio::test(start_paused = true)]
+async fn a_slow_failed_fetch_never_serves_the_token_that_expired_meanwhile() {
+    use crate::broker::{Broker, BrokerSettings};
+    use crate::pbx::limiter::HostLimiters;
+    use crate::pbx::{PbxApi, PbxError, TokenGrant};
+    use futures::future::BoxFuture;
+
+    /// Answers nothing for 10 s, then fails (a hanging PBX and the timeout).
+    struct Hanging;
+    impl PbxApi for Hanging {
+        fn client_credentials<'a>(
+            &'a self,
+            _: &'a PbxBaseUrl,
+            _: &'a AppCredentials,
+        ) -> BoxFuture<'a, Result<TokenGrant, PbxError>> {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Err(PbxError::Transient {
+                    reason: "timed out".into(),
+                })
+            })
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(Keyring::from_key(&[1; 32]));
+    let store = Store::open_inline(&dir.path().join("db"), keys).unwrap();
+    let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
+    let token = AccessToken {
+        value: Secret::new("held".into()),
+        token_type: "Bearer".into(),
+        issued_at: T0.plus_ms(-3_595_000),
+        expires_at: T0.plus_ms(5_000),
+    };
+    store
+        .insert_tenant(NewTenant {
+            id: TenantId::parse("acme").unwrap(),
+            display_name: "Acme".into(),
+            base_url: PbxBaseUrl::from_trusted("https://pbx.example.com").unwrap(),
+            state: TenantState::Active,
+            trusted_app: Some(AppCredentials {
+                client_id: "app".into(),
+                client_secret: Secret::new("secret".into()),
+            }),
+            public_app: None,
+            token: Some(token),
+            renew_at: Some(T0.plus_ms(60_000)),
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let config = Config::default();
+    let broker = Broker::new(
+        clock.clone(),
+        store,
+        Arc::new(Hanging),
+        Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
+        BrokerSettings::from_config(&config),
+    );
+    broker.load().await.unwrap();
+    // Valid for 5 s, 60 s asked: a fetch starts, hangs 10 s and fails.
+    let answer = broker.get_token("acme", 60).await;
+    assert!(clock.now() >= T0.plus_ms(10_000));
+    match answer {
+        Ok(t) => panic!(
+            "served a token that expired at {} (now {})",
+            t.expires_at,
+            clock.now()
+        ),
+        Err(e) => assert!(e.to_string().contains("no valid token"), "{e}"),
+    }
+}
