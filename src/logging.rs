@@ -4,11 +4,20 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogConfig;
+
+/// Parses a filter directive (`[log] level`, `RUST_LOG`) with field-value
+/// regular expressions off: a crafted value such as `x[{f=.......}]` made
+/// the regex compiler allocate gigabytes (found by fuzzing the config
+/// parser). Field values then match literally; nothing else changes.
+pub fn parse_filter(directives: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().with_regex(false).parse(directives)
+}
 
 pub struct LogHandle {
     filter: reload::Handle<EnvFilter, Registry>,
@@ -21,7 +30,7 @@ impl LogHandle {
         if self.env_override {
             return;
         }
-        match EnvFilter::try_new(level) {
+        match parse_filter(level) {
             Ok(f) => {
                 if let Err(e) = self.filter.reload(f) {
                     tracing::warn!("cannot change the log level: {e}");
@@ -36,9 +45,9 @@ impl LogHandle {
 pub fn init(config: &LogConfig) -> LogHandle {
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
-        EnvFilter::from_default_env()
+        EnvFilter::builder().with_regex(false).from_env_lossy()
     } else {
-        EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
+        parse_filter(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let (filter, handle) = reload::Layer::new(filter);
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
