@@ -5,11 +5,20 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogConfig;
+
+/// Parses a filter directive (`[log] level`, `RUST_LOG`) with field-value
+/// regular expressions off: a crafted value such as `x[{f=.......}]` made
+/// the regex compiler allocate gigabytes (found by fuzzing the config
+/// parser). Field values then match literally; nothing else changes.
+pub fn parse_filter(directives: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().with_regex(false).parse(directives)
+}
 
 pub struct LogHandle {
     filter: reload::Handle<EnvFilter, Registry>,
@@ -36,15 +45,15 @@ impl LogHandle {
 /// `[log] level` plus quieter defaults for chatty dependencies (the cron
 /// scheduler logs every job it creates at info); an explicit directive for
 /// them in `level` still wins, since later directives override.
-fn filter_for(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
-    EnvFilter::try_new(format!("tokio_cron_scheduler=warn,{level}"))
+fn filter_for(level: &str) -> Result<EnvFilter, ParseError> {
+    parse_filter(&format!("tokio_cron_scheduler=warn,{level}"))
 }
 
 /// Installs the global subscriber. Call once, from a binary.
 pub fn init(config: &LogConfig) -> LogHandle {
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
-        EnvFilter::from_default_env()
+        EnvFilter::builder().with_regex(false).from_env_lossy()
     } else {
         filter_for(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
     };

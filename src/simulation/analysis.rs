@@ -9,9 +9,10 @@
 //! at_fraction`. Tenants whose credentials were revoked must not have been
 //! retried more often than the rare retry interval allows.
 
-use super::pbx::{Ledger, World};
+use super::pbx::Ledger;
 use super::plan::Plan;
 use super::record::Recorder;
+use super::world::World;
 use crate::config::Config;
 
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -22,9 +22,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::pbx::{SimPbx, World};
+use super::pbx::SimPbx;
 use super::plan::Plan;
 use super::record::Recorder;
+use super::world::World;
 use crate::broker::Broker;
 use crate::clock::{SharedClock, UnixMs};
 use crate::domain::AccessToken;

@@ -31,6 +31,7 @@ pub mod process;
 pub mod record;
 #[cfg(test)]
 mod tests;
+pub mod world;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,10 +49,11 @@ use crate::secret::Secret;
 use crate::store::{NewTenant, Store, StoreError};
 
 use checker::{CheckStats, Checker};
-use pbx::{SimPbx, World};
+use pbx::SimPbx;
 use plan::{FaultKind, Plan, T0};
 use process::Process;
 use record::{Recorder, Violation};
+use world::World;
 
 /// What to simulate.
 #[derive(Debug, Clone)]

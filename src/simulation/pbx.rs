@@ -12,7 +12,7 @@
 //!
 //! Does not: decide what is a violation of renewal timing (see `checker`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,8 +20,9 @@ use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::plan::{host_of, OutageMode, Plan, ResetMode};
+use super::plan::{OutageMode, Plan, ResetMode};
 use super::record::Recorder;
+use super::world::World;
 use crate::clock::{SharedClock, UnixMs};
 use crate::domain::{AppCredentials, PbxBaseUrl};
 use crate::pbx::parse::{parse_token_response, ResponseMeta};
@@ -58,54 +59,6 @@ pub const MALFORMED: [(&str, &str); 9] = [
         r#"{"access_token":"abc","token_type":"Bearer","expires_in":0}"#,
     ),
 ];
-
-/// The static world the PBX serves: hosts and the tenants' trusted apps.
-#[derive(Debug)]
-pub struct World {
-    pub hosts: Vec<String>,
-    pub host_index: HashMap<String, usize>,
-    pub tenant_ids: Vec<String>,
-    pub client_ids: Vec<String>,
-    pub secrets: Vec<String>,
-    pub client_index: HashMap<String, usize>,
-    pub lifetime_secs: u64,
-}
-
-impl World {
-    pub fn new(tenants: usize, hosts: usize, lifetime_secs: u64, rng: &mut StdRng) -> World {
-        let hosts: Vec<String> = (0..hosts.max(1))
-            .map(|h| format!("pbx-{h:03}.sim.example"))
-            .collect();
-        let host_index = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.clone(), i))
-            .collect();
-        let tenant_ids: Vec<String> = (0..tenants).map(|i| format!("t{i:06}")).collect();
-        let client_ids: Vec<String> = (0..tenants).map(|i| format!("app-{i:06}")).collect();
-        let secrets = (0..tenants)
-            .map(|i| format!("secret-{i:06}-{:08x}", rng.gen::<u32>()))
-            .collect();
-        let client_index = client_ids
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.clone(), i))
-            .collect();
-        World {
-            hosts,
-            host_index,
-            tenant_ids,
-            client_ids,
-            secrets,
-            client_index,
-            lifetime_secs,
-        }
-    }
-
-    pub fn host_of(&self, tenant: usize) -> usize {
-        host_of(tenant, self.hosts.len())
-    }
-}
 
 /// Per-host measurements at the PBX.
 #[derive(Debug, Default, Clone)]
@@ -526,29 +479,5 @@ impl PbxApi for SimPbx {
         creds: &'a AppCredentials,
     ) -> BoxFuture<'a, Result<TokenGrant, PbxError>> {
         Box::pin(self.serve(base, creds))
-    }
-}
-
-/// One daemon process's view of the PBX: when the process is killed, its
-/// requests vanish with it (the future is dropped, so the PBX sees the
-/// connection close) and any later call never returns.
-pub struct ProcessPbx {
-    pub pbx: Arc<SimPbx>,
-    pub killed: tokio_util::sync::CancellationToken,
-}
-
-impl PbxApi for ProcessPbx {
-    fn client_credentials<'a>(
-        &'a self,
-        base: &'a PbxBaseUrl,
-        creds: &'a AppCredentials,
-    ) -> BoxFuture<'a, Result<TokenGrant, PbxError>> {
-        Box::pin(async move {
-            tokio::select! {
-                biased;
-                _ = self.killed.cancelled() => futures::future::pending().await,
-                r = self.pbx.client_credentials(base, creds) => r,
-            }
-        })
     }
 }

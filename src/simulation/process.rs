@@ -14,12 +14,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::pbx::{ProcessPbx, SimPbx};
+use futures::future::BoxFuture;
+
+use super::pbx::SimPbx;
 use crate::broker::{Broker, BrokerSettings, Jitter};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::Keyring;
+use crate::domain::{AppCredentials, PbxBaseUrl};
 use crate::pbx::limiter::HostLimiters;
+use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::renewal::scheduler::{spread_overdue_with, Scheduler, SchedulerLimits};
 use crate::store::{Store, StoreError};
 
@@ -96,5 +100,29 @@ impl Process {
         if let Err(e) = self.store.close().await {
             tracing::warn!("closing the killed process's store: {e}");
         }
+    }
+}
+
+/// One daemon process's view of the PBX: when the process is killed, its
+/// requests vanish with it (the future is dropped, so the PBX sees the
+/// connection close) and any later call never returns.
+struct ProcessPbx {
+    pbx: Arc<SimPbx>,
+    killed: CancellationToken,
+}
+
+impl PbxApi for ProcessPbx {
+    fn client_credentials<'a>(
+        &'a self,
+        base: &'a PbxBaseUrl,
+        creds: &'a AppCredentials,
+    ) -> BoxFuture<'a, Result<TokenGrant, PbxError>> {
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                _ = self.killed.cancelled() => futures::future::pending().await,
+                r = self.pbx.client_credentials(base, creds) => r,
+            }
+        })
     }
 }
