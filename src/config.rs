@@ -835,6 +835,16 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(60));
     }
 
+    /// Found by fuzzing (second run): a `[log] level` full of odd
+    /// directives and escapes.
+    #[test]
+    fn a_crafted_log_level_is_answered_without_a_panic() {
+        let text = include_str!("../fuzz/regressions/config_toml-crash-34c95ae8.toml");
+        if let Ok(c) = Config::from_toml_str(text) {
+            assert!(c.validate().is_ok());
+        }
+    }
+
     #[test]
     fn unknown_file_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -12,12 +12,28 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogConfig;
 
-/// Parses a filter directive (`[log] level`, `RUST_LOG`) with field-value
-/// regular expressions off: a crafted value such as `x[{f=.......}]` made
-/// the regex compiler allocate gigabytes (found by fuzzing the config
-/// parser). Field values then match literally; nothing else changes.
-pub fn parse_filter(directives: &str) -> Result<EnvFilter, ParseError> {
-    EnvFilter::builder().with_regex(false).parse(directives)
+/// Why a filter directive was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("only ASCII characters are allowed")]
+    NotAscii,
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
+}
+
+/// Parses a filter directive (`[log] level`, `RUST_LOG`) defensively; both
+/// guards come from fuzzing the config parser:
+/// - field-value regular expressions are off: a value such as
+///   `x[{f=.......}]` made the regex compiler allocate gigabytes (field
+///   values then match literally; nothing else changes);
+/// - non-ASCII text is refused before the library sees it: its directive
+///   parser slices strings by byte and panics inside a multi-byte
+///   character. Targets, levels and field names are ASCII anyway.
+pub fn parse_filter(directives: &str) -> Result<EnvFilter, FilterError> {
+    if !directives.is_ascii() {
+        return Err(FilterError::NotAscii);
+    }
+    Ok(EnvFilter::builder().with_regex(false).parse(directives)?)
 }
 
 pub struct LogHandle {
@@ -45,7 +61,7 @@ impl LogHandle {
 /// `[log] level` plus quieter defaults for chatty dependencies (the cron
 /// scheduler logs every job it creates at info); an explicit directive for
 /// them in `level` still wins, since later directives override.
-fn filter_for(level: &str) -> Result<EnvFilter, ParseError> {
+fn filter_for(level: &str) -> Result<EnvFilter, FilterError> {
     parse_filter(&format!("tokio_cron_scheduler=warn,{level}"))
 }
 
@@ -53,7 +69,12 @@ fn filter_for(level: &str) -> Result<EnvFilter, ParseError> {
 pub fn init(config: &LogConfig) -> LogHandle {
     let env_override = std::env::var_os("RUST_LOG").is_some();
     let filter = if env_override {
-        EnvFilter::builder().with_regex(false).from_env_lossy()
+        // Lossy like `EnvFilter::from_env_lossy` (bad directives dropped),
+        // but a non-ASCII value is ignored whole (see `parse_filter`).
+        match std::env::var("RUST_LOG") {
+            Ok(v) if v.is_ascii() => EnvFilter::builder().with_regex(false).parse_lossy(v),
+            _ => EnvFilter::new("info"),
+        }
     } else {
         filter_for(&config.level).unwrap_or_else(|_| EnvFilter::new("info"))
     };
@@ -101,5 +122,23 @@ fn stderr_is_journal() -> bool {
         Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
         // Without /proc, trust the variable.
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_non_ascii_is_refused_without_a_panic() {
+        assert!(parse_filter("info,pbx_tokend=debug").is_ok());
+        assert!(matches!(
+            parse_filter("x[{f=\u{ef}}]=info"),
+            Err(FilterError::NotAscii)
+        ));
+        assert!(matches!(
+            parse_filter("info=nonsense[{"),
+            Err(FilterError::Invalid(_))
+        ));
     }
 }

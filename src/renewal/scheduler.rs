@@ -3,6 +3,10 @@
 //! `max_concurrent_per_host` per PBX host. It sleeps until the next job is
 //! due, a worker finishes, or the broker says the schedule changed.
 //!
+//! Each pass skips the hosts whose workers are all busy: a host whose due
+//! jobs pile up (rate-limited, slow) neither costs a read of its backlog on
+//! every pass nor hides other hosts' due jobs behind it.
+//!
 //! The queue lives in SQLite, so a restart loses nothing: jobs that fell due
 //! while the daemon was down are spread over time at start-up
 //! ([`spread_overdue`]) instead of being fired in one burst.
@@ -24,8 +28,9 @@ use crate::store::{Store, StoreError};
 /// The loop wakes at least this often, so its heartbeat proves liveness to
 /// the systemd watchdog even when nothing is due.
 pub const MAX_IDLE: Duration = Duration::from_secs(5);
-/// How many due jobs one pass reads beyond those already running.
-const BATCH: u32 = 512;
+/// The shortest sleep between passes: a job that fell due while the pass
+/// ran is started next pass, without the loop ever spinning.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerLimits {
@@ -98,72 +103,80 @@ impl Scheduler {
                 per_host.clear();
                 applied = limits;
             }
-            let running = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
-            let mut saturated = false;
-            match store.due_jobs(now, BATCH + running).await {
-                Ok(jobs) => {
-                    for job in jobs {
-                        if in_flight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .contains(&job.tenant_id)
-                        {
-                            continue;
-                        }
-                        let host_sem = per_host
-                            .entry(job.host.clone())
-                            .or_insert_with(|| {
-                                Arc::new(Semaphore::new(limits.max_concurrent_per_host as usize))
-                            })
-                            .clone();
-                        let Ok(host_permit) = host_sem.try_acquire_owned() else {
-                            saturated = true;
-                            continue;
-                        };
-                        let Ok(global_permit) = global.clone().try_acquire_owned() else {
-                            saturated = true;
-                            break;
-                        };
-                        in_flight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(job.tenant_id.clone());
-                        self.status.in_flight.fetch_add(1, Ordering::Relaxed);
-                        let broker = self.broker.clone();
-                        let done = self.worker_done.clone();
-                        let in_flight = in_flight.clone();
-                        let status = self.status.clone();
-                        workers.spawn(async move {
-                            if let Err(e) = broker.renew_scheduled(&job.tenant_id).await {
-                                tracing::debug!(tenant = %job.tenant_id, "scheduled renewal did not produce a token: {e}");
+            // With every global permit taken there is nothing to start: wait
+            // for a worker to finish.
+            let mut saturated = global.available_permits() == 0;
+            let mut next_due: Option<UnixMs> = None;
+            if !saturated {
+                let skip_hosts: Vec<String> = per_host
+                    .iter()
+                    .filter(|(_, sem)| sem.available_permits() == 0)
+                    .map(|(host, _)| host.clone())
+                    .collect();
+                // Jobs already running are still due until they finish.
+                let running = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let limit = u32::try_from(global.available_permits() + running).unwrap_or(u32::MAX);
+                match store.ready_jobs(now, skip_hosts, limit).await {
+                    Ok(ready) => {
+                        next_due = ready.next_due_at;
+                        for job in ready.due {
+                            if in_flight
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .contains(&job.tenant_id)
+                            {
+                                continue;
                             }
-                            drop((host_permit, global_permit));
+                            let host_sem = per_host
+                                .entry(job.host.clone())
+                                .or_insert_with(|| {
+                                    Arc::new(Semaphore::new(
+                                        limits.max_concurrent_per_host as usize,
+                                    ))
+                                })
+                                .clone();
+                            let Ok(host_permit) = host_sem.try_acquire_owned() else {
+                                continue;
+                            };
+                            let Ok(global_permit) = global.clone().try_acquire_owned() else {
+                                saturated = true;
+                                break;
+                            };
                             in_flight
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .remove(&job.tenant_id);
-                            status.in_flight.fetch_sub(1, Ordering::Relaxed);
-                            done.notify_one();
-                        });
+                                .insert(job.tenant_id.clone());
+                            self.status.in_flight.fetch_add(1, Ordering::Relaxed);
+                            let broker = self.broker.clone();
+                            let done = self.worker_done.clone();
+                            let in_flight = in_flight.clone();
+                            let status = self.status.clone();
+                            workers.spawn(async move {
+                                if let Err(e) = broker.renew_scheduled(&job.tenant_id).await {
+                                    tracing::debug!(tenant = %job.tenant_id, "scheduled renewal did not produce a token: {e}");
+                                }
+                                drop((host_permit, global_permit));
+                                in_flight
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .remove(&job.tenant_id);
+                                status.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                done.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("renewal scheduler cannot read the job queue: {e}");
+                        next_due = Some(now.plus_ms(1_000));
                     }
                 }
-                Err(e) => {
-                    tracing::error!("renewal scheduler cannot read the job queue: {e}");
-                }
             }
-            // Sleep until the next job is due, or until something changes.
-            let wait = if saturated {
-                MAX_IDLE
-            } else {
-                match store.next_due_at().await {
-                    Ok(Some(due)) => clock.now().until(due).min(MAX_IDLE),
-                    Ok(None) => MAX_IDLE,
-                    Err(_) => Duration::from_secs(1),
-                }
+            // Sleep until the next job is due, or until something changes (a
+            // worker finishing frees permits; the broker moving a job).
+            let wait = match next_due {
+                Some(due) if !saturated => clock.now().until(due).clamp(MIN_WAIT, MAX_IDLE),
+                _ => MAX_IDLE,
             };
-            // Due jobs that are all in flight would make `wait` zero: then
-            // wait for a worker instead of spinning.
-            let wait = if wait.is_zero() { MAX_IDLE } else { wait };
             // `biased`: a fixed polling order instead of tokio's random one,
             // so the deterministic simulation replays exactly; the order is
             // otherwise irrelevant (every branch just goes round the loop).
@@ -222,4 +235,130 @@ pub async fn spread_overdue_with(
         store.reschedule_many(moves).await?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::broker::BrokerSettings;
+    use crate::clock::{SharedClock, TokioClock};
+    use crate::config::Config;
+    use crate::crypto::Keyring;
+    use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantState};
+    use crate::pbx::limiter::HostLimiters;
+    use crate::pbx::{PbxApi, PbxError, TokenGrant};
+    use crate::secret::Secret;
+    use crate::store::NewTenant;
+
+    const T0: UnixMs = UnixMs(1_700_000_000_000);
+
+    /// `stuck.example.com` never answers; any other host answers at once.
+    #[derive(Default)]
+    struct OneStuckHost {
+        stuck_calls: AtomicU32,
+        other_calls: AtomicU32,
+    }
+
+    impl PbxApi for OneStuckHost {
+        fn client_credentials<'a>(
+            &'a self,
+            base: &'a PbxBaseUrl,
+            _: &'a AppCredentials,
+        ) -> BoxFuture<'a, Result<TokenGrant, PbxError>> {
+            Box::pin(async move {
+                if base.as_str().contains("stuck.example.com") {
+                    self.stuck_calls.fetch_add(1, Ordering::Relaxed);
+                    futures::future::pending::<()>().await;
+                }
+                self.other_calls.fetch_add(1, Ordering::Relaxed);
+                Ok(TokenGrant {
+                    access_token: Secret::new("fresh".into()),
+                    token_type: "Bearer".into(),
+                    expires_in_secs: Some(3600),
+                    refresh_token: None,
+                })
+            })
+        }
+    }
+
+    fn tenant(id: &str, host: &str, renew_at: UnixMs) -> NewTenant {
+        NewTenant {
+            id: TenantId::parse(id).unwrap(),
+            display_name: id.into(),
+            base_url: PbxBaseUrl::from_trusted(&format!("https://{host}")).unwrap(),
+            state: TenantState::Active,
+            trusted_app: Some(AppCredentials {
+                client_id: "app".into(),
+                client_secret: Secret::new("secret".into()),
+            }),
+            public_app: None,
+            token: Some(AccessToken {
+                value: Secret::new("held".into()),
+                token_type: "Bearer".into(),
+                issued_at: T0.plus_ms(-3_000_000),
+                expires_at: T0.plus_ms(600_000),
+            }),
+            renew_at: Some(renew_at),
+            now: T0,
+        }
+    }
+
+    /// Regression: the scheduler read the first 512 due jobs of the whole
+    /// queue, so a host with a larger backlog (here one that never answers)
+    /// hid every other host's due job behind it until the backlog drained.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_with_a_backlog_never_hides_another_hosts_due_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_inline(
+            &dir.path().join("db"),
+            Arc::new(Keyring::from_key(&[1; 32])),
+        )
+        .unwrap();
+        let backlog: Vec<NewTenant> = (0..1_000)
+            .map(|i| tenant(&format!("stuck{i:04}"), "stuck.example.com", T0.plus_ms(-i)))
+            .collect();
+        store.insert_tenants(backlog).await.unwrap();
+        store
+            .insert_tenant(tenant("quiet", "quiet.example.com", T0.plus_ms(2_000)))
+            .await
+            .unwrap();
+
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
+        let pbx = Arc::new(OneStuckHost::default());
+        let broker = Arc::new(Broker::new(
+            clock.clone(),
+            store.clone(),
+            pbx.clone(),
+            Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
+            BrokerSettings::from_config(&Config::default()),
+        ));
+        broker.load().await.unwrap();
+        let limits = SchedulerLimits {
+            max_concurrent: 64,
+            max_concurrent_per_host: 16,
+        };
+        let scheduler = Arc::new(Scheduler::new(broker.clone(), limits));
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(scheduler.clone().run(shutdown.clone(), TaskTracker::new()));
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            pbx.other_calls.load(Ordering::Relaxed),
+            1,
+            "quiet host not renewed"
+        );
+        let token = broker.get_token("quiet", 10).await.unwrap();
+        assert_eq!(token.value.expose().as_str(), "fresh");
+        // The stuck host got at most its limiter's concurrency, and the
+        // scheduler never held more than its per-host cap for it.
+        assert!(pbx.stuck_calls.load(Ordering::Relaxed) <= 6);
+        assert_eq!(scheduler.status().in_flight.load(Ordering::Relaxed), 16);
+
+        shutdown.cancel();
+        run.await.unwrap();
+    }
 }

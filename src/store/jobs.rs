@@ -7,7 +7,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{DueJob, HostLoad, StoreError};
+use super::{DueJob, HostLoad, ReadyJobs, StoreError};
 use crate::clock::UnixMs;
 /// The states in which `TenantState::is_renewing` holds, as SQL. A macro so
 /// it can be spliced into static query strings; a test checks it against
@@ -55,7 +55,7 @@ pub(super) fn upsert(
     Ok(())
 }
 
-/// Due jobs walk the `(due_at, tenant_id)` index from the earliest job and
+/// Due jobs walk the `(due_at, pbx_host, tenant_id)` index from the earliest job and
 /// stop after `limit` matches. `CROSS JOIN` pins that join order: left to
 /// itself the planner may start from the tenants' state index and sort
 /// every renewing tenant's job on each call (a test checks the plan).
@@ -64,14 +64,29 @@ const DUE_SQL: &str = concat!(
      CROSS JOIN tenants t ON t.tenant_id = j.tenant_id \
      WHERE j.due_at <= ?1 AND t.state IN ",
     renewing_states!(),
-    " ORDER BY j.due_at, j.tenant_id LIMIT ?2"
+    " ORDER BY j.due_at, j.pbx_host, j.tenant_id LIMIT ?2"
 );
 
-/// Same index walk, stopping at the first job of a renewing tenant.
-const NEXT_DUE_SQL: &str = concat!(
-    "SELECT j.due_at FROM renewal_jobs j \
+/// The scheduler's pass: due jobs of renewing tenants, earliest first,
+/// skipping the hosts in the JSON array `?2` (all their workers are busy).
+/// Skipped hosts' entries are passed over in the index (it carries the
+/// host) without their rows being read.
+const READY_SQL: &str = concat!(
+    "SELECT j.tenant_id, j.pbx_host, j.due_at FROM renewal_jobs j INDEXED BY renewal_jobs_due \
      CROSS JOIN tenants t ON t.tenant_id = j.tenant_id \
-     WHERE t.state IN ",
+     WHERE j.due_at <= ?1 AND j.pbx_host NOT IN (SELECT value FROM json_each(?2)) \
+     AND t.state IN ",
+    renewing_states!(),
+    " ORDER BY j.due_at, j.pbx_host, j.tenant_id LIMIT ?3"
+);
+
+/// When the pass must look again: the first job due after `?1`, same
+/// filters.
+const NEXT_READY_SQL: &str = concat!(
+    "SELECT j.due_at FROM renewal_jobs j INDEXED BY renewal_jobs_due \
+     CROSS JOIN tenants t ON t.tenant_id = j.tenant_id \
+     WHERE j.due_at > ?1 AND j.pbx_host NOT IN (SELECT value FROM json_each(?2)) \
+     AND t.state IN ",
     renewing_states!(),
     " ORDER BY j.due_at LIMIT 1"
 );
@@ -91,12 +106,30 @@ pub(super) fn due(conn: &Connection, now: UnixMs, limit: u32) -> Result<Vec<DueJ
     Ok(out)
 }
 
-pub(super) fn next_due_at(conn: &Connection) -> Result<Option<UnixMs>, StoreError> {
-    Ok(conn
-        .prepare_cached(NEXT_DUE_SQL)?
-        .query_row([], |r| r.get(0))
+pub(super) fn ready(
+    conn: &Connection,
+    now: UnixMs,
+    skip_hosts: &[String],
+    limit: u32,
+) -> Result<ReadyJobs, StoreError> {
+    let skip = serde_json::Value::from(skip_hosts.to_vec()).to_string();
+    let mut stmt = conn.prepare_cached(READY_SQL)?;
+    let mut rows = stmt.query(params![now.0, skip, limit])?;
+    let mut due = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        due.push(DueJob {
+            tenant_id: super::tenants::parse_id(&id)?,
+            host: r.get(1)?,
+            due_at: UnixMs(r.get(2)?),
+        });
+    }
+    let next_due_at = conn
+        .prepare_cached(NEXT_READY_SQL)?
+        .query_row(params![now.0, skip], |r| r.get(0))
         .optional()?
-        .map(UnixMs))
+        .map(UnixMs);
+    Ok(ReadyJobs { due, next_due_at })
 }
 
 /// Creates or moves the job; the host comes from the tenant row. Returns
@@ -168,9 +201,15 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(include_str!("../../migrations/0001_initial.sql"))
             .unwrap();
-        for (sql, n) in [(super::DUE_SQL, 2), (super::NEXT_DUE_SQL, 0)] {
+        conn.execute_batch(include_str!("../../migrations/0005_jobs_by_host.sql"))
+            .unwrap();
+        for (sql, n) in [
+            (super::DUE_SQL, 2),
+            (super::READY_SQL, 3),
+            (super::NEXT_READY_SQL, 2),
+        ] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let params: Vec<i64> = vec![0; n];
+            let params: Vec<String> = vec!["[]".into(); n];
             let plan: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
                 .unwrap()
@@ -230,8 +269,17 @@ mod job_tests {
         assert!(due.iter().all(|j| j.host == "pbx.example.com"));
         assert_eq!(t.store.due_jobs(T0.plus_ms(100), 2).await.unwrap().len(), 2);
         assert!(t.store.due_jobs(T0, 10).await.unwrap().is_empty());
-        // The disabled and pending jobs (due at +5, +1) do not count.
-        assert_eq!(t.store.next_due_at().await.unwrap(), Some(T0.plus_ms(10)));
+        // The scheduler's read: the same jobs, and the next one after now;
+        // the disabled and pending jobs (due at +5, +1) do not count.
+        let ready = t
+            .store
+            .ready_jobs(T0.plus_ms(25), vec![], 10)
+            .await
+            .unwrap();
+        let got: Vec<&str> = ready.due.iter().map(|j| j.tenant_id.as_str()).collect();
+        assert_eq!(got, ["b", "f", "c"]);
+        assert_eq!(ready.next_due_at, Some(T0.plus_ms(30)));
+        assert_eq!(next_due(&t).await, Some(T0.plus_ms(10)));
     }
 
     #[tokio::test]
@@ -253,10 +301,10 @@ mod job_tests {
             )
             .await
             .unwrap();
-        assert_eq!(t.store.next_due_at().await.unwrap(), None);
+        assert_eq!(next_due(&t).await, None);
         t.store.reschedule(&id, T0.plus_ms(7)).await.unwrap();
         t.store.reschedule(&id, T0.plus_ms(9)).await.unwrap();
-        assert_eq!(t.store.next_due_at().await.unwrap(), Some(T0.plus_ms(9)));
+        assert_eq!(next_due(&t).await, Some(T0.plus_ms(9)));
         assert!(matches!(
             t.store.reschedule(&tid("nobody"), T0).await,
             Err(StoreError::TenantNotFound(_))
@@ -266,7 +314,51 @@ mod job_tests {
             .reschedule_many(vec![(tid("nobody"), T0), (id.clone(), T0.plus_ms(3))])
             .await
             .unwrap();
-        assert_eq!(t.store.next_due_at().await.unwrap(), Some(T0.plus_ms(3)));
+        assert_eq!(next_due(&t).await, Some(T0.plus_ms(3)));
+    }
+
+    /// The first due time the scheduler sees from before every job.
+    async fn next_due(t: &TestStore) -> Option<UnixMs> {
+        let ready = t.store.ready_jobs(UnixMs(0), vec![], 1).await.unwrap();
+        ready.next_due_at
+    }
+
+    /// A skipped host's due jobs, however many and however much earlier,
+    /// never hide another host's due job.
+    #[tokio::test]
+    async fn each_host_is_read_on_its_own() {
+        let t = open_temp();
+        let mut moves = Vec::new();
+        for i in 0..40 {
+            let id = format!("busy{i:03}");
+            let mut n = new_tenant(&id, TenantState::Active);
+            n.base_url = base_url("busy.example.com");
+            t.store.insert_tenant(n).await.unwrap();
+            moves.push((tid(&id), T0.plus_ms(i)));
+        }
+        let mut n = new_tenant("quiet", TenantState::Active);
+        n.base_url = base_url("quiet.example.com");
+        t.store.insert_tenant(n).await.unwrap();
+        moves.push((tid("quiet"), T0.plus_ms(1_000)));
+        t.store.reschedule_many(moves).await.unwrap();
+
+        // The global walk's first 40 jobs are all the busy host's.
+        let global = t.store.due_jobs(T0.plus_ms(2_000), 40).await.unwrap();
+        assert!(global.iter().all(|j| j.host == "busy.example.com"));
+
+        let now = T0.plus_ms(2_000);
+        let all = t.store.ready_jobs(now, vec![], 5).await.unwrap();
+        assert!(all.due.iter().all(|j| j.host == "busy.example.com"));
+        let ready = t
+            .store
+            .ready_jobs(now, vec!["busy.example.com".into()], 5)
+            .await
+            .unwrap();
+        assert_eq!(ready.next_due_at, None);
+        let jobs = ready.due;
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].host, "quiet.example.com");
+        assert_eq!(jobs[0].tenant_id.as_str(), "quiet");
     }
 
     #[tokio::test]

@@ -40,6 +40,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0004_heartbeat",
         sql: include_str!("../../migrations/0004_heartbeat.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_jobs_by_host",
+        sql: include_str!("../../migrations/0005_jobs_by_host.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

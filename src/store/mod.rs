@@ -118,6 +118,13 @@ pub struct CachedTenant {
     pub token: Option<AccessToken>,
 }
 
+/// What one scheduler pass reads (see [`Store::ready_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyJobs {
+    pub due: Vec<DueJob>,
+    pub next_due_at: Option<UnixMs>,
+}
+
 /// A renewal job that is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueJob {
@@ -419,11 +426,18 @@ impl Store {
         self.read(move |conn, _| jobs::due(conn, now, limit)).await
     }
 
-    /// The earliest due time of any job, if there is one. Only jobs that
-    /// `due_jobs` would return count, so a job of a disabled tenant never
-    /// makes the scheduler spin.
-    pub async fn next_due_at(&self) -> Result<Option<UnixMs>, StoreError> {
-        self.read(|conn, _| jobs::next_due_at(conn)).await
+    /// The scheduler's pass: up to `limit` due jobs of renewing tenants,
+    /// earliest first, of hosts not in `skip_hosts`, and when the next job
+    /// of those hosts falls due. A skipped host's backlog costs a walk over
+    /// its index entries, never a read of its rows, and hides nothing.
+    pub async fn ready_jobs(
+        &self,
+        now: UnixMs,
+        skip_hosts: Vec<String>,
+        limit: u32,
+    ) -> Result<ReadyJobs, StoreError> {
+        self.read(move |conn, _| jobs::ready(conn, now, &skip_hosts, limit))
+            .await
     }
 
     /// Moves one job (creating it if absent). `TenantNotFound` if missing.
