@@ -7,6 +7,8 @@
 # Usage: scripts/soak.sh [TENANTS] [SOAK]        e.g. scripts/soak.sh 100000 30m
 # Env:   LIFETIME (600) RATE (2000) BASELINE (5m) BIN (target/release)
 #        OUT (target/soak) SIM_PORT DAEMON_PORT
+#        STOP_AFTER_RENEW_ONLY=1: stop after phase 4 (a quick CPU-per-renewal
+#        measurement; prints that window and no summary)
 # Needs: cargo build --release --bins; python3.
 #
 # Phases:
@@ -108,6 +110,10 @@ window c50-renewing 0 c50 c50-renewing
 log "phase 4: renewals only, 60 s"
 window renew-only 60
 RSS_PEAK=$(hwm_kb)
+if [ "${STOP_AFTER_RENEW_ONLY:-0}" = 1 ]; then
+  python3 -c "import json; w=json.load(open('$OUT/window-renew-only.json')); r=w['renewals']/w['seconds']; print(json.dumps({'renewals_per_s': round(r,1), 'cpu_ms_per_s': round(w['cpu_ms']/w['seconds'],1), 'cpu_ms_per_renewal_gross': round(w['cpu_ms']/w['seconds']/r,3), 'rss_mib_peak': round($RSS_PEAK/1024,1)}))" | tee "$OUT/renew-only-summary.json"
+  exit 0
+fi
 
 log "phase 5: token lifetime 7200 s; waiting for the renewals to stop"
 curl -s -X PUT "$SIM/_sim/config" -d '{"token_lifetime_secs": 7200}' >/dev/null

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +32,8 @@ pub const MAX_IDLE: Duration = Duration::from_secs(5);
 /// The shortest sleep between passes: a job that fell due while the pass
 /// ran is started next pass, without the loop ever spinning.
 const MIN_WAIT: Duration = Duration::from_millis(1);
+/// How long a pass waits after a notification for more of them.
+const COALESCE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerLimits {
@@ -180,12 +183,21 @@ impl Scheduler {
             // `biased`: a fixed polling order instead of tokio's random one,
             // so the deterministic simulation replays exactly; the order is
             // otherwise irrelevant (every branch just goes round the loop).
-            tokio::select! {
+            let notified = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.worker_done.notified() => {}
-                _ = self.broker.schedule_changed().notified() => {}
+                _ = tokio::time::sleep(wait) => false,
+                _ = self.worker_done.notified() => true,
+                _ = self.broker.schedule_changed().notified() => true,
+            };
+            if notified {
+                // One pass for every change that lands within COALESCE: a
+                // finished renewal alone sends two (its job moved, its
+                // worker done), and at hundreds of renewals a second a pass
+                // per notification was a large share of the CPU per renewal.
+                tokio::time::sleep(COALESCE).await;
+                let _ = self.worker_done.notified().now_or_never();
+                let _ = self.broker.schedule_changed().notified().now_or_never();
             }
         }
     }
