@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 
 use crate::access::{ClientError, Clients};
 use crate::api::admin::AdminApi;
@@ -362,10 +362,13 @@ impl Daemon {
                         .await
                 })
             }
+            // TCP_NODELAY as on the TLS path: without it, small answers
+            // waited for the peer's delayed ACK (h2load, one connection
+            // with many streams: 40 ms stalls, a third of the throughput).
             None => tokio::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
                         stop.cancelled_owned(),
                     )
                     .await
