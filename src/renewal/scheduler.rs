@@ -110,6 +110,10 @@ impl Scheduler {
             // for a worker to finish.
             let mut saturated = global.available_permits() == 0;
             let mut next_due: Option<UnixMs> = None;
+            // The read stopped at its limit: more jobs may be due behind
+            // hosts that filled up during this pass, which the next pass
+            // skips; so look again at once.
+            let mut truncated = false;
             if !saturated {
                 let skip_hosts: Vec<String> = per_host
                     .iter()
@@ -122,6 +126,7 @@ impl Scheduler {
                 match store.ready_jobs(now, skip_hosts, limit).await {
                     Ok(ready) => {
                         next_due = ready.next_due_at;
+                        truncated = ready.due.len() >= limit as usize;
                         for job in ready.due {
                             if in_flight
                                 .lock()
@@ -177,8 +182,10 @@ impl Scheduler {
             // Sleep until the next job is due, or until something changes (a
             // worker finishing frees permits; the broker moving a job).
             let wait = match next_due {
-                Some(due) if !saturated => clock.now().until(due).clamp(MIN_WAIT, MAX_IDLE),
-                _ => MAX_IDLE,
+                _ if saturated => MAX_IDLE,
+                _ if truncated => MIN_WAIT,
+                Some(due) => clock.now().until(due).clamp(MIN_WAIT, MAX_IDLE),
+                None => MAX_IDLE,
             };
             // `biased`: a fixed polling order instead of tokio's random one,
             // so the deterministic simulation replays exactly; the order is
@@ -319,43 +326,79 @@ mod tests {
         }
     }
 
-    /// Regression: the scheduler read the first 512 due jobs of the whole
-    /// queue, so a host with a larger backlog (here one that never answers)
-    /// hid every other host's due job behind it until the backlog drained.
-    #[tokio::test(start_paused = true)]
-    async fn a_host_with_a_backlog_never_hides_another_hosts_due_job() {
+    /// Starts the scheduler over `tenants` (plus their PBX double).
+    async fn start(
+        tenants: Vec<NewTenant>,
+        limits: SchedulerLimits,
+    ) -> (
+        Arc<OneStuckHost>,
+        Arc<Broker>,
+        Arc<Scheduler>,
+        CancellationToken,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_inline(
             &dir.path().join("db"),
             Arc::new(Keyring::from_key(&[1; 32])),
         )
         .unwrap();
-        let backlog: Vec<NewTenant> = (0..1_000)
-            .map(|i| tenant(&format!("stuck{i:04}"), "stuck.example.com", T0.plus_ms(-i)))
-            .collect();
-        store.insert_tenants(backlog).await.unwrap();
-        store
-            .insert_tenant(tenant("quiet", "quiet.example.com", T0.plus_ms(2_000)))
-            .await
-            .unwrap();
-
+        store.insert_tenants(tenants).await.unwrap();
         let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
         let pbx = Arc::new(OneStuckHost::default());
         let broker = Arc::new(Broker::new(
             clock.clone(),
-            store.clone(),
+            store,
             pbx.clone(),
             Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
             BrokerSettings::from_config(&Config::default()),
         ));
         broker.load().await.unwrap();
+        let scheduler = Arc::new(Scheduler::new(broker.clone(), limits));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(scheduler.clone().run(shutdown.clone(), TaskTracker::new()));
+        (pbx, broker, scheduler, shutdown, dir)
+    }
+
+    /// A pass whose read filled up with one host's jobs (more than that
+    /// host could start) looks again at once, skipping the host, instead of
+    /// waiting for the next notification or MAX_IDLE.
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_cut_short_by_one_host_looks_again_at_once() {
+        let mut tenants: Vec<NewTenant> = (0..10)
+            .map(|i| {
+                tenant(
+                    &format!("stuck{i:02}"),
+                    "stuck.example.com",
+                    T0.plus_ms(-100 + i),
+                )
+            })
+            .collect();
+        tenants.push(tenant("quiet", "quiet.example.com", T0.plus_ms(-1)));
+        let limits = SchedulerLimits {
+            max_concurrent: 4,
+            max_concurrent_per_host: 2,
+        };
+        let (pbx, _broker, _scheduler, shutdown, _dir) = start(tenants, limits).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pbx.other_calls.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+    }
+
+    /// Regression: the scheduler read the first 512 due jobs of the whole
+    /// queue, so a host with a larger backlog (here one that never answers)
+    /// hid every other host's due job behind it until the backlog drained.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_with_a_backlog_never_hides_another_hosts_due_job() {
+        let mut tenants: Vec<NewTenant> = (0..1_000)
+            .map(|i| tenant(&format!("stuck{i:04}"), "stuck.example.com", T0.plus_ms(-i)))
+            .collect();
+        tenants.push(tenant("quiet", "quiet.example.com", T0.plus_ms(2_000)));
         let limits = SchedulerLimits {
             max_concurrent: 64,
             max_concurrent_per_host: 16,
         };
-        let scheduler = Arc::new(Scheduler::new(broker.clone(), limits));
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(scheduler.clone().run(shutdown.clone(), TaskTracker::new()));
+        let (pbx, broker, scheduler, shutdown, _dir) = start(tenants, limits).await;
 
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
@@ -369,8 +412,6 @@ mod tests {
         // scheduler never held more than its per-host cap for it.
         assert!(pbx.stuck_calls.load(Ordering::Relaxed) <= 6);
         assert_eq!(scheduler.status().in_flight.load(Ordering::Relaxed), 16);
-
         shutdown.cancel();
-        run.await.unwrap();
     }
 }
