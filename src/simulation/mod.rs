@@ -334,6 +334,25 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
                 .measure_recovery((0..plan.hosts).collect(), r.window.end),
         ));
     }
+    // PBX_SIMULATE_PROGRESS=1 prints each simulated hour with the wall time
+    // spent (a full-size seed runs for an hour or more). Off by default: an
+    // extra timer task must not exist in runs whose digests are compared.
+    if std::env::var_os("PBX_SIMULATE_PROGRESS").is_some() {
+        let clock = clock.clone();
+        let end = plan.end;
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut hour = 0;
+            while clock.now() < end {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                hour += 1;
+                eprintln!(
+                    "seed {seed}: simulated hour {hour} done after {:.0} s of wall time",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }));
+    }
     for r in &plan.restarts {
         tokio::time::sleep(clock.now().until(r.window.start)).await;
         checker.set_current(None);
