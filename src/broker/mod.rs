@@ -573,7 +573,11 @@ impl Broker {
                     }
                     FetchFailure::Pbx(_) => (
                         TenantState::RenewalFailing,
-                        now.plus(settings.policy.backoff(failures, self.jitter())),
+                        settings.policy.retry_before_expiry(
+                            now.plus(settings.policy.backoff(failures, self.jitter())),
+                            now,
+                            slot.token().as_deref(),
+                        ),
                         None,
                     ),
                 };

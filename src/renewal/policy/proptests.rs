@@ -63,6 +63,29 @@ proptest! {
     }
 
     #[test]
+    fn a_failed_renewal_retries_before_the_held_token_is_half_gone(
+        p in policies(),
+        failures in 1u32..60,
+        rand in rands(),
+        now in 0i64..4_000_000_000_000,
+        issued_ago in 0i64..=31 * 86_400_000,
+        lifetime in 1i64..=31 * 86_400_000,
+    ) {
+        let t = token(now - issued_ago, lifetime);
+        let plain = now_plus(now, p.backoff(failures, rand));
+        let r = p.retry_before_expiry(plain, UnixMs(now), Some(&t));
+        // Never later than the plain backoff, never in the past.
+        prop_assert!(r <= plain && r > UnixMs(now));
+        if t.expires_at.0 > now {
+            let left = t.expires_at.0 - now;
+            prop_assert!(r.0 - now <= (left / 2).max(100), "{} ms of {left} ms left", r.0 - now);
+        } else {
+            // An expired token changes nothing.
+            prop_assert_eq!(r, plain);
+        }
+    }
+
+    #[test]
     fn renewal_is_inside_the_jitter_band(
         p in policies(),
         issued in 0i64..4_000_000_000_000,
@@ -136,4 +159,8 @@ proptest! {
             prop_assert!((0.0..1.0).contains(&x));
         }
     }
+}
+
+fn now_plus(now: i64, d: std::time::Duration) -> UnixMs {
+    UnixMs(now + d.as_millis() as i64)
 }
