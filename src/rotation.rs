@@ -18,8 +18,6 @@
 //!
 //! Does not: read keys from argv or the environment, or run beside a daemon.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -141,28 +139,9 @@ pub async fn rotate_master_key(
     Ok(rotated)
 }
 
-/// Writes a key as hex to a temporary 0600 file, syncs, renames into place.
+/// Writes a key as hex (see `statedir::replace_secret_file`).
 fn write_key(path: &Path, key: &[u8; KEY_LEN]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let tmp = dir.join(format!(".rotate.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut text = zeroize::Zeroizing::new(hex::encode(key));
-        text.push('\n');
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut text = zeroize::Zeroizing::new(hex::encode(key));
+    text.push('\n');
+    statedir::replace_secret_file(path, text.as_bytes())
 }

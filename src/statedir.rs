@@ -5,6 +5,9 @@
 //! still seal with the old key). The lock dies with the process: a crash
 //! leaves nothing to clean up.
 //!
+//! Also: the one way secret files (admin.key, a rotated master key) are
+//! written, `replace_secret_file`.
+//!
 //! Does not: open the database or read keys.
 
 use std::fs::{File, OpenOptions};
@@ -29,6 +32,41 @@ pub enum StateDirError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Writes `contents` to a new 0600 file beside `path`, syncs it, renames it
+/// over `path` (an old file is replaced atomically) and syncs the directory.
+/// A failed write leaves no temporary file behind.
+pub fn replace_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Held while the state directory is in use; unlocks on drop.

@@ -13,12 +13,8 @@
 //! API layer does; the bootstrap key is audited here because no RPC makes it).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-
-use rand::RngCore;
 
 use super::TenantPattern;
 use super::{generate_client_id, generate_key, hash_key, Caller, ClientInfo, KeyHash, Role};
@@ -271,40 +267,15 @@ fn validate(input: &NewClient) -> Result<Role, ValidationError> {
     }
 }
 
-/// Writes `key` + newline to a new 0600 file beside `path`, syncs it, and
-/// renames it into place (an old admin.key is replaced atomically).
+/// Writes `key` + newline as admin.key (see `statedir::replace_secret_file`).
 fn write_key_file(path: &Path, key: &str) -> Result<(), ClientError> {
-    let err = |source| ClientError::KeyFile {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let tmp = dir.join(format!(
-        ".{ADMIN_KEY_FILE}.tmp.{}.{:08x}",
-        std::process::id(),
-        rand::rngs::OsRng.next_u32()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut line = zeroize::Zeroizing::new(String::with_capacity(key.len() + 1));
-        line.push_str(key);
-        line.push('\n');
-        f.write_all(line.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+    let line = zeroize::Zeroizing::new(format!("{key}\n"));
+    crate::statedir::replace_secret_file(path, line.as_bytes()).map_err(|source| {
+        ClientError::KeyFile {
+            path: path.to_owned(),
+            source,
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 #[cfg(test)]
