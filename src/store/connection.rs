@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::StoreError;
@@ -71,7 +72,7 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    configure(&conn)?;
     // WAL: readers never block the writer and the writer never blocks
     // readers, and a commit is one sequential append.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -98,8 +99,22 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    configure(&conn)?;
     Ok(conn)
+}
+
+/// Settings every connection gets, reader or writer.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Query planner stability: without it SQLite marks a cached statement
+    // stale whenever a bound value it peeked at while planning is rebound,
+    // e.g. the scheduler's `LIMIT ?3`, and compiles it again on the next
+    // run: 29 % of the full-size simulation's CPU went to re-preparing the
+    // scheduler's query (perf, docs/RELIABILITY.md). Our queries pin their
+    // plans (CROSS JOIN, INDEXED BY), so a plan that ignores the values
+    // loses nothing.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
 }
 
 /// Locks a std mutex, taking over a poisoned one. A panic while a

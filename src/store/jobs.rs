@@ -283,6 +283,28 @@ mod job_tests {
     }
 
     #[tokio::test]
+    async fn the_scheduler_query_is_compiled_once() {
+        // Each pass binds a new `now`, skip list and LIMIT; none of them may
+        // make SQLite compile the statement again (see `configure`).
+        let t = open_temp();
+        insert_many(&t.store, 20).await;
+        let reprepared = t
+            .store
+            .with_writer(|c, _| {
+                for (i, skip) in [vec![], vec!["a".to_string()], vec![]].iter().enumerate() {
+                    let limit = 5 + i as u32;
+                    let ready = ready(c, T0.plus_ms(i as i64), skip, limit)?;
+                    assert!(ready.due.len() <= limit as usize);
+                }
+                let stmt = c.prepare_cached(READY_SQL)?;
+                Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+            })
+            .await
+            .unwrap();
+        assert_eq!(reprepared, 0);
+    }
+
+    #[tokio::test]
     async fn reschedule_creates_moves_and_refuses_unknown() {
         let t = open_temp();
         let id = tid("acme");
