@@ -697,7 +697,9 @@ fn parse_env_value(raw: &str) -> toml::Value {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// Environment pairs as `Config::load` takes them (shared with the
+    /// submodules' tests).
+    pub(super) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

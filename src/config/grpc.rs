@@ -86,14 +86,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::env;
     use super::super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn security_keys_are_checked() {
