@@ -183,10 +183,15 @@ fn summary(reports: &[SeedReport]) {
         .max()
         .unwrap_or(0);
     let unfinished: u64 = reports.iter().map(|r| r.checks.recoveries_unfinished).sum();
+    let late: u64 = reports.iter().map(|r| r.timing.late_after_failure).sum();
+    let late_max = reports
+        .iter()
+        .map(|r| r.timing.late_after_failure_max_ratio)
+        .fold(0.0, f64::max);
     let probes: u64 = reports.iter().map(|r| r.checks.probes).sum();
     let wall: f64 = reports.iter().map(|r| r.wall.as_secs_f64()).sum();
     println!(
-        "summary: {} seed(s), {} violation(s); {} PBX requests; max {}/s and {} in flight at any host (limits {} and {}); undisturbed renewal gap mean {:.3}, min {:.3}, max {:.3} x lifetime x at_fraction; {} probes; max recovery {:.0} s, {} unfinished; {:.0} s of seed wall time",
+        "summary: {} seed(s), {} violation(s); {} PBX requests; max {}/s and {} in flight at any host (limits {} and {}); undisturbed renewal gap mean {:.3}, min {:.3}, max {:.3} x lifetime x at_fraction, {} late after failed answers (max {:.3}); {} probes; max recovery {:.0} s, {} unfinished; {:.0} s of seed wall time",
         reports.len(),
         total_violations,
         requests,
@@ -197,6 +202,8 @@ fn summary(reports: &[SeedReport]) {
         mean_ratio,
         min_ratio,
         max_ratio,
+        late,
+        late_max,
         probes,
         max_recovery as f64 / 1000.0,
         unfinished,

@@ -166,7 +166,7 @@ impl SeedReport {
     /// One line for logs and the summary table.
     pub fn line(&self) -> String {
         format!(
-            "seed {}: {} violations; {} PBX requests (max {}/s of {}, {} in flight of {}); probes {} ok / {} refused / {} timed out; renewal gap {:.3} (min {:.3}, max {:.3}) x lifetime x at; max recovery {:.0} s; faults: {} outages, {} storms, {} slow, {} malformed, {} revoked, {} restarts; digest {:016x}; {:.1} s wall",
+            "seed {}: {} violations; {} PBX requests (max {}/s of {}, {} in flight of {}); probes {} ok / {} refused / {} timed out; renewal gap {:.3} (min {:.3}, max {:.3}) x lifetime x at, {} late after failed answers (max {:.3}); max recovery {:.0} s; faults: {} outages, {} storms, {} slow, {} malformed, {} revoked, {} restarts; digest {:016x}; {:.1} s wall",
             self.seed,
             self.violation_total(),
             self.pbx_requests,
@@ -180,6 +180,8 @@ impl SeedReport {
             self.timing.mean_ratio,
             self.timing.min_ratio,
             self.timing.max_ratio,
+            self.timing.late_after_failure,
+            self.timing.late_after_failure_max_ratio,
             self.checks.max_recovery_ms as f64 / 1000.0,
             self.outages,
             self.storms,

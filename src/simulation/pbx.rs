@@ -76,13 +76,26 @@ pub struct HostMeter {
 /// What the PBX knows about one tenant.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    /// (issued, expires) of every token delivered, in order; the serial in
-    /// the token value indexes it.
-    pub issued: Vec<(UnixMs, UnixMs)>,
+    /// Every token delivered, in order; the serial in the token value
+    /// indexes it.
+    pub issued: Vec<Issued>,
     pub requests: u32,
     /// Requests that arrived while its credentials were revoked.
     pub requests_revoked: u32,
     pub last_failed: bool,
+    /// The PBX failed one of its requests since the last token.
+    failed_since_issue: bool,
+}
+
+/// One token the PBX delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct Issued {
+    pub at: UnixMs,
+    pub expires: UnixMs,
+    /// The PBX had failed one of the tenant's requests since its previous
+    /// token (an error, a garbled answer, a timeout): this token came from
+    /// a retry.
+    pub after_failure: bool,
 }
 
 #[derive(Debug)]
@@ -175,7 +188,11 @@ impl SimPbx {
         let expires = issued.plus_ms(self.world.lifetime_secs as i64 * 1000);
         let mut st = self.state();
         let serial = st.tenants[tenant].issued.len();
-        st.tenants[tenant].issued.push((issued, expires));
+        st.tenants[tenant].issued.push(Issued {
+            at: issued,
+            expires,
+            after_failure: false,
+        });
         let nonce: u32 = st.rng.gen();
         format!("sim{tenant}x{serial}x{nonce:08x}")
     }
@@ -187,8 +204,8 @@ impl SimPbx {
         let tenant: usize = parts.next()?.parse().ok()?;
         let serial: usize = parts.next()?.parse().ok()?;
         let st = self.state();
-        let (_, expires) = *st.tenants.get(tenant)?.issued.get(serial)?;
-        Some((tenant, expires))
+        let issued = st.tenants.get(tenant)?.issued.get(serial)?;
+        Some((tenant, issued.expires))
     }
 
     pub fn ledgers(&self) -> Vec<Ledger> {
@@ -286,6 +303,7 @@ impl SimPbx {
             // A rejection is the tenant's own state, not the host's health.
             let now_failed = code != 0 && code != 1;
             st.tenants[t].last_failed = now_failed;
+            st.tenants[t].failed_since_issue |= code != 0;
             let meter = &mut st.hosts[host];
             match (was, now_failed) {
                 (false, true) => meter.failing += 1,
@@ -426,10 +444,14 @@ impl SimPbx {
         let now = self.clock.now();
         let lifetime = self.world.lifetime_secs;
         let mut st = self.state();
-        let serial = st.tenants[tenant].issued.len();
-        st.tenants[tenant]
-            .issued
-            .push((now, now.plus_ms(lifetime as i64 * 1000)));
+        let ledger = &mut st.tenants[tenant];
+        let serial = ledger.issued.len();
+        let after_failure = std::mem::take(&mut ledger.failed_since_issue);
+        ledger.issued.push(Issued {
+            at: now,
+            expires: now.plus_ms(lifetime as i64 * 1000),
+            after_failure,
+        });
         let nonce: u32 = st.rng.gen();
         let token = format!("sim{tenant}x{serial}x{nonce:08x}");
         if self.omit_expires_in {
