@@ -301,7 +301,10 @@ impl Daemon {
             let cancel = background.clone();
             async move { onboarding.resume_interrupted(cancel).await }
         });
-        let scheduler = Arc::new(Scheduler::new(broker.clone(), scheduler_limits(&config)));
+        let scheduler = Arc::new(Scheduler::new(
+            broker.clone(),
+            SchedulerLimits::from_config(&config),
+        ));
         let scheduler_task =
             tokio::spawn(scheduler.clone().run(background.clone(), workers.clone()));
         let maintenance =
@@ -523,7 +526,8 @@ impl Daemon {
             config.limits.per_host_requests_per_second,
             config.limits.per_host_concurrent,
         );
-        self.scheduler.set_limits(scheduler_limits(config));
+        self.scheduler
+            .set_limits(SchedulerLimits::from_config(config));
         self.tenants.set_capacity(capacity_settings(config));
         self.onboarding
             .set_settings(OnboardingSettings::from_config(&config.onboarding));
@@ -646,13 +650,6 @@ fn allowed_hosts(config: &Config) -> Vec<crate::domain::HostPattern> {
         .iter()
         .filter_map(|p| crate::domain::HostPattern::parse(p).ok())
         .collect()
-}
-
-fn scheduler_limits(config: &Config) -> SchedulerLimits {
-    SchedulerLimits {
-        max_concurrent: config.refresh.max_concurrent,
-        max_concurrent_per_host: config.refresh.max_concurrent_per_host,
-    }
 }
 
 fn capacity_settings(config: &Config) -> CapacitySettings {

@@ -571,15 +571,23 @@ impl Broker {
                             Some(until),
                         )
                     }
-                    FetchFailure::Pbx(_) => (
-                        TenantState::RenewalFailing,
-                        settings.policy.retry_before_expiry(
-                            now.plus(settings.policy.backoff(failures, self.jitter())),
-                            now,
-                            slot.token().as_deref(),
-                        ),
-                        None,
-                    ),
+                    FetchFailure::Pbx(e) => {
+                        let backoff = match e {
+                            PbxError::Protocol { .. } => settings
+                                .policy
+                                .backoff_after_malformed(failures, self.jitter()),
+                            _ => settings.policy.backoff(failures, self.jitter()),
+                        };
+                        (
+                            TenantState::RenewalFailing,
+                            settings.policy.retry_before_expiry(
+                                now.plus(backoff),
+                                now,
+                                slot.token().as_deref(),
+                            ),
+                            None,
+                        )
+                    }
                 };
                 let message = failure.describe();
                 tracing::warn!(tenant = %slot.id(), outcome = "failure", class = failure.class(), latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");

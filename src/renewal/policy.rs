@@ -12,6 +12,13 @@ use crate::domain::AccessToken;
 const MIN_HEADROOM_MS: i64 = 500;
 /// A backoff delay is never shorter than this, so full jitter can't spin.
 const MIN_BACKOFF_MS: u64 = 100;
+/// After a malformed answer the backoff grows to at most this, not to
+/// `backoff_max`: the PBX is up and answering, and a garbled answer is
+/// usually one bad answer (a proxy's error page, a cut-off body), so the
+/// next try is likely to work. The per-host limiter still bounds the rate.
+/// (The full-size simulation saw retries drawn at the 300 s cap during
+/// periods of 40 % garbled answers land 37 s before the token expired.)
+pub const MALFORMED_BACKOFF_MAX_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenewalPolicy {
@@ -60,11 +67,25 @@ impl RenewalPolicy {
     /// retries of many tenants that failed together (AWS architecture blog,
     /// "Exponential Backoff And Jitter").
     pub fn backoff(&self, failures: u32, rand: f64) -> Duration {
+        self.backoff_up_to(self.backoff_max_ms, failures, rand)
+    }
+
+    /// [`Self::backoff`] after a malformed answer: the same growth, capped
+    /// at [`MALFORMED_BACKOFF_MAX_MS`] (or `backoff_max`, if lower).
+    pub fn backoff_after_malformed(&self, failures: u32, rand: f64) -> Duration {
+        self.backoff_up_to(
+            self.backoff_max_ms.min(MALFORMED_BACKOFF_MAX_MS),
+            failures,
+            rand,
+        )
+    }
+
+    fn backoff_up_to(&self, max_ms: u64, failures: u32, rand: f64) -> Duration {
         let exp = failures.saturating_sub(1).min(40);
         let cap = self
             .backoff_initial_ms
             .saturating_mul(1u64 << exp)
-            .min(self.backoff_max_ms)
+            .min(max_ms)
             .max(MIN_BACKOFF_MS);
         let delay = (cap as f64 * rand.clamp(0.0, 1.0)) as u64;
         Duration::from_millis(delay.max(MIN_BACKOFF_MS))
@@ -167,6 +188,35 @@ mod tests {
                 assert!(d <= Duration::from_millis(300_000));
             }
         }
+    }
+
+    #[test]
+    fn backoff_after_a_malformed_answer_stops_growing_at_30_s() {
+        let p = policy();
+        assert_eq!(
+            p.backoff_after_malformed(1, 1.0),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            p.backoff_after_malformed(5, 1.0),
+            Duration::from_millis(16_000)
+        );
+        assert_eq!(
+            p.backoff_after_malformed(6, 1.0),
+            Duration::from_millis(30_000)
+        );
+        assert_eq!(
+            p.backoff_after_malformed(40, 1.0),
+            Duration::from_millis(30_000)
+        );
+        assert_eq!(
+            p.backoff_after_malformed(40, 0.5),
+            Duration::from_millis(15_000)
+        );
+        assert_eq!(
+            p.backoff_after_malformed(5, 0.0),
+            Duration::from_millis(MIN_BACKOFF_MS)
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, Jitter};
 use crate::clock::UnixMs;
+use crate::config::Config;
 use crate::domain::TenantId;
 use crate::store::{Store, StoreError};
 
@@ -39,6 +40,24 @@ const COALESCE: Duration = Duration::from_millis(5);
 pub struct SchedulerLimits {
     pub max_concurrent: u32,
     pub max_concurrent_per_host: u32,
+}
+
+impl SchedulerLimits {
+    /// `refresh.max_concurrent` in all; per host, `refresh.max_concurrent_per_host`
+    /// but never more than the host's limiter lets through at once
+    /// (`limits.per_host_concurrent`). A worker beyond that only waits in the
+    /// limiter while holding a global permit: a few slow or hung hosts then
+    /// held all of them and starved the healthy hosts (the full-size
+    /// simulation saw renewals on healthy hosts run 300 s late).
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_concurrent: config.refresh.max_concurrent,
+            max_concurrent_per_host: config
+                .refresh
+                .max_concurrent_per_host
+                .min(config.limits.per_host_concurrent),
+        }
+    }
 }
 
 /// Shared between the loop and whoever watches it (watchdog, metrics).
@@ -265,7 +284,6 @@ mod tests {
     use super::*;
     use crate::broker::BrokerSettings;
     use crate::clock::{SharedClock, TokioClock};
-    use crate::config::Config;
     use crate::crypto::Keyring;
     use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantState};
     use crate::pbx::limiter::HostLimiters;
@@ -412,6 +430,38 @@ mod tests {
         // scheduler never held more than its per-host cap for it.
         assert!(pbx.stuck_calls.load(Ordering::Relaxed) <= 6);
         assert_eq!(scheduler.status().in_flight.load(Ordering::Relaxed), 16);
+        shutdown.cancel();
+    }
+
+    /// Regression (found by the full-size simulation): with the default
+    /// caps, 64 in all and 16 per host, four hosts that stopped answering
+    /// took every global permit (16 workers each, 10 of them only waiting
+    /// for the host's limiter), and a healthy host's renewals waited until
+    /// one of them recovered.
+    #[tokio::test(start_paused = true)]
+    async fn hosts_that_never_answer_leave_room_for_a_healthy_one() {
+        let mut tenants: Vec<NewTenant> = Vec::new();
+        for h in 0..8 {
+            for i in 0..50 {
+                tenants.push(tenant(
+                    &format!("stuck{h}x{i:02}"),
+                    &format!("h{h}.stuck.example.com"),
+                    T0.plus_ms(-100 + i),
+                ));
+            }
+        }
+        tenants.push(tenant("quiet", "quiet.example.com", T0.plus_ms(-1)));
+        let (pbx, _broker, scheduler, shutdown, _dir) =
+            start(tenants, SchedulerLimits::from_config(&Config::default())).await;
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            pbx.other_calls.load(Ordering::Relaxed),
+            1,
+            "healthy host starved"
+        );
+        // Each stuck host holds only what its limiter lets through at once.
+        assert_eq!(scheduler.status().in_flight.load(Ordering::Relaxed), 8 * 6);
         shutdown.cancel();
     }
 }

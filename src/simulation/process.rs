@@ -75,10 +75,7 @@ impl Process {
         .await?;
         let scheduler = Arc::new(Scheduler::new(
             broker.clone(),
-            SchedulerLimits {
-                max_concurrent: config.refresh.max_concurrent,
-                max_concurrent_per_host: config.refresh.max_concurrent_per_host,
-            },
+            SchedulerLimits::from_config(config),
         ));
         let scheduler = tokio::spawn(scheduler.run(killed.clone(), TaskTracker::new()));
         Ok(Process {

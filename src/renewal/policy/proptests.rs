@@ -129,6 +129,18 @@ proptest! {
     }
 
     #[test]
+    fn backoff_after_a_malformed_answer_is_the_same_draw_capped_lower(
+        p in policies(),
+        failures in any::<u32>(),
+        rand in rands(),
+    ) {
+        let d = p.backoff_after_malformed(failures, rand).as_millis() as u64;
+        prop_assert!(d >= MIN_BACKOFF_MS, "{d} below the floor");
+        prop_assert!(d <= MALFORMED_BACKOFF_MAX_MS.max(MIN_BACKOFF_MS), "{d} above 30 s");
+        prop_assert!(d <= p.backoff(failures, rand).as_millis() as u64);
+    }
+
+    #[test]
     fn backoff_cap_never_shrinks(p in policies(), failures in 0u32..100) {
         prop_assert!(p.backoff(failures, 1.0) <= p.backoff(failures + 1, 1.0));
     }
