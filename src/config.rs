@@ -129,6 +129,8 @@ pub struct RefreshConfig {
     pub at_fraction: f64,
     pub jitter_fraction: f64,
     pub max_concurrent: u32,
+    /// Scheduled renewals of one host at once; the scheduler never uses more
+    /// than `limits.per_host_concurrent` (see `SchedulerLimits::from_config`).
     pub max_concurrent_per_host: u32,
     /// First retry delay after a transient failure; doubles each time.
     pub backoff_initial_ms: u64,
