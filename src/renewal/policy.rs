@@ -193,30 +193,20 @@ mod tests {
     #[test]
     fn backoff_after_a_malformed_answer_stops_growing_at_30_s() {
         let p = policy();
-        assert_eq!(
-            p.backoff_after_malformed(1, 1.0),
-            Duration::from_millis(1000)
-        );
-        assert_eq!(
-            p.backoff_after_malformed(5, 1.0),
-            Duration::from_millis(16_000)
-        );
-        assert_eq!(
-            p.backoff_after_malformed(6, 1.0),
-            Duration::from_millis(30_000)
-        );
-        assert_eq!(
-            p.backoff_after_malformed(40, 1.0),
-            Duration::from_millis(30_000)
-        );
-        assert_eq!(
-            p.backoff_after_malformed(40, 0.5),
-            Duration::from_millis(15_000)
-        );
-        assert_eq!(
-            p.backoff_after_malformed(5, 0.0),
-            Duration::from_millis(MIN_BACKOFF_MS)
-        );
+        for (failures, rand, ms) in [
+            (1, 1.0, 1000),
+            (5, 1.0, 16_000),
+            (6, 1.0, 30_000),
+            (40, 1.0, 30_000),
+            (40, 0.5, 15_000),
+            (5, 0.0, MIN_BACKOFF_MS),
+        ] {
+            assert_eq!(
+                p.backoff_after_malformed(failures, rand),
+                Duration::from_millis(ms),
+                "{failures} failures, draw {rand}"
+            );
+        }
     }
 
     #[test]
