@@ -281,8 +281,9 @@ impl Plan {
     /// schedule (it retries within seconds), but not to one recovering from
     /// a disruption: it is then at the backoff cap, and each failed retry
     /// costs up to `backoff_max` (30 s after a malformed answer, still many
-    /// retries in a row at high garbage rates). So such a fault that touches a recovery
-    /// period counts as part of the disruption (until nothing changes).
+    /// retries in a row at high garbage rates). So such a fault that touches
+    /// a recovery period counts as part of the disruption (until nothing
+    /// changes).
     fn spread_disruption(&mut self) {
         loop {
             let mut changed = false;
