@@ -104,6 +104,12 @@ fn main() -> anyhow::Result<()> {
                 match run_seed(&spec, seed) {
                     Ok(r) => {
                         println!("{}", r.line());
+                        if let (true, Some(gap)) = (args.verbose, &r.timing.max_gap) {
+                            println!(
+                                "  seed {seed}: largest undisturbed gap: {gap}; largest at the first attempt {:.3} x lifetime x at",
+                                r.timing.max_first_try_ratio
+                            );
+                        }
                         if r.violation_total() > 0 {
                             print_failure(&r, &args);
                         }

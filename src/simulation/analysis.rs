@@ -15,9 +15,10 @@
 //! retried more often than the rare retry interval allows.
 
 use super::pbx::Ledger;
-use super::plan::Plan;
+use super::plan::{Plan, T0};
 use super::record::Recorder;
 use super::world::World;
+use crate::clock::UnixMs;
 use crate::config::Config;
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -36,6 +37,44 @@ pub struct Timing {
     /// answer, and the longest of them (x `lifetime x at_fraction`).
     pub late_after_failure: u64,
     pub late_after_failure_max_ratio: f64,
+    /// Where the largest undisturbed gap lies, to look at it in the plan
+    /// (`--show-plan --verbose`).
+    pub max_gap: Option<GapAt>,
+    /// The largest undisturbed gap whose token came at the first attempt
+    /// (x `lifetime x at_fraction`): the scheduler's own punctuality, without
+    /// retries after failed answers (which `max_ratio` includes when they
+    /// land inside the band).
+    pub max_first_try_ratio: f64,
+}
+
+/// One gap between two consecutive tokens of a tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapAt {
+    pub tenant: String,
+    pub host: usize,
+    /// When the two tokens were issued.
+    pub from: UnixMs,
+    pub to: UnixMs,
+    /// The PBX failed one of the tenant's requests in between.
+    pub after_failure: bool,
+}
+
+impl std::fmt::Display for GapAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (host {}) renewed {:.1} s after its previous token, issued at {:.1} s (plan time), {}",
+            self.tenant,
+            self.host,
+            (self.to.0 - self.from.0) as f64 / 1000.0,
+            (self.from.0 - T0.0) as f64 / 1000.0,
+            if self.after_failure {
+                "after a failed answer"
+            } else {
+                "at the first attempt"
+            }
+        )
+    }
 }
 
 pub fn renewal_timing(
@@ -76,7 +115,19 @@ pub fn renewal_timing(
             t.gaps += 1;
             sum += gap;
             t.min_ratio = t.min_ratio.min(gap / nominal);
-            t.max_ratio = t.max_ratio.max(gap / nominal);
+            if gap / nominal > t.max_ratio {
+                t.max_ratio = gap / nominal;
+                t.max_gap = Some(GapAt {
+                    tenant: world.tenant_ids[tenant].clone(),
+                    host,
+                    from: a,
+                    to: b,
+                    after_failure: pair[1].after_failure,
+                });
+            }
+            if !pair[1].after_failure {
+                t.max_first_try_ratio = t.max_first_try_ratio.max(gap / nominal);
+            }
             if gap < lo || gap > hi {
                 rec.violation(
                     b,
@@ -196,5 +247,16 @@ mod tests {
         assert_eq!(t.late_after_failure, 1);
         assert!((t.late_after_failure_max_ratio - 3_400.0 / 2_880.0).abs() < 1e-9);
         assert_eq!(t.gaps, 3);
+        // The largest counted gap is t000002's missed renewal, found again.
+        let at = t.max_gap.expect("a largest gap");
+        assert_eq!(
+            (at.tenant.as_str(), at.from, at.to),
+            ("t000002", T0, T0.plus_ms(3_400_000))
+        );
+        assert!(!at.after_failure);
+        assert!(at
+            .to_string()
+            .starts_with("t000002 (host 0) renewed 3400.0 s"));
+        assert!((t.max_first_try_ratio - 3_400.0 / 2_880.0).abs() < 1e-9);
     }
 }
