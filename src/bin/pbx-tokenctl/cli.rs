@@ -520,7 +520,9 @@ pub enum AuthCommand {
 #[command(group(ArgGroup::new("flow").required(true).args(["state", "tenant"])))]
 pub struct AuthCompleteArgs {
     /// The state printed by `auth begin` (preferred).
-    #[arg(long, value_name = "STATE")]
+    // States and codes are random base64url text and may begin with `-`
+    // (about 1 in 64); without this clap would read `-G…` as an option.
+    #[arg(long, value_name = "STATE", allow_hyphen_values = true)]
     pub state: Option<String>,
 
     /// The tenant whose pending flow to complete.
@@ -528,7 +530,7 @@ pub struct AuthCompleteArgs {
     pub tenant: Option<String>,
 
     /// The authorization code from the redirect.
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "CODE", allow_hyphen_values = true)]
     pub code: String,
 }
 
@@ -717,6 +719,19 @@ mod tests {
         assert!(
             parse(&["auth", "complete", "--state", "s", "--tenant", "t", "--code", "c"]).is_err()
         );
+    }
+
+    /// Regression: CI once drew a state beginning with `-G` and the CLI
+    /// refused it as an unknown option.
+    #[test]
+    fn auth_complete_takes_state_and_code_beginning_with_a_dash() {
+        let cli = parse(&["auth", "complete", "--state", "-G_7Qz", "--code", "-8OaB"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Auth(AuthCommand::Complete(AuthCompleteArgs {
+                state: Some(ref s), ref code, ..
+            }))) if s == "-G_7Qz" && code == "-8OaB"
+        ));
     }
 }
 
