@@ -105,8 +105,15 @@ fn main() -> anyhow::Result<()> {
                     Ok(r) => {
                         println!("{}", r.line());
                         if let (true, Some(gap)) = (args.verbose, &r.timing.max_gap) {
+                            // When the largest gap was a retry, also say where
+                            // the largest first-attempt gap lies, to look at
+                            // it in the plan.
+                            let first_try = match &r.timing.max_first_try_gap {
+                                Some(at) if at != gap => format!(": {at}"),
+                                _ => String::new(),
+                            };
                             println!(
-                                "  seed {seed}: largest undisturbed gap: {gap}; largest at the first attempt {:.3} x lifetime x at",
+                                "  seed {seed}: largest undisturbed gap: {gap}; largest at the first attempt {:.3} x lifetime x at{first_try}",
                                 r.timing.max_first_try_ratio
                             );
                         }

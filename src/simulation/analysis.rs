@@ -45,6 +45,9 @@ pub struct Timing {
     /// retries after failed answers (which `max_ratio` includes when they
     /// land inside the band).
     pub max_first_try_ratio: f64,
+    /// Where that gap lies (the same as `max_gap` when the largest gap came
+    /// at the first attempt).
+    pub max_first_try_gap: Option<GapAt>,
 }
 
 /// One gap between two consecutive tokens of a tenant.
@@ -115,18 +118,20 @@ pub fn renewal_timing(
             t.gaps += 1;
             sum += gap;
             t.min_ratio = t.min_ratio.min(gap / nominal);
+            let at = || GapAt {
+                tenant: world.tenant_ids[tenant].clone(),
+                host,
+                from: a,
+                to: b,
+                after_failure: pair[1].after_failure,
+            };
             if gap / nominal > t.max_ratio {
                 t.max_ratio = gap / nominal;
-                t.max_gap = Some(GapAt {
-                    tenant: world.tenant_ids[tenant].clone(),
-                    host,
-                    from: a,
-                    to: b,
-                    after_failure: pair[1].after_failure,
-                });
+                t.max_gap = Some(at());
             }
-            if !pair[1].after_failure {
-                t.max_first_try_ratio = t.max_first_try_ratio.max(gap / nominal);
+            if !pair[1].after_failure && gap / nominal > t.max_first_try_ratio {
+                t.max_first_try_ratio = gap / nominal;
+                t.max_first_try_gap = Some(at());
             }
             if gap < lo || gap > hi {
                 rec.violation(
@@ -248,7 +253,7 @@ mod tests {
         assert!((t.late_after_failure_max_ratio - 3_400.0 / 2_880.0).abs() < 1e-9);
         assert_eq!(t.gaps, 3);
         // The largest counted gap is t000002's missed renewal, found again.
-        let at = t.max_gap.expect("a largest gap");
+        let at = t.max_gap.clone().expect("a largest gap");
         assert_eq!(
             (at.tenant.as_str(), at.from, at.to),
             ("t000002", T0, T0.plus_ms(3_400_000))
@@ -258,5 +263,39 @@ mod tests {
             .to_string()
             .starts_with("t000002 (host 0) renewed 3400.0 s"));
         assert!((t.max_first_try_ratio - 3_400.0 / 2_880.0).abs() < 1e-9);
+        assert_eq!(t.max_first_try_gap, t.max_gap);
+    }
+
+    #[test]
+    fn the_largest_gap_at_the_first_attempt_is_located_apart_from_retries() {
+        let spec = SimSpec {
+            tenants: 3,
+            hosts: 1,
+            faults: false,
+            ..SimSpec::small()
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let world = World::new(spec.tenants, spec.hosts, 3600, &mut rng);
+        let plan = Plan::draw(&spec, &mut rng);
+        // All inside the band (2,430..3,366 s); the largest is a retry.
+        let ledgers = vec![
+            ledger(2_880, false),
+            ledger(3_300, true),
+            ledger(3_000, false),
+        ];
+        let rec = Recorder::default();
+        let t = renewal_timing(&plan, &world, &ledgers, &spec.config, spec.hours, &rec);
+        assert!(rec.violations().0.is_empty());
+        let largest = t.max_gap.expect("a largest gap");
+        assert_eq!(
+            (largest.tenant.as_str(), largest.after_failure),
+            ("t000001", true)
+        );
+        let first_try = t.max_first_try_gap.expect("a largest first-attempt gap");
+        assert_eq!(
+            (first_try.tenant.as_str(), first_try.to),
+            ("t000002", T0.plus_ms(3_000_000))
+        );
+        assert!((t.max_first_try_ratio - 3_000.0 / 2_880.0).abs() < 1e-9);
     }
 }
