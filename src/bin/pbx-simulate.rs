@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use pbx_tokend::simulation::analysis::Watch;
 use pbx_tokend::simulation::{plan_for, run_seed, SeedReport, SimSpec};
 
 #[derive(Parser, Debug)]
@@ -59,6 +60,20 @@ struct Args {
     /// Print each seed's fault plan before running it.
     #[arg(long)]
     show_plan: bool,
+    /// After the run, print this host's renewal timeline (tokens issued and
+    /// tenants waiting per step), read from the PBX's ledger; the run itself
+    /// and its digest are unchanged.
+    #[arg(long)]
+    watch_host: Option<usize>,
+    /// Start of the timeline, plan time in seconds (as `--show-plan` prints).
+    #[arg(long, default_value_t = 0.0)]
+    watch_from: f64,
+    /// End of the timeline, plan time in seconds (default: the run's end).
+    #[arg(long)]
+    watch_to: Option<f64>,
+    /// Step of the timeline in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    watch_step: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +85,12 @@ fn main() -> anyhow::Result<()> {
         lifetime_secs: args.lifetime_secs,
         faults: !args.calm,
         db_dir: args.db_dir.clone(),
+        watch: args.watch_host.map(|host| Watch {
+            host,
+            from_s: args.watch_from,
+            to_s: args.watch_to.unwrap_or(args.hours * 3600.0),
+            step_s: args.watch_step,
+        }),
         ..SimSpec::small()
     };
     spec.probes_per_sec =
@@ -116,6 +137,12 @@ fn main() -> anyhow::Result<()> {
                                 "  seed {seed}: largest undisturbed gap: {gap}; largest at the first attempt {:.3} x lifetime x at{first_try}",
                                 r.timing.max_first_try_ratio
                             );
+                        }
+                        if let Some(w) = spec.watch.filter(|_| !r.timeline.is_empty()) {
+                            println!("  seed {seed}: host {} timeline (plan time):", w.host);
+                            for row in &r.timeline {
+                                println!("    {row}");
+                            }
                         }
                         if r.violation_total() > 0 {
                             print_failure(&r, &args);

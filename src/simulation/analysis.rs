@@ -13,6 +13,10 @@
 //! `lifetime x at_fraction`, i.e. renewals per lifetime within 10 % of `1 /
 //! at_fraction`. Tenants whose credentials were revoked must not have been
 //! retried more often than the rare retry interval allows.
+//!
+//! Also, on request, one host's timeline ([`host_timeline`]): tokens issued
+//! and tenants waiting per step, to tell a renewal that waited in the host's
+//! queue from one that was started late.
 
 use super::pbx::Ledger;
 use super::plan::{Plan, T0};
@@ -194,6 +198,102 @@ pub fn renewal_timing(
     t
 }
 
+/// What to watch on one host after a run (`pbx-simulate --watch-host`): a
+/// timeline of its renewals, to see whether a late renewal waited in a
+/// queue (many tenants due, few tokens per second) or was started late.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watch {
+    pub host: usize,
+    /// Plan time in seconds (0 is the start of the run).
+    pub from_s: f64,
+    pub to_s: f64,
+    pub step_s: f64,
+}
+
+/// One step of a host's timeline, read from the PBX's ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineRow {
+    /// Start of the step, plan time in seconds.
+    pub at_s: f64,
+    /// Tokens the host issued during the step.
+    pub issued: u32,
+    /// At the end of the step: tenants whose token is older than the start
+    /// of the renewal band (`lifetime x (at - jitter)`), i.e. may be due,
+    /// and of those, tenants older than its end (`lifetime x (at +
+    /// jitter)`): certainly due and still not renewed.
+    pub in_band: u32,
+    pub past_band: u32,
+    /// The oldest token among them, in seconds.
+    pub oldest_s: f64,
+}
+
+impl std::fmt::Display for TimelineRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.0} s  {:>5} issued  {:>5} due or nearly  {:>5} past the jitter band  oldest token {:>6.0} s",
+            self.at_s, self.issued, self.in_band, self.past_band, self.oldest_s
+        )
+    }
+}
+
+/// The timeline of `watch.host`: per step, the tokens it issued and how
+/// many of its tenants were waiting for one. Tenants whose credentials were
+/// ever revoked are left out (their tokens stop on purpose).
+pub fn host_timeline(
+    plan: &Plan,
+    world: &World,
+    ledgers: &[Ledger],
+    config: &Config,
+    watch: Watch,
+) -> Vec<TimelineRow> {
+    let lifetime_ms = world.lifetime_secs as f64 * 1000.0;
+    let band_start = (config.refresh.at_fraction - config.refresh.jitter_fraction) * lifetime_ms;
+    let band_end = (config.refresh.at_fraction + config.refresh.jitter_fraction) * lifetime_ms;
+    let tenants: Vec<&Ledger> = ledgers
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| world.host_of(i) == watch.host && plan.revoked[i].is_none())
+        .map(|(_, l)| l)
+        .collect();
+    let step_ms = (watch.step_s * 1000.0).max(1.0) as i64;
+    let mut rows = Vec::new();
+    let mut start = T0.0 + (watch.from_s * 1000.0) as i64;
+    let stop = T0.0 + (watch.to_s * 1000.0) as i64;
+    while start < stop {
+        let end = start + step_ms;
+        let mut row = TimelineRow {
+            at_s: (start - T0.0) as f64 / 1000.0,
+            issued: 0,
+            in_band: 0,
+            past_band: 0,
+            oldest_s: 0.0,
+        };
+        for ledger in &tenants {
+            let issued = &ledger.issued;
+            // Tokens issued before the end of the step; the last of them is
+            // the one the tenant held at that moment.
+            let held = issued.partition_point(|x| x.at.0 < end);
+            let before = issued.partition_point(|x| x.at.0 < start);
+            row.issued += (held - before) as u32;
+            let Some(last) = held.checked_sub(1).map(|i| issued[i]) else {
+                continue;
+            };
+            let age = (end - last.at.0) as f64;
+            if age >= band_start {
+                row.in_band += 1;
+                row.oldest_s = row.oldest_s.max(age / 1000.0);
+            }
+            if age > band_end {
+                row.past_band += 1;
+            }
+        }
+        rows.push(row);
+        start = end;
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -264,6 +364,54 @@ mod tests {
             .starts_with("t000002 (host 0) renewed 3400.0 s"));
         assert!((t.max_first_try_ratio - 3_400.0 / 2_880.0).abs() < 1e-9);
         assert_eq!(t.max_first_try_gap, t.max_gap);
+    }
+
+    #[test]
+    fn a_host_timeline_counts_tokens_issued_and_tenants_still_waiting() {
+        let spec = SimSpec {
+            tenants: 4,
+            hosts: 2,
+            faults: false,
+            ..SimSpec::small()
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let world = World::new(spec.tenants, spec.hosts, 3600, &mut rng);
+        let plan = Plan::draw(&spec, &mut rng);
+        // Host 0 holds tenants 0 and 2; the band is 2,700..3,060 s of age.
+        // Tenant 0 renews on time at 2,880 s; tenant 2 waits until 3,200 s.
+        // Tenant 1 (host 1) renews at 2,900 s and must not be counted.
+        let ledgers = vec![
+            ledger(2_880, false),
+            ledger(2_900, false),
+            ledger(3_200, false),
+            ledger(2_880, false),
+        ];
+        let watch = Watch {
+            host: 0,
+            from_s: 2_600.0,
+            to_s: 3_300.0,
+            step_s: 100.0,
+        };
+        let rows = host_timeline(&plan, &world, &ledgers, &spec.config, watch);
+        let seen: Vec<(f64, u32, u32, u32)> = rows
+            .iter()
+            .map(|r| (r.at_s, r.issued, r.in_band, r.past_band))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (2_600.0, 0, 2, 0),
+                (2_700.0, 0, 2, 0),
+                (2_800.0, 1, 1, 0),
+                (2_900.0, 0, 1, 0),
+                (3_000.0, 0, 1, 1),
+                (3_100.0, 0, 1, 1),
+                (3_200.0, 1, 0, 0),
+            ]
+        );
+        // At the end of the 3,100 s step, tenant 2's token is 3,200 s old.
+        assert!((rows[5].oldest_s - 3_200.0).abs() < 1e-9);
+        assert!(rows[6].to_string().contains("1 issued"));
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct SimSpec {
     pub db_dir: Option<PathBuf>,
     /// A deliberate bug, to show the checker catches it.
     pub mutation: Option<Mutation>,
+    /// A host whose renewal timeline to report after the run (read from
+    /// the PBX's ledger afterwards, so it cannot change the run).
+    pub watch: Option<analysis::Watch>,
 }
 
 /// Deliberate faults in the system under test, for the checker's own tests.
@@ -98,6 +101,7 @@ impl SimSpec {
             config: Config::default(),
             db_dir: None,
             mutation: None,
+            watch: None,
         }
     }
 
@@ -156,6 +160,8 @@ pub struct SeedReport {
     pub concurrency_limit: u32,
     pub checks: CheckStats,
     pub timing: analysis::Timing,
+    /// The watched host's timeline (empty unless `SimSpec::watch`).
+    pub timeline: Vec<analysis::TimelineRow>,
 }
 
 impl SeedReport {
@@ -250,6 +256,20 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
         return Err(SimError::Input(
             "tenants, hosts and hours must be positive".into(),
         ));
+    }
+    if let Some(w) = spec.watch {
+        let finite = w.from_s.is_finite() && w.to_s.is_finite() && w.step_s.is_finite();
+        if w.host >= spec.hosts
+            || !finite
+            || w.step_s <= 0.0
+            || w.to_s <= w.from_s
+            || (w.to_s - w.from_s) / w.step_s > 100_000.0
+        {
+            return Err(SimError::Input(format!(
+                "the watched host must be below {} and the watch window non-empty, with a positive step and at most 100,000 steps",
+                spec.hosts
+            )));
+        }
     }
     let mut config = spec.config.clone();
     let mut master = StdRng::seed_from_u64(seed);
@@ -393,6 +413,10 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     }
     let ledgers = pbx.ledgers();
     let timing = analysis::renewal_timing(&plan, &world, &ledgers, &config, spec.hours, &rec);
+    let timeline = spec
+        .watch
+        .map(|w| analysis::host_timeline(&plan, &world, &ledgers, &config, w))
+        .unwrap_or_default();
     let meters = pbx.meters();
     let outcomes = pbx.outcomes();
     let (violations, counts) = rec.violations();
@@ -419,6 +443,7 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
         concurrency_limit: pbx_config.limits.per_host_concurrent,
         checks: checker.snapshot(),
         timing,
+        timeline,
     })
 }
 

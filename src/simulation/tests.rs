@@ -2,6 +2,7 @@
 //! a seed, and proof that the checker sees deliberate bugs. The full size
 //! runs from `pbx-simulate` (see docs/RELIABILITY.md).
 
+use super::analysis::Watch;
 use super::*;
 use crate::pbx::parse::{parse_token_response, ResponseMeta};
 
@@ -110,13 +111,59 @@ fn a_seed_replays_exactly() {
         "{plan}"
     );
     let a = run_seed(&spec, REPLAY_SEED).unwrap();
-    let b = run_seed(&spec, REPLAY_SEED).unwrap();
+    // Watching a host reads the ledger after the run: same run, same digest.
+    let watched = SimSpec {
+        watch: Some(Watch {
+            host: 1,
+            from_s: 0.0,
+            to_s: 3_600.0,
+            step_s: 600.0,
+        }),
+        ..spec.clone()
+    };
+    let b = run_seed(&watched, REPLAY_SEED).unwrap();
     assert_eq!(a.digest, b.digest);
+    assert!(a.timeline.is_empty());
+    assert_eq!(b.timeline.len(), 6);
+    assert!(b.timeline.iter().map(|r| r.issued).sum::<u32>() > 0);
     assert_eq!(a.pbx_requests, b.pbx_requests);
     assert_eq!(a.checks.probes_ok, b.checks.probes_ok);
     assert_eq!(a.timing, b.timing);
     let c = run_seed(&spec, REPLAY_SEED + 1).unwrap();
     assert_ne!(a.digest, c.digest);
+}
+
+#[test]
+fn a_watch_outside_the_run_is_refused() {
+    for watch in [
+        Watch {
+            host: 2,
+            from_s: 0.0,
+            to_s: 60.0,
+            step_s: 10.0,
+        },
+        Watch {
+            host: 0,
+            from_s: 60.0,
+            to_s: 60.0,
+            step_s: 10.0,
+        },
+        Watch {
+            host: 0,
+            from_s: 0.0,
+            to_s: 60.0,
+            step_s: 0.0,
+        },
+    ] {
+        let spec = SimSpec {
+            watch: Some(watch),
+            ..tiny()
+        };
+        match run_seed(&spec, 1) {
+            Err(SimError::Input(msg)) => assert!(msg.contains("watched host"), "{msg}"),
+            other => panic!("{watch:?} was accepted: {:?}", other.map(|r| r.line())),
+        }
+    }
 }
 
 #[test]
