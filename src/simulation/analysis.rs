@@ -304,6 +304,21 @@ mod tests {
     use crate::simulation::plan::T0;
     use crate::simulation::SimSpec;
 
+    /// A calm run's spec, world and plan for `tenants` on `hosts`, with
+    /// 3,600 s tokens.
+    fn calm(tenants: usize, hosts: usize) -> (SimSpec, World, Plan) {
+        let spec = SimSpec {
+            tenants,
+            hosts,
+            faults: false,
+            ..SimSpec::small()
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let world = World::new(spec.tenants, spec.hosts, 3600, &mut rng);
+        let plan = Plan::draw(&spec, &mut rng);
+        (spec, world, plan)
+    }
+
     /// A ledger whose second token came `gap_s` after the first.
     fn ledger(gap_s: i64, after_failure: bool) -> Ledger {
         let issued = |at: crate::clock::UnixMs, after_failure| Issued {
@@ -321,15 +336,7 @@ mod tests {
 
     #[test]
     fn a_late_renewal_is_excused_only_when_the_pbx_failed_a_request() {
-        let spec = SimSpec {
-            tenants: 4,
-            hosts: 1,
-            faults: false,
-            ..SimSpec::small()
-        };
-        let mut rng = StdRng::seed_from_u64(1);
-        let world = World::new(spec.tenants, spec.hosts, 3600, &mut rng);
-        let plan = Plan::draw(&spec, &mut rng);
+        let (spec, world, plan) = calm(4, 1);
         // The band for 3,600 s tokens at 0.8 ± 0.05: 2,430..3,366 s.
         let ledgers = vec![
             ledger(2_880, false),
@@ -368,15 +375,7 @@ mod tests {
 
     #[test]
     fn a_host_timeline_counts_tokens_issued_and_tenants_still_waiting() {
-        let spec = SimSpec {
-            tenants: 4,
-            hosts: 2,
-            faults: false,
-            ..SimSpec::small()
-        };
-        let mut rng = StdRng::seed_from_u64(1);
-        let world = World::new(spec.tenants, spec.hosts, 3600, &mut rng);
-        let plan = Plan::draw(&spec, &mut rng);
+        let (spec, world, plan) = calm(4, 2);
         // Host 0 holds tenants 0 and 2; the band is 2,700..3,060 s of age.
         // Tenant 0 renews on time at 2,880 s; tenant 2 waits until 3,200 s.
         // Tenant 1 (host 1) renews at 2,900 s and must not be counted.
@@ -416,15 +415,7 @@ mod tests {
 
     #[test]
     fn the_largest_gap_at_the_first_attempt_is_located_apart_from_retries() {
-        let spec = SimSpec {
-            tenants: 3,
-            hosts: 1,
-            faults: false,
-            ..SimSpec::small()
-        };
-        let mut rng = StdRng::seed_from_u64(1);
-        let world = World::new(spec.tenants, spec.hosts, 3600, &mut rng);
-        let plan = Plan::draw(&spec, &mut rng);
+        let (spec, world, plan) = calm(3, 1);
         // All inside the band (2,430..3,366 s); the largest is a retry.
         let ledgers = vec![
             ledger(2_880, false),
