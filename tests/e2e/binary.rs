@@ -7,14 +7,6 @@ use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pbx-tokend");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn invalid_config_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,14 +27,6 @@ const WRONG_SECRET: &str = "CANARY-wrong-secret-6a2c90fd";
 const PUBLIC_SECRET: &str = "CANARY-public-secret-3e5d11b0";
 const BAD_KEY: &str = "ptk_CANARY-presented-bad-key-71ac";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every error a call returned, in full (code, message, metadata).
 #[derive(Default)]
 struct Seen(Vec<String>);

@@ -253,6 +253,16 @@ pub async fn sim_with_lifetime(secs: u64) -> RunningSim {
     .unwrap()
 }
 
+/// A loopback TCP port that was free a moment ago (for the real binary and
+/// the simulator, which bind by address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -99,14 +99,6 @@ impl Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn killed_after_step(step: u8) {
     let sim = sim_with_lifetime(3600).await;
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! run appended to one log file (so the orphan reports of all runs can be
 //! searched at the end), SIGKILL and SIGTERM.
 
+use crate::harness::free_port;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -159,12 +160,4 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
