@@ -36,6 +36,11 @@ pub struct Config {
     /// unset: `$CREDENTIALS_DIRECTORY/master.key` under systemd, otherwise
     /// `<state_dir>/master.key`, generated on first start.
     pub master_key_file: Option<PathBuf>,
+    /// The master key must be the systemd credential `master.key`: start
+    /// refuses when `$CREDENTIALS_DIRECTORY` is unset instead of generating a
+    /// key. The unit sets it, because a systemd older than 247 ignores
+    /// `LoadCredential=` and would otherwise start us without the key.
+    pub require_master_key_credential: bool,
     pub grpc: GrpcConfig,
     pub log: LogConfig,
     pub pbx: PbxConfig,
@@ -196,6 +201,7 @@ impl Default for Config {
         Self {
             state_dir: default_state_dir(),
             master_key_file: None,
+            require_master_key_credential: false,
             grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             pbx: PbxConfig::default(),
@@ -401,6 +407,12 @@ impl Config {
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(bad("state_dir", "must not be empty"));
+        }
+        if self.require_master_key_credential && self.master_key_file.is_some() {
+            return Err(bad(
+                "require_master_key_credential",
+                "is true (the systemd unit sets PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL=true), so the key comes from the credential master.key; master_key_file is set too. Unset one: drop master_key_file, or set require_master_key_credential = false (under systemd, a drop-in with Environment=PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL=false)",
+            ));
         }
         if self.grpc.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(
@@ -610,7 +622,11 @@ const ENV_PREFIX: &str = "PBX_TOKEND_";
 
 /// Top-level keys that are not in a section, so `PBX_TOKEND_STATE_DIR` is
 /// `state_dir` and not `[state] dir`.
-const TOP_LEVEL_KEYS: [&str; 2] = ["state_dir", "master_key_file"];
+const TOP_LEVEL_KEYS: [&str; 3] = [
+    "state_dir",
+    "master_key_file",
+    "require_master_key_credential",
+];
 
 /// `PBX_TOKEND_*` variables that are not settings: the binaries' own flags
 /// (`--config`, the CLI's endpoint and key) and the onboarding test hook.
@@ -662,7 +678,7 @@ fn apply_env(
             return Err(ConfigError::Env {
                 var,
                 message: format!(
-                    "unknown setting; expected PBX_TOKEND_<SECTION>_<KEY> with a section among {} or one of PBX_TOKEND_STATE_DIR, PBX_TOKEND_MASTER_KEY_FILE",
+                    "unknown setting; expected PBX_TOKEND_<SECTION>_<KEY> with a section among {} or one of PBX_TOKEND_STATE_DIR, PBX_TOKEND_MASTER_KEY_FILE, PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL",
                     sections.join(", ")
                 ),
             });
@@ -778,6 +794,25 @@ mod tests {
         assert_eq!(c.log.format, "json");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/y"));
         assert_eq!(c.grpc.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn master_key_credential_requirement_from_env_and_its_conflict() {
+        let var = "PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL";
+        let c = Config::load_with_env(None, env(&[(var, "true")])).unwrap();
+        assert!(c.require_master_key_credential);
+        assert!(!Config::default().require_master_key_credential);
+        // The unit's requirement and an explicit key file contradict each
+        // other: refused, naming both keys and the way out.
+        let err = Config::load_with_env(
+            None,
+            env(&[(var, "true"), ("PBX_TOKEND_MASTER_KEY_FILE", "/etc/k")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("require_master_key_credential"), "{err}");
+        assert!(err.contains("master_key_file"), "{err}");
+        assert!(err.contains("=false"), "{err}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::audit::Audit;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::crypto::{CryptoError, Keyring};
+use crate::crypto::CryptoError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::onboarding::{CrashHook, Onboarding, OnboardingSettings};
@@ -46,6 +46,9 @@ use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatu
 use crate::statedir::{self, StateDirError, StateLock};
 use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
+
+mod masterkey;
+pub use masterkey::{load_keyring, master_key_location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -72,6 +75,8 @@ pub enum DaemonError {
     StateDirLock(#[from] StateDirError),
     #[error("master key file {} is missing but the database {} holds sealed values; restore the key file (or point master_key_file at it). A new key would open nothing", .key.display(), .database.display())]
     MasterKeyMissing { key: PathBuf, database: PathBuf },
+    #[error("the master key must come from the systemd credential master.key (require_master_key_credential = true; the unit sets PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL=true), but $CREDENTIALS_DIRECTORY is not set: this systemd ignored LoadCredential=, which needs systemd 247 or later (`systemctl --version`). No key was generated. Upgrade systemd; or, on an older one, point master_key_file at a key file the service's user can read and set require_master_key_credential = false (a drop-in with Environment=PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL=false)")]
+    MasterKeyCredentialMissing,
     #[error("API clients: {0}")]
     Clients(#[from] ClientError),
     #[error(transparent)]
@@ -118,43 +123,6 @@ pub struct Daemon {
     drain_timeout: Duration,
     /// Released last, when the daemon is dropped after `shutdown`.
     _lock: StateLock,
-}
-
-/// Where the master key is, and whether the daemon may generate it there:
-/// explicit file, systemd credential, or generated next to the database
-/// (with a warning: it then sits beside what it protects).
-pub fn master_key_location(config: &Config) -> (PathBuf, bool) {
-    if let Some(path) = &config.master_key_file {
-        return (path.clone(), false);
-    }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        return (PathBuf::from(dir).join("master.key"), false);
-    }
-    (config.state_dir.join("master.key"), true)
-}
-
-pub fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
-    let (path, may_create) = master_key_location(config);
-    // Never replace a lost key with a new one while the database holds
-    // values sealed under the old one: refuse, so the operator restores it.
-    if may_create && !path.exists() && crate::store::has_sealed_data(&config.database_path())? {
-        return Err(DaemonError::MasterKeyMissing {
-            key: path,
-            database: config.database_path(),
-        });
-    }
-    let (keyring, created) =
-        Keyring::load_or_create(&path, may_create).map_err(|source| DaemonError::MasterKey {
-            path: path.clone(),
-            source,
-        })?;
-    if created {
-        tracing::warn!(
-            path = %path.display(),
-            "generated a new master key next to the database; for production keep it elsewhere (master_key_file, or systemd LoadCredential=master.key)"
-        );
-    }
-    Ok(keyring)
 }
 
 impl Daemon {

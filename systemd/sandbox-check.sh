@@ -37,9 +37,10 @@ cat > "$WORK/boot.sh" <<BOOT
 set -e
 mount --make-rprivate /
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-for d in /tmp /var/tmp /var/log; do mount -t tmpfs -o mode=1777 tmpfs \$d; done
+# Copied before /tmp is covered: the checkout may live under /tmp.
 mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin
 cp "$BIN_DIR/pbx-tokend" "$BIN_DIR/pbx-tokenctl" "$BIN_DIR/pbx-sim" /usr/local/bin/
+for d in /tmp /var/tmp /var/log; do mount -t tmpfs -o mode=1777 tmpfs \$d; done
 mount -t tmpfs -o mode=0755 tmpfs /etc/pbx-tokend
 head -c 32 /dev/urandom > /etc/pbx-tokend/master.key
 chmod 600 /etc/pbx-tokend/master.key
@@ -68,7 +69,8 @@ done
 echo "== systemd in the namespace: $(in_ns systemctl is-system-running 2>/dev/null || true)"
 
 in_ns mkdir -p /run/systemd/system
-in_ns cp "$UNIT" /run/systemd/system/pbx-tokend.service
+# Through stdin: the namespace's /tmp is its own, and the checkout may be there.
+in_ns bash -c 'cat > /run/systemd/system/pbx-tokend.service' < "$UNIT"
 in_ns systemctl daemon-reload
 in_ns bash -c 'nohup /usr/local/bin/pbx-sim --listen 127.0.0.1:8080 --trusted-apps 3 >/run/pbx-sim.log 2>&1 &'
 if ! in_ns systemctl start pbx-tokend; then
@@ -77,12 +79,13 @@ if ! in_ns systemctl start pbx-tokend; then
     # Seen with systemd 252 booted inside namespaces of a Firecracker VM:
     # even `systemd-run -p DynamicUser=yes -p LoadCredential=...` cannot
     # read its own credential there. Go on with the rest of the unit as is,
-    # the key generated in the state directory instead.
+    # the key generated in the state directory instead (which the unit
+    # forbids, so the drop-in lifts that rule too).
     echo "== the credential is unreadable under this nested systemd; retrying without LoadCredential"
     in_ns systemctl stop pbx-tokend || true
     in_ns systemctl reset-failed pbx-tokend || true
     in_ns mkdir -p /run/systemd/system/pbx-tokend.service.d
-    in_ns bash -c 'printf "[Service]\nLoadCredential=\n" > /run/systemd/system/pbx-tokend.service.d/no-credential.conf'
+    in_ns bash -c 'printf "[Service]\nLoadCredential=\nEnvironment=PBX_TOKEND_REQUIRE_MASTER_KEY_CREDENTIAL=false\n" > /run/systemd/system/pbx-tokend.service.d/no-credential.conf'
     in_ns systemctl daemon-reload
     in_ns systemctl start pbx-tokend
   else
@@ -98,10 +101,8 @@ in_ns grep -E '^(Uid|Seccomp|Seccomp_filters|NoNewPrivs|CapEff|CapBnd|CapPrm)' "
 in_ns bash -c "grep -E ' /usr | / ' /proc/$MAIN/mountinfo | awk '{print \$5, \$6}'"
 
 echo "== work through it"
-printf 'secret-000001' > "$WORK/s"
-in_ns bash -c "cat > /run/s" < "$WORK/s"
-in_ns /usr/local/bin/pbx-tokenctl tenant add acme --base-url http://127.0.0.1:8080 \
-  --trusted-client-id app-000001 --trusted-client-secret-file /run/s --json | grep '"state"'
+printf '%s' secret-000001 | in_ns /usr/local/bin/pbx-tokenctl tenant add acme --base-url http://127.0.0.1:8080 \
+  --trusted-client-id app-000001 --trusted-client-secret-stdin --json | grep '"state"'
 in_ns /usr/local/bin/pbx-tokenctl token get acme --json | grep -c access_token
 in_ns /usr/local/bin/pbx-tokenctl status | head -4
 in_ns bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; grep -E "^pbx_tokend_(tenants\{state=\"active\"\}|database_writable)" <&3'

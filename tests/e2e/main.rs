@@ -12,6 +12,7 @@ mod backup;
 mod binary;
 mod canary;
 mod cli;
+mod credential;
 mod failures;
 mod health;
 mod kill9;
