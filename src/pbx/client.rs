@@ -293,6 +293,12 @@ impl PbxClient {
     }
 
     fn transport_error(&self, host: &str, e: &reqwest::Error) -> PbxError {
+        if let Some(refused) = refused_address(e) {
+            // Not transient: the name resolves where a PBX must not be.
+            return PbxError::Misconfigured {
+                reason: format!("{refused}; change the tenant's pbx_base_url"),
+            };
+        }
         let cause = root_cause(e);
         let reason = if e.is_connect() && e.is_timeout() {
             format!(
@@ -379,6 +385,20 @@ fn meta_from_headers(h: &HeaderMap) -> ResponseMeta {
         date: get("date"),
         location: get("location"),
     }
+}
+
+/// The outbound guard's refusal, if that is why the connect failed.
+fn refused_address<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a super::guard::RefusedAddress> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<super::guard::RefusedAddress>() {
+            return Some(r);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The innermost error's text (e.g. "Connection refused (os error 111)"),

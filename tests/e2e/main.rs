@@ -21,6 +21,7 @@ mod metrics;
 mod onboarding;
 mod onboarding_callback;
 mod onboarding_crash;
+mod outbound_guard;
 mod renewal;
 mod secrecy;
 mod tokens;
