@@ -432,7 +432,9 @@ impl ErrorDetails {
 /// redacted ([`super::redact`], before the cut so a cut cannot leave half a
 /// secret unrecognised), at most `max` characters. For error texts.
 fn sanitize(s: &str, max: usize) -> String {
-    cut(&super::redact::redact(&clean(s), &[]), max)
+    let redacted = super::redact::redact(&clean(s), &[]);
+    // Once more after the cut: a short random run ending at the cut mark.
+    super::redact::redact(&cut(&redacted, max), &[])
 }
 
 /// Control characters and bidi overrides out, at most `max` characters,
@@ -481,7 +483,8 @@ fn describe_content_type(meta: &ResponseMeta) -> String {
                 && media
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b));
-            if plain {
+            // A media type is no place for a secret-looking value either.
+            if plain && super::redact::redact(&media, &[]) == media {
                 media
             } else {
                 "an unreadable Content-Type".to_owned()

@@ -212,7 +212,8 @@ proptest! {
     ) {
         let enc = encode(&secret, how);
         let text = format!("{before}{enc}{after}");
-        let out = redact(&text, &[&secret]);
+        // Split the markers so `dact` or `]x` cannot be found in or across one.
+        let out = redact(&text, &[&secret]).replace(REDACTED, "\0");
         for spelled in [secret.clone(), form(&secret), json(&secret), enc.clone()] {
             prop_assert!(!out.contains(&spelled), "{:?} survived in {:?}", spelled, out);
         }
