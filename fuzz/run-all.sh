@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 san=${2:-address}
 export RUSTC_BOOTSTRAP=1
-read -r -a targets <<< "${TARGETS:-token_response application_response user_response config_toml sealed_envelope}"
+read -r -a targets <<< "${TARGETS:-token_response application_response user_response config_toml sealed_envelope redaction base_url}"
 for t in "${targets[@]}"; do
   echo "== $t: ${secs}s, sanitizer $san"
   mkdir -p "fuzz/corpus/$t"

@@ -9,7 +9,7 @@ use crate::clock::UnixMs;
 use crate::secret::Secret;
 
 use net::forbidden_host;
-pub use net::{glob_match, is_private, HostPattern};
+pub use net::{glob_match, internal_range, is_private, HostPattern};
 
 /// What is wrong with one input field, said so a person can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,11 @@ pub fn answer(data: &[u8]) -> Option<Answer<'_>> {
     // With the top bit clear a 2xx (200..=207), with it set any status in
     // 100..=599: every class is reachable, success is common.
     let raw = u16::from_le_bytes([data[0], data[1]]);
-    let status = if raw & 0x8000 != 0 { 100 + raw % 500 } else { 200 + raw % 8 };
+    let status = if raw & 0x8000 != 0 {
+        100 + raw % 500
+    } else {
+        200 + raw % 8
+    };
     let mut rest = &data[2..];
     let mut headers: Vec<Option<String>> = Vec::new();
     for _ in 0..4 {
@@ -50,7 +54,8 @@ pub fn answer(data: &[u8]) -> Option<Answer<'_>> {
 }
 
 /// Whatever the input, a 429 waits within the documented bounds and error
-/// texts stay short (they are sanitised and cut, never raw bodies).
+/// texts stay short (they are sanitised and cut, never raw bodies) and
+/// carry nothing that looks like a secret.
 pub fn check_error(e: &pbx_tokend::pbx::PbxError) {
     use pbx_tokend::pbx::parse::{MAX_THROTTLE, MIN_THROTTLE};
     if let pbx_tokend::pbx::PbxError::Throttled { retry_after } = e {
@@ -58,5 +63,12 @@ pub fn check_error(e: &pbx_tokend::pbx::PbxError) {
     }
     let text = e.to_string();
     assert!(text.len() < 2048, "error text of {} bytes", text.len());
-    assert!(!text.chars().any(|c| c.is_control()), "control character in {text:?}");
+    assert!(
+        !text.chars().any(|c| c.is_control()),
+        "control character in {text:?}"
+    );
+    // Nothing in it still looks like a secret (`client_secret=...`, a
+    // Bearer credential, a long random run): redacting again changes nothing.
+    let again = pbx_tokend::pbx::redact::redact(&text, &[]);
+    assert_eq!(again, text, "a secret look-alike survived");
 }

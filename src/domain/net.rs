@@ -2,9 +2,16 @@
 //! are internal (the SSRF rules, applied by `PbxBaseUrl::parse` and at
 //! connect time by `pbx::guard`), and host allow-list patterns.
 //!
+//! The address rules are tables checked against the IANA IPv4 and IPv6
+//! special-purpose address registries (plus multicast and the reserved
+//! 240.0.0.0/4): every range that is not a normal, globally reachable
+//! unicast host is refused, because a PBX is never there and an attacker
+//! who can name one can reach something inside. Each rule has a name, so a
+//! refusal says which rule refused it.
+//!
 //! Does not: resolve names or connect (see `pbx::guard`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn literal_ip(url: &url::Url) -> Option<IpAddr> {
     match url.host()? {
@@ -30,11 +37,8 @@ const INTERNAL_NAMES: [&str; 5] = [
 /// (`0x7f.1`) and short (`127.1`) IPv4 spellings to dotted form.
 pub(super) fn forbidden_host(url: &url::Url) -> Option<String> {
     if let Some(ip) = literal_ip(url) {
-        return is_private(ip).then(|| {
-            format!(
-                "{ip} is a loopback, private, link-local, metadata or otherwise internal address"
-            )
-        });
+        return internal_range(ip)
+            .map(|rule| format!("{ip} is in {rule}, an internal or reserved range"));
     }
     let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
     let internal = INTERNAL_NAMES.contains(&host.as_str())
@@ -44,61 +48,207 @@ pub(super) fn forbidden_host(url: &url::Url) -> Option<String> {
     internal.then(|| format!("{host} names an internal host"))
 }
 
-/// Addresses a PBX must not be reached at unless `allow_private_addresses`:
-/// loopback, private, link-local (and so the 169.254.169.254 metadata
-/// service), unspecified, CGNAT (and the 100.100.100.200 metadata service),
-/// benchmark, IETF-reserved, multicast and broadcast IPv4; and in IPv6
-/// loopback, unspecified, unique-local (fc00::/7, including the fd00:ec2::254
-/// metadata service), link- and site-local, multicast, and every form that
-/// embeds an IPv4 address (mapped, compatible, NAT64, 6to4) when the
-/// embedded address is refused.
-pub fn is_private(ip: IpAddr) -> bool {
+/// Refused IPv4 ranges: (network, prefix length, what it is). The first
+/// match names the rule, so more specific entries come first.
+const V4_RULES: &[(Ipv4Addr, u8, &str)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(10, 0, 0, 0), 8, "private, RFC 1918"),
+    (
+        Ipv4Addr::new(100, 64, 0, 0),
+        10,
+        "shared address space / CGNAT, RFC 6598, with the 100.100.100.200 metadata service",
+    ),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (
+        Ipv4Addr::new(169, 254, 0, 0),
+        16,
+        "link-local, with the 169.254.169.254 metadata service",
+    ),
+    (Ipv4Addr::new(172, 16, 0, 0), 12, "private, RFC 1918"),
+    (Ipv4Addr::new(192, 0, 0, 0), 24, "IETF protocol assignments"),
+    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation, TEST-NET-1"),
+    (
+        Ipv4Addr::new(192, 88, 99, 0),
+        24,
+        "deprecated 6to4 relay anycast",
+    ),
+    (Ipv4Addr::new(192, 168, 0, 0), 16, "private, RFC 1918"),
+    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking"),
+    (
+        Ipv4Addr::new(198, 51, 100, 0),
+        24,
+        "documentation, TEST-NET-2",
+    ),
+    (
+        Ipv4Addr::new(203, 0, 113, 0),
+        24,
+        "documentation, TEST-NET-3",
+    ),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(255, 255, 255, 255), 32, "limited broadcast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
+];
+
+/// How an IPv6 range is treated.
+#[derive(Clone, Copy)]
+enum V6Rule {
+    /// Always refused.
+    Refuse(&'static str),
+    /// Carries an IPv4 address in its last 32 bits (or, for 6to4, in bits
+    /// 16..48): refused when that address is.
+    Embeds(&'static str),
+}
+
+/// IPv6 ranges, most specific first. `Embeds` forms with a public IPv4
+/// address are allowed: a NAT64 network reaches a public PBX through
+/// 64:ff9b::a.b.c.d, and a mapped public address is that public address.
+const V6_RULES: &[(Ipv6Addr, u8, V6Rule)] = &[
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0),
+        128,
+        V6Rule::Refuse("unspecified"),
+    ),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1),
+        128,
+        V6Rule::Refuse("loopback"),
+    ),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+        96,
+        V6Rule::Embeds("IPv4-mapped"),
+    ),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0),
+        96,
+        V6Rule::Refuse("IPv4-translated, RFC 2765"),
+    ),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0),
+        96,
+        V6Rule::Refuse("deprecated IPv4-compatible"),
+    ),
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
+        96,
+        V6Rule::Embeds("NAT64"),
+    ),
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),
+        48,
+        V6Rule::Refuse("local-use NAT64, RFC 8215"),
+    ),
+    (
+        Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0),
+        64,
+        V6Rule::Refuse("discard-only"),
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        32,
+        V6Rule::Refuse("Teredo"),
+    ),
+    (
+        Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0),
+        48,
+        V6Rule::Refuse("benchmarking"),
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        23,
+        V6Rule::Refuse("IETF protocol assignments"),
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+        32,
+        V6Rule::Refuse("documentation"),
+    ),
+    (
+        Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0),
+        16,
+        V6Rule::Embeds("6to4"),
+    ),
+    (
+        Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
+        20,
+        V6Rule::Refuse("documentation, RFC 9637"),
+    ),
+    (
+        Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0),
+        16,
+        V6Rule::Refuse("segment routing (SRv6) SIDs"),
+    ),
+    (
+        Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
+        7,
+        V6Rule::Refuse("unique-local, with the fd00:ec2::254 metadata service"),
+    ),
+    (
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+        10,
+        V6Rule::Refuse("link-local"),
+    ),
+    (
+        Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
+        10,
+        V6Rule::Refuse("deprecated site-local"),
+    ),
+    (
+        Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+        8,
+        V6Rule::Refuse("multicast"),
+    ),
+];
+
+fn in_v4(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(net) & mask
+}
+
+/// The refused range `ip` is in, named (e.g. `192.0.2.0/24 (documentation,
+/// TEST-NET-1)`), or `None` for an address a PBX may have. Addresses that
+/// embed an IPv4 address (mapped, NAT64, 6to4) are judged by it and the
+/// answer names both.
+pub fn internal_range(ip: IpAddr) -> Option<String> {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || o[0] >= 240
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
-        }
+        IpAddr::V4(v4) => V4_RULES
+            .iter()
+            .find(|(net, len, _)| in_v4(v4, *net, *len))
+            .map(|(net, len, what)| format!("{net}/{len} ({what})")),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
+            let (net, len, rule) = V6_RULES
+                .iter()
+                .find(|(net, len, _)| in_v6(v6, *net, *len))?;
+            match rule {
+                V6Rule::Refuse(what) => Some(format!("{net}/{len} ({what})")),
+                V6Rule::Embeds(what) => {
+                    let s = v6.segments();
+                    // 6to4 is 2002:AABB:CCDD::/48; the others end in a.b.c.d.
+                    let (hi, lo) = if s[0] == 0x2002 {
+                        (s[1], s[2])
+                    } else {
+                        (s[6], s[7])
+                    };
+                    let [a, b] = hi.to_be_bytes();
+                    let [c, d] = lo.to_be_bytes();
+                    let v4 = Ipv4Addr::new(a, b, c, d);
+                    internal_range(IpAddr::V4(v4))
+                        .map(|inner| format!("{net}/{len} ({what}) embedding {v4}, in {inner}"))
+                }
             }
-            let s = v6.segments();
-            let embedded = |hi: u16, lo: u16| {
-                IpAddr::V4(std::net::Ipv4Addr::new(
-                    (hi >> 8) as u8,
-                    hi as u8,
-                    (lo >> 8) as u8,
-                    lo as u8,
-                ))
-            };
-            // ::a.b.c.d (deprecated IPv4-compatible) and 64:ff9b::a.b.c.d (NAT64).
-            let compatible = s[..6] == [0, 0, 0, 0, 0, 0];
-            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-            if (compatible || nat64) && is_private(embedded(s[6], s[7])) {
-                return true;
-            }
-            // 2002:AABB:CCDD::/48 (6to4) carries a.b.c.d in segments 1 and 2.
-            if s[0] == 0x2002 && is_private(embedded(s[1], s[2])) {
-                return true;
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] & 0xffc0) == 0xfec0
         }
     }
+}
+
+/// Addresses a PBX must not be reached at unless `allow_private_addresses`:
+/// every range in the tables above. Allocates only for a refused address.
+pub fn is_private(ip: IpAddr) -> bool {
+    internal_range(ip).is_some()
 }
 
 /// `*` matches any run of bytes (also none), `?` exactly one; the rest
@@ -159,3 +309,6 @@ impl HostPattern {
         glob_match(self.0.as_bytes(), host.as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests;

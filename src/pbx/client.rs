@@ -41,6 +41,15 @@ pub struct PbxClient {
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
+/// One request, before it is sent.
+struct Call<'a> {
+    base: &'a PbxBaseUrl,
+    method: Method,
+    path: &'static str,
+    bearer: Option<&'a Secret<String>>,
+    body: Outgoing,
+}
+
 enum Outgoing {
     Empty,
     Form(String),
@@ -112,7 +121,8 @@ impl PbxClient {
             ("client_id", &public_app.client_id),
             ("client_secret", public_app.client_secret.expose()),
         ]);
-        self.token(base, form).await
+        self.token(base, form, &[code, public_app.client_secret.expose()])
+            .await
     }
 
     /// `POST /api/ver1.0/application/` `{"name": .., "type": "trusted"}`
@@ -128,24 +138,24 @@ impl PbxClient {
         name: &str,
     ) -> Result<AppCredentials, PbxError> {
         let body = serde_json::json!({ "name": name, "type": "trusted" }).to_string();
-        let a = self
-            .call(
-                base,
-                Method::POST,
-                APPLICATION_PATH,
-                Some(bearer),
-                Outgoing::Json(body.into_bytes()),
-            )
-            .await?;
-        let raw = parse::parse_application_response(a.status, &a.meta, &a.body)?;
-        AppCredentials::parse("application", &raw.client_id, raw.client_secret.expose()).map_err(
-            |e| PbxError::Protocol {
-                reason: format!(
-                    "the new application's credentials are unusable: {}",
-                    e.message
-                ),
-            },
-        )
+        let call = Call {
+            base,
+            method: Method::POST,
+            path: APPLICATION_PATH,
+            bearer: Some(bearer),
+            body: Outgoing::Json(body.into_bytes()),
+        };
+        self.exchange(call, &[], |a| {
+            let raw = parse::parse_application_response(a.status, &a.meta, &a.body)?;
+            AppCredentials::parse("application", &raw.client_id, raw.client_secret.expose())
+                .map_err(|e| PbxError::Protocol {
+                    reason: format!(
+                        "the new application's credentials are unusable: {}",
+                        e.message
+                    ),
+                })
+        })
+        .await
     }
 
     /// `GET /api/ver1.0/user/`: the PBX user the bearer token acts for.
@@ -154,10 +164,17 @@ impl PbxClient {
         base: &PbxBaseUrl,
         bearer: &Secret<String>,
     ) -> Result<PbxUser, PbxError> {
-        let a = self
-            .call(base, Method::GET, USER_PATH, Some(bearer), Outgoing::Empty)
-            .await?;
-        parse::parse_user_response(a.status, &a.meta, &a.body)
+        let call = Call {
+            base,
+            method: Method::GET,
+            path: USER_PATH,
+            bearer: Some(bearer),
+            body: Outgoing::Empty,
+        };
+        self.exchange(call, &[], |a| {
+            parse::parse_user_response(a.status, &a.meta, &a.body)
+        })
+        .await
     }
 
     async fn fetch_client_credentials(
@@ -171,26 +188,62 @@ impl PbxClient {
             ("client_id", &creds.client_id),
             ("client_secret", creds.client_secret.expose()),
         ]);
-        self.token(base, form).await
+        self.token(base, form, &[creds.client_secret.expose()])
+            .await
     }
 
-    async fn token(&self, base: &PbxBaseUrl, form: String) -> Result<TokenGrant, PbxError> {
-        let a = self
-            .call(base, Method::POST, TOKEN_PATH, None, Outgoing::Form(form))
-            .await?;
-        parse::parse_token_response(a.status, &a.meta, &a.body, self.max_lifetime_secs)
+    /// `POST /oauth/token`; `known` are the secrets inside `form`.
+    async fn token(
+        &self,
+        base: &PbxBaseUrl,
+        form: String,
+        known: &[&str],
+    ) -> Result<TokenGrant, PbxError> {
+        let call = Call {
+            base,
+            method: Method::POST,
+            path: TOKEN_PATH,
+            bearer: None,
+            body: Outgoing::Form(form),
+        };
+        self.exchange(call, known, |a| {
+            parse::parse_token_response(a.status, &a.meta, &a.body, self.max_lifetime_secs)
+        })
+        .await
+    }
+
+    /// Every PBX call goes through here: the exchange, its parser, and then
+    /// the one redaction of the error (the secrets this call carried, in
+    /// `known` and the bearer token, plus look-alikes), so an answer that
+    /// echoes the request cannot leak through any path.
+    async fn exchange<T>(
+        &self,
+        call: Call<'_>,
+        known: &[&str],
+        parse: impl FnOnce(Answer) -> Result<T, PbxError>,
+    ) -> Result<T, PbxError> {
+        let bearer = call.bearer;
+        let result = match self.call(call).await {
+            Ok(answer) => parse(answer),
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| {
+            let mut secrets = known.to_vec();
+            secrets.extend(bearer.map(|b| b.expose().as_str()));
+            e.redact(&secrets)
+        })
     }
 
     /// One exchange: scheme check, send, capped read, debug log. Non-2xx
     /// answers come back as `Ok`; the parsers classify them.
-    async fn call(
-        &self,
-        base: &PbxBaseUrl,
-        method: Method,
-        path: &'static str,
-        bearer: Option<&Secret<String>>,
-        body: Outgoing,
-    ) -> Result<Answer, PbxError> {
+    async fn call(&self, call: Call<'_>) -> Result<Answer, PbxError> {
+        let Call {
+            base,
+            method,
+            path,
+            bearer,
+            body,
+        } = call;
         let host = base.host();
         self.check_scheme(base)?;
         let mut rb = self
@@ -293,6 +346,12 @@ impl PbxClient {
     }
 
     fn transport_error(&self, host: &str, e: &reqwest::Error) -> PbxError {
+        if let Some(refused) = refused_address(e) {
+            // Not transient: the name resolves where a PBX must not be.
+            return PbxError::Misconfigured {
+                reason: format!("{refused}; change the tenant's pbx_base_url"),
+            };
+        }
         let cause = root_cause(e);
         let reason = if e.is_connect() && e.is_timeout() {
             format!(
@@ -379,6 +438,20 @@ fn meta_from_headers(h: &HeaderMap) -> ResponseMeta {
         date: get("date"),
         location: get("location"),
     }
+}
+
+/// The outbound guard's refusal, if that is why the connect failed.
+fn refused_address<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a super::guard::RefusedAddress> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<super::guard::RefusedAddress>() {
+            return Some(r);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The innermost error's text (e.g. "Connection refused (os error 111)"),

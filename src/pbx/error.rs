@@ -39,6 +39,34 @@ fn fmt_detail(error: &Option<String>, description: &Option<String>) -> String {
 }
 
 impl PbxError {
+    /// The same error with every text field passed through
+    /// [`super::redact::redact`]: `known` (the secrets of the call that
+    /// failed) in any encoding, and anything that looks like a secret. The
+    /// client applies this to every error it returns, so no path can carry
+    /// an echoed secret into logs, `last_error`, flow errors or audit events.
+    pub fn redact(self, known: &[&str]) -> Self {
+        let r = |s: String| super::redact::redact(&s, known);
+        match self {
+            PbxError::CredentialsRejected {
+                status,
+                error,
+                description,
+            } => PbxError::CredentialsRejected {
+                status,
+                error: error.map(r),
+                description: description.map(r),
+            },
+            PbxError::Throttled { retry_after } => PbxError::Throttled { retry_after },
+            PbxError::Transient { reason } => PbxError::Transient { reason: r(reason) },
+            PbxError::Refused { status, message } => PbxError::Refused {
+                status,
+                message: r(message),
+            },
+            PbxError::Protocol { reason } => PbxError::Protocol { reason: r(reason) },
+            PbxError::Misconfigured { reason } => PbxError::Misconfigured { reason: r(reason) },
+        }
+    }
+
     /// A short stable class name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {

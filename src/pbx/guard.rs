@@ -1,9 +1,10 @@
 //! The outbound guard (SSRF): a DNS resolver for the PBX HTTP client that
-//! drops loopback, private, link-local and metadata addresses from every
+//! drops every internal or reserved address (loopback, private, link-local,
+//! metadata, documentation, ...: `domain::internal_range`) from every
 //! answer (unless `[pbx] allow_private_addresses`), so the check applies to
 //! the address actually connected to, not only to the name a tenant was
 //! registered with. A name that resolves only to refused addresses fails
-//! to connect. Redirects are never followed (see `client.rs`), so no
+//! to connect, and the error names the rule. Redirects are never followed (see `client.rs`), so no
 //! answer can steer a request elsewhere either.
 //!
 //! The rules themselves (which addresses, which names, IPv4 spellings) live
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::domain::is_private;
+use crate::domain::{internal_range, is_private};
 
 /// Resolves with the system resolver, then filters the answer.
 #[derive(Debug, Clone, Copy)]
@@ -26,11 +27,15 @@ pub struct GuardedResolver {
     allow_private: bool,
 }
 
-/// Every address of a name was refused.
+/// Every address of a name was refused. The client classifies this as a
+/// configuration problem (not a transient one): retrying will not help
+/// until the name or `[pbx] allow_private_addresses` changes.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to loopback, private, link-local or metadata addresses; refused ([pbx] allow_private_addresses = false)")]
+#[error("{host} resolves only to internal or reserved addresses ({example}); refused ([pbx] allow_private_addresses = false)")]
 pub struct RefusedAddress {
     host: String,
+    /// The first refused address and the rule that refused it.
+    example: String,
 }
 
 impl GuardedResolver {
@@ -53,11 +58,18 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         Box::pin(async move {
             // getaddrinfo on the blocking pool, as reqwest's own resolver does.
-            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let allowed = guard.filter(resolved);
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = guard.filter(resolved.iter().copied());
             if allowed.is_empty() {
-                tracing::warn!(host = %host, "refused to connect: the PBX host resolves only to internal addresses");
-                return Err(Box::new(RefusedAddress { host }) as Box<_>);
+                let example = resolved
+                    .iter()
+                    .find_map(|a| {
+                        internal_range(a.ip()).map(|rule| format!("{} is in {rule}", a.ip()))
+                    })
+                    .unwrap_or_else(|| "no address at all".to_owned());
+                tracing::warn!(host = %host, refused = %example, "refused to connect: the PBX host resolves only to internal addresses");
+                return Err(Box::new(RefusedAddress { host, example }) as Box<_>);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -119,6 +131,24 @@ mod tests {
         "https://[2002:7f00:1::1]",
         "https://[2002:a9fe:a9fe::]",
         "https://[fc00::1]",
+        "https://192.0.2.1",
+        "https://198.51.100.7",
+        "https://203.0.113.255",
+        "https://192.88.99.1",
+        "https://198.19.255.255",
+        "https://[::ffff:192.0.2.1]",
+        "https://[::ffff:0:c000:201]",
+        "https://[::ffff:0:8.8.8.8]",
+        "https://[::8.8.8.8]",
+        "https://[64:ff9b:1::8.8.8.8]",
+        "https://[64:ff9b::203.0.113.1]",
+        "https://[2001::1]",
+        "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]",
+        "https://[2001:2::1]",
+        "https://[2001:db8::1]",
+        "https://[2002:c000:201::1]",
+        "https://[3fff::1]",
+        "https://[100::1]",
         "https://[fd00:ec2::254]",
         "https://[fe80::1]",
         "https://[fec0::1]",
@@ -201,6 +231,15 @@ mod tests {
         "240.1.1.1",
         "192.0.0.8",
         "198.18.0.1",
+        "192.0.2.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "::ffff:0:192.0.2.1",
+        "::ffff:0:8.8.8.8",
+        "64:ff9b:1::1",
+        "2001::1",
+        "2001:db8::1",
+        "2002:cb00:7101::1",
         "::1",
         "::",
         "::ffff:127.0.0.1",
@@ -249,6 +288,7 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(err.contains("allow_private_addresses"), "{err}");
+        assert!(err.contains("(loopback)"), "names the rule: {err}");
         let name = Name::from_str("localhost").unwrap();
         let addrs: Vec<_> = GuardedResolver::new(true)
             .resolve(name)

@@ -1,7 +1,8 @@
 //! Everything that speaks HTTP to a PBX: the client (`client.rs`), the
 //! response parsers (`parse.rs`, pure and fuzzable), the error model
 //! (`error.rs`), the per-host request limiter (`limiter.rs`) and the
-//! outbound address guard against SSRF (`guard.rs`).
+//! outbound address guard against SSRF (`guard.rs`), and the redaction of
+//! secrets from PBX-supplied text (`redact.rs`).
 //! Nothing outside this module knows a URL path or a status code.
 
 pub mod client;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod guard;
 pub mod limiter;
 pub mod parse;
+pub mod redact;
 
 use futures::future::BoxFuture;
 

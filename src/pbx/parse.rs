@@ -5,7 +5,9 @@
 //! Does not: do I/O, read a clock (time-valued headers are resolved against
 //! the answer's own `Date` header), or decide what to do about an error.
 //! Error texts never contain tokens, secrets or raw bodies: only lengths,
-//! content types, field names and sanitised PBX messages.
+//! content types, field names and sanitised PBX messages (with anything
+//! that looks like a secret redacted; the client also redacts the secrets
+//! it sent, see `redact.rs`).
 
 use serde_json::{Map, Value};
 
@@ -219,7 +221,7 @@ pub fn parse_user_response(
     let id = required("id")?;
     let client_id = required("client_id")?;
     let login = match obj.get("login") {
-        Some(Value::String(s)) if !sanitize(s, 256).is_empty() => sanitize(s, 256),
+        Some(Value::String(s)) if !clean_data(s, 256).is_empty() => clean_data(s, 256),
         Some(Value::String(_)) => return Err(protocol("user answer has an empty login")),
         Some(other) if !other.is_null() => {
             return Err(protocol(format!(
@@ -426,10 +428,23 @@ impl ErrorDetails {
     }
 }
 
-/// Control characters and bidi overrides out, at most `max` characters.
+/// Control characters and bidi overrides out, secrets and look-alikes
+/// redacted ([`super::redact`], before the cut so a cut cannot leave half a
+/// secret unrecognised), at most `max` characters. For error texts.
 fn sanitize(s: &str, max: usize) -> String {
-    let cleaned: String = s
-        .chars()
+    let redacted = super::redact::redact(&clean(s), &[]);
+    // Once more after the cut: a short random run ending at the cut mark.
+    super::redact::redact(&cut(&redacted, max), &[])
+}
+
+/// Control characters and bidi overrides out, at most `max` characters,
+/// nothing redacted: for data (a login), not for error texts.
+fn clean_data(s: &str, max: usize) -> String {
+    cut(&clean(s), max)
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
                 ' '
@@ -437,14 +452,18 @@ fn sanitize(s: &str, max: usize) -> String {
                 c
             }
         })
-        .collect();
-    let cleaned = cleaned.trim();
-    if cleaned.chars().count() > max {
-        let mut cut: String = cleaned.chars().take(max).collect();
-        cut.push('…');
-        cut
+        .collect()
+}
+
+/// Trimmed, and cut to `max` characters with the cut mark.
+fn cut(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.chars().count() > max {
+        let mut out: String = s.chars().take(max).collect();
+        out.push(super::redact::CUT_MARK);
+        out
     } else {
-        cleaned.to_owned()
+        s.to_owned()
     }
 }
 
@@ -464,7 +483,8 @@ fn describe_content_type(meta: &ResponseMeta) -> String {
                 && media
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b));
-            if plain {
+            // A media type is no place for a secret-looking value either.
+            if plain && super::redact::redact(&media, &[]) == media {
                 media
             } else {
                 "an unreadable Content-Type".to_owned()
@@ -485,6 +505,7 @@ fn field_names(obj: &Map<String, Value>) -> String {
                 && k.len() <= 40
                 && k.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && !super::redact::looks_secret(k)
         })
         .collect();
     names.sort_unstable();

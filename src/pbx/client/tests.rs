@@ -414,3 +414,61 @@ async fn onboarding_calls() {
         Err(PbxError::Misconfigured { .. })
     ));
 }
+
+/// A PBX that echoes the request in its errors: the client secret, the
+/// authorization code and the bearer token never reach the error text, in
+/// any encoding (the one redaction in `PbxClient::exchange`).
+#[tokio::test]
+async fn echoed_secrets_are_redacted_from_every_error() {
+    let secret = creds().client_secret.expose().clone();
+    let form_secret: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let code = "plain code words";
+    let bearer = Secret::new("short-tok".to_owned());
+    let echo = format!(
+        "you sent grant_type=client_credentials&client_id=a80f1e618ddd&client_secret={form_secret}; \
+         raw {secret}; code {code}; token {}",
+        bearer.expose()
+    );
+    let body =
+        serde_json::json!({"error": "invalid_client", "error_description": echo}).to_string();
+    for status in [400u16, 401, 403, 500] {
+        let b = body.clone();
+        let (base, _) = serve(move |_| json(status, &b)).await;
+        let c = client(&config());
+        let public = creds();
+        // Each call redacts what it sent (and any look-alike).
+        let sent_secret = [secret.as_str(), form_secret.as_str()];
+        let sent_code = [secret.as_str(), form_secret.as_str(), code];
+        let sent_bearer = [bearer.expose().as_str()];
+        let errors = [
+            (
+                c.client_credentials(&base, &creds()).await.unwrap_err(),
+                &sent_secret[..],
+            ),
+            (
+                c.authorization_code(&base, &public, code, "https://crm/cb")
+                    .await
+                    .unwrap_err(),
+                &sent_code[..],
+            ),
+            (
+                c.create_application(&base, &bearer, "app")
+                    .await
+                    .unwrap_err(),
+                &sent_bearer[..],
+            ),
+            (
+                c.get_user(&base, &bearer).await.unwrap_err(),
+                &sent_bearer[..],
+            ),
+        ];
+        for (e, leaks) in errors {
+            let text = format!("{e} {e:?}");
+            assert!(text.contains("[redacted]"), "{status}: {text}");
+            assert!(text.contains("client_id=a80f1e618ddd"), "{text}");
+            for leak in leaks {
+                assert!(!text.contains(leak), "{status}: {leak:?} in {text}");
+            }
+        }
+    }
+}
