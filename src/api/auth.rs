@@ -250,3 +250,18 @@ pub fn require_tenant<T>(req: &Request<T>, tenant: &str) -> Result<(), Status> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::server::NamedService;
+
+    use super::GET_TOKEN_PATH;
+    use crate::api::token::TokenApi;
+    use crate::proto::token_service_server::TokenServiceServer;
+
+    #[test]
+    fn the_get_token_path_is_the_generated_one() {
+        let name = <TokenServiceServer<TokenApi> as NamedService>::NAME;
+        assert_eq!(GET_TOKEN_PATH, format!("/{name}/GetToken"));
+    }
+}
