@@ -75,8 +75,19 @@ pub struct GrpcConfig {
     pub tls_client_ca_file: Option<PathBuf>,
     /// Largest request message accepted, decoded.
     pub max_message_bytes: u64,
-    /// HTTP/2 streams one connection may have open at once.
+    /// HTTP/2 streams one connection may have open at once. Beyond it the
+    /// client queues new calls until a stream closes.
     pub max_concurrent_streams: u32,
+    /// WatchToken streams one connection may have open at once; below
+    /// max_concurrent_streams so unary calls on the connection always have
+    /// room. More are refused with RESOURCE_EXHAUSTED.
+    pub max_watch_streams_per_connection: u32,
+    /// Health Watch and reflection streams (no API key needed) one
+    /// connection may have open at once.
+    pub max_unauthenticated_streams_per_connection: u32,
+    /// Health Watch and reflection streams open at once, all connections
+    /// and listeners together.
+    pub max_unauthenticated_streams: u32,
     /// Requests one connection may have in progress at once (others wait).
     pub concurrency_per_connection: u32,
     /// A request that takes longer is answered with CANCELLED (streams are
@@ -242,6 +253,9 @@ impl Default for GrpcConfig {
             tls_client_ca_file: None,
             max_message_bytes: 256 * 1024,
             max_concurrent_streams: 256,
+            max_watch_streams_per_connection: 192,
+            max_unauthenticated_streams_per_connection: 16,
+            max_unauthenticated_streams: 1_000,
             concurrency_per_connection: 256,
             request_timeout_ms: 30_000,
         }

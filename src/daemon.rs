@@ -27,6 +27,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::access::{ClientError, Clients};
 use crate::api::admin::AdminApi;
 use crate::api::serve::{self, Services};
+use crate::api::streams::StreamCaps;
 use crate::api::tls::{self, ReloadableTls, TlsError, TlsFiles};
 use crate::api::token::TokenApi;
 use crate::audit::Audit;
@@ -302,9 +303,20 @@ impl Daemon {
             health.clone(),
             config.backup_dir(),
         ));
+        let streams = Arc::new(StreamCaps::new(
+            &config.grpc,
+            clock.clone(),
+            Some(metrics.clone()),
+        ));
         let services = Services {
             tokens: Arc::new(
-                TokenApi::new(broker.clone(), serving.clone()).with_metrics(metrics.clone()),
+                TokenApi::new(
+                    broker.clone(),
+                    clients.clone(),
+                    streams.clone(),
+                    serving.clone(),
+                )
+                .with_metrics(metrics.clone()),
             ),
             admin: Arc::new(
                 AdminApi::new(tenants.clone(), onboarding.clone(), clients.clone(), audit)
@@ -312,6 +324,7 @@ impl Daemon {
             ),
             clients: clients.clone(),
             health: health_service,
+            streams,
         };
         let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
             .map_err(|e| DaemonError::Reflection(e.to_string()))?;

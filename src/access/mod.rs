@@ -115,6 +115,12 @@ impl Caller {
         self.role == Role::Admin
     }
 
+    /// A peer of the local admin socket (not an API client: nothing to
+    /// revoke). API client ids are `cl_` + hex, so they never look like this.
+    pub fn is_local_peer(&self) -> bool {
+        self.client_id.starts_with("local:")
+    }
+
     /// May this caller have `tenant`'s token? Decided on the name alone, so
     /// the answer says nothing about whether the tenant exists.
     pub fn may_read(&self, tenant: &str) -> bool {
@@ -123,6 +129,16 @@ impl Caller {
             Role::Reader => self.patterns.iter().any(|p| p.matches(tenant)),
         }
     }
+}
+
+/// Why a caller authenticated earlier (an open stream) may no longer read
+/// a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapsed {
+    /// The client was revoked.
+    Revoked,
+    /// The client's tenant patterns no longer match the tenant.
+    OutOfScope,
 }
 
 /// Every key starts with this, so a leaked key is recognisable (secret

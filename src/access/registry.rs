@@ -16,8 +16,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::watch;
+
 use super::TenantPattern;
-use super::{generate_client_id, generate_key, hash_key, Caller, ClientInfo, KeyHash, Role};
+use super::{
+    generate_client_id, generate_key, hash_key, Caller, ClientInfo, KeyHash, Lapsed, Role,
+};
 use crate::audit::{self, Audit};
 use crate::clock::SharedClock;
 use crate::domain::ValidationError;
@@ -55,7 +59,13 @@ pub struct NewClient {
     pub tenant_patterns: Vec<String>,
 }
 
-type Table = HashMap<KeyHash, Arc<Caller>>;
+/// One snapshot of the active clients, indexed by key hash (authenticate)
+/// and by client id (re-checking a caller authenticated earlier).
+#[derive(Default)]
+struct Table {
+    by_key: HashMap<KeyHash, Arc<Caller>>,
+    by_id: HashMap<String, Arc<Caller>>,
+}
 
 pub struct Clients {
     store: Store,
@@ -67,6 +77,9 @@ pub struct Clients {
     /// Serialises reloads: two reloads finishing out of order must not put
     /// an older snapshot (with a revoked key) back.
     reloading: tokio::sync::Mutex<()>,
+    /// Bumped after every reload, so open streams re-check their caller at
+    /// once instead of waiting for their next message.
+    changes: watch::Sender<u64>,
 }
 
 const MAX_NAME_LEN: usize = 128;
@@ -79,8 +92,9 @@ impl Clients {
             store,
             clock,
             audit,
-            table: RwLock::new(Arc::new(HashMap::new())),
+            table: RwLock::new(Arc::new(Table::default())),
             reloading: tokio::sync::Mutex::new(()),
+            changes: watch::channel(0).0,
         };
         clients.reload().await?;
         Ok(clients)
@@ -91,18 +105,46 @@ impl Clients {
     pub fn authenticate(&self, key: &str) -> Option<Arc<Caller>> {
         let hash = hash_key(key);
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.get(&hash).cloned()
+        table.by_key.get(&hash).cloned()
     }
 
     /// Number of active keys (tests, status).
     pub fn active_count(&self) -> usize {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .len()
+    }
+
+    /// May `caller`, authenticated earlier (an open stream), still read
+    /// `tenant` now? Looks at the current table only: a revoked client is
+    /// gone from it, a changed client has its new patterns there. Peers of
+    /// the local admin socket are not API clients and cannot be revoked.
+    pub fn recheck(&self, caller: &Caller, tenant: &str) -> Result<(), Lapsed> {
+        if caller.is_local_peer() {
+            return Ok(());
+        }
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        match table.by_id.get(&caller.client_id) {
+            None => Err(Lapsed::Revoked),
+            Some(now) if now.may_read(tenant) => Ok(()),
+            Some(_) => Err(Lapsed::OutOfScope),
+        }
+    }
+
+    /// Changes whenever a client is created or revoked.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn reload(&self) -> Result<(), StoreError> {
         let _one = self.reloading.lock().await;
         let rows = self.store.active_client_keys().await?;
-        let mut table = Table::with_capacity(rows.len());
+        let mut table = Table {
+            by_key: HashMap::with_capacity(rows.len()),
+            by_id: HashMap::with_capacity(rows.len()),
+        };
         for (hash, info) in rows {
             let patterns = info
                 .tenant_patterns
@@ -111,16 +153,16 @@ impl Clients {
                 // fails now (edited by hand) simply matches nothing.
                 .filter_map(|p| TenantPattern::parse(p).ok())
                 .collect();
-            table.insert(
-                hash,
-                Arc::new(Caller {
-                    client_id: info.client_id,
-                    role: info.role,
-                    patterns,
-                }),
-            );
+            let caller = Arc::new(Caller {
+                client_id: info.client_id,
+                role: info.role,
+                patterns,
+            });
+            table.by_id.insert(caller.client_id.clone(), caller.clone());
+            table.by_key.insert(hash, caller);
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.changes.send_modify(|generation| *generation += 1);
         Ok(())
     }
 
@@ -313,8 +355,16 @@ mod tests {
         assert_eq!(caller.client_id, info.client_id);
         assert!(caller.may_read("acme-1") && !caller.may_read("other"));
         assert!(c.authenticate("ptk_unknown").is_none());
+        assert_eq!(c.recheck(&caller, "acme-1"), Ok(()));
+        assert_eq!(c.recheck(&caller, "other"), Err(Lapsed::OutOfScope));
+        let mut changes = c.changes();
+        changes.borrow_and_update();
         c.revoke(&info.client_id).await.unwrap();
         assert!(c.authenticate(key.expose()).is_none());
+        // An earlier authenticated caller lapses, and watchers are told.
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(c.recheck(&caller, "acme-1"), Err(Lapsed::Revoked));
+        assert_eq!(c.recheck(&Caller::local_admin(0), "acme-1"), Ok(()));
         assert!(matches!(
             c.revoke("cl_nope").await,
             Err(ClientError::NotFound(_))

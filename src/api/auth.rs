@@ -7,22 +7,31 @@
 //!
 //! Health and reflection are served without this interceptor.
 //!
-//! Statuses: no or unknown key -> UNAUTHENTICATED; READER on AdminService,
+//! Statuses: no or unknown key, or more than one `authorization` entry (which
+//! one would count is ambiguous) -> UNAUTHENTICATED; READER on AdminService,
 //! or on a tenant outside its patterns -> PERMISSION_DENIED. The scope check
 //! looks only at the requested tenant id, before anything else, so a caller
 //! outside its scope gets the same answer whether the tenant exists or not.
 //! No message ever repeats the presented key.
 //!
+//! GetToken calls it refuses are counted in `get_token_requests_total`
+//! (by code) like those the handler answers: [`SplitGetToken`] routes
+//! GetToken through an interceptor that counts, so the other methods pay
+//! nothing and the count costs one relaxed atomic add.
+//!
 //! Does not: store clients or keys (`access`).
 
 use std::sync::Arc;
 
-use tonic::metadata::MetadataMap;
+use tonic::codegen::{http, Context, Poll, Service};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::server::NamedService;
 use tonic::service::Interceptor;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 use crate::access::{Caller, Clients};
+use crate::metrics::Metrics;
 
 /// The authenticated caller, in the request's extensions.
 #[derive(Clone, Debug)]
@@ -50,6 +59,8 @@ pub struct Authenticate {
     clients: Arc<Clients>,
     guard: Guard,
     local: Option<LocalPeers>,
+    /// Set for the GetToken route: refusals count as GetToken results.
+    get_token_metrics: Option<Arc<Metrics>>,
 }
 
 impl Authenticate {
@@ -59,7 +70,15 @@ impl Authenticate {
             clients,
             guard,
             local: None,
+            get_token_metrics: None,
         }
+    }
+
+    /// Counts every refusal in `metrics` as a GetToken result (for the
+    /// interceptor [`SplitGetToken`] puts in front of GetToken only).
+    pub fn counting_get_token(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.get_token_metrics = metrics;
+        self
     }
 
     /// For the local admin socket: peers running as `own_uid` or root are
@@ -73,6 +92,7 @@ impl Authenticate {
                 own: Arc::new(Caller::local_admin(own_uid)),
                 root: Arc::new(Caller::local_admin(0)),
             }),
+            get_token_metrics: None,
         }
     }
 
@@ -93,8 +113,8 @@ impl Authenticate {
         }
     }
 
-    fn bearer(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, Status> {
-        let Some(value) = metadata.get("authorization") else {
+    fn bearer(&self, value: Option<&MetadataValue<Ascii>>) -> Result<Arc<Caller>, Status> {
+        let Some(value) = value else {
             return Err(Status::unauthenticated(
                 "no API key: send `authorization: Bearer <api key>` metadata (an admin creates keys with `pbx-tokenctl client create`; the bootstrap admin key is <state_dir>/admin.key)",
             ));
@@ -118,11 +138,21 @@ impl Authenticate {
     }
 }
 
-impl Interceptor for Authenticate {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let caller = match self.local_peer(&req) {
+impl Authenticate {
+    fn check(&self, req: &mut Request<()>) -> Result<(), Status> {
+        // Before anything else, also for trusted local peers: with two
+        // entries, which one counts would depend on the proxy or library
+        // in between.
+        let mut entries = req.metadata().get_all("authorization").iter();
+        let first = entries.next();
+        if entries.next().is_some() {
+            return Err(Status::unauthenticated(
+                "more than one `authorization` metadata entry: send exactly one, `authorization: Bearer <api key>`",
+            ));
+        }
+        let caller = match self.local_peer(req) {
             Some(c) => c,
-            None => self.bearer(req.metadata())?,
+            None => self.bearer(first)?,
         };
         if self.guard == Guard::Admin && !caller.is_admin() {
             return Err(Status::permission_denied(
@@ -130,7 +160,68 @@ impl Interceptor for Authenticate {
             ));
         }
         req.extensions_mut().insert(Authenticated(caller));
-        Ok(req)
+        Ok(())
+    }
+}
+
+impl Interceptor for Authenticate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        match self.check(&mut req) {
+            Ok(()) => Ok(req),
+            Err(status) => {
+                if let Some(m) = &self.get_token_metrics {
+                    m.get_token(status.code());
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The HTTP/2 path of TokenService.GetToken.
+pub const GET_TOKEN_PATH: &str = "/pbxtokend.v1.TokenService/GetToken";
+
+/// TokenService with GetToken routed to its own copy of the service (whose
+/// interceptor counts refusals) and the other methods to the plain one.
+/// Both copies share the same handler (`TokenServiceServer` is an `Arc`).
+#[derive(Clone)]
+pub struct SplitGetToken<S> {
+    get_token: S,
+    other: S,
+}
+
+impl<S> SplitGetToken<S> {
+    pub fn new(get_token: S, other: S) -> Self {
+        Self { get_token, other }
+    }
+}
+
+impl<S: NamedService> NamedService for SplitGetToken<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for SplitGetToken<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both are tonic services that are always ready; ask both anyway.
+        match self.get_token.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.other.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == GET_TOKEN_PATH {
+            self.get_token.call(req)
+        } else {
+            self.other.call(req)
+        }
     }
 }
 
@@ -157,5 +248,20 @@ pub fn require_tenant<T>(req: &Request<T>, tenant: &str) -> Result<(), Status> {
         Err(Status::permission_denied(
             "this API key may not read that tenant (none of its tenant patterns matches the id); ask an admin for a key that covers it",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::server::NamedService;
+
+    use super::GET_TOKEN_PATH;
+    use crate::api::token::TokenApi;
+    use crate::proto::token_service_server::TokenServiceServer;
+
+    #[test]
+    fn the_get_token_path_is_the_generated_one() {
+        let name = <TokenServiceServer<TokenApi> as NamedService>::NAME;
+        assert_eq!(GET_TOKEN_PATH, format!("/{name}/GetToken"));
     }
 }

@@ -3,7 +3,8 @@
 //! (in `status.rs`) the one place where errors become gRPC statuses.
 //! `auth.rs` authenticates callers (API keys, the local admin socket) and
 //! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
-//! listeners with their limits; `tls.rs` is the reloadable TLS acceptor;
+//! listeners with their limits; `streams.rs` caps long-lived streams;
+//! `watch.rs` is the WatchToken stream; `tls.rs` is the reloadable TLS acceptor;
 //! `callback.rs` is the optional OAuth callback listener (plain HTML pages).
 
 pub mod access;
@@ -15,5 +16,7 @@ pub mod convert;
 pub mod serve;
 pub mod server_status;
 pub mod status;
+pub mod streams;
 pub mod tls;
 pub mod token;
+pub mod watch;

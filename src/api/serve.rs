@@ -3,7 +3,9 @@
 //! `[grpc]` limits (decoded message size, streams and requests in progress
 //! per connection, per-request timeout). One router per listener: the TCP
 //! one (plain or TLS) and, optionally, the local admin socket, whose
-//! interceptor also trusts the peer's uid.
+//! interceptor also trusts the peer's uid. Health Watch and reflection
+//! streams are capped (`streams.rs`); GetToken goes through its own
+//! interceptor so refused calls are counted (`auth::SplitGetToken`).
 //!
 //! Does not: bind TCP listeners (the caller passes one) or decide the
 //! services' behaviour.
@@ -18,7 +20,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 
 use super::admin::AdminApi;
-use super::auth::{Authenticate, Guard};
+use super::auth::{Authenticate, Guard, SplitGetToken};
+use super::streams::{CapUnauthenticated, StreamCaps};
 use super::token::TokenApi;
 use crate::access::Clients;
 use crate::config::GrpcConfig;
@@ -33,6 +36,8 @@ pub struct Services {
     pub clients: Arc<Clients>,
     /// Shared by the routers: one set of serving statuses.
     pub health: crate::health::HealthGrpc,
+    /// Shared by the routers, so the total cap spans every listener.
+    pub streams: Arc<StreamCaps>,
 }
 
 /// Which listener a router is for.
@@ -56,7 +61,8 @@ pub fn router(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let health = services.health.clone();
+    let health = CapUnauthenticated::new(services.health.clone(), services.streams.clone());
+    let reflection = CapUnauthenticated::new(reflection, services.streams.clone());
     let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
     let auth = |guard| match listener {
         Listener::Tcp => Authenticate::new(services.clients.clone(), guard),
@@ -76,7 +82,13 @@ pub fn router(
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health)
         .add_service(reflection)
-        .add_service(InterceptedService::new(tokens, auth(Guard::Tokens)))
+        .add_service(SplitGetToken::new(
+            InterceptedService::new(
+                tokens.clone(),
+                auth(Guard::Tokens).counting_get_token(services.tokens.metrics()),
+            ),
+            InterceptedService::new(tokens, auth(Guard::Tokens)),
+        ))
         .add_service(InterceptedService::new(admin, auth(Guard::Admin))))
 }
 

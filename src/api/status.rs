@@ -37,7 +37,9 @@ impl From<TokenError> for Status {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::InvalidArgument(v) => invalid(v),
-            e @ TokenError::NotFound(_) => Status::not_found(e.to_string()),
+            e @ (TokenError::NotFound(_) | TokenError::Deleted(_)) => {
+                Status::not_found(e.to_string())
+            }
             e @ TokenError::NotServable { .. } => Status::failed_precondition(e.to_string()),
             TokenError::Unavailable {
                 tenant,

@@ -1,16 +1,20 @@
 //! TokenService: GetToken, ReportRejectedToken, WatchToken. Each handler
 //! checks the caller's tenant scope (first, so an out-of-scope caller learns
-//! nothing about the tenant), decodes, calls the broker, encodes.
+//! nothing about the tenant), decodes, calls the broker, encodes. WatchToken
+//! streams are built in `watch.rs` and capped per connection
+//! (`streams.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::WatchStream;
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::streams::{StreamCaps, StreamKind};
+use super::watch::{self, Watcher};
 use super::{auth, convert};
+use crate::access::Clients;
 use crate::broker::Broker;
 use crate::metrics::Metrics;
 use crate::proto;
@@ -18,15 +22,26 @@ use crate::proto::token_service_server::TokenService;
 
 pub struct TokenApi {
     broker: Arc<Broker>,
+    /// Open WatchToken streams re-check their caller against it.
+    clients: Arc<Clients>,
+    /// The per-connection cap on WatchToken streams.
+    streams: Arc<StreamCaps>,
     /// Ends open WatchToken streams when the daemon drains.
     shutdown: CancellationToken,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl TokenApi {
-    pub fn new(broker: Arc<Broker>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        clients: Arc<Clients>,
+        streams: Arc<StreamCaps>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             broker,
+            clients,
+            streams,
             shutdown,
             metrics: None,
         }
@@ -36,6 +51,12 @@ impl TokenApi {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Where GetToken results are counted (the interceptor counts the
+    /// calls it refuses there too).
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
     }
 }
 
@@ -47,7 +68,12 @@ impl TokenService for TokenApi {
         &self,
         request: Request<proto::GetTokenRequest>,
     ) -> Result<Response<proto::AccessToken>, Status> {
-        auth::require_tenant(&request, &request.get_ref().tenant_id)?;
+        if let Err(status) = auth::require_tenant(&request, &request.get_ref().tenant_id) {
+            if let Some(m) = &self.metrics {
+                m.get_token(status.code());
+            }
+            return Err(status);
+        }
         let req = request.into_inner();
         let result = self
             .broker
@@ -92,18 +118,21 @@ impl TokenService for TokenApi {
         request: Request<proto::WatchTokenRequest>,
     ) -> Result<Response<Self::WatchTokenStream>, Status> {
         auth::require_tenant(&request, &request.get_ref().tenant_id)?;
-        let tenant_id = request.into_inner().tenant_id;
-        let receiver = self.broker.watch(&tenant_id)?;
-        let clock = self.broker.clock().clone();
-        let stream = WatchStream::new(receiver)
-            .filter_map(move |token| {
-                // Never stream an expired token (e.g. held across a restart).
-                let out = token
-                    .filter(|t| t.valid_for(clock.now(), 0))
-                    .map(|t| Ok(convert::access_token(&tenant_id, &t)));
-                futures::future::ready(out)
-            })
-            .take_until(self.shutdown.clone().cancelled_owned());
+        let caller = auth::caller(&request)?;
+        let permit = self
+            .streams
+            .acquire(StreamKind::Watch, request.extensions())?;
+        let tenant = request.into_inner().tenant_id;
+        let watch = self.broker.watch(&tenant)?;
+        let stream = watch::stream(Watcher {
+            tenant,
+            caller,
+            clients: self.clients.clone(),
+            watch,
+            shutdown: self.shutdown.clone(),
+            clock: self.broker.clock().clone(),
+            permit,
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -11,12 +11,13 @@
 
 mod jitter;
 mod slot;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
@@ -31,6 +32,7 @@ use crate::store::{CachedTenant, RefreshRecord, Store, StoreError};
 
 pub use jitter::Jitter;
 pub use slot::Slot;
+pub use watch::{TokenWatch, WatchEnd};
 
 /// Why a token could not be handed out.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum TokenError {
     InvalidArgument(#[from] ValidationError),
     #[error("tenant {0} is not registered; create it with AdminService.CreateTenant")]
     NotFound(String),
+    #[error("tenant {0} was deleted; its credentials and tokens are gone (register it again with AdminService.CreateTenant)")]
+    Deleted(String),
     #[error("tenant {tenant} is {state}: {hint}")]
     NotServable {
         tenant: String,
@@ -254,9 +258,12 @@ impl Broker {
         }
     }
 
-    /// Forgets a tenant: its watchers' streams end.
+    /// Forgets a tenant: its watchers' streams end (NOT_FOUND).
     pub fn remove_slot(&self, id: &TenantId) {
-        self.slots_write().remove(id);
+        let removed = self.slots_write().remove(id);
+        if let Some(slot) = removed {
+            slot.mark_deleted();
+        }
     }
 
     /// Sets a tenant's state in the cache (after the store recorded it).
@@ -342,14 +349,15 @@ impl Broker {
         self.refresh(&slot, Need::Scheduled).await.map(|_| ())
     }
 
-    /// The current token and every new one.
-    pub fn watch(
-        &self,
-        tenant: &str,
-    ) -> Result<watch::Receiver<Option<Arc<AccessToken>>>, TokenError> {
+    /// The current token and every new one, and the signal that ends
+    /// the stream (tenant disabled or deleted).
+    pub fn watch(&self, tenant: &str) -> Result<TokenWatch, TokenError> {
         let slot = self.slot(tenant)?;
         slot.check_servable_state()?;
-        Ok(slot.subscribe())
+        Ok(TokenWatch {
+            tokens: slot.subscribe(),
+            end: slot.subscribe_end(),
+        })
     }
 
     async fn refresh(&self, slot: &Arc<Slot>, need: Need) -> Result<Arc<AccessToken>, TokenError> {

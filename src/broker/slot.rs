@@ -1,6 +1,7 @@
 //! One tenant's place in the cache: its current token (a `watch` channel, so
-//! readers and streams see every new token), its state, and the fetch lock
-//! that makes refreshes single-flight.
+//! readers and streams see every new token), its state, the end signal of
+//! its streams (disabled, deleted: see `watch.rs`), and the fetch lock that
+//! makes refreshes single-flight.
 //!
 //! Why std locks here: they guard a few fields for nanoseconds and are never
 //! held across `.await`; the fetch lock is a tokio mutex because it is held
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use super::watch::WatchEnd;
 use super::TokenError;
 use crate::clock::UnixMs;
 use crate::domain::{AccessToken, PbxBaseUrl, TenantId, TenantState};
@@ -32,12 +34,41 @@ pub struct Slot {
     id: TenantId,
     meta: Mutex<Meta>,
     token: watch::Sender<Option<Arc<AccessToken>>>,
+    /// Why the tenant's streams must end (`None` while they may run).
+    end: watch::Sender<Option<WatchEnd>>,
     fetch: tokio::sync::Mutex<()>,
+}
+
+/// What a caller is told when a tenant in `state` hands out no tokens.
+fn not_servable_hint(state: TenantState) -> Option<&'static str> {
+    match state {
+        TenantState::PendingAuthorization => Some(
+            "it has no token until the PBX user allows access: run BeginAuthorization and CompleteAuthorization",
+        ),
+        TenantState::Disabled => {
+            Some("it was disabled by an operator; enable it with UpdateTenant(enabled=true)")
+        }
+        _ => None,
+    }
+}
+
+/// The NOT_SERVABLE error for `state`, if the state hands out no tokens.
+pub(super) fn not_servable_error(tenant: &str, state: TenantState) -> Option<TokenError> {
+    not_servable_hint(state).map(|hint| TokenError::NotServable {
+        tenant: tenant.to_owned(),
+        state,
+        hint,
+    })
+}
+
+fn end_for(state: TenantState) -> Option<WatchEnd> {
+    not_servable_hint(state).map(|_| WatchEnd::NotServable(state))
 }
 
 impl Slot {
     pub fn from_cached(t: CachedTenant) -> Self {
         let (token, _) = watch::channel(t.token.map(Arc::new));
+        let (end, _) = watch::channel(end_for(t.state));
         Self {
             id: t.id,
             meta: Mutex::new(Meta {
@@ -49,6 +80,7 @@ impl Slot {
                 last_report_refresh: None,
             }),
             token,
+            end,
             fetch: tokio::sync::Mutex::new(()),
         }
     }
@@ -63,9 +95,29 @@ impl Slot {
             m.last_error = None;
             m.cooldown_until = None;
         }
+        self.set_end(end_for(t.state));
         if let Some(token) = t.token {
             self.token.send_replace(Some(Arc::new(token)));
         }
+    }
+
+    /// Tells the streams (only when the reason changes: a no-op update of
+    /// an ACTIVE tenant wakes nobody).
+    fn set_end(&self, end: Option<WatchEnd>) {
+        self.end.send_if_modified(|current| {
+            let changed = *current != end;
+            *current = end;
+            changed
+        });
+    }
+
+    /// The tenant is gone: its streams end with NOT_FOUND.
+    pub fn mark_deleted(&self) {
+        self.set_end(Some(WatchEnd::Deleted));
+    }
+
+    pub fn subscribe_end(&self) -> watch::Receiver<Option<WatchEnd>> {
+        self.end.subscribe()
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -83,6 +135,7 @@ impl Slot {
 
     pub fn set_state(&self, state: TenantState) {
         self.meta().state = state;
+        self.set_end(end_for(state));
     }
 
     pub fn base_url(&self) -> PbxBaseUrl {
@@ -120,19 +173,10 @@ impl Slot {
 
     /// Errors for states that never hand out tokens.
     pub fn check_servable_state(&self) -> Result<(), TokenError> {
-        let state = self.state();
-        let hint = match state {
-            TenantState::PendingAuthorization => {
-                "it has no token until the PBX user allows access: run BeginAuthorization and CompleteAuthorization"
-            }
-            TenantState::Disabled => "it was disabled by an operator; enable it with UpdateTenant(enabled=true)",
-            _ => return Ok(()),
-        };
-        Err(TokenError::NotServable {
-            tenant: self.id.to_string(),
-            state,
-            hint,
-        })
+        match not_servable_error(self.id.as_str(), self.state()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// A forced refresh is allowed in every state that has credentials.

@@ -69,6 +69,39 @@ impl Config {
             100_000,
         )?;
         range(
+            "grpc.max_watch_streams_per_connection",
+            g.max_watch_streams_per_connection.into(),
+            1,
+            100_000,
+        )?;
+        range(
+            "grpc.max_unauthenticated_streams_per_connection",
+            g.max_unauthenticated_streams_per_connection.into(),
+            1,
+            100_000,
+        )?;
+        range(
+            "grpc.max_unauthenticated_streams",
+            g.max_unauthenticated_streams.into(),
+            1,
+            1_000_000,
+        )?;
+        // Streams that may stay open must leave HTTP/2 streams free for
+        // unary calls on the same connection, or those wait behind them.
+        let long_lived = u64::from(g.max_watch_streams_per_connection)
+            + u64::from(g.max_unauthenticated_streams_per_connection);
+        if long_lived >= u64::from(g.max_concurrent_streams) {
+            return Err(bad(
+                "grpc.max_watch_streams_per_connection",
+                format!(
+                    "{} plus grpc.max_unauthenticated_streams_per_connection ({}) must stay below grpc.max_concurrent_streams ({}), so unary calls on a connection always find a free stream; lower them or raise grpc.max_concurrent_streams",
+                    g.max_watch_streams_per_connection,
+                    g.max_unauthenticated_streams_per_connection,
+                    g.max_concurrent_streams
+                ),
+            ));
+        }
+        range(
             "grpc.concurrency_per_connection",
             g.concurrency_per_connection.into(),
             1,
@@ -119,6 +152,25 @@ mod tests {
             (
                 &[("PBX_TOKEND_GRPC_REQUEST_TIMEOUT_MS", "0")],
                 "grpc.request_timeout_ms",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_MAX_UNAUTHENTICATED_STREAMS", "0")],
+                "grpc.max_unauthenticated_streams",
+            ),
+            (
+                &[(
+                    "PBX_TOKEND_GRPC_MAX_UNAUTHENTICATED_STREAMS_PER_CONNECTION",
+                    "0",
+                )],
+                "grpc.max_unauthenticated_streams_per_connection",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_MAX_WATCH_STREAMS_PER_CONNECTION", "0")],
+                "grpc.max_watch_streams_per_connection",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_MAX_CONCURRENT_STREAMS", "200")],
+                "grpc.max_concurrent_streams (200)",
             ),
             (
                 &[(

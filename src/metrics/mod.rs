@@ -75,6 +75,7 @@ pub struct Metrics {
     renewal_latency: AtomicHistogram,
     pbx_http: Family<Labels, Counter>,
     backups: Family<Labels, Counter>,
+    streams_refused: Family<Labels, Counter>,
     backup_last_success: Gauge<i64, AtomicI64>,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
@@ -135,6 +136,12 @@ impl Metrics {
             "Database backups by result (ok, error)",
             backups.clone(),
         );
+        let streams_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "streams_refused",
+            "Streams refused with RESOURCE_EXHAUSTED by a [grpc] stream cap, by kind (watch_token, unauthenticated: health Watch and reflection) and limit (per_connection, total)",
+            streams_refused.clone(),
+        );
         let backup_last_success = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "backup_last_success_timestamp_seconds",
@@ -159,6 +166,7 @@ impl Metrics {
             renewal_latency,
             pbx_http,
             backups,
+            streams_refused,
             backup_last_success,
             scrape,
         }
@@ -201,6 +209,16 @@ impl Metrics {
         if ok {
             self.backup_last_success.set(at_secs);
         }
+    }
+
+    /// A stream cap refused a stream (`api::streams`; not a hot path).
+    pub fn stream_refused(&self, kind: &'static str, limit: &'static str) {
+        self.streams_refused
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("limit", limit.to_owned()),
+            ])
+            .inc();
     }
 
     /// The levels the next scrape shows.

@@ -113,8 +113,8 @@ impl Checker {
     /// The token the running process holds for `tenant` (no fetch).
     fn held(&self, tenant: usize) -> Option<Arc<AccessToken>> {
         let (_, broker) = self.broker()?;
-        let rx = broker.watch(&self.world.tenant_ids[tenant]).ok()?;
-        let token = rx.borrow().clone();
+        let watch = broker.watch(&self.world.tenant_ids[tenant]).ok()?;
+        let token = watch.tokens.borrow().clone();
         token
     }
 

@@ -25,5 +25,6 @@ mod onboarding_crash;
 mod outbound_guard;
 mod renewal;
 mod secrecy;
+mod streams;
 mod tokens;
 mod transport;

@@ -162,7 +162,7 @@ async fn watch_streams_current_then_each_new_token() {
         .unwrap();
     assert_eq!(second.access_token, refreshed.access_token);
     assert_ne!(second.access_token, first.access_token);
-    // Deleting the tenant ends the stream.
+    // Deleting the tenant ends the stream, with NOT_FOUND (tests/e2e/streams.rs).
     d.admin()
         .delete_tenant(pbx_tokend::proto::DeleteTenantRequest {
             tenant_id: "acme".into(),
@@ -172,7 +172,7 @@ async fn watch_streams_current_then_each_new_token() {
     let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .unwrap();
-    assert!(end.is_none());
+    assert_eq!(end.unwrap().unwrap_err().code(), Code::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,3 +289,37 @@ async fn admin_socket_makes_the_local_owner_admin_without_a_key() {
     d.stop().await;
     assert!(!socket.exists(), "socket removed at shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_caps_tell_tls_connections_apart() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.issue("localhost", true);
+    let cert_file = write(certs.path(), "server.pem", &cert);
+    let key_file = write(certs.path(), "server.key", &key);
+    let d = TestDaemon::start(|c| {
+        c.grpc.tls_cert_file = Some(cert_file.clone());
+        c.grpc.tls_key_file = Some(key_file.clone());
+        c.grpc.max_unauthenticated_streams_per_connection = 1;
+    })
+    .await;
+    let watch = |channel: Channel| async move {
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .watch(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    };
+    let one = tls_channel(&d, &ca.pem, None).await.unwrap();
+    let _held = watch(one.clone()).await.unwrap();
+    let err = watch(one).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("grpc.max_unauthenticated_streams_per_connection"),
+        "{}",
+        err.message()
+    );
+    // Another TLS connection has its own allowance.
+    let two = tls_channel(&d, &ca.pem, None).await.unwrap();
+    let _also = watch(two).await.unwrap();
+}
