@@ -11,6 +11,7 @@
 
 mod jitter;
 mod slot;
+pub mod unstored;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -117,6 +118,10 @@ pub struct Broker {
     /// Every random choice the broker makes (entropy unless the simulation
     /// seeds it with [`Broker::with_jitter`]).
     jitter: Jitter,
+    /// Slots with an [`unstored::Unstored`] record, and those of them that
+    /// hold a token only in memory (kept in step by `set_unstored`).
+    unstored_tenants: AtomicI64,
+    unstored_tokens: AtomicI64,
 }
 
 impl Broker {
@@ -138,6 +143,8 @@ impl Broker {
             schedule_changed: Notify::new(),
             metrics: Arc::new(Metrics::new()),
             jitter: Jitter::entropy(),
+            unstored_tenants: AtomicI64::new(0),
+            unstored_tokens: AtomicI64::new(0),
         }
     }
 
@@ -227,7 +234,11 @@ impl Broker {
     pub fn upsert_slot(&self, cached: CachedTenant) {
         let mut slots = self.slots_write();
         match slots.get(&cached.id) {
-            Some(existing) => existing.reset(cached),
+            Some(existing) => {
+                // The store just wrote the tenant: nothing is pending.
+                self.set_unstored(existing, None);
+                existing.reset(cached)
+            }
             None => {
                 slots.insert(cached.id.clone(), Arc::new(Slot::from_cached(cached)));
             }
@@ -256,7 +267,9 @@ impl Broker {
 
     /// Forgets a tenant: its watchers' streams end.
     pub fn remove_slot(&self, id: &TenantId) {
-        self.slots_write().remove(id);
+        if let Some(slot) = self.slots_write().remove(id) {
+            self.set_unstored(&slot, None);
+        }
     }
 
     /// Sets a tenant's state in the cache (after the store recorded it).
@@ -407,9 +420,10 @@ impl Broker {
             Need::Scheduled => {
                 if let Some(t) = &held {
                     if now < settings.policy.earliest_renewal(t) {
-                        // Renewed on demand since the job was planned.
+                        // Renewed on demand since the job was planned (or
+                        // fetched but not stored: write it now).
                         let at = settings.policy.renew_at(t, self.jitter());
-                        self.store.reschedule(slot.id(), at).await?;
+                        self.store_schedule(slot, at, now).await?;
                         return Ok(t.clone());
                     }
                 }
@@ -534,7 +548,8 @@ impl Broker {
             Ok(grant) => {
                 let token = self.token_from_grant(grant, issued_at);
                 let renew_at = settings.policy.renew_at(&token, self.jitter());
-                self.store
+                let stored = self
+                    .store
                     .record_refresh(
                         slot.id(),
                         RefreshRecord::Success {
@@ -543,9 +558,28 @@ impl Broker {
                         },
                         now,
                     )
-                    .await?;
+                    .await;
                 let token = Arc::new(token);
-                slot.publish(token.clone());
+                match stored {
+                    Ok(_) => {
+                        slot.publish(token.clone());
+                        self.store_recovered(slot);
+                    }
+                    // A token is a cache: serve it from memory; the next
+                    // commit that works writes it.
+                    Err(e) if unstored::is_write_failure(&e) => {
+                        slot.publish(token.clone());
+                        let error = self.store_failed(
+                            slot,
+                            Some((token.clone(), renew_at)),
+                            &e,
+                            renew_at,
+                            now,
+                        );
+                        slot.set_last_error(Some(error));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.schedule_changed.notify_one();
                 tracing::debug!(tenant = %slot.id(), outcome = "success", latency_ms, expires_at = %token.expires_at, next_renewal = %renew_at, "token renewed");
                 Ok(token)
@@ -591,7 +625,8 @@ impl Broker {
                 };
                 let message = failure.describe();
                 tracing::warn!(tenant = %slot.id(), outcome = "failure", class = failure.class(), latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");
-                self.store
+                let stored = self
+                    .store
                     .record_refresh(
                         slot.id(),
                         RefreshRecord::Failure {
@@ -601,8 +636,25 @@ impl Broker {
                         },
                         now,
                     )
-                    .await?;
+                    .await;
                 slot.record_failure(state, message.clone());
+                match stored {
+                    // The failure row carries the job's new due time, but
+                    // not a token still waiting in memory; that one stays
+                    // pending for the next success.
+                    Ok(_) => {
+                        if slot.unstored().is_some_and(|u| u.token.is_none()) {
+                            self.store_recovered(slot);
+                        }
+                    }
+                    // The caller hears the PBX failure; the lost write only
+                    // moves the retry into memory.
+                    Err(e) if unstored::is_write_failure(&e) => {
+                        let error = self.store_failed(slot, None, &e, retry_at, now);
+                        slot.set_last_error(Some(format!("{message}; {error}")));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.schedule_changed.notify_one();
                 Err(match state {
                     TenantState::CredentialsRejected => TokenError::NotServable {
