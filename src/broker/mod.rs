@@ -9,6 +9,7 @@
 //! Does not: decide *when* scheduled renewals run (renewal/), validate admin
 //! input (tenants), or know protobuf (api/).
 
+mod abandoned;
 mod jitter;
 mod slot;
 pub mod unstored;
@@ -75,6 +76,12 @@ pub struct BrokerSettings {
     /// At most one refresh forced by ReportRejectedToken per tenant in this
     /// interval; reports in between get the current token.
     pub report_rejected_interval_ms: i64,
+    /// `[pbx] request_timeout_ms`. A token request our side gave up on
+    /// (timed out, or its caller went away) may still be open at the
+    /// provider: its host slot and its tenant stay taken for this long
+    /// after, so the provider never sees more than the limits (see
+    /// `abandoned.rs`).
+    pub request_timeout_ms: u64,
 }
 
 impl BrokerSettings {
@@ -88,6 +95,7 @@ impl BrokerSettings {
             on_demand_retry_ms: 1000,
             report_rejected_interval_ms: i64::try_from(c.token.report_rejected_interval_ms)
                 .unwrap_or(i64::MAX),
+            request_timeout_ms: c.pbx.request_timeout_ms,
         }
     }
 }
@@ -466,8 +474,14 @@ impl Broker {
                 hint: "it has no trusted app credentials yet; complete the authorization flow",
             })?;
         let base = slot.base_url();
+        let grace = self.abandon_grace();
+        // Single flight as the provider sees it: wait out a request of this
+        // tenant our side gave up on, which may still be open there.
+        slot.wait_provider_done().await;
+        let mark = abandoned::TenantMark::new(slot, grace);
         let started = tokio::time::Instant::now();
         let outcome = self.request_token(&base, &creds).await;
+        mark.finish(abandoned::timed_out(&outcome, started.elapsed(), grace));
         self.record_outcome(slot, now, outcome, started.elapsed())
             .await
     }
@@ -499,8 +513,12 @@ impl Broker {
             Ok(p) => p,
             Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
         };
+        let grace = self.abandon_grace();
+        // Held past the end of the call if it is cancelled or times out.
+        let permit = abandoned::HostSlot::new(permit, grace);
+        let started = tokio::time::Instant::now();
         let result = call().await;
-        drop(permit);
+        permit.finish(abandoned::timed_out(&result, started.elapsed(), grace));
         result.map_err(|e| {
             if let PbxError::Throttled { retry_after } = &e {
                 // A 429 on the token endpoint is the host's limit: every

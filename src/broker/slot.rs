@@ -53,6 +53,9 @@ pub struct Slot {
     meta: Mutex<Meta>,
     token: watch::Sender<Option<Arc<AccessToken>>>,
     fetch: tokio::sync::Mutex<()>,
+    /// A token request of this tenant our side gave up on may be open at
+    /// the provider until then (broker/abandoned.rs).
+    provider_busy: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Slot {
@@ -71,6 +74,7 @@ impl Slot {
             }),
             token,
             fetch: tokio::sync::Mutex::new(()),
+            provider_busy: Mutex::new(None),
         }
     }
 
@@ -165,6 +169,21 @@ impl Slot {
                 self.check_servable_state()
             }
             _ => Ok(()),
+        }
+    }
+
+    /// See `provider_busy`; never shortens an earlier mark.
+    pub fn provider_busy_until(&self, until: tokio::time::Instant) {
+        let mut b = self.provider_busy.lock().unwrap_or_else(|p| p.into_inner());
+        *b = Some(b.map_or(until, |old| old.max(until)));
+    }
+
+    /// Waits until no abandoned request of this tenant may be open at the
+    /// provider (called under the fetch lock, before a new request).
+    pub async fn wait_provider_done(&self) {
+        let until = *self.provider_busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
         }
     }
 

@@ -22,6 +22,7 @@ mod metrics;
 mod onboarding;
 mod onboarding_callback;
 mod onboarding_crash;
+mod pause;
 mod renewal;
 mod secrecy;
 mod tokens;
