@@ -50,6 +50,8 @@ pub struct ServerOverview {
     pub hosts: Vec<HostStatus>,
     /// The newest file in the backup directory, and when it was written.
     pub last_backup: Option<(PathBuf, UnixMs)>,
+    /// Tokens fetched but not written to the database (served from memory).
+    pub tokens_unstored: u64,
 }
 
 impl Overview {
@@ -100,6 +102,7 @@ impl Overview {
                 .unwrap_or(0),
             hosts,
             last_backup,
+            tokens_unstored: self.broker.unstored_tokens(),
         })
     }
 
@@ -174,6 +177,7 @@ impl ServerOverview {
                 .map(|h| (h.host.clone(), u64::from(h.throttled_until.is_some())))
                 .collect(),
             database_writable: self.database_writable,
+            tokens_unstored: self.tokens_unstored,
         }
     }
 }

@@ -256,11 +256,14 @@ impl Tenants {
 
     pub async fn get(&self, tenant_id: &str) -> Result<Tenant, AdminError> {
         let id = TenantId::parse(tenant_id)?;
-        self.broker
+        let mut tenant = self
+            .broker
             .store()
             .get_tenant(&id)
             .await?
-            .ok_or_else(|| AdminError::NotFound(id.to_string()))
+            .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+        self.broker.overlay_unstored(&mut tenant);
+        Ok(tenant)
     }
 
     pub async fn list(
@@ -288,6 +291,9 @@ impl Tenants {
             .store()
             .list_tenants(after, limit + 1, state)
             .await?;
+        for t in &mut tenants {
+            self.broker.overlay_unstored(t);
+        }
         let next_page_token = if tenants.len() > limit as usize {
             tenants.truncate(limit as usize);
             tenants.last().map(|t| t.id.to_string()).unwrap_or_default()

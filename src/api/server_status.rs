@@ -65,6 +65,7 @@ pub async fn get(
             .unwrap_or_default(),
         last_backup_at: o.last_backup.as_ref().map(|(_, at)| timestamp(*at)),
         warnings,
+        tokens_unstored: o.tokens_unstored,
     })
 }
 

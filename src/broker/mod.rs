@@ -9,8 +9,10 @@
 //! Does not: decide *when* scheduled renewals run (renewal/), validate admin
 //! input (tenants), or know protobuf (api/).
 
+mod abandoned;
 mod jitter;
 mod slot;
+pub mod unstored;
 mod watch;
 
 use std::collections::HashMap;
@@ -78,6 +80,12 @@ pub struct BrokerSettings {
     /// At most one refresh forced by ReportRejectedToken per tenant in this
     /// interval; reports in between get the current token.
     pub report_rejected_interval_ms: i64,
+    /// `[pbx] request_timeout_ms`. A token request our side gave up on
+    /// (timed out, or its caller went away) may still be open at the
+    /// provider: its host slot and its tenant stay taken for this long
+    /// after, so the provider never sees more than the limits (see
+    /// `abandoned.rs`).
+    pub request_timeout_ms: u64,
 }
 
 impl BrokerSettings {
@@ -91,6 +99,7 @@ impl BrokerSettings {
             on_demand_retry_ms: 1000,
             report_rejected_interval_ms: i64::try_from(c.token.report_rejected_interval_ms)
                 .unwrap_or(i64::MAX),
+            request_timeout_ms: c.pbx.request_timeout_ms,
         }
     }
 }
@@ -121,6 +130,10 @@ pub struct Broker {
     /// Every random choice the broker makes (entropy unless the simulation
     /// seeds it with [`Broker::with_jitter`]).
     jitter: Jitter,
+    /// Slots with an [`unstored::Unstored`] record, and those of them that
+    /// hold a token only in memory (kept in step by `set_unstored`).
+    unstored_tenants: AtomicI64,
+    unstored_tokens: AtomicI64,
 }
 
 impl Broker {
@@ -142,6 +155,8 @@ impl Broker {
             schedule_changed: Notify::new(),
             metrics: Arc::new(Metrics::new()),
             jitter: Jitter::entropy(),
+            unstored_tenants: AtomicI64::new(0),
+            unstored_tokens: AtomicI64::new(0),
         }
     }
 
@@ -231,7 +246,11 @@ impl Broker {
     pub fn upsert_slot(&self, cached: CachedTenant) {
         let mut slots = self.slots_write();
         match slots.get(&cached.id) {
-            Some(existing) => existing.reset(cached),
+            Some(existing) => {
+                // The store just wrote the tenant: nothing is pending.
+                self.set_unstored(existing, None);
+                existing.reset(cached)
+            }
             None => {
                 slots.insert(cached.id.clone(), Arc::new(Slot::from_cached(cached)));
             }
@@ -262,6 +281,7 @@ impl Broker {
     pub fn remove_slot(&self, id: &TenantId) {
         let removed = self.slots_write().remove(id);
         if let Some(slot) = removed {
+            self.set_unstored(&slot, None);
             slot.mark_deleted();
         }
     }
@@ -415,9 +435,10 @@ impl Broker {
             Need::Scheduled => {
                 if let Some(t) = &held {
                     if now < settings.policy.earliest_renewal(t) {
-                        // Renewed on demand since the job was planned.
+                        // Renewed on demand since the job was planned (or
+                        // fetched but not stored: write it now).
                         let at = settings.policy.renew_at(t, self.jitter());
-                        self.store.reschedule(slot.id(), at).await?;
+                        self.store_schedule(slot, at, now).await?;
                         return Ok(t.clone());
                     }
                 }
@@ -460,8 +481,14 @@ impl Broker {
                 hint: "it has no trusted app credentials yet; complete the authorization flow",
             })?;
         let base = slot.base_url();
+        let grace = self.abandon_grace();
+        // Single flight as the provider sees it: wait out a request of this
+        // tenant our side gave up on, which may still be open there.
+        slot.wait_provider_done().await;
+        let mark = abandoned::TenantMark::new(slot, grace);
         let started = tokio::time::Instant::now();
         let outcome = self.request_token(&base, &creds).await;
+        mark.finish(abandoned::timed_out(&outcome, started.elapsed(), grace));
         self.record_outcome(slot, now, outcome, started.elapsed())
             .await
     }
@@ -493,8 +520,12 @@ impl Broker {
             Ok(p) => p,
             Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
         };
+        let grace = self.abandon_grace();
+        // Held past the end of the call if it is cancelled or times out.
+        let permit = abandoned::HostSlot::new(permit, grace);
+        let started = tokio::time::Instant::now();
         let result = call().await;
-        drop(permit);
+        permit.finish(abandoned::timed_out(&result, started.elapsed(), grace));
         result.map_err(|e| {
             if let PbxError::Throttled { retry_after } = &e {
                 // A 429 on the token endpoint is the host's limit: every
@@ -542,7 +573,8 @@ impl Broker {
             Ok(grant) => {
                 let token = self.token_from_grant(grant, issued_at);
                 let renew_at = settings.policy.renew_at(&token, self.jitter());
-                self.store
+                let stored = self
+                    .store
                     .record_refresh(
                         slot.id(),
                         RefreshRecord::Success {
@@ -551,9 +583,28 @@ impl Broker {
                         },
                         now,
                     )
-                    .await?;
+                    .await;
                 let token = Arc::new(token);
-                slot.publish(token.clone());
+                match stored {
+                    Ok(_) => {
+                        slot.publish(token.clone());
+                        self.store_recovered(slot);
+                    }
+                    // A token is a cache: serve it from memory; the next
+                    // commit that works writes it.
+                    Err(e) if unstored::is_write_failure(&e) => {
+                        slot.publish(token.clone());
+                        let error = self.store_failed(
+                            slot,
+                            Some((token.clone(), renew_at)),
+                            &e,
+                            renew_at,
+                            now,
+                        );
+                        slot.set_last_error(Some(error));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.schedule_changed.notify_one();
                 tracing::debug!(tenant = %slot.id(), outcome = "success", latency_ms, expires_at = %token.expires_at, next_renewal = %renew_at, "token renewed");
                 Ok(token)
@@ -599,7 +650,8 @@ impl Broker {
                 };
                 let message = failure.describe();
                 tracing::warn!(tenant = %slot.id(), outcome = "failure", class = failure.class(), latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");
-                self.store
+                let stored = self
+                    .store
                     .record_refresh(
                         slot.id(),
                         RefreshRecord::Failure {
@@ -609,8 +661,25 @@ impl Broker {
                         },
                         now,
                     )
-                    .await?;
+                    .await;
                 slot.record_failure(state, message.clone());
+                match stored {
+                    // The failure row carries the job's new due time, but
+                    // not a token still waiting in memory; that one stays
+                    // pending for the next success.
+                    Ok(_) => {
+                        if slot.unstored().is_some_and(|u| u.token.is_none()) {
+                            self.store_recovered(slot);
+                        }
+                    }
+                    // The caller hears the PBX failure; the lost write only
+                    // moves the retry into memory.
+                    Err(e) if unstored::is_write_failure(&e) => {
+                        let error = self.store_failed(slot, None, &e, retry_at, now);
+                        slot.set_last_error(Some(format!("{message}; {error}")));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.schedule_changed.notify_one();
                 Err(match state {
                     TenantState::CredentialsRejected => TokenError::NotServable {

@@ -27,6 +27,26 @@ struct Meta {
     cooldown_until: Option<UnixMs>,
     /// When a ReportRejectedToken last forced a refresh (rate limit).
     last_report_refresh: Option<UnixMs>,
+    /// What the store could not write (full disk); see [`Unstored`].
+    storage: Option<Unstored>,
+}
+
+/// A tenant whose last outcome the store could not write. A token is a
+/// cache: it is served from memory meanwhile, and the next commit that
+/// works writes it. The job row is stale too, so its real due time is kept
+/// here for the scheduler.
+#[derive(Debug, Clone)]
+pub struct Unstored {
+    /// The fetched token and its planned renewal, if the lost write was a
+    /// success (a lost failure leaves nothing to write later).
+    pub token: Option<(Arc<AccessToken>, UnixMs)>,
+    /// The store's error, for the operator.
+    pub error: String,
+    /// Failed writes in a row (the retry backoff grows with them).
+    pub failures: u32,
+    /// When the scheduler runs the job again (a retry of the write, or the
+    /// renewal itself, whichever comes first).
+    pub due: UnixMs,
 }
 
 #[derive(Debug)]
@@ -37,6 +57,9 @@ pub struct Slot {
     /// Why the tenant's streams must end (`None` while they may run).
     end: watch::Sender<Option<WatchEnd>>,
     fetch: tokio::sync::Mutex<()>,
+    /// A token request of this tenant our side gave up on may be open at
+    /// the provider until then (broker/abandoned.rs).
+    provider_busy: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What a caller is told when a tenant in `state` hands out no tokens.
@@ -78,10 +101,12 @@ impl Slot {
                 last_error: None,
                 cooldown_until: None,
                 last_report_refresh: None,
+                storage: None,
             }),
             token,
             end,
             fetch: tokio::sync::Mutex::new(()),
+            provider_busy: Mutex::new(None),
         }
     }
 
@@ -94,6 +119,8 @@ impl Slot {
             m.failures = 0;
             m.last_error = None;
             m.cooldown_until = None;
+            // The store just wrote this tenant: what it holds is the truth.
+            m.storage = None;
         }
         self.set_end(end_for(t.state));
         if let Some(token) = t.token {
@@ -189,6 +216,21 @@ impl Slot {
         }
     }
 
+    /// See `provider_busy`; never shortens an earlier mark.
+    pub fn provider_busy_until(&self, until: tokio::time::Instant) {
+        let mut b = self.provider_busy.lock().unwrap_or_else(|p| p.into_inner());
+        *b = Some(b.map_or(until, |old| old.max(until)));
+    }
+
+    /// Waits until no abandoned request of this tenant may be open at the
+    /// provider (called under the fetch lock, before a new request).
+    pub async fn wait_provider_done(&self) {
+        let until = *self.provider_busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
     pub async fn fetch_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.fetch.lock().await
     }
@@ -226,6 +268,33 @@ impl Slot {
             m.cooldown_until = None;
         }
         self.token.send_replace(Some(token));
+    }
+
+    /// What the store could not write, if anything.
+    pub fn unstored(&self) -> Option<Unstored> {
+        self.meta().storage.clone()
+    }
+
+    /// Replaces the storage record (None: everything is stored); returns the
+    /// previous one. A new record without a token keeps the earlier token
+    /// that is still waiting to be written.
+    pub fn set_unstored(&self, new: Option<Unstored>) -> Option<Unstored> {
+        let mut m = self.meta();
+        let old = m.storage.take();
+        m.storage = match (new, &old) {
+            (Some(mut n), Some(o)) if n.token.is_none() => {
+                n.token.clone_from(&o.token);
+                Some(n)
+            }
+            (n, _) => n,
+        };
+        old
+    }
+
+    /// Sets the operator-facing error without counting a failure (a token
+    /// fetched but not stored).
+    pub fn set_last_error(&self, error: Option<String>) {
+        self.meta().last_error = error;
     }
 
     pub fn record_failure(&self, state: TenantState, error: String) {

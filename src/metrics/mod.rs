@@ -77,6 +77,7 @@ pub struct Metrics {
     backups: Family<Labels, Counter>,
     streams_refused: Family<Labels, Counter>,
     backup_last_success: Gauge<i64, AtomicI64>,
+    token_store_failures: Counter,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -148,6 +149,12 @@ impl Metrics {
             "When the last backup succeeded (Unix seconds; 0: none since start)",
             backup_last_success.clone(),
         );
+        let token_store_failures = Counter::default();
+        registry.register(
+            "token_store_failures",
+            "Refresh outcomes (tokens, failures, job times) the database could not write; the token is served from memory and written later",
+            token_store_failures.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -168,6 +175,7 @@ impl Metrics {
             backups,
             streams_refused,
             backup_last_success,
+            token_store_failures,
             scrape,
         }
     }
@@ -219,6 +227,11 @@ impl Metrics {
                 ("limit", limit.to_owned()),
             ])
             .inc();
+    }
+
+    /// A refresh outcome could not be written to the database.
+    pub fn token_store_failed(&self) {
+        self.token_store_failures.inc();
     }
 
     /// The levels the next scrape shows.
@@ -274,6 +287,7 @@ mod tests {
         m.pbx_request("pbx.example.com", Some(200));
         m.pbx_request("pbx.example.com", None);
         m.backup(true, 1_700_000_000);
+        m.token_store_failed();
         let text = m.encode().unwrap();
         for needle in [
             "pbx_tokend_get_token_requests_total{result=\"ok\"} 1",
@@ -285,6 +299,7 @@ mod tests {
             "status=\"transport_error\"} 1",
             "pbx_tokend_backup_last_success_timestamp_seconds 1700000000",
             "pbx_tokend_build_info{version=",
+            "pbx_tokend_token_store_failures_total 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

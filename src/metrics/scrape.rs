@@ -28,6 +28,8 @@ pub struct ScrapeValues {
     /// (host, 1 while throttled after a 429).
     pub hosts_throttled: Vec<(String, u64)>,
     pub database_writable: bool,
+    /// Tokens fetched but not yet written (held only in memory).
+    pub tokens_unstored: u64,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +161,12 @@ impl Collector for ScrapeCollector {
             "database_writable",
             "1 while the heartbeat write succeeds (health is NOT_SERVING otherwise)",
             if v.database_writable { 1.0 } else { 0.0 },
+        )?;
+        gauge(
+            &mut encoder,
+            "tokens_unstored",
+            "Tokens fetched but not written to the database (full disk?): served from memory, lost on a restart",
+            v.tokens_unstored as f64,
         )?;
         let failures = ConstCounter::new(self.failures.load(Ordering::Relaxed));
         failures.encode(encoder.encode_descriptor(

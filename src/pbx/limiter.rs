@@ -92,6 +92,23 @@ impl Drop for RequestPermit {
     }
 }
 
+impl RequestPermit {
+    /// Keeps the concurrency slot taken for `grace` more, then frees it: for
+    /// a request our side gave up on (timed out, cancelled) that the
+    /// provider may still be working on. Freed at once outside a runtime.
+    pub fn hold_for(self, grace: Duration) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    drop(self);
+                });
+            }
+            Err(_) => drop(self),
+        }
+    }
+}
+
 impl HostLimiters {
     /// Zero limits are raised to 1 (config validation already forbids 0).
     pub fn new(clock: SharedClock, requests_per_second: u32, max_concurrent: u32) -> Self {

@@ -139,9 +139,12 @@ impl Scheduler {
                     .filter(|(_, sem)| sem.available_permits() == 0)
                     .map(|(host, _)| host.clone())
                     .collect();
-                // Jobs already running are still due until they finish.
+                // Jobs already running are still due until they finish, and
+                // so are jobs whose new due time could not be written.
                 let running = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
-                let limit = u32::try_from(global.available_permits() + running).unwrap_or(u32::MAX);
+                let deferred = self.broker.deferred_count();
+                let limit = u32::try_from(global.available_permits() + running + deferred)
+                    .unwrap_or(u32::MAX);
                 match store.ready_jobs(now, skip_hosts, limit).await {
                     Ok(ready) => {
                         next_due = ready.next_due_at;
@@ -152,6 +155,18 @@ impl Scheduler {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .contains(&job.tenant_id)
                             {
+                                continue;
+                            }
+                            // The store could not write this job's next due
+                            // time (full disk): its row is stale, the broker
+                            // knows the real time. Without this the job ran
+                            // again at once, a PBX request each time.
+                            if let Some(at) = self
+                                .broker
+                                .deferred_until(&job.tenant_id)
+                                .filter(|at| *at > now)
+                            {
+                                next_due = Some(next_due.map_or(at, |n| n.min(at)));
                                 continue;
                             }
                             let host_sem = per_host

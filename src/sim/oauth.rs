@@ -85,6 +85,16 @@ async fn token(State(sim): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
             req.client_secret = Some(secret);
         }
     }
+    // A real provider keeps working on a request whose client hung up (a
+    // timeout, a cancelled call): run it on its own task so it is still
+    // counted in flight, and still grants, after the connection is gone.
+    match tokio::spawn(handle_token(sim, req, gzip, form_ok)).await {
+        Ok(resp) => resp,
+        Err(_) => respond::message(500, "The token request failed.", gzip),
+    }
+}
+
+async fn handle_token(sim: Arc<Shared>, req: TokenRequest, gzip: bool, form_ok: bool) -> Response {
     let arrival = sim.stats.token_arrival(
         req.grant_type.as_deref().unwrap_or(""),
         req.client_id.as_deref(),

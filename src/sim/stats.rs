@@ -40,6 +40,10 @@ pub struct SimStats {
     pub max_concurrent_token_requests: u64,
     /// Peak of `/oauth/token` arrivals within any sliding one-second window.
     pub max_token_requests_in_any_1s_window: u64,
+    /// Peak of `/oauth/token` requests of one `client_id` being handled at
+    /// once (above 1: a client's token requests overlapped).
+    #[serde(default)]
+    pub max_concurrent_token_requests_per_client: u64,
 }
 
 #[derive(Default)]
@@ -53,14 +57,27 @@ struct Inner {
 pub(crate) struct Collector {
     inner: Mutex<Inner>,
     in_flight: Arc<AtomicU64>,
+    /// Token requests being handled, per client_id.
+    per_client: Arc<Mutex<HashMap<String, u64>>>,
 }
 
-/// Held while a token request is handled; decrements the in-flight count.
-pub(crate) struct InFlight(Arc<AtomicU64>);
+type PerClient = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Held while a token request is handled; decrements the in-flight counts.
+pub(crate) struct InFlight(Arc<AtomicU64>, Option<(PerClient, String)>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some((map, client)) = self.1.take() {
+            let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&client);
+                }
+            }
+        }
     }
 }
 
@@ -86,7 +103,18 @@ impl Collector {
 
     pub fn token_arrival(&self, grant_type: &str, client_id: Option<&str>, gzip: bool) -> Arrival {
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        let guard = InFlight(Arc::clone(&self.in_flight));
+        let client = client_id.filter(|c| !c.is_empty()).map(str::to_owned);
+        let mut client_in_flight = 0;
+        if let Some(c) = &client {
+            let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(c.clone()).or_default();
+            *n += 1;
+            client_in_flight = *n;
+        }
+        let guard = InFlight(
+            Arc::clone(&self.in_flight),
+            client.map(|c| (Arc::clone(&self.per_client), c)),
+        );
         let now = Instant::now();
         let mut g = self.lock();
         while g
@@ -107,6 +135,9 @@ impl Collector {
             s.requests_without_gzip += 1;
         }
         s.max_concurrent_token_requests = s.max_concurrent_token_requests.max(in_flight);
+        s.max_concurrent_token_requests_per_client = s
+            .max_concurrent_token_requests_per_client
+            .max(client_in_flight);
         s.max_token_requests_in_any_1s_window =
             s.max_token_requests_in_any_1s_window.max(in_window);
         if let Some(c) = client_id.filter(|c| !c.is_empty()) {

@@ -58,6 +58,7 @@ pub fn status_json(s: &proto::ServerStatus) -> Value {
         "last_backup_file": if s.last_backup_file.is_empty() { Value::Null } else { json!(s.last_backup_file) },
         "last_backup_at": ts_json(s.last_backup_at.as_ref()),
         "warnings": s.warnings,
+        "tokens_unstored": s.tokens_unstored,
     })
 }
 
@@ -181,6 +182,12 @@ pub fn render(now: i64, s: &proto::ServerStatus) -> String {
     }
     for w in &s.warnings {
         out.push_str(&format!("\nwarning: {w}\n"));
+    }
+    if s.tokens_unstored > 0 {
+        out.push_str(&format!(
+            "\nwarning: {} token(s) fetched but not stored (database writes fail; full disk?): served from memory, lost on a restart\n",
+            s.tokens_unstored
+        ));
     }
     out
 }
