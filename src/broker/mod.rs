@@ -45,6 +45,10 @@ pub enum TokenError {
         state: TenantState,
         hint: &'static str,
     },
+    /// The stored credentials do not open or are bound to other values
+    /// (see `store::credentials`); `reason` says which and what to do.
+    #[error("{reason}")]
+    CredentialsUnusable { tenant: String, reason: String },
     #[error("no valid token for tenant {tenant}: {reason}")]
     Unavailable {
         tenant: String,
@@ -158,15 +162,78 @@ impl Broker {
         self.jitter.next()
     }
 
-    /// Fills the cache from the database (start-up).
+    /// Fills the cache from the database (start-up). One unreadable row
+    /// never stops the load: a token that does not open is dropped and
+    /// fetched again soon; a tenant whose credentials cannot be used is put
+    /// in CREDENTIALS_REJECTED with the reason as last_error, and nothing
+    /// is sent to the PBX for it.
     pub async fn load(&self) -> Result<usize, StoreError> {
-        let tenants = self.store.load_cache().await?;
-        let n = tenants.len();
-        let mut slots = self.slots_write();
-        for t in tenants {
-            slots.insert(t.id.clone(), Arc::new(Slot::from_cached(t)));
+        let loaded = self.store.load_cache_checked().await?;
+        let faults = self.store.credential_faults().await?;
+        let n = loaded.tenants.len();
+        {
+            let mut slots = self.slots_write();
+            for t in loaded.tenants {
+                slots.insert(t.id.clone(), Arc::new(Slot::from_cached(t)));
+            }
+        }
+        let mut faulted = std::collections::HashSet::new();
+        for fault in faults {
+            let Ok(slot) = self.slot(fault.tenant_id.as_str()) else {
+                continue;
+            };
+            // A public app's fault matters only to a tenant that has nothing
+            // else; the authorization flow refuses it when it reads it.
+            if !fault.trusted && slot.state() != TenantState::PendingAuthorization {
+                tracing::warn!(tenant = %fault.tenant_id, "{}", fault.message);
+                continue;
+            }
+            faulted.insert(fault.tenant_id.clone());
+            self.record_credential_fault(&slot, fault.message).await?;
+        }
+        let now = self.clock.now();
+        let refetch: Vec<(TenantId, UnixMs)> = loaded
+            .dropped_tokens
+            .into_iter()
+            .filter(|id| !faulted.contains(id))
+            .filter(|id| {
+                self.slot(id.as_str())
+                    .is_ok_and(|s| s.state().is_renewing())
+            })
+            .map(|id| (id, now))
+            .collect();
+        if !refetch.is_empty() {
+            self.store.reschedule_many(refetch).await?;
         }
         Ok(n)
+    }
+
+    /// Records that `slot`'s stored credentials cannot be used (store and
+    /// cache), with the rare retry of rejected credentials as the next
+    /// attempt, so the renewal job neither spins nor sends anything.
+    async fn record_credential_fault(
+        &self,
+        slot: &Arc<Slot>,
+        message: String,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let retry_at = now.plus(self.settings().policy.rejected_retry(self.jitter()));
+        tracing::warn!(tenant = %slot.id(), next_attempt = %retry_at, "{message}");
+        self.store
+            .record_credential_fault(slot.id(), message.clone(), retry_at, now)
+            .await?;
+        slot.record_credential_fault(message);
+        self.schedule_changed.notify_one();
+        Ok(())
+    }
+
+    /// The error for a tenant whose credentials cannot be used, if so.
+    fn credential_fault_error(slot: &Slot) -> Option<TokenError> {
+        slot.credential_fault()
+            .map(|reason| TokenError::CredentialsUnusable {
+                tenant: slot.id().to_string(),
+                reason,
+            })
     }
 
     pub fn clock(&self) -> &SharedClock {
@@ -304,6 +371,9 @@ impl Broker {
             }
         }
         if slot.state() == TenantState::CredentialsRejected {
+            if let Some(e) = Self::credential_fault_error(&slot) {
+                return Err(e);
+            }
             // Retried on the rare schedule only, never per report.
             return Err(TokenError::NotServable {
                 tenant: slot.id().to_string(),
@@ -387,6 +457,9 @@ impl Broker {
                 // Credentials were rejected: retry only on the rare schedule,
                 // never per caller.
                 if slot.state() == TenantState::CredentialsRejected {
+                    if let Some(e) = Self::credential_fault_error(slot) {
+                        return held_or(held, now, || e);
+                    }
                     return held_or(held, now, || TokenError::NotServable {
                         tenant: slot.id().to_string(),
                         state: TenantState::CredentialsRejected,
@@ -442,15 +515,23 @@ impl Broker {
         slot: &Arc<Slot>,
         now: UnixMs,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let creds = self
-            .store
-            .trusted_credentials(slot.id())
-            .await?
-            .ok_or_else(|| TokenError::NotServable {
-                tenant: slot.id().to_string(),
-                state: slot.state(),
-                hint: "it has no trusted app credentials yet; complete the authorization flow",
-            })?;
+        let creds = match self.store.trusted_credentials(slot.id()).await {
+            Ok(creds) => creds,
+            Err(e) if e.is_credential_fault() => {
+                let reason = e.to_string();
+                self.record_credential_fault(slot, reason.clone()).await?;
+                return Err(TokenError::CredentialsUnusable {
+                    tenant: slot.id().to_string(),
+                    reason,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let creds = creds.ok_or_else(|| TokenError::NotServable {
+            tenant: slot.id().to_string(),
+            state: slot.state(),
+            hint: "it has no trusted app credentials yet; complete the authorization flow",
+        })?;
         let base = slot.base_url();
         let started = tokio::time::Instant::now();
         let outcome = self.request_token(&base, &creds).await;

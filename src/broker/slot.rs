@@ -25,6 +25,9 @@ struct Meta {
     cooldown_until: Option<UnixMs>,
     /// When a ReportRejectedToken last forced a refresh (rate limit).
     last_report_refresh: Option<UnixMs>,
+    /// Why the stored credentials cannot be used (they do not open, or are
+    /// bound to another base URL or client id); callers get this message.
+    credential_fault: Option<String>,
 }
 
 #[derive(Debug)]
@@ -47,6 +50,7 @@ impl Slot {
                 last_error: None,
                 cooldown_until: None,
                 last_report_refresh: None,
+                credential_fault: None,
             }),
             token,
             fetch: tokio::sync::Mutex::new(()),
@@ -62,6 +66,7 @@ impl Slot {
             m.failures = 0;
             m.last_error = None;
             m.cooldown_until = None;
+            m.credential_fault = None;
         }
         if let Some(token) = t.token {
             self.token.send_replace(Some(Arc::new(token)));
@@ -180,8 +185,21 @@ impl Slot {
             m.failures = 0;
             m.last_error = None;
             m.cooldown_until = None;
+            m.credential_fault = None;
         }
         self.token.send_replace(Some(token));
+    }
+
+    /// The stored credentials cannot be used: CREDENTIALS_REJECTED (if the
+    /// state renews) with `reason` for callers, until new credentials or a
+    /// token arrive.
+    pub fn record_credential_fault(&self, reason: String) {
+        self.record_failure(TenantState::CredentialsRejected, reason.clone());
+        self.meta().credential_fault = Some(reason);
+    }
+
+    pub fn credential_fault(&self) -> Option<String> {
+        self.meta().credential_fault.clone()
     }
 
     pub fn record_failure(&self, state: TenantState, error: String) {
