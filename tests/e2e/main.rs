@@ -23,5 +23,6 @@ mod onboarding_callback;
 mod onboarding_crash;
 mod renewal;
 mod secrecy;
+mod tamper;
 mod tokens;
 mod transport;
