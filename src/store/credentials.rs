@@ -15,15 +15,19 @@
 //! (the secret alone, field `trusted_secret` / `public_secret`) are
 //! upgraded once at start-up, see [`upgrade_legacy`].
 //!
+//! The `Store` methods for credentials live here too: reading them,
+//! listing the tenants whose credentials cannot be used, and recording that.
+//!
 //! Does not: validate credentials (domain does) or check them with the PBX.
 
 use rusqlite::{params, Connection};
 
 use super::sealed::{self, Field};
-use super::StoreError;
+use super::{CredentialFault, Store, StoreError};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AppCredentials;
+use crate::domain::TenantId;
 use crate::secret::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +201,76 @@ fn open_checked(keys: &Keyring, row: &Row) -> Result<Secret<String>, StoreError>
     check_binding(row, &parts, false)?;
     // open_parts returned exactly PARTS parts.
     Ok(parts.swap_remove(0))
+}
+
+impl Store {
+    /// Every tenant whose stored credentials do not open or do not match
+    /// the base URL, client id or redirect URI they were sealed with.
+    pub async fn credential_faults(&self) -> Result<Vec<CredentialFault>, StoreError> {
+        self.read(|conn, keys| {
+            faults(conn, keys, None)?
+                .into_iter()
+                .map(|(id, kind, e)| {
+                    Ok(CredentialFault {
+                        tenant_id: super::tenants::parse_id(&id)?,
+                        trusted: kind == Kind::Trusted,
+                        message: e.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Ok when every stored credential of the tenant opens and matches its
+    /// clear columns (or it has none); otherwise the first fault's error.
+    pub async fn verify_credentials(&self, id: &TenantId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| {
+            match faults(conn, keys, Some(id.as_str()))?.into_iter().next() {
+                Some((_, _, e)) => Err(e),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The tenant's stored credentials cannot be used: a renewing tenant
+    /// becomes CREDENTIALS_REJECTED with `message` as last_error and its job
+    /// moves to `retry_at` (so the scheduler does not spin on it); another
+    /// state only gets the last_error. `TenantNotFound` if missing.
+    pub async fn record_credential_fault(
+        &self,
+        id: &TenantId,
+        message: String,
+        retry_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            super::tenant_writes::record_credential_fault(tx, id.as_str(), &message, retry_at, now)
+        })
+        .await
+    }
+
+    pub async fn trusted_credentials(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<AppCredentials>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| trusted(conn, keys, id.as_str()))
+            .await
+    }
+
+    /// The public app and redirect URI for the authorization flow, if any.
+    pub async fn public_credentials(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<(AppCredentials, String)>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| public(conn, keys, id.as_str()))
+            .await
+    }
 }
 
 /// Inserts or replaces one kind of credentials, sealed together with

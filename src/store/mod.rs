@@ -3,7 +3,9 @@
 //! the embedded migrations in one transaction, and offers repositories for
 //! tenants, credentials, tokens and renewal jobs. Secrets and tokens are
 //! sealed here with the tenant id and field name bound in as associated data,
-//! so a copy of the database file alone reveals nothing.
+//! so a copy of the database file alone reveals nothing; a client secret is
+//! sealed together with the base URL, client id and redirect URI it may be
+//! sent with, so an edited copy cannot redirect it (`credentials.rs`).
 //!
 //! Writes go through one writer connection; reads use a pool of two
 //! read-only connections, so a slow admin listing never blocks a renewal
@@ -405,77 +407,6 @@ impl Store {
     /// refuse the whole load.
     pub async fn load_cache_checked(&self) -> Result<CacheLoad, StoreError> {
         self.read(tokens::load_cache).await
-    }
-
-    /// Every tenant whose stored credentials do not open or do not match
-    /// the base URL, client id or redirect URI they were sealed with.
-    pub async fn credential_faults(&self) -> Result<Vec<CredentialFault>, StoreError> {
-        self.read(|conn, keys| {
-            credentials::faults(conn, keys, None)?
-                .into_iter()
-                .map(|(id, kind, e)| {
-                    Ok(CredentialFault {
-                        tenant_id: tenants::parse_id(&id)?,
-                        trusted: kind == credentials::Kind::Trusted,
-                        message: e.to_string(),
-                    })
-                })
-                .collect()
-        })
-        .await
-    }
-
-    /// Ok when every stored credential of the tenant opens and matches its
-    /// clear columns (or it has none); otherwise the first fault's error.
-    pub async fn verify_credentials(&self, id: &TenantId) -> Result<(), StoreError> {
-        let id = id.clone();
-        self.read(move |conn, keys| {
-            match credentials::faults(conn, keys, Some(id.as_str()))?
-                .into_iter()
-                .next()
-            {
-                Some((_, _, e)) => Err(e),
-                None => Ok(()),
-            }
-        })
-        .await
-    }
-
-    /// The tenant's stored credentials cannot be used: a renewing tenant
-    /// becomes CREDENTIALS_REJECTED with `message` as last_error and its job
-    /// moves to `retry_at` (so the scheduler does not spin on it); another
-    /// state only gets the last_error. `TenantNotFound` if missing.
-    pub async fn record_credential_fault(
-        &self,
-        id: &TenantId,
-        message: String,
-        retry_at: UnixMs,
-        now: UnixMs,
-    ) -> Result<(), StoreError> {
-        let id = id.clone();
-        self.write(move |tx, _| {
-            tenant_writes::record_credential_fault(tx, id.as_str(), &message, retry_at, now)
-        })
-        .await
-    }
-
-    pub async fn trusted_credentials(
-        &self,
-        id: &TenantId,
-    ) -> Result<Option<AppCredentials>, StoreError> {
-        let id = id.clone();
-        self.read(move |conn, keys| credentials::trusted(conn, keys, id.as_str()))
-            .await
-    }
-
-    /// The public app and redirect URI for the authorization flow, if any.
-    pub async fn public_credentials(
-        &self,
-        id: &TenantId,
-    ) -> Result<Option<(AppCredentials, String)>, StoreError> {
-        let id = id.clone();
-        self.read(move |conn, keys| credentials::public(conn, keys, id.as_str()))
-            .await
     }
 
     /// Success: token stored, state ACTIVE, failures reset, last_refresh_at =
