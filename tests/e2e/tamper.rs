@@ -1,7 +1,8 @@
 //! The stored state edited while the daemon is stopped (issue 25, items 5
 //! and 7): a tenant's pbx_base_url or client_id changed in the database
 //! file, sealed tokens or credentials swapped between rows, a backup from
-//! another master key. Each time the daemon starts, the tampered tenant
+//! another master key; and a database sealed before schema 6, upgraded at
+//! start. Each time the daemon starts, the tampered tenant
 //! sends nothing to any PBX and says why (state and last_error), and the
 //! other tenants are served as before.
 
@@ -312,4 +313,77 @@ async fn restore_of_a_backup_under_another_key_changes_nothing() {
     assert!(left.is_empty(), "{left:?}");
     let ours = TestDaemon::start_in(ours.dir.clone(), ours.config.clone()).await;
     assert_eq!(ours.get_token("ours").await.unwrap().access_token, token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_sealed_before_schema_6_is_upgraded_and_then_bound() {
+    use pbx_tokend::crypto::{aad, Keyring};
+    let sim = sim_with_lifetime(3600).await;
+    let mut d = TestDaemon::start(|_| {}).await;
+    let app = sim.sim.add_trusted_app(None, None).unwrap();
+    d.admin()
+        .create_tenant(proto::CreateTenantRequest {
+            tenant_id: "old".into(),
+            pbx_base_url: sim.base_url.clone(),
+            trusted_app: Some(AppCredentials {
+                client_id: app.client_id.clone(),
+                client_secret: app.client_secret.clone(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    d.stop().await;
+    // What schema 5 wrote: the secret sealed alone, check value v1.
+    let hex_key = std::fs::read_to_string(d.config.state_dir.join("master.key")).unwrap();
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_key.trim(), &mut key).unwrap();
+    let keys = Keyring::from_key(&key);
+    let secret = keys.seal(&aad("old", "trusted_secret"), app.client_secret.as_bytes());
+    let check = keys.seal(
+        &aad("", "master_key_check"),
+        b"pbx-tokend master key check v1",
+    );
+    let db = rusqlite::Connection::open(d.config.database_path()).unwrap();
+    db.execute(
+        "UPDATE credentials SET secret_sealed = ?1 WHERE tenant_id = 'old'",
+        [secret],
+    )
+    .unwrap();
+    db.execute("UPDATE master_key_check SET sealed = ?1", [check])
+        .unwrap();
+    db.pragma_update(None, "user_version", 5).unwrap();
+    drop(db);
+
+    let mut d = TestDaemon::start_in(d.dir.clone(), d.config.clone()).await;
+    let before = sim.sim.token_requests_for(&app.client_id);
+    let token = d
+        .admin()
+        .refresh_tenant(proto::RefreshTenantRequest {
+            tenant_id: "old".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sim.sim.issued_token_valid(&token.access_token));
+    assert_eq!(sim.sim.token_requests_for(&app.client_id), before + 1);
+    d.stop().await;
+    // Bound now: an edited URL is caught like in a new database.
+    let evil = sim_with_lifetime(3600).await;
+    sql(
+        &d,
+        &format!(
+            "UPDATE tenants SET pbx_base_url = '{}' WHERE tenant_id = 'old'",
+            evil.base_url
+        ),
+    );
+    let d = TestDaemon::start_in(d.dir.clone(), d.config.clone()).await;
+    let t = d.tenant("old").await;
+    assert_eq!(t.state, proto::TenantState::CredentialsRejected as i32);
+    assert!(
+        t.last_error.contains("pbx_base_url of tenant old"),
+        "{}",
+        t.last_error
+    );
+    assert_eq!(token_requests(&evil).await, 0);
 }
