@@ -350,6 +350,9 @@ impl Tenants {
         let new_token = match input.trusted_app {
             Some((cid, secret)) => {
                 let creds = AppCredentials::parse("trusted_app", &cid, &secret)?;
+                if input.pbx_base_url.is_none() {
+                    self.check_stored_url(&id, &base_url).await?;
+                }
                 // New credentials replace the old ones only once they work.
                 let token = self.first_token(&base_url, &creds).await?;
                 changes.trusted_app = Some(creds);
@@ -387,6 +390,20 @@ impl Tenants {
         });
         tracing::info!(tenant = %id, state = %updated.state, "tenant updated");
         Ok(updated)
+    }
+
+    /// New credentials are about to go to the stored base URL: only if the
+    /// stored credentials prove that URL is the one they were sealed with
+    /// (an edited database must not redirect the new secret either).
+    async fn check_stored_url(&self, id: &TenantId, url: &PbxBaseUrl) -> Result<(), AdminError> {
+        match self.broker.store().verify_credentials(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_credential_fault() => Err(AdminError::FailedPrecondition(format!(
+                "{e}. The new trusted_app would be sent to the stored pbx_base_url {}, which cannot be verified: give pbx_base_url in the same UpdateTenant; nothing was changed",
+                url.as_str()
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn delete(&self, tenant_id: &str) -> Result<(), AdminError> {

@@ -23,6 +23,11 @@ fn store(e: StoreError) -> Status {
         StoreError::TenantNotFound(id) => {
             Status::not_found(format!("tenant {id} is not registered"))
         }
+        // The tenant's stored credentials cannot be used: its problem (the
+        // message says how to fix it), not a failure of the daemon.
+        e @ (StoreError::CredentialUnreadable { .. } | StoreError::CredentialTampered { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
         other => {
             // Details go to the log; the caller learns it is on our side.
             tracing::error!("storage error: {other}");
@@ -40,7 +45,9 @@ impl From<TokenError> for Status {
             e @ (TokenError::NotFound(_) | TokenError::Deleted(_)) => {
                 Status::not_found(e.to_string())
             }
-            e @ TokenError::NotServable { .. } => Status::failed_precondition(e.to_string()),
+            e @ (TokenError::NotServable { .. } | TokenError::CredentialsUnusable { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             TokenError::Unavailable {
                 tenant,
                 reason,

@@ -266,7 +266,21 @@ fn restore(config: &Config, file: &std::path::Path) -> std::process::ExitCode {
         }
     };
     let db = config.database_path();
-    match pbx_tokend::store::backup::restore(file, &db, SystemClock.now()) {
+    // The backup must open with the configured master key: a backup sealed
+    // under another one would replace a working database with a dead one.
+    if let Err(e) = pbx_tokend::store::backup::check_backup(file) {
+        eprintln!("pbx-tokend: restore failed, nothing was changed: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let (key_path, _) = pbx_tokend::daemon::master_key_location(config);
+    let keys = match pbx_tokend::crypto::Keyring::read_key_file(&key_path) {
+        Ok(key) => pbx_tokend::crypto::Keyring::from_key(&key),
+        Err(e) => {
+            eprintln!("pbx-tokend: restore failed, nothing was changed: the master key the backup must open with cannot be read: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match pbx_tokend::store::backup::restore(file, &db, SystemClock.now(), &keys) {
         Ok(report) => {
             println!(
                 "restored {} into {} ({} tenants, schema version {})",

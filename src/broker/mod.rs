@@ -12,6 +12,7 @@
 mod abandoned;
 mod jitter;
 mod slot;
+mod startup;
 pub mod unstored;
 mod watch;
 
@@ -51,6 +52,10 @@ pub enum TokenError {
         state: TenantState,
         hint: &'static str,
     },
+    /// The stored credentials do not open or are bound to other values
+    /// (see `store::credentials`); `reason` says which and what to do.
+    #[error("{reason}")]
+    CredentialsUnusable { tenant: String, reason: String },
     #[error("no valid token for tenant {tenant}: {reason}")]
     Unavailable {
         tenant: String,
@@ -175,17 +180,6 @@ impl Broker {
     /// A uniform number in [0, 1) from the broker's jitter source.
     pub fn jitter(&self) -> f64 {
         self.jitter.next()
-    }
-
-    /// Fills the cache from the database (start-up).
-    pub async fn load(&self) -> Result<usize, StoreError> {
-        let tenants = self.store.load_cache().await?;
-        let n = tenants.len();
-        let mut slots = self.slots_write();
-        for t in tenants {
-            slots.insert(t.id.clone(), Arc::new(Slot::from_cached(t)));
-        }
-        Ok(n)
     }
 
     pub fn clock(&self) -> &SharedClock {
@@ -331,6 +325,9 @@ impl Broker {
             }
         }
         if slot.state() == TenantState::CredentialsRejected {
+            if let Some(e) = Self::credential_fault_error(&slot) {
+                return Err(e);
+            }
             // Retried on the rare schedule only, never per report.
             return Err(TokenError::NotServable {
                 tenant: slot.id().to_string(),
@@ -415,6 +412,9 @@ impl Broker {
                 // Credentials were rejected: retry only on the rare schedule,
                 // never per caller.
                 if slot.state() == TenantState::CredentialsRejected {
+                    if let Some(e) = Self::credential_fault_error(slot) {
+                        return held_or(held, now, || e);
+                    }
                     return held_or(held, now, || TokenError::NotServable {
                         tenant: slot.id().to_string(),
                         state: TenantState::CredentialsRejected,
@@ -471,15 +471,23 @@ impl Broker {
         slot: &Arc<Slot>,
         now: UnixMs,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let creds = self
-            .store
-            .trusted_credentials(slot.id())
-            .await?
-            .ok_or_else(|| TokenError::NotServable {
-                tenant: slot.id().to_string(),
-                state: slot.state(),
-                hint: "it has no trusted app credentials yet; complete the authorization flow",
-            })?;
+        let creds = match self.store.trusted_credentials(slot.id()).await {
+            Ok(creds) => creds,
+            Err(e) if e.is_credential_fault() => {
+                let reason = e.to_string();
+                self.record_credential_fault(slot, reason.clone()).await?;
+                return Err(TokenError::CredentialsUnusable {
+                    tenant: slot.id().to_string(),
+                    reason,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let creds = creds.ok_or_else(|| TokenError::NotServable {
+            tenant: slot.id().to_string(),
+            state: slot.state(),
+            hint: "it has no trusted app credentials yet; complete the authorization flow",
+        })?;
         let base = slot.base_url();
         let grace = self.abandon_grace();
         // Single flight as the provider sees it: wait out a request of this

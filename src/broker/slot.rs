@@ -27,6 +27,9 @@ struct Meta {
     cooldown_until: Option<UnixMs>,
     /// When a ReportRejectedToken last forced a refresh (rate limit).
     last_report_refresh: Option<UnixMs>,
+    /// Why the stored credentials cannot be used (they do not open, or are
+    /// bound to another base URL or client id); callers get this message.
+    credential_fault: Option<String>,
     /// What the store could not write (full disk); see [`Unstored`].
     storage: Option<Unstored>,
 }
@@ -102,6 +105,7 @@ impl Slot {
                 cooldown_until: None,
                 last_report_refresh: None,
                 storage: None,
+                credential_fault: None,
             }),
             token,
             end,
@@ -121,6 +125,7 @@ impl Slot {
             m.cooldown_until = None;
             // The store just wrote this tenant: what it holds is the truth.
             m.storage = None;
+            m.credential_fault = None;
         }
         self.set_end(end_for(t.state));
         if let Some(token) = t.token {
@@ -266,6 +271,7 @@ impl Slot {
             m.failures = 0;
             m.last_error = None;
             m.cooldown_until = None;
+            m.credential_fault = None;
         }
         self.token.send_replace(Some(token));
     }
@@ -295,6 +301,18 @@ impl Slot {
     /// fetched but not stored).
     pub fn set_last_error(&self, error: Option<String>) {
         self.meta().last_error = error;
+    }
+
+    /// The stored credentials cannot be used: CREDENTIALS_REJECTED (if the
+    /// state renews) with `reason` for callers, until new credentials or a
+    /// token arrive.
+    pub fn record_credential_fault(&self, reason: String) {
+        self.record_failure(TenantState::CredentialsRejected, reason.clone());
+        self.meta().credential_fault = Some(reason);
+    }
+
+    pub fn credential_fault(&self) -> Option<String> {
+        self.meta().credential_fault.clone()
     }
 
     pub fn record_failure(&self, state: TenantState, error: String) {

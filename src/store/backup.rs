@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::connection::sibling;
-use super::{migrate, Store, StoreError};
+use super::{masterkey, migrate, Store, StoreError};
 use crate::clock::UnixMs;
+use crate::crypto::Keyring;
 
 /// Backup files are `pbx-tokend-<UTC time>.db` in the backup directory.
 const PREFIX: &str = "pbx-tokend-";
@@ -243,16 +244,46 @@ pub fn check_backup(path: &Path) -> Result<BackupCheck, StoreError> {
     })
 }
 
+/// Blocking: whether `keys` (the configured master key) opens the backup
+/// at `path`, checked read-only. A backup sealed under another key would
+/// replace a working database with one the daemon refuses to start on.
+pub fn check_backup_key(path: &Path, keys: &Keyring) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| invalid(path, format!("not an SQLite database ({e})")))?;
+    masterkey::verify_readonly(&conn, keys).map_err(|e| match e {
+        StoreError::WrongMasterKey {
+            configured,
+            sealed_with,
+        } => invalid(
+            path,
+            format!(
+                "the configured master key (id {configured}) does not open this backup (sealed with key id {sealed_with}); restore it with the master key it was written with (master_key_file, $CREDENTIALS_DIRECTORY/master.key or <state_dir>/master.key). Nothing was changed"
+            ),
+        ),
+        other => other,
+    })
+}
+
 /// Blocking: replaces the database at `db` with the backup at `backup`.
 /// The caller must make sure no daemon uses `db` (hold the state-dir lock).
+/// Refused, before anything is touched, unless `keys` opens the backup.
 ///
 /// The current database is first checkpointed (so its WAL is folded in)
 /// and kept as `<db>.before-restore-<now>`; the backup is copied next to
 /// `db`, synced, and renamed over it, so `db` is always either the old or
 /// the new database. Run as root, the new file gets the owner of the state
 /// directory (the service's user).
-pub fn restore(backup: &Path, db: &Path, now: UnixMs) -> Result<RestoreReport, StoreError> {
+pub fn restore(
+    backup: &Path,
+    db: &Path,
+    now: UnixMs,
+    keys: &Keyring,
+) -> Result<RestoreReport, StoreError> {
     let check = check_backup(backup)?;
+    check_backup_key(backup, keys)?;
     let previous = if db.exists() {
         // Folds a crashed daemon's WAL into the main file first; on close
         // SQLite removes the -wal and -shm files.
@@ -407,7 +438,7 @@ mod tests {
             .unwrap();
         t.store.close().await.unwrap();
 
-        let report = restore(&info.path, &t.path, T0.plus_ms(1)).unwrap();
+        let report = restore(&info.path, &t.path, T0.plus_ms(1), &t.keys).unwrap();
         assert_eq!(report.check.tenants, 5);
         let previous = report.previous.unwrap();
         assert!(previous.exists());
@@ -418,5 +449,46 @@ mod tests {
         store.close().await.unwrap();
         // The database that was replaced still has the late tenant.
         assert_eq!(check_backup(&previous).unwrap().tenants, 6);
+    }
+
+    #[tokio::test]
+    async fn restore_of_a_backup_under_another_key_changes_nothing() {
+        let t = open_temp();
+        insert_many(&t.store, 3).await;
+        t.store.check_master_key().await.unwrap();
+        let dir = t.path.parent().unwrap().join("backups");
+        let info = t.store.backup_into(&dir, T0, 0).await.unwrap();
+        t.store
+            .insert_tenant(new_tenant("late", TenantState::Active))
+            .await
+            .unwrap();
+        t.store.close().await.unwrap();
+        let before = std::fs::read(&t.path).unwrap();
+
+        let other = crate::crypto::Keyring::ephemeral();
+        let err = restore(&info.path, &t.path, T0.plus_ms(1), &other)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not open this backup"), "{err}");
+        assert!(
+            err.contains(&format!("{:08x}", t.keys.current_key_id())),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&t.path).unwrap(), before);
+        let siblings: Vec<_> = std::fs::read_dir(t.path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("before-restore") || n.contains("restoring"))
+            .collect();
+        assert!(siblings.is_empty(), "{siblings:?}");
+
+        // A backup without a check value is probed through its rows.
+        t.raw().execute("DELETE FROM master_key_check", []).unwrap();
+        let bare = t.path.parent().unwrap().join("bare.db");
+        snapshot_file(&t.path, &bare).unwrap();
+        assert!(check_backup_key(&bare, &other).is_err());
+        check_backup_key(&bare, &t.keys).unwrap();
+        // The right key restores.
+        restore(&info.path, &t.path, T0.plus_ms(2), &t.keys).unwrap();
     }
 }

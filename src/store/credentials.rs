@@ -3,21 +3,42 @@
 //! redirect URI). The client id is stored in clear (it is not secret); the
 //! client secret only sealed, bound to tenant and kind.
 //!
+//! Why the secret is sealed together with where it may be sent: the base
+//! URL (a `tenants` column), the client id and the redirect URI decide
+//! which server receives the secret. Were they only clear columns, anyone
+//! who can edit a copy of the database (or a backup later restored) could
+//! point a tenant at their own server and collect its secret without the
+//! master key. So the sealed value holds `[secret, pbx_base_url, client_id,
+//! redirect_uri]` and every read compares the clear columns with the sealed
+//! copies: a mismatch is [`StoreError::CredentialTampered`] naming the
+//! column, and the secret is not handed out. Values sealed before schema 6
+//! (the secret alone, field `trusted_secret` / `public_secret`) are
+//! upgraded once at start-up, see [`upgrade_legacy`].
+//!
+//! The `Store` methods for credentials live here too: reading them,
+//! listing the tenants whose credentials cannot be used, and recording that.
+//!
 //! Does not: validate credentials (domain does) or check them with the PBX.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::sealed::{self, Field};
-use super::StoreError;
+use super::{CredentialFault, Store, StoreError};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AppCredentials;
+use crate::domain::TenantId;
+use crate::secret::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
     Trusted,
     Public,
 }
+
+/// Sealed parts, in order: secret, pbx_base_url, client_id, redirect_uri
+/// ("" for a trusted app).
+const PARTS: usize = 4;
 
 impl Kind {
     fn as_str(self) -> &'static str {
@@ -26,7 +47,30 @@ impl Kind {
             Kind::Public => "public",
         }
     }
+    fn parse(s: &str) -> Result<Kind, StoreError> {
+        match s {
+            "trusted" => Ok(Kind::Trusted),
+            "public" => Ok(Kind::Public),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown credentials kind {other:?}"
+            ))),
+        }
+    }
+    /// The name operators know it by (the API's field).
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Kind::Trusted => "trusted_app",
+            Kind::Public => "public_app",
+        }
+    }
     fn field(self) -> Field {
+        match self {
+            Kind::Trusted => Field::TrustedApp,
+            Kind::Public => Field::PublicApp,
+        }
+    }
+    /// The field of values sealed before schema 6 (the secret alone).
+    pub(super) fn legacy_field(self) -> Field {
         match self {
             Kind::Trusted => Field::TrustedSecret,
             Kind::Public => Field::PublicSecret,
@@ -34,8 +78,205 @@ impl Kind {
     }
 }
 
-/// Inserts or replaces one kind of credentials; the old sealed secret is
-/// overwritten in place (`secure_delete`).
+/// One credentials row with its tenant's base URL.
+struct Row {
+    tenant_id: String,
+    kind: Kind,
+    client_id: String,
+    secret_sealed: Vec<u8>,
+    redirect_uri: Option<String>,
+    base_url: String,
+}
+
+const SELECT_ROWS: &str = "SELECT c.tenant_id, c.kind, c.client_id, c.secret_sealed, \
+         c.redirect_uri, t.pbx_base_url \
+     FROM credentials c JOIN tenants t ON t.tenant_id = c.tenant_id";
+
+/// A row as SQLite gives it; the kind is parsed afterwards.
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Row)> {
+    Ok((
+        r.get(1)?,
+        Row {
+            tenant_id: r.get(0)?,
+            kind: Kind::Trusted,
+            client_id: r.get(2)?,
+            secret_sealed: r.get(3)?,
+            redirect_uri: r.get(4)?,
+            base_url: r.get(5)?,
+        },
+    ))
+}
+
+fn rows(conn: &Connection, tenant_id: Option<&str>) -> Result<Vec<Row>, StoreError> {
+    let raw: Vec<(String, Row)> = match tenant_id {
+        Some(id) => conn
+            .prepare_cached(concat!(
+                "SELECT c.tenant_id, c.kind, c.client_id, c.secret_sealed, ",
+                "c.redirect_uri, t.pbx_base_url ",
+                "FROM credentials c JOIN tenants t ON t.tenant_id = c.tenant_id ",
+                "WHERE c.tenant_id = ?1"
+            ))?
+            .query_map([id], row_from)?
+            .collect::<Result<_, _>>()?,
+        None => conn
+            .prepare(SELECT_ROWS)?
+            .query_map([], row_from)?
+            .collect::<Result<_, _>>()?,
+    };
+    raw.into_iter()
+        .map(|(kind, row)| {
+            Ok(Row {
+                kind: Kind::parse(&kind)?,
+                ..row
+            })
+        })
+        .collect()
+}
+
+fn seal_bound(
+    keys: &Keyring,
+    tenant_id: &str,
+    kind: Kind,
+    secret: &str,
+    base_url: &str,
+    client_id: &str,
+    redirect_uri: Option<&str>,
+) -> Result<Vec<u8>, StoreError> {
+    sealed::seal_parts(
+        keys,
+        tenant_id,
+        kind.field(),
+        &[secret, base_url, client_id, redirect_uri.unwrap_or("")],
+    )
+}
+
+/// The sealed parts of a row, or why they do not open.
+fn open_bound(keys: &Keyring, row: &Row) -> Result<Vec<Secret<String>>, StoreError> {
+    sealed::open_parts(
+        keys,
+        &row.tenant_id,
+        row.kind.field(),
+        &row.secret_sealed,
+        PARTS,
+    )
+    .map_err(|e| StoreError::CredentialUnreadable {
+        tenant: row.tenant_id.clone(),
+        kind: row.kind.label(),
+        reason: match e {
+            StoreError::Unseal { source, .. } => source.to_string(),
+            other => other.to_string(),
+        },
+    })
+}
+
+/// Compares the row's clear columns with what was sealed; `skip_url` when
+/// the caller is replacing the URL anyway (UpdateTenant).
+fn check_binding(row: &Row, parts: &[Secret<String>], skip_url: bool) -> Result<(), StoreError> {
+    let clear = [
+        (1, "pbx_base_url", row.base_url.as_str()),
+        (2, "client_id", row.client_id.as_str()),
+        (3, "redirect_uri", row.redirect_uri.as_deref().unwrap_or("")),
+    ];
+    for (i, column, stored) in clear {
+        if skip_url && i == 1 {
+            continue;
+        }
+        let sealed = parts.get(i).map_or("", |p| p.expose().as_str());
+        if sealed != stored {
+            return Err(StoreError::CredentialTampered {
+                tenant: row.tenant_id.clone(),
+                kind: row.kind.label(),
+                field: column,
+                stored: stored.to_owned(),
+                sealed: sealed.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The secret of a row whose clear columns match what was sealed.
+fn open_checked(keys: &Keyring, row: &Row) -> Result<Secret<String>, StoreError> {
+    let mut parts = open_bound(keys, row)?;
+    check_binding(row, &parts, false)?;
+    // open_parts returned exactly PARTS parts.
+    Ok(parts.swap_remove(0))
+}
+
+impl Store {
+    /// Every tenant whose stored credentials do not open or do not match
+    /// the base URL, client id or redirect URI they were sealed with.
+    pub async fn credential_faults(&self) -> Result<Vec<CredentialFault>, StoreError> {
+        self.read(|conn, keys| {
+            faults(conn, keys, None)?
+                .into_iter()
+                .map(|(id, kind, e)| {
+                    Ok(CredentialFault {
+                        tenant_id: super::tenants::parse_id(&id)?,
+                        trusted: kind == Kind::Trusted,
+                        message: e.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Ok when every stored credential of the tenant opens and matches its
+    /// clear columns (or it has none); otherwise the first fault's error.
+    pub async fn verify_credentials(&self, id: &TenantId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| {
+            match faults(conn, keys, Some(id.as_str()))?.into_iter().next() {
+                Some((_, _, e)) => Err(e),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// The tenant's stored credentials cannot be used: a renewing tenant
+    /// becomes CREDENTIALS_REJECTED with `message` as last_error and its job
+    /// moves to `retry_at` (so the scheduler does not spin on it); another
+    /// state only gets the last_error. `TenantNotFound` if missing.
+    pub async fn record_credential_fault(
+        &self,
+        id: &TenantId,
+        message: String,
+        retry_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            super::tenant_writes::record_credential_fault(tx, id.as_str(), &message, retry_at, now)
+        })
+        .await
+    }
+
+    pub async fn trusted_credentials(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<AppCredentials>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| trusted(conn, keys, id.as_str()))
+            .await
+    }
+
+    /// The public app and redirect URI for the authorization flow, if any.
+    pub async fn public_credentials(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<(AppCredentials, String)>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn, keys| public(conn, keys, id.as_str()))
+            .await
+    }
+}
+
+/// Inserts or replaces one kind of credentials, sealed together with
+/// `base_url` (the tenant's, as it will be stored in this transaction);
+/// the old sealed secret is overwritten in place (`secure_delete`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn upsert(
     tx: &Connection,
     keys: &Keyring,
@@ -43,9 +284,18 @@ pub(super) fn upsert(
     kind: Kind,
     app: &AppCredentials,
     redirect_uri: Option<&str>,
+    base_url: &str,
     now: UnixMs,
 ) -> Result<(), StoreError> {
-    let sealed = sealed::seal(keys, tenant_id, kind.field(), app.client_secret.expose())?;
+    let sealed = seal_bound(
+        keys,
+        tenant_id,
+        kind,
+        app.client_secret.expose(),
+        base_url,
+        &app.client_id,
+        redirect_uri,
+    )?;
     tx.prepare_cached(
         "INSERT INTO credentials (tenant_id, kind, client_id, secret_sealed, redirect_uri, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -70,25 +320,19 @@ fn load(
     tenant_id: &str,
     kind: Kind,
 ) -> Result<Option<(AppCredentials, Option<String>)>, StoreError> {
-    let row: Option<(String, Vec<u8>, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT client_id, secret_sealed, redirect_uri FROM credentials \
-             WHERE tenant_id = ?1 AND kind = ?2",
-        )?
-        .query_row(params![tenant_id, kind.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    let Some((client_id, secret_sealed, redirect_uri)) = row else {
+    let row = rows(conn, Some(tenant_id))?
+        .into_iter()
+        .find(|r| r.kind == kind);
+    let Some(row) = row else {
         return Ok(None);
     };
-    let client_secret = sealed::open(keys, tenant_id, kind.field(), &secret_sealed)?;
+    let client_secret = open_checked(keys, &row)?;
     Ok(Some((
         AppCredentials {
-            client_id,
+            client_id: row.client_id,
             client_secret,
         },
-        redirect_uri,
+        row.redirect_uri,
     )))
 }
 
@@ -108,3 +352,134 @@ pub(super) fn public(
     Ok(load(conn, keys, tenant_id, Kind::Public)?
         .map(|(app, redirect_uri)| (app, redirect_uri.unwrap_or_default())))
 }
+
+/// Every credential of the tenant (or of every tenant) that does not open
+/// or does not match its clear columns, with the reason. Other errors
+/// (SQLite) are returned as errors.
+pub(super) fn faults(
+    conn: &Connection,
+    keys: &Keyring,
+    tenant_id: Option<&str>,
+) -> Result<Vec<(String, Kind, StoreError)>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows(conn, tenant_id)? {
+        if let Err(e) = open_checked(keys, &row) {
+            if !e.is_credential_fault() {
+                return Err(e);
+            }
+            out.push((row.tenant_id, row.kind, e));
+        }
+    }
+    Ok(out)
+}
+
+/// UpdateTenant moved the tenant to `new_url`: re-seal its credentials
+/// (except `replaced`, written afterwards by the caller) bound to the new
+/// URL. The old URL is not compared (the operator is replacing it, also
+/// after an edit outside pbx-tokend); client id and redirect URI are.
+pub(super) fn rebind_url(
+    tx: &Connection,
+    keys: &Keyring,
+    tenant_id: &str,
+    new_url: &str,
+    replaced: Option<Kind>,
+) -> Result<(), StoreError> {
+    for row in rows(tx, Some(tenant_id))? {
+        if Some(row.kind) == replaced {
+            continue;
+        }
+        let parts = open_bound(keys, &row)?;
+        check_binding(&row, &parts, true)?;
+        let sealed = seal_bound(
+            keys,
+            tenant_id,
+            row.kind,
+            parts[0].expose(),
+            new_url,
+            &row.client_id,
+            row.redirect_uri.as_deref(),
+        )?;
+        tx.execute(
+            "UPDATE credentials SET secret_sealed = ?3 WHERE tenant_id = ?1 AND kind = ?2",
+            params![tenant_id, row.kind.as_str(), sealed],
+        )?;
+    }
+    Ok(())
+}
+
+/// Master key rotation: every credential re-sealed under the current key
+/// with the parts it was sealed with (a tampered column stays detectable).
+/// Fails on a value that does not open.
+pub(super) fn reseal_all(tx: &Connection, keys: &Keyring) -> Result<u64, StoreError> {
+    let mut count = 0;
+    for row in rows(tx, None)? {
+        let parts = open_bound(keys, &row)?;
+        let refs: Vec<&str> = parts.iter().map(|p| p.expose().as_str()).collect();
+        let sealed = sealed::seal_parts(keys, &row.tenant_id, row.kind.field(), &refs)?;
+        tx.execute(
+            "UPDATE credentials SET secret_sealed = ?3 WHERE tenant_id = ?1 AND kind = ?2",
+            params![row.tenant_id, row.kind.as_str(), sealed],
+        )?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Whether the row opens in either format (the master key probe of a
+/// database without a check value).
+pub(super) fn opens_in_any_format(
+    keys: &Keyring,
+    tenant_id: &str,
+    kind: &str,
+    sealed_value: &[u8],
+) -> Result<bool, StoreError> {
+    let kind = Kind::parse(kind)?;
+    Ok(
+        sealed::open(keys, tenant_id, kind.legacy_field(), sealed_value).is_ok()
+            || sealed::open_parts(keys, tenant_id, kind.field(), sealed_value, PARTS).is_ok(),
+    )
+}
+
+/// The one-time upgrade of values sealed before schema 6 (the secret
+/// alone): each is opened with its old associated data and sealed again
+/// bound to the row's current base URL, client id and redirect URI, in the
+/// caller's transaction. Rows already bound are left alone; a row that
+/// opens in neither format is left as it is (it is reported as unreadable
+/// when read, and does not stop the upgrade of the others). Returns how
+/// many rows were upgraded.
+pub(super) fn upgrade_legacy(tx: &Connection, keys: &Keyring) -> Result<u64, StoreError> {
+    let mut upgraded = 0;
+    for row in rows(tx, None)? {
+        if open_bound(keys, &row).is_ok() {
+            continue;
+        }
+        let Ok(secret) = sealed::open(
+            keys,
+            &row.tenant_id,
+            row.kind.legacy_field(),
+            &row.secret_sealed,
+        ) else {
+            tracing::warn!(tenant = %row.tenant_id, kind = row.kind.label(), "stored credentials open in neither format; left as they are");
+            continue;
+        };
+        let sealed = seal_bound(
+            keys,
+            &row.tenant_id,
+            row.kind,
+            secret.expose(),
+            &row.base_url,
+            &row.client_id,
+            row.redirect_uri.as_deref(),
+        )?;
+        tx.execute(
+            "UPDATE credentials SET secret_sealed = ?3 WHERE tenant_id = ?1 AND kind = ?2",
+            params![row.tenant_id, row.kind.as_str(), sealed],
+        )?;
+        upgraded += 1;
+    }
+    Ok(upgraded)
+}
+
+#[cfg(test)]
+#[path = "credentials_tests.rs"]
+mod tests;

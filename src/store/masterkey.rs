@@ -16,11 +16,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::audit::{self, NewAuditEvent};
 use super::sealed::{self, Field};
-use super::{connection, Store, StoreError};
+use super::{connection, credentials, Store, StoreError};
 use crate::crypto::{self, Keyring, MIN_SEALED_LEN};
 
 const CHECK_FIELD: &str = "master_key_check";
-const CHECK_PLAINTEXT: &[u8] = b"pbx-tokend master key check v1";
+/// Written before schema 6: credentials sealed as the secret alone.
+const CHECK_PLAINTEXT_V1: &[u8] = b"pbx-tokend master key check v1";
+/// Every credential is sealed bound to its base URL, client id and redirect
+/// URI (`credentials.rs`). Sealed, so an edited database cannot claim to be
+/// of the old kind and have its rows "upgraded" with edited columns; only
+/// a check value from before the upgrade (an old backup) can.
+const CHECK_PLAINTEXT: &[u8] = b"pbx-tokend master key check v2";
 
 /// Associated data of the check value: no tenant id is empty, so this
 /// cannot collide with a tenant's field.
@@ -36,6 +42,10 @@ pub enum KeyCheck {
     /// No check value yet (new database, or one from before it existed);
     /// existing sealed values opened, and the check value was written.
     Initialized,
+    /// The check value opened and was from before schema 6: this many
+    /// credentials were re-sealed bound to their columns, in the same
+    /// transaction that wrote the new check value.
+    Upgraded { credentials: u64 },
 }
 
 /// How many values a rotation re-sealed.
@@ -119,29 +129,91 @@ fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck, StoreError
             |r| r.get(0),
         )
         .optional()?;
-    if let Some(sealed) = sealed {
-        return match keys.open(&check_aad(), &sealed) {
-            Ok(plain) if plain == CHECK_PLAINTEXT => Ok(KeyCheck::Verified),
-            _ => Err(wrong_key(keys, &sealed)),
-        };
+    let initialized = match sealed {
+        Some(sealed) => match keys.open(&check_aad(), &sealed) {
+            Ok(plain) if plain == CHECK_PLAINTEXT => return Ok(KeyCheck::Verified),
+            Ok(plain) if plain == CHECK_PLAINTEXT_V1 => false,
+            _ => return Err(wrong_key(keys, &sealed)),
+        },
+        None => {
+            probe(tx, keys)?;
+            true
+        }
+    };
+    // Before schema 6 (or no check value yet): bind every credential to its
+    // columns, then write the check value that says so, in one transaction.
+    let upgraded = credentials::upgrade_legacy(tx, keys)?;
+    write_check(tx, keys)?;
+    if upgraded > 0 {
+        tracing::info!(
+            credentials = upgraded,
+            "sealed credentials upgraded: each is now bound to its base URL, client id and redirect URI"
+        );
     }
-    // No check value yet: one sealed value of each kind must open.
-    let probes = [
-        "SELECT tenant_id, kind, secret_sealed FROM credentials LIMIT 1",
-        "SELECT tenant_id, 'token', token_sealed FROM tokens LIMIT 1",
-    ];
-    for sql in probes {
-        let row: Option<(String, String, Vec<u8>)> = tx
-            .query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        if let Some((tenant, kind, sealed_value)) = row {
-            if sealed::open(keys, &tenant, field_of(&kind)?, &sealed_value).is_err() {
-                return Err(wrong_key(keys, &sealed_value));
-            }
+    Ok(if initialized {
+        KeyCheck::Initialized
+    } else {
+        KeyCheck::Upgraded {
+            credentials: upgraded,
+        }
+    })
+}
+
+/// No check value yet: one sealed value of each kind must open.
+fn probe(conn: &Connection, keys: &Keyring) -> Result<(), StoreError> {
+    let cred: Option<(String, String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT tenant_id, kind, secret_sealed FROM credentials LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((tenant, kind, sealed_value)) = cred {
+        if !credentials::opens_in_any_format(keys, &tenant, &kind, &sealed_value)? {
+            return Err(wrong_key(keys, &sealed_value));
         }
     }
-    write_check(tx, keys)?;
-    Ok(KeyCheck::Initialized)
+    let token: Option<(String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT tenant_id, token_sealed FROM tokens LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((tenant, sealed_value)) = token {
+        if sealed::open(keys, &tenant, Field::AccessToken, &sealed_value).is_err() {
+            return Err(wrong_key(keys, &sealed_value));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `keys` opens the database on `conn` without changing it (a
+/// backup before it is restored): its check value (of any version) opens,
+/// or, without one, a sealed value of each kind does.
+pub(super) fn verify_readonly(conn: &Connection, keys: &Keyring) -> Result<(), StoreError> {
+    let has_check: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'master_key_check')",
+        [],
+        |r| r.get(0),
+    )?;
+    let sealed: Option<Vec<u8>> = if has_check {
+        conn.query_row(
+            "SELECT sealed FROM master_key_check WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    } else {
+        None
+    };
+    match sealed {
+        Some(sealed) => match keys.open(&check_aad(), &sealed) {
+            Ok(plain) if plain == CHECK_PLAINTEXT || plain == CHECK_PLAINTEXT_V1 => Ok(()),
+            _ => Err(wrong_key(keys, &sealed)),
+        },
+        None => probe(conn, keys),
+    }
 }
 
 fn write_check(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
@@ -156,35 +228,10 @@ fn write_check(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn field_of(kind: &str) -> Result<Field, StoreError> {
-    match kind {
-        "trusted" => Ok(Field::TrustedSecret),
-        "public" => Ok(Field::PublicSecret),
-        "token" => Ok(Field::AccessToken),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown credentials kind {other:?}"
-        ))),
-    }
-}
-
 /// Every sealed column, opened with any held key and sealed again with the
 /// current one. Plaintexts live in `Secret`s (wiped on drop).
 fn reseal(tx: &Connection, keys: &Keyring) -> Result<u64, StoreError> {
-    let mut count = 0u64;
-    let creds: Vec<(String, String, Vec<u8>)> = tx
-        .prepare("SELECT tenant_id, kind, secret_sealed FROM credentials")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    for (tenant, kind, old) in creds {
-        let field = field_of(&kind)?;
-        let plain = sealed::open(keys, &tenant, field, &old)?;
-        let new = sealed::seal(keys, &tenant, field, plain.expose())?;
-        tx.execute(
-            "UPDATE credentials SET secret_sealed = ?3 WHERE tenant_id = ?1 AND kind = ?2",
-            params![tenant, kind, new],
-        )?;
-        count += 1;
-    }
+    let mut count = credentials::reseal_all(tx, keys)?;
     let tokens: Vec<(String, Vec<u8>)> = tx
         .prepare("SELECT tenant_id, token_sealed FROM tokens")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -45,6 +45,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0005_jobs_by_host",
         sql: include_str!("../../migrations/0005_jobs_by_host.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_bound_credentials",
+        sql: include_str!("../../migrations/0006_bound_credentials.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -3,7 +3,9 @@
 //! the embedded migrations in one transaction, and offers repositories for
 //! tenants, credentials, tokens and renewal jobs. Secrets and tokens are
 //! sealed here with the tenant id and field name bound in as associated data,
-//! so a copy of the database file alone reveals nothing.
+//! so a copy of the database file alone reveals nothing; a client secret is
+//! sealed together with the base URL, client id and redirect URI it may be
+//! sent with, so an edited copy cannot redirect it (`credentials.rs`).
 //!
 //! Writes go through one writer connection; reads use a pool of two
 //! read-only connections, so a slow admin listing never blocks a renewal
@@ -82,6 +84,25 @@ pub enum StoreError {
         configured: String,
         sealed_with: String,
     },
+    /// A tenant's sealed credentials do not open (another tenant's or
+    /// field's ciphertext, damaged bytes). Nothing can be sent for it.
+    #[error("the stored {kind} credentials of tenant {tenant} cannot be opened ({reason}); nothing is sent to the PBX for this tenant: set new credentials with UpdateTenant (trusted_app, together with pbx_base_url) or delete and re-create the tenant")]
+    CredentialUnreadable {
+        tenant: String,
+        kind: &'static str,
+        reason: String,
+    },
+    /// A clear column that decides where a secret goes (base URL, client
+    /// id, redirect URI) is not the value sealed with the secret: the
+    /// database was edited outside pbx-tokend.
+    #[error("the {field} of tenant {tenant} ({stored:?}) is not the one its {kind} secret was sealed with ({sealed:?}): the database was changed outside pbx-tokend, so the secret is not sent anywhere; put the original value back, or set the tenant's pbx_base_url and trusted_app again with UpdateTenant (a public app: delete and re-create the tenant)")]
+    CredentialTampered {
+        tenant: String,
+        kind: &'static str,
+        field: &'static str,
+        stored: String,
+        sealed: String,
+    },
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("storage task failed: {0}")]
@@ -90,6 +111,36 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("backup {0}")]
     Backup(String),
+}
+
+impl StoreError {
+    /// A tenant's stored credentials cannot be used (unreadable or bound to
+    /// other values): that tenant's problem, not the store's.
+    pub fn is_credential_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CredentialUnreadable { .. } | StoreError::CredentialTampered { .. }
+        )
+    }
+}
+
+/// A tenant whose stored credentials cannot be used (see
+/// [`Store::credential_faults`]).
+#[derive(Debug, Clone)]
+pub struct CredentialFault {
+    pub tenant_id: TenantId,
+    /// The trusted app (renewals need it); otherwise the public app.
+    pub trusted: bool,
+    /// The operator-facing reason (a `StoreError` message).
+    pub message: String,
+}
+
+/// The broker's start-up load: every tenant, and the tenants whose stored
+/// token did not open (dropped, to be fetched again).
+#[derive(Debug, Clone, Default)]
+pub struct CacheLoad {
+    pub tenants: Vec<CachedTenant>,
+    pub dropped_tokens: Vec<TenantId>,
 }
 
 /// Everything needed to insert a tenant in one transaction.
@@ -348,26 +399,14 @@ impl Store {
 
     /// Every tenant with its current token, for the broker's cache at start-up.
     pub async fn load_cache(&self) -> Result<Vec<CachedTenant>, StoreError> {
+        Ok(self.load_cache_checked().await?.tenants)
+    }
+
+    /// As [`Store::load_cache`], also naming the tenants whose token did not
+    /// open: such a token is left out (with a warning), never a reason to
+    /// refuse the whole load.
+    pub async fn load_cache_checked(&self) -> Result<CacheLoad, StoreError> {
         self.read(tokens::load_cache).await
-    }
-
-    pub async fn trusted_credentials(
-        &self,
-        id: &TenantId,
-    ) -> Result<Option<AppCredentials>, StoreError> {
-        let id = id.clone();
-        self.read(move |conn, keys| credentials::trusted(conn, keys, id.as_str()))
-            .await
-    }
-
-    /// The public app and redirect URI for the authorization flow, if any.
-    pub async fn public_credentials(
-        &self,
-        id: &TenantId,
-    ) -> Result<Option<(AppCredentials, String)>, StoreError> {
-        let id = id.clone();
-        self.read(move |conn, keys| credentials::public(conn, keys, id.as_str()))
-            .await
     }
 
     /// Success: token stored, state ACTIVE, failures reset, last_refresh_at =

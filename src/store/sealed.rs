@@ -4,7 +4,7 @@
 //!
 //! Does not: hold keys or implement the cipher (see `crate::crypto`).
 
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::StoreError;
 use crate::crypto::{self, Keyring};
@@ -13,8 +13,15 @@ use crate::secret::Secret;
 /// Every sealed column, by the field name bound into its associated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Field {
+    /// Before schema 6: the trusted app's secret alone (see `credentials`).
     TrustedSecret,
+    /// Before schema 6: the public app's secret alone.
     PublicSecret,
+    /// The trusted app's secret sealed together with where it may be sent
+    /// (base URL, client id), see `credentials::Bound`.
+    TrustedApp,
+    /// The public app's secret with base URL, client id and redirect URI.
+    PublicApp,
     AccessToken,
     /// Onboarding: the public app's token from the code exchange.
     OnboardingPublicToken,
@@ -29,6 +36,8 @@ impl Field {
         match self {
             Field::TrustedSecret => "trusted_secret",
             Field::PublicSecret => "public_secret",
+            Field::TrustedApp => "trusted_app",
+            Field::PublicApp => "public_app",
             Field::AccessToken => "access_token",
             Field::OnboardingPublicToken => "onboarding_public_token",
             Field::OnboardingTrustedSecret => "onboarding_trusted_secret",
@@ -72,6 +81,73 @@ pub(super) fn open(
             Err(StoreError::Corrupt(format!("{} is not UTF-8", what())))
         }
     }
+}
+
+/// Seals several strings as one value: each as a 4-byte big-endian length
+/// and its bytes, so no separator needs escaping. The buffer holding the
+/// plaintext is wiped after sealing.
+pub(super) fn seal_parts(
+    keys: &Keyring,
+    tenant_id: &str,
+    field: Field,
+    parts: &[&str],
+) -> Result<Vec<u8>, StoreError> {
+    let mut plain = Zeroizing::new(Vec::with_capacity(
+        parts.iter().map(|p| 4 + p.len()).sum::<usize>(),
+    ));
+    for part in parts {
+        let len = u32::try_from(part.len()).map_err(|_| {
+            StoreError::Task(format!(
+                "cannot seal the {} of tenant {tenant_id}: a part is too long",
+                field.name()
+            ))
+        })?;
+        plain.extend_from_slice(&len.to_be_bytes());
+        plain.extend_from_slice(part.as_bytes());
+    }
+    keys.try_seal(&crypto::aad(tenant_id, field.name()), &plain)
+        .map_err(|e| {
+            StoreError::Task(format!(
+                "cannot seal the {} of tenant {tenant_id}: {e}",
+                field.name()
+            ))
+        })
+}
+
+/// Opens a value sealed by [`seal_parts`]; exactly `count` parts expected.
+pub(super) fn open_parts(
+    keys: &Keyring,
+    tenant_id: &str,
+    field: Field,
+    sealed: &[u8],
+    count: usize,
+) -> Result<Vec<Secret<String>>, StoreError> {
+    let what = || format!("{} of tenant {tenant_id}", field.name());
+    let plain = Zeroizing::new(
+        keys.open(&crypto::aad(tenant_id, field.name()), sealed)
+            .map_err(|source| StoreError::Unseal {
+                what: what(),
+                source,
+            })?,
+    );
+    let corrupt = || StoreError::Corrupt(format!("{} has a malformed sealed layout", what()));
+    let mut rest: &[u8] = &plain;
+    let mut out = Vec::with_capacity(count);
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| corrupt())?;
+        if tail.len() < len {
+            return Err(corrupt());
+        }
+        let (part, tail) = tail.split_at(len);
+        let part = std::str::from_utf8(part).map_err(|_| corrupt())?;
+        out.push(Secret::new(part.to_owned()));
+        rest = tail;
+    }
+    if out.len() != count {
+        return Err(corrupt());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -175,16 +251,21 @@ mod tests {
         )
         .unwrap();
         match t.store.trusted_credentials(&tid("mallory")).await {
-            Err(StoreError::Unseal { what, source }) => {
-                assert_eq!(what, "trusted_secret of tenant mallory");
-                assert!(matches!(source, crypto::CryptoError::Authentication));
+            Err(e @ StoreError::CredentialUnreadable { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("trusted_app credentials of tenant mallory"),
+                    "{msg}"
+                );
+                assert!(msg.contains("failed authentication"), "{msg}");
             }
-            other => panic!("expected Unseal, got {other:?}"),
+            other => panic!("expected CredentialUnreadable, got {other:?}"),
         }
-        assert!(matches!(
-            t.store.load_cache().await,
-            Err(StoreError::Unseal { .. })
-        ));
+        // The moved token is dropped from the cache load, not an error.
+        let loaded = t.store.load_cache_checked().await.unwrap();
+        assert_eq!(loaded.dropped_tokens, vec![tid("mallory")]);
+        let mallory = loaded.tenants.iter().find(|c| c.id == tid("mallory"));
+        assert!(mallory.unwrap().token.is_none());
         // Alice's own token sealed as her secret: another field, no luck.
         raw.execute_batch(
             "UPDATE credentials SET secret_sealed = \
@@ -194,7 +275,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             t.store.trusted_credentials(&tid("alice")).await,
-            Err(StoreError::Unseal { .. })
+            Err(StoreError::CredentialUnreadable { .. })
         ));
     }
 
@@ -207,13 +288,15 @@ mod tests {
             .unwrap();
         t.store.close().await.unwrap();
         let s = Store::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
-        assert!(matches!(
-            s.trusted_credentials(&tid("acme")).await,
-            Err(StoreError::Unseal {
-                source: crypto::CryptoError::UnknownKey(_),
-                ..
-            })
-        ));
+        let err = s.trusted_credentials(&tid("acme")).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::CredentialUnreadable { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("which this keyring does not hold"),
+            "{err}"
+        );
         // Rows without secrets still read fine.
         assert!(s.get_tenant(&tid("acme")).await.unwrap().is_some());
     }

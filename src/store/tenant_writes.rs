@@ -35,7 +35,16 @@ pub(super) fn insert(tx: &Connection, keys: &Keyring, t: &NewTenant) -> Result<(
         return Err(StoreError::TenantExists(id.to_owned()));
     }
     if let Some(app) = &t.trusted_app {
-        credentials::upsert(tx, keys, id, credentials::Kind::Trusted, app, None, t.now)?;
+        credentials::upsert(
+            tx,
+            keys,
+            id,
+            credentials::Kind::Trusted,
+            app,
+            None,
+            t.base_url.as_str(),
+            t.now,
+        )?;
     }
     if let Some((app, redirect_uri)) = &t.public_app {
         credentials::upsert(
@@ -45,6 +54,7 @@ pub(super) fn insert(tx: &Connection, keys: &Keyring, t: &NewTenant) -> Result<(
             credentials::Kind::Public,
             app,
             Some(redirect_uri),
+            t.base_url.as_str(),
             t.now,
         )?;
     }
@@ -65,11 +75,12 @@ pub(super) fn update(
     now: UnixMs,
 ) -> Result<Tenant, StoreError> {
     // Touching updated_at first both checks existence and learns the host.
-    let mut host: String = tx
+    let (mut host, mut base_url): (String, String) = tx
         .prepare_cached(
-            "UPDATE tenants SET updated_at = ?2 WHERE tenant_id = ?1 RETURNING pbx_host",
+            "UPDATE tenants SET updated_at = ?2 WHERE tenant_id = ?1 \
+             RETURNING pbx_host, pbx_base_url",
         )?
-        .query_row(params![id, now.0], |r| r.get(0))
+        .query_row(params![id, now.0], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
     if let Some(name) = &ch.display_name {
@@ -88,6 +99,10 @@ pub(super) fn update(
             params![id, url.host()],
         )?;
         host = url.host().to_owned();
+        base_url = url.as_str().to_owned();
+        // The secrets are sealed together with the URL they may be sent to.
+        let replaced = ch.trusted_app.as_ref().map(|_| credentials::Kind::Trusted);
+        credentials::rebind_url(tx, keys, id, &base_url, replaced)?;
     }
     if let Some(state) = ch.state {
         tx.execute(
@@ -96,7 +111,16 @@ pub(super) fn update(
         )?;
     }
     if let Some(app) = &ch.trusted_app {
-        credentials::upsert(tx, keys, id, credentials::Kind::Trusted, app, None, now)?;
+        credentials::upsert(
+            tx,
+            keys,
+            id,
+            credentials::Kind::Trusted,
+            app,
+            None,
+            &base_url,
+            now,
+        )?;
     }
     if let Some(token) = &ch.token {
         tokens::upsert(tx, keys, id, token)?;
@@ -137,6 +161,36 @@ pub(super) fn delete(tx: &Connection, id: &str) -> Result<(), StoreError> {
         0 => Err(StoreError::TenantNotFound(id.to_owned())),
         _ => Ok(()),
     }
+}
+
+/// See `Store::record_credential_fault`. The state change mirrors a
+/// refresh failure (an operator's DISABLED or PENDING_AUTHORIZATION stays).
+pub(super) fn record_credential_fault(
+    tx: &Connection,
+    id: &str,
+    message: &str,
+    retry_at: UnixMs,
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let renewing: bool = tx
+        .prepare_cached(
+            "UPDATE tenants SET \
+                 state = CASE WHEN state IN ('active', 'renewal_failing', 'credentials_rejected') \
+                              THEN 'credentials_rejected' ELSE state END, \
+                 consecutive_failures = consecutive_failures + 1, last_error = ?2, \
+                 updated_at = ?3 \
+             WHERE tenant_id = ?1 RETURNING state = 'credentials_rejected'",
+        )?
+        .query_row(params![id, message, now.0], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    if renewing {
+        tx.execute(
+            "UPDATE renewal_jobs SET due_at = ?2, attempts = attempts + 1 WHERE tenant_id = ?1",
+            params![id, retry_at.0],
+        )?;
+    }
+    Ok(())
 }
 
 pub(super) fn set_pbx_user(tx: &Connection, id: &str, user: &PbxUser) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sealed::{self, Field};
 use super::tenants::{parse_base_url, parse_id, parse_state};
-use super::{jobs, CachedTenant, RefreshRecord, StoreError};
+use super::{jobs, CacheLoad, CachedTenant, RefreshRecord, StoreError};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AccessToken;
@@ -44,12 +44,14 @@ pub(super) fn upsert(
 /// One pass over tenants joined with tokens, unsealing each token. Linear
 /// in the number of tenants with no query per row: 100,000 tenants load in
 /// a fraction of a second in a release build.
-pub(super) fn load_cache(
-    conn: &Connection,
-    keys: &Keyring,
-) -> Result<Vec<CachedTenant>, StoreError> {
+///
+/// A token that does not open (moved from another row, damaged) is left
+/// out with a warning naming the tenant: it is only a cached copy the PBX
+/// gives again, and refusing the load would stop every tenant for one row.
+pub(super) fn load_cache(conn: &Connection, keys: &Keyring) -> Result<CacheLoad, StoreError> {
     let total: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))?;
     let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut dropped_tokens = Vec::new();
     let mut stmt = conn.prepare(
         "SELECT t.tenant_id, t.pbx_base_url, t.state, \
                 k.token_sealed, k.token_type, k.issued_at, k.expires_at \
@@ -67,12 +69,20 @@ pub(super) fn load_cache(
             .map_err(|e| StoreError::Corrupt(format!("token_sealed of tenant {id}: {e}")))?;
         let token = match sealed_blob {
             None => None,
-            Some(sealed_token) => Some(AccessToken {
-                value: sealed::open(keys, &id, Field::AccessToken, sealed_token)?,
-                token_type: r.get(4)?,
-                issued_at: UnixMs(r.get(5)?),
-                expires_at: UnixMs(r.get(6)?),
-            }),
+            Some(sealed_token) => match sealed::open(keys, &id, Field::AccessToken, sealed_token) {
+                Ok(value) => Some(AccessToken {
+                    value,
+                    token_type: r.get(4)?,
+                    issued_at: UnixMs(r.get(5)?),
+                    expires_at: UnixMs(r.get(6)?),
+                }),
+                Err(e @ (StoreError::Unseal { .. } | StoreError::Corrupt(_))) => {
+                    tracing::warn!(tenant = %id, "the stored token of tenant {id} does not open ({e}); dropped, a new one is fetched");
+                    dropped_tokens.push(parse_id(&id)?);
+                    None
+                }
+                Err(e) => return Err(e),
+            },
         };
         out.push(CachedTenant {
             base_url: parse_base_url(&id, &base_url)?,
@@ -81,7 +91,10 @@ pub(super) fn load_cache(
             token,
         });
     }
-    Ok(out)
+    Ok(CacheLoad {
+        tenants: out,
+        dropped_tokens,
+    })
 }
 
 /// The outcome of one refresh, in the caller's transaction. Returns

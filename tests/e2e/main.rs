@@ -28,5 +28,6 @@ mod pause;
 mod renewal;
 mod secrecy;
 mod streams;
+mod tamper;
 mod tokens;
 mod transport;

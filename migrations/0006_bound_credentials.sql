@@ -1,0 +1,9 @@
+-- 0006: no table changes. From this version on, credentials.secret_sealed
+-- holds the secret sealed together with where it may be sent (the tenant's
+-- pbx_base_url, the client_id and the redirect_uri; field names
+-- 'trusted_app' / 'public_app' in the associated data), see
+-- src/store/credentials.rs. The rows sealed before (the secret alone) are
+-- re-sealed once at start-up, when the master key is at hand
+-- (store/masterkey.rs, check value v2), in one transaction.
+-- The version bump makes an older binary refuse this database instead of
+-- failing to open every tenant's credentials.
