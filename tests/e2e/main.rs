@@ -13,6 +13,7 @@ mod binary;
 mod canary;
 mod cli;
 mod credential;
+mod echoed_secrets;
 mod failures;
 mod health;
 mod kill9;
