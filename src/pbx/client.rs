@@ -212,26 +212,32 @@ impl PbxClient {
         .await
     }
 
-    /// Every PBX call goes through here: the exchange, its parser, and then
-    /// the one redaction of the error (the secrets this call carried, in
-    /// `known` and the bearer token, plus look-alikes), so an answer that
-    /// echoes the request cannot leak through any path.
+    /// Every PBX call goes through here: the exchange, the known secrets
+    /// out of an error answer's text, its parser, and then the one
+    /// redaction of the error (the secrets this call carried, in `known`
+    /// and the bearer token, plus look-alikes), so an answer that echoes
+    /// the request cannot leak through any path.
     async fn exchange<T>(
         &self,
         call: Call<'_>,
         known: &[&str],
         parse: impl FnOnce(Answer) -> Result<T, PbxError>,
     ) -> Result<T, PbxError> {
-        let bearer = call.bearer;
+        let mut secrets = known.to_vec();
+        secrets.extend(call.bearer.map(|b| b.expose().as_str()));
         let result = match self.call(call).await {
-            Ok(answer) => parse(answer),
+            Ok(mut answer) => {
+                // Known secrets out of an error answer before the parser's
+                // look-alike pass can redact half of one and hide the rest.
+                // Success answers stay whole: they carry what we asked for.
+                if !(200..300).contains(&answer.status) {
+                    answer.body = super::redact::redact_known_body(&answer.body, &secrets);
+                }
+                parse(answer)
+            }
             Err(e) => Err(e),
         };
-        result.map_err(|e| {
-            let mut secrets = known.to_vec();
-            secrets.extend(bearer.map(|b| b.expose().as_str()));
-            e.redact(&secrets)
-        })
+        result.map_err(|e| e.redact(&secrets))
     }
 
     /// One exchange: scheme check, send, capped read, debug log. Non-2xx

@@ -65,6 +65,53 @@ pub fn redact(text: &str, known: &[&str]) -> String {
     replace_spans(text, spans)
 }
 
+/// The known-secrets pass alone. The client runs it over an error answer
+/// *before* the parser judges the text: the parser's look-alike pass can
+/// redact the part of a secret that looks random and leave the rest
+/// (`[redacted]"Rt5m"&ab= Yp3H`), which the known pass could then no
+/// longer recognise as that secret.
+pub fn redact_known(text: &str, known: &[&str]) -> String {
+    let mut spans = Vec::new();
+    for secret in known {
+        known_spans(text, secret, &mut spans);
+    }
+    replace_spans(text, spans)
+}
+
+/// [`redact_known`] over an answer body: in every string (and key) of a
+/// JSON body, after JSON decoding, so escaped spellings inside the
+/// provider's text are seen as the text says them; over the whole text of
+/// any other UTF-8 body. Other bytes are left as they are (the parsers
+/// never quote a body that is neither).
+pub fn redact_known_body(body: &[u8], known: &[&str]) -> Vec<u8> {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let v = redact_json(v, known);
+        if let Ok(out) = serde_json::to_vec(&v) {
+            return out;
+        }
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => redact_known(text, known).into_bytes(),
+        Err(_) => body.to_vec(),
+    }
+}
+
+fn redact_json(v: serde_json::Value, known: &[&str]) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(redact_known(&s, known)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|x| redact_json(x, known)).collect())
+        }
+        Value::Object(obj) => Value::Object(
+            obj.into_iter()
+                .map(|(k, x)| (redact_known(&k, known), redact_json(x, known)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Replaces the (possibly overlapping) byte ranges, merged, by [`REDACTED`].
 fn replace_spans(text: &str, mut spans: Vec<(usize, usize)>) -> String {
     if spans.is_empty() {

@@ -11,6 +11,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
+use super::echo;
 use super::model::AppResponseShape;
 use super::respond;
 use super::Shared;
@@ -43,12 +44,20 @@ fn authenticate(sim: &Shared, headers: &HeaderMap) -> Result<u32, &'static str> 
         .ok_or("Invalid or expired access token.")
 }
 
-/// Common start of every `/api` request: counting, faults, authentication.
-async fn enter(sim: &Shared, headers: &HeaderMap) -> Result<(u32, bool), Response> {
+/// Common start of every `/api` request: counting, faults (an echo fault
+/// answers before authentication, as a front-end filter would),
+/// authentication.
+async fn enter(sim: &Shared, received: &echo::Received<'_>) -> Result<(u32, bool), Response> {
+    let headers = received.headers;
     let gzip = respond::wants_gzip(headers);
     sim.stats.api_request(gzip);
     if let Some(resp) = sim.gate(None, gzip).await {
         return Err(resp);
+    }
+    let echo = sim.faults().faults.echo.clone();
+    if let Some(fault) = echo.filter(|f| f.endpoints.api()) {
+        sim.stats.status_sent(fault.status);
+        return Err(echo::api_answer(&fault, received, gzip));
     }
     let user = authenticate(sim, headers).map_err(|msg| respond::bearer_challenge(msg, gzip))?;
     Ok((user, gzip))
@@ -59,7 +68,13 @@ async fn create_application(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (user, gzip) = match enter(&sim, &headers).await {
+    let received = echo::Received {
+        method: "POST",
+        path: "/api/ver1.0/application/",
+        headers: &headers,
+        body: &body,
+    };
+    let (user, gzip) = match enter(&sim, &received).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -116,7 +131,13 @@ async fn create_application(
 }
 
 async fn user(State(sim): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let (user, gzip) = match enter(&sim, &headers).await {
+    let received = echo::Received {
+        method: "GET",
+        path: "/api/ver1.0/user/",
+        headers: &headers,
+        body: &[],
+    };
+    let (user, gzip) = match enter(&sim, &received).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };

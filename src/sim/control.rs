@@ -121,6 +121,18 @@ async fn put_faults(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     if !(0.0..=1.0).contains(&f.error_rate) {
         return respond::message(400, "error_rate must be between 0 and 1.", false);
     }
+    if let Some(echo) = &f.echo {
+        if !(400..=599).contains(&echo.status) {
+            return respond::message(
+                400,
+                &format!(
+                    "echo.status must be an error status between 400 and 599 (got {}).",
+                    echo.status
+                ),
+                false,
+            );
+        }
+    }
     let s = sim(s);
     s.set_faults(f);
     ok(200, &s.faults(), &headers)

@@ -4,7 +4,8 @@
 //! Endpoints (as `pbx-oauth-api.txt` describes them):
 //! `GET|POST /oauth/authorize`, `POST /oauth/token`,
 //! `POST /api/ver1.0/application/`, `GET /api/ver1.0/user/`; plus a control
-//! API under `/_sim/` (apps, faults, config, stats, approval).
+//! API under `/_sim/` (apps, faults, config, stats, approval). Faults include
+//! error answers that echo the request, secrets and all (`echo.rs`).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -18,6 +19,7 @@
 
 mod api;
 mod control;
+mod echo;
 mod faults;
 mod model;
 mod oauth;
@@ -26,6 +28,8 @@ mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_echo;
 #[cfg(test)]
 mod tests_faults;
 
@@ -39,8 +43,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use model::{
-    AppInfo, AppResponseShape, ConfigUpdate, Faults, Malformed, SeedApp, SeedFile, SimConfig,
-    SimError,
+    AppInfo, AppResponseShape, ConfigUpdate, EchoEndpoints, EchoFault, EchoForm, Faults, Malformed,
+    SeedApp, SeedFile, SimConfig, SimError,
 };
 pub use stats::SimStats;
 

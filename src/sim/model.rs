@@ -129,6 +129,69 @@ pub struct Faults {
     pub forbid_app_creation: bool,
     /// `GET /api/ver1.0/user/` answers `[user]` instead of `user`.
     pub wrap_user_in_array: bool,
+    /// While set, the chosen endpoints answer an error whose text echoes
+    /// the request back (secrets included), as careless providers do.
+    pub echo: Option<EchoFault>,
+}
+
+/// An error answer that echoes the request (`Faults::echo`). The echo is
+/// the text of the error (`error_description` on `/oauth/token`,
+/// `message` elsewhere), so a client that shows provider error text shows
+/// the request's secrets unless it redacts them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoFault {
+    /// 400 and 401 on `/oauth/token` answer `{"error": "invalid_client",
+    /// "error_description": ECHO}` (401 with its challenge); any other
+    /// status, and every status on `/api`, answers `{"message": ECHO}`.
+    pub status: u16,
+    /// How the echo spells the request.
+    pub form: EchoForm,
+    /// Which endpoints echo (default: `/oauth/token` only).
+    #[serde(default)]
+    pub endpoints: EchoEndpoints,
+}
+
+/// How an echoing error spells the request it received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EchoForm {
+    /// The Authorization header (if any), then the body byte for byte as
+    /// received (a form stays URL-encoded).
+    Raw,
+    /// The decoded values alone, without their keys: nothing marks them
+    /// as secrets.
+    Values,
+    /// The decoded fields (and the Authorization header) as a JSON object
+    /// spelled the PHP `json_encode` way (`\"`, `\/`, `\u00fc`), inside
+    /// the JSON string of the answer.
+    Json,
+}
+
+impl EchoForm {
+    pub const ALL: [EchoForm; 3] = [EchoForm::Raw, EchoForm::Values, EchoForm::Json];
+}
+
+/// The endpoints an [`EchoFault`] applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EchoEndpoints {
+    /// `POST /oauth/token`.
+    #[default]
+    Token,
+    /// `POST /api/ver1.0/application/` and `GET /api/ver1.0/user/`.
+    Api,
+    /// Both.
+    All,
+}
+
+impl EchoEndpoints {
+    pub fn token(self) -> bool {
+        matches!(self, EchoEndpoints::Token | EchoEndpoints::All)
+    }
+    pub fn api(self) -> bool {
+        matches!(self, EchoEndpoints::Api | EchoEndpoints::All)
+    }
 }
 
 /// Apps to create at start-up (`pbx-sim --seed-file FILE`, JSON).

@@ -1,6 +1,7 @@
 //! `/oauth/authorize` (the consent page and its form) and `/oauth/token`
 //! (authorization_code, client_credentials, refresh_token grants), with the
-//! malformed-answer faults applied to successful token answers.
+//! malformed-answer faults applied to successful token answers and the
+//! echoing error answers (`echo.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine;
 
+use super::echo;
 use super::model::Malformed;
 use super::respond;
 use super::state::{Issued, OAuthError, TokenRequest};
@@ -102,6 +104,19 @@ async fn handle_token(sim: Arc<Shared>, req: TokenRequest, gzip: bool, form_ok: 
     );
     if let Some(resp) = sim.gate(Some(&arrival), gzip).await {
         sim.stats.token_response(resp.status().as_u16(), false);
+        return resp;
+    }
+    let echo = sim.faults().faults.echo.clone();
+    if let Some(fault) = echo.filter(|f| f.endpoints.token()) {
+        let received = echo::Received {
+            method: "POST",
+            path: "/oauth/token",
+            headers: &headers,
+            body: &body,
+        };
+        let resp = echo::token_answer(&fault, &received, gzip);
+        sim.stats.status_sent(fault.status);
+        sim.stats.token_response(fault.status, false);
         return resp;
     }
     let result = if form_ok {

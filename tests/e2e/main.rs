@@ -13,6 +13,7 @@ mod binary;
 mod canary;
 mod cli;
 mod credential;
+mod echoed_secrets;
 mod failures;
 mod full_disk;
 mod health;

@@ -250,3 +250,39 @@ proptest! {
         prop_assert_eq!(redact(&once, &[&secret]), once.clone());
     }
 }
+
+/// The parser's look-alike pass alone redacts only the random-looking head
+/// of a bare echoed secret; the known pass must run on the body first.
+#[test]
+fn known_secrets_leave_error_bodies_before_the_parser_judges_them() {
+    let secret = "ActiveCanary4Kq/Wz7b+\"Rt5m\"&ab=\u{fc} Yp3H";
+    let text = format!("Rejected POST /oauth/token: unexpected client_credentials app {secret}");
+    let patterns_only = redact(&text, &[]);
+    assert!(patterns_only.contains("Rt5m"), "{patterns_only}");
+    // Too late for the known pass: the rest of the secret stays.
+    assert!(redact(&patterns_only, &[secret]).contains("Rt5m"));
+    let body = serde_json::to_vec(&serde_json::json!({
+        "error": "invalid_client",
+        "error_description": text,
+        "nested": [{"k": format!("x {}", secret.replace('"', "\\\""))}],
+    }))
+    .unwrap();
+    let clean = String::from_utf8(redact_known_body(&body, &[secret])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&clean).unwrap();
+    assert_eq!(v["error"], "invalid_client");
+    assert_eq!(
+        v["error_description"],
+        "Rejected POST /oauth/token: unexpected client_credentials app [redacted]"
+    );
+    assert_eq!(v["nested"][0]["k"], "x [redacted]");
+    // Not JSON: the text as a whole; not UTF-8: untouched.
+    let html = format!("<p>{secret}</p>");
+    assert_eq!(
+        redact_known_body(html.as_bytes(), &[secret]),
+        b"<p>[redacted]</p>".to_vec()
+    );
+    assert_eq!(
+        redact_known_body(&[0xff, 0xfe], &[secret]),
+        vec![0xff, 0xfe]
+    );
+}
