@@ -90,13 +90,36 @@ async fn token(State(sim): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     // A real provider keeps working on a request whose client hung up (a
     // timeout, a cancelled call): run it on its own task so it is still
     // counted in flight, and still grants, after the connection is gone.
-    match tokio::spawn(handle_token(sim, req, gzip, form_ok)).await {
+    // The echo fault answers with the request as received, so it is built
+    // here, where the raw headers and body still are.
+    let echo = sim
+        .faults()
+        .faults
+        .echo
+        .clone()
+        .filter(|f| f.endpoints.token())
+        .map(|fault| {
+            let received = echo::Received {
+                method: "POST",
+                path: "/oauth/token",
+                headers: &headers,
+                body: &body,
+            };
+            (fault.status, echo::token_answer(&fault, &received, gzip))
+        });
+    match tokio::spawn(handle_token(sim, req, gzip, form_ok, echo)).await {
         Ok(resp) => resp,
         Err(_) => respond::message(500, "The token request failed.", gzip),
     }
 }
 
-async fn handle_token(sim: Arc<Shared>, req: TokenRequest, gzip: bool, form_ok: bool) -> Response {
+async fn handle_token(
+    sim: Arc<Shared>,
+    req: TokenRequest,
+    gzip: bool,
+    form_ok: bool,
+    echo: Option<(u16, Response)>,
+) -> Response {
     let arrival = sim.stats.token_arrival(
         req.grant_type.as_deref().unwrap_or(""),
         req.client_id.as_deref(),
@@ -106,17 +129,9 @@ async fn handle_token(sim: Arc<Shared>, req: TokenRequest, gzip: bool, form_ok: 
         sim.stats.token_response(resp.status().as_u16(), false);
         return resp;
     }
-    let echo = sim.faults().faults.echo.clone();
-    if let Some(fault) = echo.filter(|f| f.endpoints.token()) {
-        let received = echo::Received {
-            method: "POST",
-            path: "/oauth/token",
-            headers: &headers,
-            body: &body,
-        };
-        let resp = echo::token_answer(&fault, &received, gzip);
-        sim.stats.status_sent(fault.status);
-        sim.stats.token_response(fault.status, false);
+    if let Some((status, resp)) = echo {
+        sim.stats.status_sent(status);
+        sim.stats.token_response(status, false);
         return resp;
     }
     let result = if form_ok {
