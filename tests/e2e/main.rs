@@ -13,6 +13,7 @@ mod binary;
 mod canary;
 mod cli;
 mod failures;
+mod hardening_transport;
 mod health;
 mod kill9;
 mod limits;
