@@ -5,10 +5,12 @@
 //! a bootstrap admin key when there is no admin), starts the scheduler,
 //! maintenance (and backups), the health probe, the gRPC server (TLS when
 //! configured, plus the optional local admin socket) and the metrics
-//! endpoint. [`Daemon::shutdown`] drains in order: health NOT_SERVING, stop
-//! serving (gRPC, metrics), stop the scheduler and the probe, wait for
-//! in-flight renewals (up to `shutdown.drain_timeout_ms`), stop maintenance,
-//! close the database, release the lock.
+//! endpoint. [`Daemon::shutdown`] drains in order: health NOT_SERVING, the
+//! lame-duck phase (no new connections, new calls UNAVAILABLE, calls in
+//! progress finish; `api/drain.rs`), stop serving (gRPC, metrics), stop
+//! the scheduler and the probe, wait for in-flight renewals (up to
+//! `shutdown.drain_timeout_ms`), stop maintenance, close the database,
+//! release the lock.
 //!
 //! Does not: parse flags, handle signals or talk to systemd's socket (the
 //! binary does), so tests can run many daemons in one process.
@@ -22,10 +24,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 
 use crate::access::{ClientError, Clients};
+use crate::api::accept::{self, AcceptSettings};
 use crate::api::admin::AdminApi;
+use crate::api::drain::Drain;
 use crate::api::serve::{self, Services};
 use crate::api::tls::{self, ReloadableTls, TlsError, TlsFiles};
 use crate::api::token::TokenApi;
@@ -99,6 +102,9 @@ pub struct Daemon {
     callback: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
     scheduler: Arc<Scheduler>,
     serving: CancellationToken,
+    /// The lame-duck phase before `serving` is cancelled.
+    drain: Arc<Drain>,
+    lame_duck: Duration,
     background: CancellationToken,
     workers: TaskTracker,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -334,6 +340,7 @@ impl Daemon {
             health.clone(),
             config.backup_dir(),
         ));
+        let drain = Arc::new(Drain::default());
         let services = Services {
             tokens: Arc::new(
                 TokenApi::new(broker.clone(), serving.clone()).with_metrics(metrics.clone()),
@@ -344,6 +351,7 @@ impl Daemon {
             ),
             clients: clients.clone(),
             health: health_service,
+            drain: drain.clone(),
         };
         let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
             .map_err(|e| DaemonError::Reflection(e.to_string()))?;
@@ -355,27 +363,32 @@ impl Daemon {
             },
         )
         .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        let stop = serving.clone();
+        if let Some(warning) = accept::check_fd_limit(config.grpc.max_connections) {
+            tracing::warn!("{warning}");
+        }
+        let settings = AcceptSettings::from_config(&config.grpc);
+        let stop = serving.clone().cancelled_owned();
         let server = match &tls {
-            Some(tls) => {
-                let incoming = tls::incoming(listener, tls.clone());
-                tokio::spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                        .await
-                })
-            }
-            // TCP_NODELAY as on the TLS path: without it, small answers
-            // waited for the peer's delayed ACK (h2load, one connection
-            // with many streams: 40 ms stalls, a third of the throughput).
-            None => tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
-                        stop.cancelled_owned(),
-                    )
-                    .await
-            }),
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                accept::incoming(
+                    listener,
+                    drain.stop_accepting(),
+                    settings,
+                    metrics.clone(),
+                    tls::handshake(tls.clone()),
+                ),
+                stop,
+            )),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                accept::incoming(
+                    listener,
+                    drain.stop_accepting(),
+                    settings,
+                    metrics.clone(),
+                    accept::plain,
+                ),
+                stop,
+            )),
         };
         let admin_socket = admin_listener.map(|(unix, path)| {
             let stop = serving.clone();
@@ -446,6 +459,8 @@ impl Daemon {
             callback,
             scheduler,
             serving,
+            drain,
+            lame_duck: Duration::from_millis(config.shutdown.lame_duck_ms),
             background,
             workers,
             server,
@@ -572,6 +587,11 @@ impl Daemon {
     pub async fn shutdown(self) -> Result<(), DaemonError> {
         tracing::info!("draining: health NOT_SERVING, no new requests");
         self.health.begin_shutdown().await;
+        // Lame duck: stop accepting, refuse new calls with UNAVAILABLE while
+        // calls in progress finish; GOAWAY (serving) only once callers went
+        // quiet, so no client-queued call is failed as CANCELLED.
+        self.drain.begin();
+        self.drain.settle(self.lame_duck).await;
         self.serving.cancel();
         let mut result = Ok(());
         match self.server.await {

@@ -1,9 +1,9 @@
 //! Building and running the gRPC routers: health and reflection (open),
 //! TokenService and AdminService behind the auth interceptor, with the
 //! `[grpc]` limits (decoded message size, streams and requests in progress
-//! per connection, per-request timeout). One router per listener: the TCP
-//! one (plain or TLS) and, optionally, the local admin socket, whose
-//! interceptor also trusts the peer's uid.
+//! per connection, per-request timeout, HTTP/2 keepalive). One router per
+//! listener: the TCP one (plain or TLS) and, optionally, the local admin
+//! socket, whose interceptor also trusts the peer's uid.
 //!
 //! Does not: bind TCP listeners (the caller passes one) or decide the
 //! services' behaviour.
@@ -19,6 +19,7 @@ use tonic::transport::server::Router;
 
 use super::admin::AdminApi;
 use super::auth::{Authenticate, Guard};
+use super::drain::{Drain, Gated};
 use super::token::TokenApi;
 use crate::access::Clients;
 use crate::config::GrpcConfig;
@@ -33,6 +34,8 @@ pub struct Services {
     pub clients: Arc<Clients>,
     /// Shared by the routers: one set of serving statuses.
     pub health: crate::health::HealthGrpc,
+    /// Refuses new calls with UNAVAILABLE once a shutdown began.
+    pub drain: Arc<Drain>,
 }
 
 /// Which listener a router is for.
@@ -58,11 +61,14 @@ pub fn router(
         .build_v1()?;
     let health = services.health.clone();
     let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
-    let auth = |guard| match listener {
-        Listener::Tcp => Authenticate::new(services.clients.clone(), guard),
-        Listener::LocalSocket { own_uid } => {
-            Authenticate::local_socket(services.clients.clone(), guard, own_uid)
-        }
+    let auth = |guard| Gated {
+        drain: services.drain.clone(),
+        inner: match listener {
+            Listener::Tcp => Authenticate::new(services.clients.clone(), guard),
+            Listener::LocalSocket { own_uid } => {
+                Authenticate::local_socket(services.clients.clone(), guard, own_uid)
+            }
+        },
     };
     let tokens = TokenServiceServer::from_arc(services.tokens.clone())
         .max_decoding_message_size(max_message);
@@ -74,6 +80,10 @@ pub fn router(
             usize::try_from(limits.concurrency_per_connection).unwrap_or(usize::MAX),
         )
         .timeout(Duration::from_millis(limits.request_timeout_ms))
+        // Dead peers (half-open TCP, a client that stopped reading) are
+        // found and closed instead of holding a descriptor for ever.
+        .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(tokens, auth(Guard::Tokens)))

@@ -76,6 +76,8 @@ pub struct Metrics {
     pbx_http: Family<Labels, Counter>,
     backups: Family<Labels, Counter>,
     backup_last_success: Gauge<i64, AtomicI64>,
+    connections_open: Gauge<i64, AtomicI64>,
+    connections_refused: Family<Labels, Counter>,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -141,6 +143,18 @@ impl Metrics {
             "When the last backup succeeded (Unix seconds; 0: none since start)",
             backup_last_success.clone(),
         );
+        let connections_open = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "grpc_connections_open",
+            "TCP connections to the gRPC listener open now (handshakes in progress included; capped by grpc.max_connections)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "grpc_connections_refused",
+            "gRPC listener connections closed before serving, by reason: limit (grpc.max_connections), handshake_timeout, handshake_failed",
+            connections_refused.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -160,6 +174,8 @@ impl Metrics {
             pbx_http,
             backups,
             backup_last_success,
+            connections_open,
+            connections_refused,
             scrape,
         }
     }
@@ -201,6 +217,23 @@ impl Metrics {
         if ok {
             self.backup_last_success.set(at_secs);
         }
+    }
+
+    /// A gRPC listener connection was accepted (and holds a slot).
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// A gRPC listener connection was closed (its slot is free again).
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// A gRPC listener connection was closed before serving.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// The levels the next scrape shows.

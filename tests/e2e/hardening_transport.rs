@@ -165,3 +165,203 @@ async fn an_admin_key_readable_by_others_is_made_private_at_start() {
     assert!(logs.contains("changed its mode to 0600"), "{logs}");
     assert!(!logs.contains(&key), "the key is never logged");
 }
+
+/// The metrics text of a daemon started with `[metrics] listen`.
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// True once the peer closed `tcp` (EOF or reset); false while it is open.
+fn closed_by_peer(tcp: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    tcp.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_capped_and_closed_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let metrics_port = free_port();
+    let daemon = Proc::spawn(
+        dir.path(),
+        &state,
+        &format!("max_connections = 4\nhandshake_timeout_ms = 500\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let (channel, key) = daemon.ready().await;
+    // The channel above holds one connection; three silent ones fill the cap.
+    let silent: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap())
+        .collect();
+    let mut refused = Vec::new();
+    eventually(Duration::from_secs(5), "the cap to refuse", || {
+        let mut extra = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let closed = closed_by_peer(&mut extra);
+        refused.push(extra);
+        async move { closed }
+    })
+    .await;
+    let text = scrape(metrics_port).await;
+    assert!(
+        text.contains("pbx_tokend_grpc_connections_refused_total{reason=\"limit\"}"),
+        "{text}"
+    );
+    assert!(
+        daemon.logs().contains("connection limit reached"),
+        "{}",
+        daemon.logs()
+    );
+    // The silent ones are closed once their handshake time is up...
+    let mut silent = silent;
+    eventually(
+        Duration::from_secs(10),
+        "silent connections to be closed",
+        || {
+            let all = silent.iter_mut().all(closed_by_peer);
+            async move { all }
+        },
+    )
+    .await;
+    let text = scrape(metrics_port).await;
+    assert!(
+        text.contains("pbx_tokend_grpc_connections_refused_total{reason=\"handshake_timeout\"} 3"),
+        "{text}"
+    );
+    // ...which frees their slots: the established client still works and a
+    // new one gets in.
+    let list = |channel| {
+        let mut admin =
+            pbx_tokend::proto::admin_service_client::AdminServiceClient::with_interceptor(
+                channel,
+                Bearer::new(Some(&key)),
+            );
+        async move {
+            admin
+                .list_clients(pbx_tokend::proto::ListClientsRequest {})
+                .await
+        }
+    };
+    list(channel.clone()).await.unwrap();
+    let fresh = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", daemon.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    list(fresh.clone()).await.unwrap();
+    let text = scrape(metrics_port).await;
+    assert!(
+        text.contains("pbx_tokend_grpc_connections_open 2"),
+        "{text}"
+    );
+    drop((channel, fresh));
+    daemon.signal("-TERM");
+    let (status, logs) = daemon.exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_descriptor_limit_below_the_cap_is_reported_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Far above any hard limit a test machine has.
+    let daemon = Proc::spawn(dir.path(), &state, "max_connections = 1000000\n");
+    daemon.ready().await;
+    let logs = daemon.logs();
+    assert!(logs.contains("RLIMIT_NOFILE"), "{logs}");
+    assert!(logs.contains("grpc.max_connections = 1000000"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_calls_finish_and_refuses_the_rest_with_unavailable() {
+    let sim = sim_with_lifetime(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let daemon = Proc::spawn(
+        dir.path(),
+        &state,
+        "[pbx]\nallow_insecure_http = true\nallow_private_addresses = true\n",
+    );
+    let (channel, key) = daemon.ready().await;
+    let app = sim.sim.add_trusted_app(None, None).unwrap();
+    pbx_tokend::proto::admin_service_client::AdminServiceClient::with_interceptor(
+        channel,
+        Bearer::new(Some(&key)),
+    )
+    .create_tenant(pbx_tokend::proto::CreateTenantRequest {
+        tenant_id: "drain".into(),
+        pbx_base_url: sim.base_url.clone(),
+        trusted_app: Some(pbx_tokend::proto::AppCredentials {
+            client_id: app.client_id,
+            client_secret: app.client_secret.clone(),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Several connections, many calls in flight on each, until SIGTERM
+    // has ended every one of them.
+    let url = format!("http://127.0.0.1:{}", daemon.port);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let channel = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..32 {
+            let mut tokens =
+                pbx_tokend::proto::token_service_client::TokenServiceClient::with_interceptor(
+                    channel.clone(),
+                    Bearer::new(Some(&key)),
+                );
+            calls.spawn(async move {
+                let mut ok = 0u64;
+                loop {
+                    let r = tokens
+                        .get_token(pbx_tokend::proto::GetTokenRequest {
+                            tenant_id: "drain".into(),
+                            min_valid_seconds: 0,
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => ok += 1,
+                        Err(status) => return (ok, status),
+                    }
+                }
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.signal("-TERM");
+    let mut total = 0;
+    let mut bad = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        let (ok, status) = done.unwrap();
+        total += ok;
+        if status.code() != tonic::Code::Unavailable {
+            bad.push(format!("{:?}: {}", status.code(), status.message()));
+        }
+    }
+    let (status, logs) = daemon.exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{logs}");
+    assert!(total > 0);
+    assert!(
+        bad.is_empty(),
+        "{} of the calls ended other than OK or UNAVAILABLE ({total} ok): {bad:?}",
+        bad.len()
+    );
+}
