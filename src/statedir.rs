@@ -37,7 +37,12 @@ pub enum StateDirError {
         /// The holder's pid as it wrote it into the lock file, when readable.
         holder: Option<String>,
     },
-    #[error("cannot lock {}: {source}", .path.display())]
+    #[error("cannot change the mode of the state directory {} to 0700: {source}", .path.display())]
+    Mode {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open and lock {} (the state directory lock; it must be writable): {source}", .path.display())]
     Lock {
         path: PathBuf,
         source: std::io::Error,
@@ -86,14 +91,26 @@ pub struct StateLock {
     _file: File,
 }
 
-/// Creates `dir` (0700) if needed and tightens an existing one to 0700.
+/// Creates `dir` (0700) if needed and tightens an existing one to 0700
+/// (only when it is not already: a read-only directory then fails later,
+/// naming the file that could not be written, not here).
 pub fn create(dir: &Path) -> Result<(), StateDirError> {
-    let err = |source| StateDirError::Create {
+    std::fs::create_dir_all(dir).map_err(|source| StateDirError::Create {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mode_err = |source| StateDirError::Mode {
         path: dir.to_owned(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    let mode = std::fs::metadata(dir)
+        .map_err(mode_err)?
+        .permissions()
+        .mode();
+    if mode & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(mode_err)?;
+    }
+    Ok(())
 }
 
 /// Takes the exclusive lock without waiting; `Busy` if someone holds it.

@@ -25,6 +25,21 @@ impl Proc {
     /// Starts the binary with `state_dir`, a free port and `extra` TOML
     /// (sections after `[grpc] listen`; may continue the `[grpc]` table).
     pub fn spawn(dir: &Path, state: &Path, extra: &str) -> Proc {
+        Self::spawn_with(dir, state, extra, |config| {
+            let mut c = Command::new(BIN);
+            c.arg("--config").arg(config);
+            c
+        })
+    }
+
+    /// As [`Proc::spawn`], with the command built by `command` from the
+    /// config file's path (e.g. the binary inside `unshare`).
+    pub fn spawn_with(
+        dir: &Path,
+        state: &Path,
+        extra: &str,
+        command: impl FnOnce(&Path) -> Command,
+    ) -> Proc {
         let port = free_port();
         let name = format!("pbx-tokend-{port}");
         let config = dir.join(format!("{name}.toml"));
@@ -37,8 +52,7 @@ impl Proc {
         )
         .unwrap();
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(BIN)
-            .args(["--config", config.to_str().unwrap()])
+        let child = command(&config)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -363,5 +377,92 @@ async fn sigterm_lets_in_flight_calls_finish_and_refuses_the_rest_with_unavailab
         bad.is_empty(),
         "{} of the calls ended other than OK or UNAVAILABLE ({total} ok): {bad:?}",
         bad.len()
+    );
+}
+
+/// A state directory that held a daemon once (database, key, admin.key).
+async fn used_state_dir(dir: &Path) -> PathBuf {
+    let state = dir.join("state");
+    let first = Proc::spawn(dir, &state, "");
+    first.ready().await;
+    first.signal("-TERM");
+    let (status, logs) = first.exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{logs}");
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_state_dir_is_refused_naming_the_file_and_the_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = used_state_dir(dir.path()).await;
+    // A read-only bind mount of the state dir in a private mount namespace
+    // (chmod would not stop root; the namespace cleans itself up). Needs
+    // root and util-linux: a missing tool fails the test, it never skips.
+    let daemon = Proc::spawn_with(dir.path(), &state, "", |config| {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && touch \"$1/x\" 2>/dev/null && echo 'mount is writable' >&2 && exit 99; exec \"$2\" --config \"$3\"")
+            .arg("sh")
+            .arg(&state)
+            .arg(BIN)
+            .arg(config);
+        c
+    });
+    let (status, logs) = daemon.exit(Duration::from_secs(10)).await;
+    assert!(
+        !status.success(),
+        "started on a read-only state dir:\n{logs}"
+    );
+    assert_ne!(status.code(), Some(99), "{logs}");
+    let lock = state.join("pbx-tokend.lock").display().to_string();
+    assert!(
+        logs.contains(&format!("cannot open and lock {lock}")),
+        "{logs}"
+    );
+    assert!(logs.contains("Read-only file system"), "{logs}");
+}
+
+/// Clears the immutable flag again, even when the test fails.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let out = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) is needed");
+        assert!(
+            out.status.success(),
+            "chattr +i failed (root on ext4/xfs needed): {out:?}"
+        );
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_database_is_refused_naming_the_file_and_the_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = used_state_dir(dir.path()).await;
+    let db = state.join("pbx-tokend.db");
+    let _guard = Immutable::set(&db);
+    let daemon = Proc::spawn(dir.path(), &state, "");
+    let (status, logs) = daemon.exit(Duration::from_secs(10)).await;
+    assert!(
+        !status.success(),
+        "started on an immutable database:\n{logs}"
+    );
+    assert!(
+        logs.contains(&format!(
+            "cannot open {} for writing: Operation not permitted",
+            db.display()
+        )),
+        "{logs}"
     );
 }
