@@ -31,7 +31,7 @@ pub enum StateDirError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("another pbx-tokend (daemon, restore or rotate-master-key{}) is using the state directory {} (it holds the lock on the directory); stop it first", .holder.as_deref().map(|p| format!(", pid {p}")).unwrap_or_default(), .path.display())]
+    #[error("another pbx-tokend (daemon, restore or rotate-master-key{}) is using the state directory {} (it holds the lock on the directory and on {}/pbx-tokend.lock); stop it first", .holder.as_deref().map(|p| format!(", pid {p}")).unwrap_or_default(), .path.display(), .path.display())]
     Busy {
         path: PathBuf,
         /// The holder's pid as it wrote it into the lock file, when readable.
