@@ -466,3 +466,43 @@ async fn an_immutable_database_is_refused_naming_the_file_and_the_operation() {
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_closes_a_peer_that_stopped_answering_and_keeps_live_ones() {
+    use std::io::Write;
+    let d = TestDaemon::start(|c| {
+        c.grpc.keepalive_interval_ms = 1_000;
+        c.grpc.keepalive_timeout_ms = 1_000;
+    })
+    .await;
+    let addr = d.daemon.as_ref().unwrap().local_addr();
+    // Speaks the HTTP/2 preface and an empty SETTINGS frame, then never
+    // reads or answers again (a hung client, a half-open connection).
+    let mut dead = std::net::TcpStream::connect(addr).unwrap();
+    dead.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let live = d.admin();
+    live.clone()
+        .list_clients(pbx_tokend::proto::ListClientsRequest {})
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the silent HTTP/2 peer to be closed",
+        || {
+            let closed = closed_by_peer(&mut dead);
+            async move { closed }
+        },
+    )
+    .await;
+    // The live client answered the pings all along: same channel, no error.
+    live.clone()
+        .list_clients(pbx_tokend::proto::ListClientsRequest {})
+        .await
+        .unwrap();
+    let text = d.daemon.as_ref().unwrap().metrics().encode().unwrap();
+    assert!(
+        text.contains("pbx_tokend_grpc_connections_open 1"),
+        "{text}"
+    );
+}
