@@ -26,17 +26,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{ClientError, Clients};
-use crate::api::accept::{self, AcceptSettings};
 use crate::api::admin::AdminApi;
 use crate::api::drain::Drain;
 use crate::api::serve::{self, Services};
-use crate::api::tls::{self, ReloadableTls, TlsError, TlsFiles};
+use crate::api::tls::{ReloadableTls, TlsError, TlsFiles};
 use crate::api::token::TokenApi;
 use crate::audit::Audit;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::crypto::{CryptoError, Keyring};
+use crate::crypto::CryptoError;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::onboarding::{CrashHook, Onboarding, OnboardingSettings};
@@ -47,8 +46,14 @@ use crate::pbx::{PbxApi, PbxOnboardingApi};
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
 use crate::statedir::{self, StateDirError, StateLock};
+
+mod keys;
+mod tcp;
+
 use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
+pub use keys::{load_keyring, master_key_location};
+use tcp::check_listen_address;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -124,43 +129,6 @@ pub struct Daemon {
     drain_timeout: Duration,
     /// Released last, when the daemon is dropped after `shutdown`.
     _lock: StateLock,
-}
-
-/// Where the master key is, and whether the daemon may generate it there:
-/// explicit file, systemd credential, or generated next to the database
-/// (with a warning: it then sits beside what it protects).
-pub fn master_key_location(config: &Config) -> (PathBuf, bool) {
-    if let Some(path) = &config.master_key_file {
-        return (path.clone(), false);
-    }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        return (PathBuf::from(dir).join("master.key"), false);
-    }
-    (config.state_dir.join("master.key"), true)
-}
-
-pub fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
-    let (path, may_create) = master_key_location(config);
-    // Never replace a lost key with a new one while the database holds
-    // values sealed under the old one: refuse, so the operator restores it.
-    if may_create && !path.exists() && crate::store::has_sealed_data(&config.database_path())? {
-        return Err(DaemonError::MasterKeyMissing {
-            key: path,
-            database: config.database_path(),
-        });
-    }
-    let (keyring, created) =
-        Keyring::load_or_create(&path, may_create).map_err(|source| DaemonError::MasterKey {
-            path: path.clone(),
-            source,
-        })?;
-    if created {
-        tracing::warn!(
-            path = %path.display(),
-            "generated a new master key next to the database; for production keep it elsewhere (master_key_file, or systemd LoadCredential=master.key)"
-        );
-    }
-    Ok(keyring)
 }
 
 impl Daemon {
@@ -363,33 +331,15 @@ impl Daemon {
             },
         )
         .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        if let Some(warning) = accept::check_fd_limit(config.grpc.max_connections) {
-            tracing::warn!("{warning}");
-        }
-        let settings = AcceptSettings::from_config(&config.grpc);
-        let stop = serving.clone().cancelled_owned();
-        let server = match &tls {
-            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-                accept::incoming(
-                    listener,
-                    drain.stop_accepting(),
-                    settings,
-                    metrics.clone(),
-                    tls::handshake(tls.clone()),
-                ),
-                stop,
-            )),
-            None => tokio::spawn(router.serve_with_incoming_shutdown(
-                accept::incoming(
-                    listener,
-                    drain.stop_accepting(),
-                    settings,
-                    metrics.clone(),
-                    accept::plain,
-                ),
-                stop,
-            )),
-        };
+        let server = tcp::spawn_server(
+            router,
+            listener,
+            &config,
+            tls.as_ref(),
+            &drain,
+            &metrics,
+            &serving,
+        );
         let admin_socket = admin_listener.map(|(unix, path)| {
             let stop = serving.clone();
             let task = tokio::spawn(async move {
@@ -645,21 +595,6 @@ impl Daemon {
         tracing::info!("database closed; shutdown complete");
         result
     }
-}
-
-/// Without TLS, only loopback unless `insecure_listen_public` (then warn).
-fn check_listen_address(config: &Config, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
-    if config.tls_enabled() || addr.ip().is_loopback() {
-        return Ok(());
-    }
-    if !config.grpc.insecure_listen_public {
-        return Err(DaemonError::InsecureListen(addr));
-    }
-    tracing::warn!(
-        listen = %addr,
-        "serving gRPC WITHOUT TLS on a non-loopback address (grpc.insecure_listen_public = true): API keys and tokens cross the network in clear"
-    );
-    Ok(())
 }
 
 /// `[pbx] allowed_hosts`, parsed (validate() already checked each entry).
