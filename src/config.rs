@@ -93,6 +93,17 @@ pub struct GrpcConfig {
     /// A request that takes longer is answered with CANCELLED (streams are
     /// not cut: only producing the answer's start is bounded).
     pub request_timeout_ms: u64,
+    /// TCP connections open at once on the gRPC listener (handshakes in
+    /// progress included); more are closed at once. Keep LimitNOFILE above
+    /// this plus 1024.
+    pub max_connections: u64,
+    /// A new connection must finish its TLS handshake (when TLS is on) and
+    /// send the HTTP/2 preface within this, or it is closed.
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 PING to every connection this long after it last sent
+    /// anything; no answer within `keepalive_timeout_ms` closes it.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -169,6 +180,10 @@ pub struct MaintenanceConfig {
 pub struct ShutdownConfig {
     /// How long SIGTERM waits for in-flight renewals before giving up on them.
     pub drain_timeout_ms: u64,
+    /// Lame-duck phase before connections are closed: new calls get
+    /// UNAVAILABLE, calls in progress finish; it ends early once no call
+    /// came for a quarter of it.
+    pub lame_duck_ms: u64,
 }
 
 /// The authorization-code flow (BeginAuthorization / CompleteAuthorization).
@@ -258,6 +273,10 @@ impl Default for GrpcConfig {
             max_unauthenticated_streams: 1_000,
             concurrency_per_connection: 256,
             request_timeout_ms: 30_000,
+            max_connections: 10_000,
+            handshake_timeout_ms: 5_000,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -332,6 +351,7 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout_ms: 5_000,
+            lame_duck_ms: 2_000,
         }
     }
 }
@@ -559,6 +579,12 @@ impl Config {
             self.shutdown.drain_timeout_ms,
             0,
             600_000,
+        )?;
+        range_u64(
+            "shutdown.lame_duck_ms",
+            self.shutdown.lame_duck_ms,
+            0,
+            60_000,
         )?;
         range_u64(
             "onboarding.state_ttl_seconds",

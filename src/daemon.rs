@@ -5,10 +5,12 @@
 //! a bootstrap admin key when there is no admin), starts the scheduler,
 //! maintenance (and backups), the health probe, the gRPC server (TLS when
 //! configured, plus the optional local admin socket) and the metrics
-//! endpoint. [`Daemon::shutdown`] drains in order: health NOT_SERVING, stop
-//! serving (gRPC, metrics), stop the scheduler and the probe, wait for
-//! in-flight renewals (up to `shutdown.drain_timeout_ms`), stop maintenance,
-//! close the database, release the lock.
+//! endpoint. [`Daemon::shutdown`] drains in order: health NOT_SERVING, the
+//! lame-duck phase (no new connections, new calls UNAVAILABLE, calls in
+//! progress finish; `api/drain.rs`), stop serving (gRPC, metrics), stop
+//! the scheduler and the probe, wait for in-flight renewals (up to
+//! `shutdown.drain_timeout_ms`), stop maintenance, close the database,
+//! release the lock.
 //!
 //! Does not: parse flags, handle signals or talk to systemd's socket (the
 //! binary does), so tests can run many daemons in one process.
@@ -22,13 +24,13 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 
 use crate::access::{ClientError, Clients};
 use crate::api::admin::AdminApi;
+use crate::api::drain::Drain;
 use crate::api::serve::{self, Services};
 use crate::api::streams::StreamCaps;
-use crate::api::tls::{self, ReloadableTls, TlsError, TlsFiles};
+use crate::api::tls::{ReloadableTls, TlsError, TlsFiles};
 use crate::api::token::TokenApi;
 use crate::audit::Audit;
 use crate::broker::{Broker, BrokerSettings};
@@ -45,8 +47,12 @@ use crate::pbx::{PbxApi, PbxOnboardingApi};
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
 use crate::statedir::{self, StateDirError, StateLock};
+
+mod tcp;
+
 use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
+use tcp::check_listen_address;
 
 mod masterkey;
 pub use masterkey::{load_keyring, master_key_location};
@@ -105,6 +111,9 @@ pub struct Daemon {
     callback: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
     scheduler: Arc<Scheduler>,
     serving: CancellationToken,
+    /// The lame-duck phase before `serving` is cancelled.
+    drain: Arc<Drain>,
+    lame_duck: Duration,
     background: CancellationToken,
     workers: TaskTracker,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -308,6 +317,7 @@ impl Daemon {
             clock.clone(),
             Some(metrics.clone()),
         ));
+        let drain = Arc::new(Drain::default());
         let services = Services {
             tokens: Arc::new(
                 TokenApi::new(
@@ -325,6 +335,7 @@ impl Daemon {
             clients: clients.clone(),
             health: health_service,
             streams,
+            drain: drain.clone(),
         };
         let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
             .map_err(|e| DaemonError::Reflection(e.to_string()))?;
@@ -336,28 +347,15 @@ impl Daemon {
             },
         )
         .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        let stop = serving.clone();
-        let server = match &tls {
-            Some(tls) => {
-                let incoming = tls::incoming(listener, tls.clone());
-                tokio::spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                        .await
-                })
-            }
-            // TCP_NODELAY as on the TLS path: without it, small answers
-            // waited for the peer's delayed ACK (h2load, one connection
-            // with many streams: 40 ms stalls, a third of the throughput).
-            None => tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
-                        stop.cancelled_owned(),
-                    )
-                    .await
-            }),
-        };
+        let server = tcp::spawn_server(
+            router,
+            listener,
+            &config,
+            tls.as_ref(),
+            &drain,
+            &metrics,
+            &serving,
+        );
         let admin_socket = admin_listener.map(|(unix, path)| {
             let stop = serving.clone();
             let task = tokio::spawn(async move {
@@ -427,6 +425,8 @@ impl Daemon {
             callback,
             scheduler,
             serving,
+            drain,
+            lame_duck: Duration::from_millis(config.shutdown.lame_duck_ms),
             background,
             workers,
             server,
@@ -553,6 +553,11 @@ impl Daemon {
     pub async fn shutdown(self) -> Result<(), DaemonError> {
         tracing::info!("draining: health NOT_SERVING, no new requests");
         self.health.begin_shutdown().await;
+        // Lame duck: stop accepting, refuse new calls with UNAVAILABLE while
+        // calls in progress finish; GOAWAY (serving) only once callers went
+        // quiet, so no client-queued call is failed as CANCELLED.
+        self.drain.begin();
+        self.drain.settle(self.lame_duck).await;
         self.serving.cancel();
         let mut result = Ok(());
         match self.server.await {
@@ -606,21 +611,6 @@ impl Daemon {
         tracing::info!("database closed; shutdown complete");
         result
     }
-}
-
-/// Without TLS, only loopback unless `insecure_listen_public` (then warn).
-fn check_listen_address(config: &Config, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
-    if config.tls_enabled() || addr.ip().is_loopback() {
-        return Ok(());
-    }
-    if !config.grpc.insecure_listen_public {
-        return Err(DaemonError::InsecureListen(addr));
-    }
-    tracing::warn!(
-        listen = %addr,
-        "serving gRPC WITHOUT TLS on a non-loopback address (grpc.insecure_listen_public = true): API keys and tokens cross the network in clear"
-    );
-    Ok(())
 }
 
 /// `[pbx] allowed_hosts`, parsed (validate() already checked each entry).

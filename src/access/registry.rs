@@ -48,6 +48,12 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the admin key file {} is readable by other users (mode {mode:04o}) and cannot be made private (chmod 0600): {source}; fix its mode or remove it", .path.display())]
+    KeyFileMode {
+        path: PathBuf,
+        mode: u32,
+        source: std::io::Error,
+    },
 }
 
 /// CreateClient input.
@@ -215,6 +221,7 @@ impl Clients {
     /// key to `<state_dir>/admin.key` (0600, the key alone on one line).
     /// Returns the file's path when it did. Logs only that it wrote it.
     pub async fn bootstrap_admin(&self, state_dir: &Path) -> Result<Option<PathBuf>, ClientError> {
+        make_key_file_private(&state_dir.join(ADMIN_KEY_FILE))?;
         if self.store.has_active_admin().await? {
             return Ok(None);
         }
@@ -307,6 +314,35 @@ fn validate(input: &NewClient) -> Result<Role, ValidationError> {
         )),
         _ => Ok(role),
     }
+}
+
+/// An existing admin.key that group or others may read (copied with `cp`,
+/// restored from an archive, chmod'ed by hand) is made 0600 with a warning:
+/// fixing it beats refusing to start, since the key in it still works and
+/// every minute it stays open is a minute another local user can read it.
+/// Fails only when the mode cannot be changed.
+fn make_key_file_private(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_file() || mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ClientError::KeyFileMode {
+            path: path.to_owned(),
+            mode,
+            source,
+        }
+    })?;
+    tracing::warn!(
+        path = %path.display(),
+        was = format!("{mode:04o}"),
+        "the admin key file was readable by other users; changed its mode to 0600. Anyone who could read it may hold the key: revoke that client and delete the file if in doubt"
+    );
+    Ok(())
 }
 
 /// Writes `key` + newline as admin.key (see `statedir::replace_secret_file`).
@@ -424,5 +460,19 @@ mod tests {
             .unwrap();
         assert_eq!(events.len(), 1);
         assert!(!events[0].event.detail.contains(text.trim()));
+    }
+
+    #[tokio::test]
+    async fn an_open_admin_key_file_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _store) = clients(dir.path()).await;
+        let path = c.bootstrap_admin(dir.path()).await.unwrap().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(c.bootstrap_admin(dir.path()).await.unwrap().is_none());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Same key, still valid: only the mode changed.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 }

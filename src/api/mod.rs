@@ -3,16 +3,20 @@
 //! (in `status.rs`) the one place where errors become gRPC statuses.
 //! `auth.rs` authenticates callers (API keys, the local admin socket) and
 //! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
-//! listeners with their limits; `streams.rs` caps long-lived streams;
-//! `watch.rs` is the WatchToken stream; `tls.rs` is the reloadable TLS acceptor;
+//! listeners with their limits; `accept.rs` is the accept loop (connection
+//! cap, handshake deadline); `drain.rs` the lame-duck phase of a shutdown;
+//! `streams.rs` caps long-lived streams; `watch.rs` is the WatchToken
+//! stream; `tls.rs` is the reloadable TLS acceptor;
 //! `callback.rs` is the optional OAuth callback listener (plain HTML pages).
 
+pub mod accept;
 pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod callback;
 pub mod convert;
+pub mod drain;
 pub mod serve;
 pub mod server_status;
 pub mod status;

@@ -1,11 +1,12 @@
 //! Building and running the gRPC routers: health and reflection (open),
 //! TokenService and AdminService behind the auth interceptor, with the
 //! `[grpc]` limits (decoded message size, streams and requests in progress
-//! per connection, per-request timeout). One router per listener: the TCP
-//! one (plain or TLS) and, optionally, the local admin socket, whose
-//! interceptor also trusts the peer's uid. Health Watch and reflection
-//! streams are capped (`streams.rs`); GetToken goes through its own
-//! interceptor so refused calls are counted (`auth::SplitGetToken`).
+//! per connection, per-request timeout, HTTP/2 keepalive). One router per
+//! listener: the TCP one (plain or TLS) and, optionally, the local admin
+//! socket, whose interceptor also trusts the peer's uid. Health Watch and
+//! reflection streams are capped (`streams.rs`); GetToken goes through its
+//! own interceptor so refused calls are counted (`auth::SplitGetToken`);
+//! every service is gated by the drain (`drain.rs`).
 //!
 //! Does not: bind TCP listeners (the caller passes one) or decide the
 //! services' behaviour.
@@ -21,6 +22,7 @@ use tonic::transport::server::Router;
 
 use super::admin::AdminApi;
 use super::auth::{Authenticate, Guard, SplitGetToken};
+use super::drain::{Drain, Gated};
 use super::streams::{CapUnauthenticated, StreamCaps};
 use super::token::TokenApi;
 use crate::access::Clients;
@@ -38,6 +40,8 @@ pub struct Services {
     pub health: crate::health::HealthGrpc,
     /// Shared by the routers, so the total cap spans every listener.
     pub streams: Arc<StreamCaps>,
+    /// Refuses new calls with UNAVAILABLE once a shutdown began.
+    pub drain: Arc<Drain>,
 }
 
 /// Which listener a router is for.
@@ -64,11 +68,16 @@ pub fn router(
     let health = CapUnauthenticated::new(services.health.clone(), services.streams.clone());
     let reflection = CapUnauthenticated::new(reflection, services.streams.clone());
     let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
-    let auth = |guard| match listener {
+    let authenticate = |guard| match listener {
         Listener::Tcp => Authenticate::new(services.clients.clone(), guard),
         Listener::LocalSocket { own_uid } => {
             Authenticate::local_socket(services.clients.clone(), guard, own_uid)
         }
+    };
+    // Once a shutdown began, new calls are refused before anything else.
+    let gated = |inner| Gated {
+        drain: services.drain.clone(),
+        inner,
     };
     let tokens = TokenServiceServer::from_arc(services.tokens.clone())
         .max_decoding_message_size(max_message);
@@ -80,16 +89,23 @@ pub fn router(
             usize::try_from(limits.concurrency_per_connection).unwrap_or(usize::MAX),
         )
         .timeout(Duration::from_millis(limits.request_timeout_ms))
+        // Dead peers (half-open TCP, a client that stopped reading) are
+        // found and closed instead of holding a descriptor for ever.
+        .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
         .add_service(health)
         .add_service(reflection)
         .add_service(SplitGetToken::new(
             InterceptedService::new(
                 tokens.clone(),
-                auth(Guard::Tokens).counting_get_token(services.tokens.metrics()),
+                gated(authenticate(Guard::Tokens).counting_get_token(services.tokens.metrics())),
             ),
-            InterceptedService::new(tokens, auth(Guard::Tokens)),
+            InterceptedService::new(tokens, gated(authenticate(Guard::Tokens))),
         ))
-        .add_service(InterceptedService::new(admin, auth(Guard::Admin))))
+        .add_service(InterceptedService::new(
+            admin,
+            gated(authenticate(Guard::Admin)),
+        )))
 }
 
 /// Binds the admin socket at `path` with mode 0660. A stale socket file

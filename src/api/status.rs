@@ -107,7 +107,9 @@ impl From<ClientError> for Status {
             ClientError::InvalidArgument(v) => invalid(v),
             e @ ClientError::NotFound(_) => Status::not_found(e.to_string()),
             ClientError::Store(s) => store(s),
-            e @ (ClientError::Random(_) | ClientError::KeyFile { .. }) => {
+            e @ (ClientError::Random(_)
+            | ClientError::KeyFile { .. }
+            | ClientError::KeyFileMode { .. }) => {
                 tracing::error!("{e}");
                 Status::internal(format!("{e}; see the daemon log"))
             }

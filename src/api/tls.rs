@@ -1,36 +1,24 @@
 //! TLS on the TCP listener, driven by us rather than by tonic so the
 //! certificate, key and client CA can be re-read on SIGHUP without a
 //! restart: [`ReloadableTls`] holds the current rustls acceptor (ring
-//! provider, TLS 1.2 and 1.3, ALPN h2) and [`incoming`] turns a TCP listener
-//! into a stream of handshaken connections for tonic. With a client CA,
-//! every client must present a certificate it signed (mTLS).
-//!
-//! Handshakes run concurrently (a slow client cannot stall accepting), each
-//! bounded in time; at most [`MAX_PENDING_HANDSHAKES`] at once.
+//! provider, TLS 1.2 and 1.3, ALPN h2) and [`handshake`] is what the accept
+//! loop (`accept.rs`: connection cap, handshake deadline) runs on each new
+//! connection. With a client CA, every client must present a certificate
+//! it signed (mTLS).
 //!
 //! Does not: authenticate callers (API keys still apply over mTLS; see
 //! `auth.rs`) or log anything about certificates but file names.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use futures::Stream;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio_rustls::server::TlsStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::GrpcConfig;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections accepted but not yet through their handshake; more are
-/// closed at once (a flood of idle connections cannot pile up tasks).
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -145,52 +133,11 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
-type Handshake = Option<TlsStream<TcpStream>>;
-
-/// Accepts TCP connections and yields those whose TLS handshake succeeded.
-/// Failed handshakes are logged at debug and dropped; accept errors (e.g.
-/// out of file descriptors) are logged and retried after a pause.
-pub fn incoming(
-    listener: TcpListener,
+/// The TLS handshake for [`super::accept::incoming`], with the acceptor
+/// current when the connection came in (a reload applies to the next one).
+/// The accept loop bounds it in time and in number.
+pub fn handshake(
     tls: Arc<ReloadableTls>,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + Send + 'static {
-    let state = (listener, JoinSet::<Handshake>::new(), tls);
-    futures::stream::unfold(state, |(listener, mut pending, tls)| async move {
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        if pending.len() >= MAX_PENDING_HANDSHAKES {
-                            tracing::warn!(%peer, "too many TLS handshakes in progress; connection closed");
-                            continue;
-                        }
-                        let _ = tcp.set_nodelay(true);
-                        let acceptor = tls.acceptor();
-                        pending.spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => Some(stream),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                    None
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    None
-                                }
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!("accepting a connection failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(done) = pending.join_next(), if !pending.is_empty() => {
-                    if let Ok(Some(stream)) = done {
-                        return Some((Ok(stream), (listener, pending, tls)));
-                    }
-                }
-            }
-        }
-    })
+) -> impl Fn(TcpStream) -> tokio_rustls::Accept<TcpStream> + Send + 'static {
+    move |tcp| tls.acceptor().accept(tcp)
 }

@@ -1,5 +1,5 @@
 //! The `[grpc]` section's rules (TLS files, loopback-only without TLS,
-//! admin socket path, server limits), split from `config.rs` to keep it
+//! admin socket path, server and connection limits), split from `config.rs` to keep it
 //! readable. Only checks; the values are used by `daemon` and `api::serve`.
 
 use super::{Config, ConfigError};
@@ -113,6 +113,25 @@ impl Config {
             100,
             3_600_000,
         )?;
+        range("grpc.max_connections", g.max_connections, 1, 1_000_000)?;
+        range(
+            "grpc.handshake_timeout_ms",
+            g.handshake_timeout_ms,
+            100,
+            60_000,
+        )?;
+        range(
+            "grpc.keepalive_interval_ms",
+            g.keepalive_interval_ms,
+            1_000,
+            3_600_000,
+        )?;
+        range(
+            "grpc.keepalive_timeout_ms",
+            g.keepalive_timeout_ms,
+            1_000,
+            600_000,
+        )?;
         Ok(())
     }
 }
@@ -171,6 +190,22 @@ mod tests {
             (
                 &[("PBX_TOKEND_GRPC_MAX_CONCURRENT_STREAMS", "200")],
                 "grpc.max_concurrent_streams (200)",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_MAX_CONNECTIONS", "0")],
+                "grpc.max_connections",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_HANDSHAKE_TIMEOUT_MS", "10")],
+                "grpc.handshake_timeout_ms",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_KEEPALIVE_INTERVAL_MS", "5")],
+                "grpc.keepalive_interval_ms",
+            ),
+            (
+                &[("PBX_TOKEND_GRPC_KEEPALIVE_TIMEOUT_MS", "0")],
+                "grpc.keepalive_timeout_ms",
             ),
             (
                 &[(

@@ -78,6 +78,8 @@ pub struct Metrics {
     streams_refused: Family<Labels, Counter>,
     backup_last_success: Gauge<i64, AtomicI64>,
     token_store_failures: Counter,
+    connections_open: Gauge<i64, AtomicI64>,
+    connections_refused: Family<Labels, Counter>,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -155,6 +157,18 @@ impl Metrics {
             "Refresh outcomes (tokens, failures, job times) the database could not write; the token is served from memory and written later",
             token_store_failures.clone(),
         );
+        let connections_open = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "grpc_connections_open",
+            "TCP connections to the gRPC listener open now (handshakes in progress included; capped by grpc.max_connections)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "grpc_connections_refused",
+            "gRPC listener connections closed before serving, by reason: limit (grpc.max_connections), handshake_timeout, handshake_failed",
+            connections_refused.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -176,6 +190,8 @@ impl Metrics {
             streams_refused,
             backup_last_success,
             token_store_failures,
+            connections_open,
+            connections_refused,
             scrape,
         }
     }
@@ -232,6 +248,23 @@ impl Metrics {
     /// A refresh outcome could not be written to the database.
     pub fn token_store_failed(&self) {
         self.token_store_failures.inc();
+    }
+
+    /// A gRPC listener connection was accepted (and holds a slot).
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// A gRPC listener connection was closed (its slot is free again).
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// A gRPC listener connection was closed before serving.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// The levels the next scrape shows.

@@ -30,7 +30,8 @@ pub(super) fn prepare_location(path: &Path) -> Result<(), StoreError> {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(parent)?;
+                .create(parent)
+                .map_err(|e| failed("create the directory", parent, e))?;
         }
     }
     OpenOptions::new()
@@ -39,7 +40,8 @@ pub(super) fn prepare_location(path: &Path) -> Result<(), StoreError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(path)?;
+        .open(path)
+        .map_err(|e| failed("open for writing", path, e))?;
     for p in [
         path.to_owned(),
         sibling(path, "-wal"),
@@ -47,14 +49,32 @@ pub(super) fn prepare_location(path: &Path) -> Result<(), StoreError> {
     ] {
         match std::fs::metadata(&p) {
             Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| failed("change the mode to 0600 of", &p, e))?;
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(failed("read the metadata of", &p, e)),
         }
     }
     Ok(())
+}
+
+/// An open-time failure naming the operation and the file, so a start-up
+/// error reads "cannot open /x/pbx-tokend.db for writing: Read-only file
+/// system" and the operator knows what to fix.
+pub(super) fn failed(op: &'static str, path: &Path, e: impl std::fmt::Display) -> StoreError {
+    // "open for writing" reads better with the path in the middle.
+    let (op, path) = match op {
+        "open for writing" => ("open", format!("{} for writing", path.display())),
+        "open for reading" => ("open", format!("{} for reading", path.display())),
+        _ => (op, path.display().to_string()),
+    };
+    StoreError::Open {
+        op,
+        path: PathBuf::from(path),
+        message: e.to_string(),
+    }
 }
 
 /// `path` with `suffix` appended to the file name (`db` -> `db-wal`).
@@ -71,11 +91,14 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    )
+    .map_err(|e| failed("open for writing", path, e))?;
     configure(&conn)?;
     // WAL: readers never block the writer and the writer never blocks
     // readers, and a commit is one sequential append.
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| failed("set the WAL journal mode on", path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
             "cannot switch the database to WAL mode (journal_mode is {mode})"
@@ -98,7 +121,8 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    )
+    .map_err(|e| failed("open for reading", path, e))?;
     configure(&conn)?;
     Ok(conn)
 }

@@ -109,6 +109,13 @@ pub enum StoreError {
     Task(String),
     #[error("cannot prepare the database location: {0}")]
     Io(#[from] std::io::Error),
+    /// Opening the database failed; says which file and what was tried.
+    #[error("cannot {op} {}: {message}", .path.display())]
+    Open {
+        op: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     #[error("backup {0}")]
     Backup(String),
 }
@@ -281,7 +288,10 @@ impl Store {
     fn open_with(path: &Path, keyring: Arc<Keyring>, inline: bool) -> Result<Store, StoreError> {
         connection::prepare_location(path)?;
         let mut writer = connection::open_writer(path)?;
-        let found = migrate::apply(&mut writer, migrate::MIGRATIONS)?;
+        let found = migrate::apply(&mut writer, migrate::MIGRATIONS).map_err(|e| match e {
+            StoreError::Sqlite(e) => connection::failed("update the schema of", path, e),
+            other => other,
+        })?;
         tracing::debug!(
             path = %path.display(),
             from = found,

@@ -102,6 +102,8 @@ pub fn test_config(dir: &TempDir) -> Config {
     c.refresh.backoff_max_ms = 1_000;
     c.refresh.rejected_retry_seconds = 1;
     c.shutdown.drain_timeout_ms = 2_000;
+    // Short lame duck: in-process tests stop many daemons.
+    c.shutdown.lame_duck_ms = 200;
     c
 }
 

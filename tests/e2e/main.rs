@@ -16,6 +16,7 @@ mod credential;
 mod echoed_secrets;
 mod failures;
 mod full_disk;
+mod hardening_transport;
 mod health;
 mod kill9;
 mod limits;

@@ -140,6 +140,38 @@ async fn tls_serves_and_reloads_its_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_must_finish_their_handshake_in_time() {
+    use std::io::Read;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.issue("localhost", true);
+    let cert_file = write(certs.path(), "server.pem", &cert);
+    let key_file = write(certs.path(), "server.key", &key);
+    let d = TestDaemon::start(|c| {
+        c.grpc.tls_cert_file = Some(cert_file.clone());
+        c.grpc.tls_key_file = Some(key_file.clone());
+        c.grpc.handshake_timeout_ms = 300;
+    })
+    .await;
+    // Connects and never starts the TLS handshake: closed by the daemon.
+    let mut silent = std::net::TcpStream::connect(d.daemon.as_ref().unwrap().local_addr()).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the daemon closes the connection without a byte");
+    let text = d.daemon.as_ref().unwrap().metrics().encode().unwrap();
+    assert!(
+        text.contains("pbx_tokend_grpc_connections_refused_total{reason=\"handshake_timeout\"} 1"),
+        "{text}"
+    );
+    // A real TLS client is not affected.
+    let channel = tls_channel(&d, &ca.pem, None).await.unwrap();
+    list_with(channel, &d.admin_key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_requires_a_certificate_from_the_client_ca() {
     let certs = tempfile::tempdir().unwrap();
     let server_ca = Ca::new("server ca");

@@ -1,0 +1,76 @@
+//! The TCP gRPC listener's wiring: the loopback-without-TLS rule and the
+//! server task over the accept loop (`api/accept.rs`: connection cap,
+//! handshake deadline; `api/drain.rs`: stop accepting on shutdown), plain
+//! or TLS. Split from `daemon.rs`.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Router;
+
+use super::DaemonError;
+use crate::api::accept::{self, AcceptSettings};
+use crate::api::drain::Drain;
+use crate::api::tls::{self, ReloadableTls};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Serves `router` on `listener` until `serving` is cancelled. Warns first
+/// when the descriptor limit cannot carry `grpc.max_connections`.
+pub(super) fn spawn_server(
+    router: Router,
+    listener: TcpListener,
+    config: &Config,
+    tls: Option<&Arc<ReloadableTls>>,
+    drain: &Drain,
+    metrics: &Arc<Metrics>,
+    serving: &CancellationToken,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    if let Some(warning) = accept::check_fd_limit(config.grpc.max_connections) {
+        tracing::warn!("{warning}");
+    }
+    let settings = AcceptSettings::from_config(&config.grpc);
+    let stop = serving.clone().cancelled_owned();
+    match tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            accept::incoming(
+                listener,
+                drain.stop_accepting(),
+                settings,
+                metrics.clone(),
+                tls::handshake(tls.clone()),
+            ),
+            stop,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            accept::incoming(
+                listener,
+                drain.stop_accepting(),
+                settings,
+                metrics.clone(),
+                accept::plain,
+            ),
+            stop,
+        )),
+    }
+}
+
+/// Without TLS, only loopback unless `insecure_listen_public` (then warn).
+pub(super) fn check_listen_address(
+    config: &Config,
+    addr: std::net::SocketAddr,
+) -> Result<(), DaemonError> {
+    if config.tls_enabled() || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.grpc.insecure_listen_public {
+        return Err(DaemonError::InsecureListen(addr));
+    }
+    tracing::warn!(
+        listen = %addr,
+        "serving gRPC WITHOUT TLS on a non-loopback address (grpc.insecure_listen_public = true): API keys and tokens cross the network in clear"
+    );
+    Ok(())
+}
