@@ -13,6 +13,7 @@ mod binary;
 mod canary;
 mod cli;
 mod failures;
+mod first_hour;
 mod health;
 mod kill9;
 mod limits;

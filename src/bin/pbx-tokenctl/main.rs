@@ -269,6 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let key = secrets::resolve_api_key(&cli.global)?;
     let auth = Auth::new(key.as_ref().map(|k| k.as_str()))?;
+    let sent_key = key.is_some();
     drop(key);
     let channel = match &cli.global.socket {
         Some(path) => connect_socket(path).await?,
@@ -280,7 +281,25 @@ async fn run(cli: Cli) -> Result<()> {
         timeout: Duration::from_secs(cli.global.timeout.max(1)),
         json: cli.global.json,
     };
-    commands::dispatch(&ctx, cli.command).await
+    let result = commands::dispatch(&ctx, cli.command).await;
+    if sent_key {
+        return result;
+    }
+    result.map_err(explain_missing_key)
+}
+
+/// The daemon's "no API key" speaks to programs; an operator whose CLI found
+/// no key wants to know where it looked and how to give it one.
+fn explain_missing_key(err: anyhow::Error) -> anyhow::Error {
+    let unauthenticated = err
+        .chain()
+        .filter_map(|c| c.downcast_ref::<Status>())
+        .any(|s| s.code() == Code::Unauthenticated);
+    if !unauthenticated {
+        return err;
+    }
+    let state_dir = std::env::var("STATE_DIRECTORY").ok();
+    Status::unauthenticated(secrets::missing_key_message(state_dir.as_deref())).into()
 }
 
 fn main() -> ExitCode {
