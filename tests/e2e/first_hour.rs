@@ -76,3 +76,68 @@ async fn cli_without_a_key_says_where_it_looked_and_finds_state_directory() {
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("not valid"), "{}", stderr(&out));
 }
+
+/// What bash completes for `words` (the last one is the word being typed):
+/// the generated script sourced into a real bash, the function that
+/// `complete -p pbx-tokenctl` names called as bash calls it.
+fn bash_complete(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let cword = words.len() - 1;
+    let prev = if cword == 0 { "" } else { words[cword - 1] };
+    let program = format!(
+        r#"source '{script}' || exit 90
+spec=$(complete -p pbx-tokenctl) || exit 91
+fn=$(sed -n 's/.*-F \([^ ]*\).*/\1/p' <<<"$spec")
+COMP_WORDS=({words})
+COMP_CWORD={cword}
+COMP_LINE="${{COMP_WORDS[*]}}"
+COMP_POINT=${{#COMP_LINE}}
+"$fn" pbx-tokenctl '{cur}' '{prev}'
+printf '%s\n' "${{COMPREPLY[@]}}""#,
+        script = script.display(),
+        words = quoted.join(" "),
+        cur = words[cword],
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bash: {}", stderr(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completion_goes_past_the_first_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(CTL)
+        .args(["completions", "bash"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = dir.path().join("pbx-tokenctl.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    // A file whose name a fallback to file names would offer.
+    std::fs::write(dir.path().join("tenant-notes.txt"), "").unwrap();
+
+    let first = bash_complete(&script, &["pbx-tokenctl", "te"]);
+    assert_eq!(first, ["tenant"]);
+    let tenant = bash_complete(&script, &["pbx-tokenctl", "tenant", ""]);
+    for sub in [
+        "add", "list", "show", "update", "delete", "refresh", "import",
+    ] {
+        assert!(tenant.contains(&sub.to_owned()), "{sub} not in {tenant:?}");
+    }
+    assert!(!tenant.iter().any(|w| w.contains("notes")), "{tenant:?}");
+    let add = bash_complete(&script, &["pbx-tokenctl", "tenant", "add", "--base"]);
+    assert_eq!(add, ["--base-url"]);
+    let token = bash_complete(&script, &["pbx-tokenctl", "token", "report-rejected", "--"]);
+    assert!(token.contains(&"--token-stdin".to_owned()), "{token:?}");
+    let auth = bash_complete(&script, &["pbx-tokenctl", "auth", ""]);
+    assert!(auth.contains(&"begin".to_owned()) && auth.contains(&"complete".to_owned()));
+}
