@@ -1,4 +1,5 @@
-//! Building and running the gRPC routers: health and reflection (open),
+//! Building and running the gRPC routers: health and reflection (v1 and
+//! v1alpha; open),
 //! TokenService and AdminService behind the auth interceptor, with the
 //! `[grpc]` limits (decoded message size, streams and requests in progress
 //! per connection, per-request timeout). One router per listener: the TCP
@@ -52,10 +53,15 @@ pub fn router(
     limits: &GrpcConfig,
     listener: Listener,
 ) -> Result<Router, tonic_reflection::server::Error> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpc.reflection.v1 for current tools, and
+    // v1alpha for stock grpcio-reflection clients and older grpcurl.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let health = services.health.clone();
     let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
     let auth = |guard| match listener {
@@ -76,6 +82,7 @@ pub fn router(
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(tokens, auth(Guard::Tokens)))
         .add_service(InterceptedService::new(admin, auth(Guard::Admin))))
 }

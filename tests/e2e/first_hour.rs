@@ -141,3 +141,49 @@ fn bash_completion_goes_past_the_first_word() {
     let auth = bash_complete(&script, &["pbx-tokenctl", "auth", ""]);
     assert!(auth.contains(&"begin".to_owned()) && auth.contains(&"complete".to_owned()));
 }
+
+/// Lists the services over one reflection version's stream.
+macro_rules! list_services {
+    ($module:path, $channel:expr) => {{
+        use $module as pb;
+        let mut client = pb::server_reflection_client::ServerReflectionClient::new($channel);
+        let request = pb::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(pb::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("reflection is served")
+            .into_inner();
+        let answer = answers.message().await.unwrap().expect("one answer");
+        match answer.message_response {
+            Some(pb::server_reflection_response::MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("not a service list: {other:?}"),
+        }
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_is_served_as_v1_and_v1alpha() {
+    let d = TestDaemon::start(|_| {}).await;
+    let v1 = list_services!(tonic_reflection::pb::v1, d.channel.clone());
+    let v1alpha = list_services!(tonic_reflection::pb::v1alpha, d.channel.clone());
+    for services in [&v1, &v1alpha] {
+        for name in ["pbxtokend.v1.TokenService", "pbxtokend.v1.AdminService"] {
+            assert!(services.iter().any(|s| s == name), "{name} in {services:?}");
+        }
+    }
+    assert!(
+        v1alpha
+            .iter()
+            .any(|s| s == "grpc.reflection.v1alpha.ServerReflection"),
+        "{v1alpha:?}"
+    );
+}
