@@ -187,3 +187,40 @@ async fn reflection_is_served_as_v1_and_v1alpha() {
         "{v1alpha:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_valid_longer_than_a_token_lives_is_refused_without_a_fetch() {
+    let sim = sim_with_lifetime(60).await;
+    let d = TestDaemon::start(|_| {}).await;
+    let app = d.add_tenant(&sim, "acme").await;
+    let grants = sim.sim.token_requests_for(&app);
+    let ask = |secs: u32| {
+        let mut tokens = d.tokens();
+        async move {
+            tokens
+                .get_token(pbx_tokend::proto::GetTokenRequest {
+                    tenant_id: "acme".into(),
+                    min_valid_seconds: secs,
+                })
+                .await
+        }
+    };
+    for _ in 0..6 {
+        let e = ask(7200).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let m = e.message();
+        assert!(
+            m.contains("min_valid_seconds") && m.contains("(60 s") && m.contains("acme"),
+            "{m}"
+        );
+    }
+    // Exactly the lifetime: no token could be valid that long either.
+    assert_eq!(
+        ask(60).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    // Within the lifetime: served from memory; 0 is the configured default.
+    ask(30).await.unwrap();
+    ask(0).await.unwrap();
+    assert_eq!(sim.sim.token_requests_for(&app), grants, "no PBX request");
+}
