@@ -224,3 +224,34 @@ async fn min_valid_longer_than_a_token_lives_is_refused_without_a_fetch() {
     ask(0).await.unwrap();
     assert_eq!(sim.sim.token_requests_for(&app), grants, "no PBX request");
 }
+
+#[test]
+fn start_up_errors_are_one_plain_line() {
+    // check-config on a missing file: the error once.
+    let out = Command::new(env!("CARGO_BIN_EXE_pbx-tokend"))
+        .args(["--config", "/nonexistent/pbx-tokend.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/pbx-tokend.toml"), "{err}");
+
+    // pbx-sim on a taken address, with RUST_BACKTRACE set: no backtrace.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_pbx-sim"))
+        .args(["--listen", &addr])
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&addr) && err.contains("in use"), "{err}");
+    assert!(
+        !err.contains("Stack backtrace") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
