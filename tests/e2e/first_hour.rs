@@ -255,3 +255,16 @@ fn start_up_errors_are_one_plain_line() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_without_a_scheme_is_accepted() {
+    let d = TestDaemon::start(|_| {}).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let bare = d.endpoint().trim_start_matches("http://").to_owned();
+    let mut cmd = ctl(cwd.path(), &bare, &["tenant", "list"]);
+    cmd.env("PBX_TOKEND_API_KEY", &d.admin_key);
+    let out = output(cmd).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = output(ctl(cwd.path(), "grpc://127.0.0.1:1", &["tenant", "list"])).await;
+    assert_eq!(out.status.code(), Some(2), "usage error: {}", stderr(&out));
+}

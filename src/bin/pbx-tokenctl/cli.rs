@@ -32,7 +32,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// gRPC endpoint of the daemon: http://HOST:PORT, https://HOST:PORT
-    /// (TLS), or unix:/PATH for the local admin socket.
+    /// (TLS), or unix:/PATH for the local admin socket. HOST:PORT alone means
+    /// http://HOST:PORT.
     #[arg(
         long,
         global = true,

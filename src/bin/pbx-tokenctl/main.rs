@@ -220,8 +220,34 @@ fn tls_config(global: &cli::GlobalArgs) -> Result<ClientTlsConfig> {
     Ok(tls)
 }
 
+/// `--endpoint` as a URL: `HOST:PORT` without a scheme means plain
+/// `http://` (what `[grpc] listen` looks like, so operators paste it); a
+/// scheme other than http, https or unix is a usage error.
+fn endpoint_url(endpoint: &str) -> Result<String, CliError> {
+    let endpoint = endpoint.trim();
+    if endpoint.starts_with("http://")
+        || endpoint.starts_with("https://")
+        || endpoint.starts_with("unix:")
+    {
+        return Ok(endpoint.to_owned());
+    }
+    if let Some((scheme, _)) = endpoint.split_once("://") {
+        return Err(CliError::Usage(format!(
+            "--endpoint {endpoint:?}: unknown scheme {scheme:?}; use http://HOST:PORT, https://HOST:PORT (TLS) or unix:/PATH"
+        )));
+    }
+    if endpoint.is_empty() {
+        return Err(CliError::Usage(
+            "--endpoint is empty; use http://HOST:PORT, https://HOST:PORT (TLS) or unix:/PATH"
+                .into(),
+        ));
+    }
+    Ok(format!("http://{endpoint}"))
+}
+
 async fn connect(global: &cli::GlobalArgs) -> Result<Channel> {
-    let endpoint = global.endpoint.as_str();
+    let url = endpoint_url(&global.endpoint)?;
+    let endpoint = url.as_str();
     let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| CliError::Usage(format!("invalid --endpoint {endpoint:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -351,6 +377,17 @@ mod tests {
         assert_eq!(report(&anyhow::anyhow!("other")), 1);
         let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
         assert_eq!(report(&anyhow::Error::new(pipe)), BROKEN_PIPE_EXIT);
+    }
+
+    #[test]
+    fn endpoint_without_scheme_is_plain_http() {
+        let url = |s: &str| endpoint_url(s).map_err(|e| e.to_string());
+        assert_eq!(url("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051");
+        assert_eq!(url("[::1]:50051").unwrap(), "http://[::1]:50051");
+        assert_eq!(url("https://h:1").unwrap(), "https://h:1");
+        assert_eq!(url("unix:/run/x.sock").unwrap(), "unix:/run/x.sock");
+        assert!(url("grpc://h:1").unwrap_err().contains("unknown scheme"));
+        assert!(url(" ").is_err());
     }
 
     #[test]
