@@ -268,3 +268,30 @@ async fn endpoint_without_a_scheme_is_accepted() {
     let out = output(ctl(cwd.path(), "grpc://127.0.0.1:1", &["tenant", "list"])).await;
     assert_eq!(out.status.code(), Some(2), "usage error: {}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_during_an_outage_says_the_held_token_is_still_served() {
+    let sim = sim_with_lifetime(3600).await;
+    let d = TestDaemon::start(|_| {}).await;
+    d.add_tenant(&sim, "acme").await;
+    sim.sim.set_faults(pbx_tokend::sim::Faults {
+        outage: true,
+        ..Default::default()
+    });
+    let e = d
+        .admin()
+        .refresh_tenant(pbx_tokend::proto::RefreshTenantRequest {
+            tenant_id: "acme".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    let m = e.message();
+    assert!(
+        m.contains("refresh of tenant acme failed")
+            && m.contains("held token is still served (valid until"),
+        "{m}"
+    );
+    assert!(!m.contains("no valid token"), "{m}");
+    d.get_token("acme").await.unwrap();
+}
