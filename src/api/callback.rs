@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::audit::code_name;
 use super::status::onboarding_code;
+use super::wording::for_browser;
 use crate::audit::{action, Audit};
 use crate::onboarding::{CompleteInput, Onboarding, OnboardingError};
 
@@ -107,7 +108,14 @@ async fn callback(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response {
                         &denial.message,
                     )
                     .await;
-                page(StatusCode::OK, "Access not granted", &denial.message)
+                page(
+                    StatusCode::OK,
+                    "Access not granted",
+                    &for_browser(
+                        "You did not allow access, so nothing was connected.",
+                        &denial.message,
+                    ),
+                )
             }
             Err(e) => {
                 audit_failure(&audit, &e).await;
@@ -163,18 +171,39 @@ async fn not_found() -> Response {
     )
 }
 
+/// The page reads first in plain words for the PBX user, then the detail
+/// for the operator (commands, not RPC names).
 fn failure(e: &OnboardingError) -> Response {
-    let status = match e {
-        OnboardingError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        OnboardingError::NotFound(_) => StatusCode::NOT_FOUND,
-        OnboardingError::FailedPrecondition(_) => StatusCode::CONFLICT,
-        OnboardingError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    let (status, plain) = match e {
+        OnboardingError::InvalidArgument(_) => (
+            StatusCode::BAD_REQUEST,
+            "This link is damaged or incomplete.",
+        ),
+        OnboardingError::NotFound(_) => (
+            StatusCode::NOT_FOUND,
+            "This link is for an account that is not set up here any more.",
+        ),
+        OnboardingError::FailedPrecondition(_) => (
+            StatusCode::CONFLICT,
+            "This authorization link cannot be used any more.",
+        ),
+        OnboardingError::Unavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The PBX could not be reached to finish connecting; reload this page in a few minutes to try again.",
+        ),
         OnboardingError::Store(_) | OnboardingError::Internal(_) => {
             tracing::error!("callback: {e}");
-            StatusCode::INTERNAL_SERVER_ERROR
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on the server; nothing needs to be done in the PBX.",
+            )
         }
     };
-    page(status, "Connection failed", &e.to_string())
+    page(
+        status,
+        "Connection failed",
+        &for_browser(plain, &e.to_string()),
+    )
 }
 
 /// A complete, plain page; `title` and `message` are escaped here.

@@ -17,3 +17,4 @@ pub mod server_status;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod wording;

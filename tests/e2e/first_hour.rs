@@ -295,3 +295,34 @@ async fn refresh_during_an_outage_says_the_held_token_is_still_served() {
     assert!(!m.contains("no valid token"), "{m}");
     d.get_token("acme").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_browsers_read_commands_and_plain_words_not_rpcs() {
+    let d = TestDaemon::start(|c| c.callback.listen = Some("127.0.0.1:0".into())).await;
+    let cwd = tempfile::tempdir().unwrap();
+    // The status message names the RPC (a program reads it) ...
+    let e = d.get_token("nobody").await.unwrap_err();
+    assert!(e.message().contains("CreateTenant"), "{}", e.message());
+    // ... the CLI shows the command.
+    let mut cmd = ctl(cwd.path(), &d.endpoint(), &["token", "get", "nobody"]);
+    cmd.env("PBX_TOKEND_API_KEY", &d.admin_key);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(err.contains("`pbx-tokenctl tenant add`"), "{err}");
+    assert!(!err.contains("CreateTenant"), "{err}");
+
+    // The callback page: plain words first, commands for the operator.
+    let addr = d.daemon.as_ref().unwrap().callback_addr().unwrap();
+    let page = reqwest::get(format!(
+        "http://{addr}/oauth/callback?state=unknownstate&code=c"
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(page.contains("cannot be used any more"), "{page}");
+    assert!(page.contains("pbx-tokenctl auth begin"), "{page}");
+    assert!(!page.contains("BeginAuthorization"), "{page}");
+}

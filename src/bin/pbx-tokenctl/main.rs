@@ -77,6 +77,8 @@ fn report(err: &anyhow::Error) -> u8 {
             } else {
                 status.message()
             };
+            // The daemon names RPCs for programs; an operator reads commands.
+            let message = pbx_tokend::api::wording::for_operator(message);
             eprintln!("error: {message} ({})", code_name(status.code()));
             return exit_code_for(status.code());
         }
