@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod callback;
 pub mod convert;
+pub mod oversize;
 pub mod serve;
 pub mod server_status;
 pub mod status;

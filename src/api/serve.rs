@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 
 use super::admin::AdminApi;
 use super::auth::{Authenticate, Guard};
@@ -46,13 +47,16 @@ pub enum Listener {
     },
 }
 
+/// A listener's router: every service behind the oversize-message layer.
+pub type ApiRouter = Router<Stack<super::oversize::OversizeLayer, Identity>>;
+
 /// The router for one listener. Fails only if the embedded descriptor sets
 /// for reflection are broken (a build problem).
 pub fn router(
     services: &Services,
     limits: &GrpcConfig,
     listener: Listener,
-) -> Result<Router, tonic_reflection::server::Error> {
+) -> Result<ApiRouter, tonic_reflection::server::Error> {
     // Both reflection versions: grpc.reflection.v1 for current tools, and
     // v1alpha for stock grpcio-reflection clients and older grpcurl.
     let reflection_builder = || {
@@ -75,6 +79,7 @@ pub fn router(
     let admin =
         AdminServiceServer::from_arc(services.admin.clone()).max_decoding_message_size(max_message);
     Ok(tonic::transport::Server::builder()
+        .layer(super::oversize::OversizeLayer)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .concurrency_limit_per_connection(
             usize::try_from(limits.concurrency_per_connection).unwrap_or(usize::MAX),

@@ -326,3 +326,18 @@ async fn operators_and_browsers_read_commands_and_plain_words_not_rpcs() {
     assert!(page.contains("pbx-tokenctl auth begin"), "{page}");
     assert!(!page.contains("BeginAuthorization"), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_names_the_setting() {
+    let d = TestDaemon::start(|c| c.grpc.max_message_bytes = 4096).await;
+    let e = d.get_token(&"x".repeat(10_000)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    assert!(
+        e.message().contains("[grpc] max_message_bytes"),
+        "{}",
+        e.message()
+    );
+    // Within the limit nothing changes.
+    let e = d.get_token("nobody").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}

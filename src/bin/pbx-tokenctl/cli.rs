@@ -14,7 +14,8 @@ Authentication:
   daemon writes its bootstrap admin key on first start. With none, no key is sent.
 
 Exit codes:
-  0 ok, 1 other error, 2 usage or invalid argument, 3 not found,
+  0 ok, 1 other error, 2 usage, invalid argument or out of range (a request
+  over the daemon's [grpc] max_message_bytes), 3 not found,
   4 failed precondition or already exists, 5 unavailable (daemon or PBX),
   6 unauthenticated or permission denied.";
 
