@@ -14,10 +14,12 @@ pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The I/O error is part of the message, deliberately not a `source`:
+    /// printing the chain would repeat it.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -371,9 +373,9 @@ impl Config {
         let text = match file {
             Some(path) => {
                 Some(
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                         path: path.to_owned(),
-                        source,
+                        error,
                     })?,
                 )
             }

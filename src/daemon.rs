@@ -329,8 +329,13 @@ impl Daemon {
                 .with_metrics(metrics.clone()),
             ),
             admin: Arc::new(
-                AdminApi::new(tenants.clone(), onboarding.clone(), clients.clone(), audit)
-                    .with_overview(overview.clone()),
+                AdminApi::new(
+                    tenants.clone(),
+                    onboarding.clone(),
+                    clients.clone(),
+                    audit.clone(),
+                )
+                .with_overview(overview.clone()),
             ),
             clients: clients.clone(),
             health: health_service,
@@ -381,6 +386,7 @@ impl Daemon {
                 let task = tokio::spawn(crate::api::callback::serve(
                     l,
                     onboarding.clone(),
+                    audit.clone(),
                     serving.clone(),
                 ));
                 tracing::info!(listen = %at, "OAuth callback listener serves GET /oauth/callback");

@@ -414,8 +414,45 @@ impl Tenants {
         Ok(())
     }
 
+    /// A forced refresh. When it fails while a valid token is held, the
+    /// answer says so: the token is still served (GetToken keeps working),
+    /// only the refresh failed.
     pub async fn refresh(&self, tenant_id: &str) -> Result<Arc<AccessToken>, AdminError> {
-        Ok(self.broker.force_refresh(tenant_id).await?)
+        match self.broker.force_refresh(tenant_id).await {
+            Ok(t) => Ok(t),
+            Err(TokenError::Unavailable {
+                tenant,
+                reason,
+                retry_at,
+            }) => {
+                let now = self.broker.clock().now();
+                let held = self
+                    .broker
+                    .watch(tenant_id)
+                    .ok()
+                    .and_then(|w| w.tokens.borrow().clone())
+                    .filter(|t| t.valid_for(now, 0));
+                match held {
+                    Some(t) => Err(AdminError::Unavailable {
+                        reason: format!(
+                            "the refresh of tenant {tenant} failed: {reason}; the held token is still served (valid until {}){}",
+                            t.expires_at,
+                            retry_at
+                                .map(|at| format!("; next attempt at {at}"))
+                                .unwrap_or_default()
+                        ),
+                        retry_at,
+                    }),
+                    None => Err(TokenError::Unavailable {
+                        tenant,
+                        reason,
+                        retry_at,
+                    }
+                    .into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

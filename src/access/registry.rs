@@ -259,12 +259,32 @@ impl Clients {
                 ),
             )
             .await;
+        let systemd_dir = std::env::var("STATE_DIRECTORY").ok();
         tracing::warn!(
             path = %path.display(),
             client = %info.client_id,
-            "no admin API client existed: wrote a bootstrap admin key; pbx-tokenctl on this host uses it"
+            "no admin API client existed: wrote a bootstrap admin key; {}",
+            cli_hint(state_dir, systemd_dir.as_deref())
         );
         Ok(Some(path))
+    }
+}
+
+/// What to tell the operator about using the bootstrap key: pbx-tokenctl
+/// looks in `./pbx-tokend-data`, `$STATE_DIRECTORY` (its own environment,
+/// so only when the operator's shell sets it) and the packaged
+/// `/var/lib/pbx-tokend`; anywhere else it must be told.
+fn cli_hint(state_dir: &Path, systemd_dir: Option<&str>) -> &'static str {
+    if state_dir == Path::new("/var/lib/pbx-tokend") {
+        "pbx-tokenctl run as root on this host finds it with no flags"
+    } else if state_dir == Path::new("pbx-tokend-data")
+        || state_dir == Path::new("./pbx-tokend-data")
+    {
+        "pbx-tokenctl run from this working directory finds it with no flags"
+    } else if systemd_dir.and_then(|s| s.split(':').next()) == state_dir.to_str() {
+        "pbx-tokenctl finds it where STATE_DIRECTORY names this directory; elsewhere pass --admin-key-file with this path"
+    } else {
+        "pass it to pbx-tokenctl with --admin-key-file and this path, or its content in PBX_TOKEND_API_KEY"
     }
 }
 

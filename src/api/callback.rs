@@ -5,6 +5,9 @@
 //! With it an operator onboards a tenant with the daemon and a browser only.
 //!
 //! Handlers only translate: query in, one `onboarding` call, page out.
+//! Each completion or denial is audited like `CompleteAuthorization`
+//! (action `authorization.complete`, client `oauth-callback`): the PBX
+//! user's browser holds no API key, so the listener is the caller.
 //! Everything shown is HTML-escaped; pages carry no script, no external
 //! resource, and `Referrer-Policy: no-referrer` (the URL holds the code).
 
@@ -19,30 +22,64 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::audit::code_name;
+use super::status::onboarding_code;
+use super::wording::for_browser;
+use crate::audit::{action, Audit};
 use crate::onboarding::{CompleteInput, Onboarding, OnboardingError};
 
 pub const CALLBACK_PATH: &str = "/oauth/callback";
 
+/// The audit log's "client" for completions that arrive through this
+/// listener.
+pub const CALLBACK_CLIENT: &str = "oauth-callback";
+
+/// Audit outcome of a flow the PBX user declined (a status name, as the
+/// other outcomes).
+const DENIED: &str = "PERMISSION_DENIED";
+
+#[derive(Clone)]
+struct Ctx {
+    onboarding: Arc<Onboarding>,
+    audit: Audit,
+}
+
 /// The callback routes; anything else answers a 404 page.
-pub fn router(onboarding: Arc<Onboarding>) -> Router {
+pub fn router(onboarding: Arc<Onboarding>, audit: Audit) -> Router {
     Router::new()
         .route(CALLBACK_PATH, get(callback))
         .fallback(not_found)
-        .with_state(onboarding)
+        .with_state(Ctx { onboarding, audit })
 }
 
 /// Serves until `stop` is cancelled, then finishes requests in flight.
 pub async fn serve(
     listener: TcpListener,
     onboarding: Arc<Onboarding>,
+    audit: Audit,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(onboarding))
+    axum::serve(listener, router(onboarding, audit))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }
 
-async fn callback(State(onboarding): State<Arc<Onboarding>>, RawQuery(q): RawQuery) -> Response {
+/// Records a failed completion or denial; the tenant is not known from a
+/// state that failed before its flow was found.
+async fn audit_failure(audit: &Audit, e: &OnboardingError) {
+    audit
+        .record(
+            CALLBACK_CLIENT,
+            action::AUTHORIZATION_COMPLETE,
+            None,
+            code_name(onboarding_code(e)),
+            &e.to_string(),
+        )
+        .await;
+}
+
+async fn callback(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response {
+    let Ctx { onboarding, audit } = ctx;
     // The first value of each parameter wins.
     let mut p: HashMap<String, String> = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
@@ -61,8 +98,29 @@ async fn callback(State(onboarding): State<Arc<Onboarding>>, RawQuery(q): RawQue
             .deny(state, error, get("error_description"))
             .await
         {
-            Ok(message) => page(StatusCode::OK, "Access not granted", &message),
-            Err(e) => failure(&e),
+            Ok(denial) => {
+                audit
+                    .record(
+                        CALLBACK_CLIENT,
+                        action::AUTHORIZATION_COMPLETE,
+                        Some(&denial.tenant_id),
+                        DENIED,
+                        &denial.message,
+                    )
+                    .await;
+                page(
+                    StatusCode::OK,
+                    "Access not granted",
+                    &for_browser(
+                        "You did not allow access, so nothing was connected.",
+                        &denial.message,
+                    ),
+                )
+            }
+            Err(e) => {
+                audit_failure(&audit, &e).await;
+                failure(&e)
+            }
         };
     }
     let Some(code) = get("code") else {
@@ -78,7 +136,17 @@ async fn callback(State(onboarding): State<Arc<Onboarding>>, RawQuery(q): RawQue
         code: code.to_owned(),
     };
     match onboarding.complete(input).await {
-        Ok(t) => page(
+        Ok(t) => {
+            audit
+                .record(
+                    CALLBACK_CLIENT,
+                    action::AUTHORIZATION_COMPLETE,
+                    Some(t.id.as_str()),
+                    crate::audit::OK,
+                    "",
+                )
+                .await;
+            page(
             StatusCode::OK,
             "Connected",
             &format!(
@@ -86,8 +154,12 @@ async fn callback(State(onboarding): State<Arc<Onboarding>>, RawQuery(q): RawQue
                 t.id,
                 t.pbx_user.as_ref().map_or("?", |u| u.login.as_str())
             ),
-        ),
-        Err(e) => failure(&e),
+        )
+        }
+        Err(e) => {
+            audit_failure(&audit, &e).await;
+            failure(&e)
+        }
     }
 }
 
@@ -99,18 +171,39 @@ async fn not_found() -> Response {
     )
 }
 
+/// The page reads first in plain words for the PBX user, then the detail
+/// for the operator (commands, not RPC names).
 fn failure(e: &OnboardingError) -> Response {
-    let status = match e {
-        OnboardingError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        OnboardingError::NotFound(_) => StatusCode::NOT_FOUND,
-        OnboardingError::FailedPrecondition(_) => StatusCode::CONFLICT,
-        OnboardingError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    let (status, plain) = match e {
+        OnboardingError::InvalidArgument(_) => (
+            StatusCode::BAD_REQUEST,
+            "This link is damaged or incomplete.",
+        ),
+        OnboardingError::NotFound(_) => (
+            StatusCode::NOT_FOUND,
+            "This link is for an account that is not set up here any more.",
+        ),
+        OnboardingError::FailedPrecondition(_) => (
+            StatusCode::CONFLICT,
+            "This authorization link cannot be used any more.",
+        ),
+        OnboardingError::Unavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The PBX could not be reached to finish connecting; reload this page in a few minutes to try again.",
+        ),
         OnboardingError::Store(_) | OnboardingError::Internal(_) => {
             tracing::error!("callback: {e}");
-            StatusCode::INTERNAL_SERVER_ERROR
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on the server; nothing needs to be done in the PBX.",
+            )
         }
     };
-    page(status, "Connection failed", &e.to_string())
+    page(
+        status,
+        "Connection failed",
+        &for_browser(plain, &e.to_string()),
+    )
 }
 
 /// A complete, plain page; `title` and `message` are escaped here.

@@ -1,4 +1,5 @@
-//! Building and running the gRPC routers: health and reflection (open),
+//! Building and running the gRPC routers: health and reflection (v1 and
+//! v1alpha; open),
 //! TokenService and AdminService behind the auth interceptor, with the
 //! `[grpc]` limits (decoded message size, streams and requests in progress
 //! per connection, per-request timeout, HTTP/2 keepalive). One router per
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 
 use super::admin::AdminApi;
 use super::auth::{Authenticate, Guard, SplitGetToken};
@@ -54,19 +56,30 @@ pub enum Listener {
     },
 }
 
+/// A listener's router: every service behind the oversize-message layer.
+pub type ApiRouter = Router<Stack<super::oversize::OversizeLayer, Identity>>;
+
 /// The router for one listener. Fails only if the embedded descriptor sets
 /// for reflection are broken (a build problem).
 pub fn router(
     services: &Services,
     limits: &GrpcConfig,
     listener: Listener,
-) -> Result<Router, tonic_reflection::server::Error> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+) -> Result<ApiRouter, tonic_reflection::server::Error> {
+    // Both reflection versions: grpc.reflection.v1 for current tools, and
+    // v1alpha for stock grpcio-reflection clients and older grpcurl.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection =
+        CapUnauthenticated::new(reflection_builder().build_v1()?, services.streams.clone());
+    let reflection_v1alpha = CapUnauthenticated::new(
+        reflection_builder().build_v1alpha()?,
+        services.streams.clone(),
+    );
     let health = CapUnauthenticated::new(services.health.clone(), services.streams.clone());
-    let reflection = CapUnauthenticated::new(reflection, services.streams.clone());
     let max_message = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
     let authenticate = |guard| match listener {
         Listener::Tcp => Authenticate::new(services.clients.clone(), guard),
@@ -84,6 +97,7 @@ pub fn router(
     let admin =
         AdminServiceServer::from_arc(services.admin.clone()).max_decoding_message_size(max_message);
     Ok(tonic::transport::Server::builder()
+        .layer(super::oversize::OversizeLayer)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .concurrency_limit_per_connection(
             usize::try_from(limits.concurrency_per_connection).unwrap_or(usize::MAX),
@@ -95,6 +109,7 @@ pub fn router(
         .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(SplitGetToken::new(
             InterceptedService::new(
                 tokens.clone(),

@@ -81,6 +81,22 @@ impl From<AdminError> for Status {
     }
 }
 
+/// The code `Status::from(e)` carries, for recording an onboarding outcome
+/// that is not answered over gRPC (the callback listener audits it the same
+/// way as CompleteAuthorization).
+pub fn onboarding_code(e: &OnboardingError) -> Code {
+    match e {
+        OnboardingError::InvalidArgument(_) => Code::InvalidArgument,
+        OnboardingError::NotFound(_) | OnboardingError::Store(StoreError::TenantNotFound(_)) => {
+            Code::NotFound
+        }
+        OnboardingError::FailedPrecondition(_) => Code::FailedPrecondition,
+        OnboardingError::Unavailable { .. } => Code::Unavailable,
+        OnboardingError::Store(StoreError::TenantExists(_)) => Code::AlreadyExists,
+        OnboardingError::Store(_) | OnboardingError::Internal(_) => Code::Internal,
+    }
+}
+
 impl From<OnboardingError> for Status {
     fn from(e: OnboardingError) -> Self {
         match e {
@@ -120,4 +136,30 @@ impl From<ClientError> for Status {
 /// A storage failure outside the tenant use cases (audit listing).
 pub fn storage(e: StoreError) -> Status {
     store(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onboarding_code_is_the_status_code() {
+        let samples = || {
+            vec![
+                OnboardingError::InvalidArgument(ValidationError::new("code", "is empty")),
+                OnboardingError::NotFound("acme".into()),
+                OnboardingError::FailedPrecondition("used".into()),
+                OnboardingError::Unavailable {
+                    reason: "down".into(),
+                    retry_at: None,
+                },
+                OnboardingError::Store(StoreError::TenantExists("acme".into())),
+                OnboardingError::Store(StoreError::TenantNotFound("acme".into())),
+                OnboardingError::Internal("bug".into()),
+            ]
+        };
+        for (by_ref, by_value) in samples().iter().zip(samples()) {
+            assert_eq!(onboarding_code(by_ref), Status::from(by_value).code());
+        }
+    }
 }

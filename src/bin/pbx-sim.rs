@@ -66,8 +66,29 @@ struct Args {
     oauth_max_concurrent: Option<u32>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Start-up errors (address in use, a bad seed file) are reported as one
+/// plain line, never as a panic or a backtrace (even with RUST_BACKTRACE).
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx-sim: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pbx-sim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -105,7 +126,12 @@ async fn main() -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another pbx-sim running there? pick another --listen)",
+                args.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let base = base_url(addr);
     tracing::info!(%addr, apps = sim.app_count(), "pbx-sim listening");

@@ -11,6 +11,7 @@
 
 mod abandoned;
 mod jitter;
+mod min_valid;
 mod slot;
 mod startup;
 pub mod unstored;
@@ -304,7 +305,11 @@ impl Broker {
         if let Some(token) = slot.servable_token(now, min_valid_ms) {
             return Ok(token);
         }
-        self.refresh(&slot, Need::MinValid(min_valid_ms)).await
+        // An ask no token can satisfy is refused, not fetched for (min_valid.rs).
+        min_valid::check(slot.id(), min_valid_secs, slot.token().as_deref())?;
+        let token = self.refresh(&slot, Need::MinValid(min_valid_ms)).await?;
+        min_valid::check(slot.id(), min_valid_secs, Some(&token))?;
+        Ok(token)
     }
 
     /// A caller saw `rejected` fail at the PBX. Fetch once, however many

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::api::serve::ApiRouter;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Router;
 
 use super::DaemonError;
 use crate::api::accept::{self, AcceptSettings};
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 /// Serves `router` on `listener` until `serving` is cancelled. Warns first
 /// when the descriptor limit cannot carry `grpc.max_connections`.
 pub(super) fn spawn_server(
-    router: Router,
+    router: ApiRouter,
     listener: TcpListener,
     config: &Config,
     tls: Option<&Arc<ReloadableTls>>,

@@ -35,6 +35,14 @@ use crate::store::{Flow, FlowStep, FlowUpdate, StoreError};
 pub use authorize::{authorization_url, state_hash};
 pub use crash_hook::{CrashHook, CRASH_HOOK_VAR, CRASH_MARKER};
 
+/// A flow the PBX user declined, as `deny` ended it.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub tenant_id: String,
+    /// What to show the user (secret-free).
+    pub message: String,
+}
+
 /// Why an onboarding call did not succeed. Messages say what happened and
 /// what to do next; they never hold a state, code, token or secret.
 #[derive(Debug, thiserror::Error)]
@@ -330,13 +338,14 @@ impl Onboarding {
     }
 
     /// The PBX answered the authorization request with `error` (the user
-    /// denied access: `access_denied`). Ends the flow; returns what to show.
+    /// denied access: `access_denied`). Ends the flow; returns the tenant
+    /// (for the audit log) and what to show.
     pub async fn deny(
         &self,
         state: &str,
         error: &str,
         description: Option<&str>,
-    ) -> Result<String, OnboardingError> {
+    ) -> Result<Denial, OnboardingError> {
         authorize::validate_state(state)?;
         let hash = authorize::state_hash(state);
         let lookup = || async {
@@ -374,7 +383,10 @@ impl Onboarding {
             )
             .await?;
         tracing::warn!(tenant = %id, "authorization ended: {message}");
-        Ok(message)
+        Ok(Denial {
+            tenant_id: id.to_string(),
+            message,
+        })
     }
 
     /// Start-up: resumes every flow a crash interrupted between the code

@@ -271,9 +271,13 @@ async fn status_import_and_completions() {
     assert_eq!(report["imported"], 6);
     let failed = report["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 2, "{report}");
-    assert_eq!(failed[0]["row"], 7);
+    // Numbered by file line (the header is line 1).
+    assert_eq!(failed[0]["row"], 8);
     assert_eq!(failed[0]["tenant_id"], "bad1");
+    assert_eq!(failed[1]["row"], 9);
     assert_eq!(failed[1]["code"], "INVALID_ARGUMENT");
+    let short = failed[1]["message"].as_str().unwrap();
+    assert!(short.contains("has 2 fields, the header has 5"), "{short}");
     // Mixed classes: exit code 1; no secret anywhere in the output.
     assert_eq!(out.status.code(), Some(1));
     let all = format!(
@@ -284,6 +288,20 @@ async fn status_import_and_completions() {
     for s in &secrets {
         assert!(!all.contains(s.as_str()));
     }
+
+    // As text: each failure once (the table), then one summary line.
+    let bad_only = ctl.write(
+        "bad.csv",
+        "tenant_id,base_url,display_name,trusted_client_id,trusted_client_secret\nbad2,not a url\n",
+    );
+    let out = ctl.run(&["tenant", "import", &bad_only], None).await;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(all.matches("has 2 fields").count(), 1, "{all}");
+    assert!(all.contains("LINE"), "{all}");
 
     // Again, as JSON input: the six exist now; --skip-existing skips them.
     let rows: Vec<Value> = csv

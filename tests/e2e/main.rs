@@ -15,6 +15,7 @@ mod cli;
 mod credential;
 mod echoed_secrets;
 mod failures;
+mod first_hour;
 mod full_disk;
 mod hardening_transport;
 mod health;

@@ -12,6 +12,22 @@ use tonic::Code;
 use crate::harness::*;
 use crate::onboarding::{add_pending, begin, complete, REDIRECT};
 
+/// Audit events written by the callback listener, oldest first.
+async fn callback_audit(d: &TestDaemon) -> Vec<proto::AuditEvent> {
+    let mut events = d
+        .admin()
+        .list_audit_events(proto::ListAuditEventsRequest {
+            client_id: "oauth-callback".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    events.reverse();
+    events
+}
+
 async fn with_callback() -> (TestDaemon, String) {
     let d = TestDaemon::start(|c| c.callback.listen = Some("127.0.0.1:0".into())).await;
     let addr = d.daemon.as_ref().unwrap().callback_addr().unwrap();
@@ -87,6 +103,18 @@ async fn full_flow_via_the_callback_listener() {
     assert_eq!(resp.status(), 409);
     assert!(resp.text().await.unwrap().contains("already used"));
     assert_eq!(sim.sim.created_apps().len(), 1);
+
+    // Both completions audited as CompleteAuthorization would be.
+    let events = callback_audit(&d).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].action, "authorization.complete");
+    assert_eq!(
+        (events[0].tenant_id.as_str(), events[0].outcome.as_str()),
+        ("web", "ok")
+    );
+    assert_eq!(events[1].outcome, "FAILED_PRECONDITION");
+    assert!(events[1].detail.contains("already used"), "{events:?}");
+    assert!(!events.iter().any(|e| e.detail.contains(&b.state)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,6 +140,12 @@ async fn user_denies_access() {
     let t = d.tenant("no").await;
     assert_eq!(t.state, proto::TenantState::PendingAuthorization as i32);
     assert!(t.last_error.contains("denied access"), "{}", t.last_error);
+    let events = callback_audit(&d).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].action, "authorization.complete");
+    assert_eq!(events[0].tenant_id, "no");
+    assert_eq!(events[0].outcome, "PERMISSION_DENIED");
+    assert!(events[0].detail.contains("denied access"), "{events:?}");
     assert!(sim.sim.created_apps().is_empty());
     // The denied state is used up, even with a good code.
     let code = sim.sim.approve(&public.client_id, &redirect).unwrap();

@@ -9,11 +9,13 @@ const AFTER_HELP: &str = "\
 Authentication:
   Every call carries `authorization: Bearer <key>` when a key is known. The key
   is taken from --api-key / PBX_TOKEND_API_KEY, else from --admin-key-file, else
-  from ./pbx-tokend-data/admin.key, else from $STATE_DIRECTORY/admin.key (the
-  bootstrap admin key the daemon writes on first start). With none, no key is sent.
+  from the first readable of ./pbx-tokend-data/admin.key, $STATE_DIRECTORY/admin.key
+  and /var/lib/pbx-tokend/admin.key (the packaged unit's; root only), where the
+  daemon writes its bootstrap admin key on first start. With none, no key is sent.
 
 Exit codes:
-  0 ok, 1 other error, 2 usage or invalid argument, 3 not found,
+  0 ok, 1 other error, 2 usage, invalid argument or out of range (a request
+  over the daemon's [grpc] max_message_bytes), 3 not found,
   4 failed precondition or already exists, 5 unavailable (daemon or PBX),
   6 unauthenticated or permission denied.";
 
@@ -31,7 +33,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// gRPC endpoint of the daemon: http://HOST:PORT, https://HOST:PORT
-    /// (TLS), or unix:/PATH for the local admin socket.
+    /// (TLS), or unix:/PATH for the local admin socket. HOST:PORT alone means
+    /// http://HOST:PORT.
     #[arg(
         long,
         global = true,
@@ -68,7 +71,8 @@ pub struct GlobalArgs {
 
     /// File holding the API key (the key alone on one line), used when no
     /// --api-key is given. Default: ./pbx-tokend-data/admin.key, then
-    /// $STATE_DIRECTORY/admin.key, when they exist.
+    /// $STATE_DIRECTORY/admin.key, then /var/lib/pbx-tokend/admin.key, when
+    /// they exist.
     #[arg(
         long,
         global = true,

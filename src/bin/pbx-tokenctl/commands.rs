@@ -54,8 +54,29 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     use clap::CommandFactory;
     let mut cmd = crate::cli::Cli::command();
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "pbx-tokenctl", &mut out);
-    emit(&String::from_utf8_lossy(&out))
+    clap_complete::generate(shell, &mut cmd, BIN_NAME, &mut out);
+    let script = String::from_utf8_lossy(&out);
+    if shell == clap_complete::Shell::Bash {
+        return emit(&fix_bash_case_labels(&script, BIN_NAME));
+    }
+    emit(&script)
+}
+
+const BIN_NAME: &str = "pbx-tokenctl";
+
+/// clap_complete (4.6) names the bash states after the binary with `-` made
+/// `__` where it assigns `cmd=...`, but `__subcmd__` in the `case "${cmd}"`
+/// labels that pick the options, so for a hyphenated binary name no
+/// sub-command state ever matches and `pbx-tokenctl tenant <TAB>` falls back
+/// to file names. Rewrite the labels' spelling to the assigned one. Harmless
+/// once clap_complete is fixed: the wrong spelling then no longer occurs.
+fn fix_bash_case_labels(script: &str, bin: &str) -> String {
+    let assigned = bin.replace('-', "__");
+    let labelled = bin.replace('-', "__subcmd__");
+    if assigned == labelled {
+        return script.to_owned();
+    }
+    script.replace(&labelled, &assigned)
 }
 
 // ---------------------------------------------------------------- output

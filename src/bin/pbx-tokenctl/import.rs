@@ -1,8 +1,8 @@
 //! `pbx-tokenctl tenant import FILE`: many CreateTenant calls from a CSV or
 //! JSON file, a few at a time, with a progress bar on a terminal. A row
-//! that fails (bad input, duplicate, PBX refusal) is reported with its row
-//! number and the import goes on; the summary says what happened to every
-//! row.
+//! that fails (bad input, duplicate, PBX refusal) is reported once, in the
+//! summary, with its line in the file (JSON: its position in the array),
+//! and the import goes on; the summary says what happened to every row.
 //!
 //! The file carries client secrets: they are read into memory, sent to the
 //! daemon and wiped; never printed.
@@ -48,7 +48,8 @@ impl Drop for Row {
 /// A row that did not become a tenant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// 1-based data row (CSV: the header is row 0; JSON: array index + 1).
+    /// Where it is in the file: CSV the 1-based file line (the header is
+    /// line 1), JSON the 1-based array position.
     pub row: usize,
     pub tenant_id: String,
     pub code: Code,
@@ -74,8 +75,19 @@ fn read_input(path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// A row's place in the file and the row, or the reason it is not one.
+type Parsed = (usize, Result<Row, String>);
+
+/// What a row's number counts in each format.
+fn row_label(format: ImportFormat) -> &'static str {
+    match format {
+        ImportFormat::Csv => "line",
+        ImportFormat::Json => "item",
+    }
+}
+
 /// Rows, each parsed or with the reason it could not be.
-fn parse(text: &str, format: ImportFormat) -> Result<Vec<Result<Row, String>>> {
+fn parse(text: &str, format: ImportFormat) -> Result<Vec<Parsed>> {
     match format {
         ImportFormat::Json => {
             let values: Vec<Value> = serde_json::from_str(text).map_err(|e| {
@@ -83,24 +95,57 @@ fn parse(text: &str, format: ImportFormat) -> Result<Vec<Result<Row, String>>> {
             })?;
             Ok(values
                 .into_iter()
-                .map(|v| serde_json::from_value::<Row>(v).map_err(|e| e.to_string()))
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        i + 1,
+                        serde_json::from_value::<Row>(v).map_err(|e| e.to_string()),
+                    )
+                })
                 .collect())
         }
         ImportFormat::Csv => {
             let mut reader = csv::ReaderBuilder::new()
                 .trim(csv::Trim::All)
                 .from_reader(text.as_bytes());
-            Ok(reader
-                .deserialize::<Row>()
-                .map(|r| {
-                    r.map_err(|e| match e.kind() {
-                        // The position is the row number; the text would
-                        // quote the record, secret included.
-                        csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
-                        _ => "malformed CSV record".to_owned(),
-                    })
-                })
-                .collect())
+            let headers = reader
+                .headers()
+                .map_err(|e| CliError::Usage(format!("cannot read the CSV header line: {e}")))?
+                .clone();
+            let mut rows = Vec::new();
+            let mut last_line = 1;
+            for record in reader.records() {
+                let parsed = match record {
+                    Ok(r) => {
+                        let line = r.position().map_or(last_line + 1, |p| p.line() as usize);
+                        // The message never quotes the record: it holds a secret.
+                        (
+                            line,
+                            r.deserialize::<Row>(Some(&headers))
+                                .map_err(|e| match e.kind() {
+                                    csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
+                                    _ => "malformed CSV record".to_owned(),
+                                }),
+                        )
+                    }
+                    Err(e) => {
+                        let line = e.position().map_or(last_line + 1, |p| p.line() as usize);
+                        let reason = match e.kind() {
+                            csv::ErrorKind::UnequalLengths {
+                                expected_len, len, ..
+                            } => format!(
+                                "has {len} fields, the header has {expected_len} ({})",
+                                headers.iter().collect::<Vec<_>>().join(",")
+                            ),
+                            _ => "malformed CSV record".to_owned(),
+                        };
+                        (line, Err(reason))
+                    }
+                };
+                last_line = parsed.0;
+                rows.push(parsed);
+            }
+            Ok(rows)
         }
     }
 }
@@ -148,7 +193,8 @@ async fn create(ctx: &Ctx, row: Row, skip_existing: bool) -> Result<(), (Code, S
 
 pub async fn run(ctx: &Ctx, a: TenantImportArgs) -> Result<()> {
     let mut text = read_input(&a.file)?;
-    let rows = parse(&text, format_of(&a));
+    let format = format_of(&a);
+    let rows = parse(&text, format);
     text.zeroize();
     let rows = rows?;
     let total = rows.len();
@@ -162,13 +208,13 @@ pub async fn run(ctx: &Ctx, a: TenantImportArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let skip_existing = a.skip_existing;
-    let outcomes: Vec<Outcome> = futures::stream::iter(rows.into_iter().enumerate())
+    let outcomes: Vec<Outcome> = futures::stream::iter(rows)
         .map(|(i, row)| {
             let bar = bar.clone();
             async move {
                 let outcome = match row {
                     Err(reason) => Outcome::Failed(Failure {
-                        row: i + 1,
+                        row: i,
                         tenant_id: String::new(),
                         code: Code::InvalidArgument,
                         message: reason,
@@ -179,7 +225,7 @@ pub async fn run(ctx: &Ctx, a: TenantImportArgs) -> Result<()> {
                             Ok(()) => Outcome::Imported,
                             Err((Code::Ok, _)) => Outcome::Skipped,
                             Err((code, message)) => Outcome::Failed(Failure {
-                                row: i + 1,
+                                row: i,
                                 tenant_id,
                                 code,
                                 message,
@@ -187,26 +233,6 @@ pub async fn run(ctx: &Ctx, a: TenantImportArgs) -> Result<()> {
                         }
                     }
                 };
-                if let Outcome::Failed(f) = &outcome {
-                    let line = format!(
-                        "row {} ({}): {}: {}",
-                        f.row,
-                        if f.tenant_id.is_empty() {
-                            "?"
-                        } else {
-                            &f.tenant_id
-                        },
-                        code_name(f.code),
-                        f.message
-                    );
-                    if bar.is_hidden() {
-                        if !ctx.json {
-                            eprintln!("{line}");
-                        }
-                    } else {
-                        bar.println(line);
-                    }
-                }
                 bar.inc(1);
                 outcome
             }
@@ -215,10 +241,11 @@ pub async fn run(ctx: &Ctx, a: TenantImportArgs) -> Result<()> {
         .collect()
         .await;
     bar.finish_and_clear();
-    summarize(ctx, total, outcomes)
+    summarize(ctx, total, outcomes, row_label(format))
 }
 
-fn summarize(ctx: &Ctx, total: usize, outcomes: Vec<Outcome>) -> Result<()> {
+/// The one report of every failure (stdout), then a one-line error.
+fn summarize(ctx: &Ctx, total: usize, outcomes: Vec<Outcome>, label: &str) -> Result<()> {
     let imported = outcomes
         .iter()
         .filter(|o| matches!(o, Outcome::Imported))
@@ -274,7 +301,8 @@ fn summarize(ctx: &Ctx, total: usize, outcomes: Vec<Outcome>) -> Result<()> {
                 })
                 .collect();
             text.push('\n');
-            text.push_str(&render_table(&["ROW", "TENANT", "CODE", "ERROR"], &rows));
+            let label = label.to_uppercase();
+            text.push_str(&render_table(&[&label, "TENANT", "CODE", "ERROR"], &rows));
         }
         emit(&text)?;
     }
@@ -283,7 +311,7 @@ fn summarize(ctx: &Ctx, total: usize, outcomes: Vec<Outcome>) -> Result<()> {
     }
     Err(CliError::Partial(
         exit_code(&failed),
-        format!("{} of {total} rows failed", failed.len()),
+        format!("{} of {total} rows failed (listed above)", failed.len()),
     )
     .into())
 }
@@ -307,10 +335,12 @@ mod tests {
                     beta,https://pbx.example.com,app-2\n";
         let rows = parse(text, ImportFormat::Csv).unwrap();
         assert_eq!(rows.len(), 2);
-        let first = rows[0].as_ref().map_err(|e| e.clone()).unwrap();
+        assert_eq!((rows[0].0, rows[1].0), (2, 3), "numbered by file line");
+        let first = rows[0].1.as_ref().map_err(|e| e.clone()).unwrap();
         assert_eq!(first.base_url, "https://pbx.example.com");
-        let err = rows[1].as_ref().err().unwrap();
+        let err = rows[1].1.as_ref().err().unwrap();
         assert!(!err.contains("app-2"), "{err}");
+        assert!(err.contains("has 3 fields, the header has 4"), "{err}");
     }
 
     #[test]
@@ -318,8 +348,9 @@ mod tests {
         let text = r#"[{"tenant_id":"a","pbx_base_url":"https://x","trusted_client_id":"i","trusted_client_secret":"s","display_name":"A"},
                        {"tenant_id":"b"}]"#;
         let rows = parse(text, ImportFormat::Json).unwrap();
-        assert!(rows[0].is_ok());
-        assert!(rows[1].is_err());
+        assert!(rows[0].1.is_ok());
+        assert!(rows[1].1.is_err());
+        assert_eq!(rows[1].0, 2);
         assert!(parse("{}", ImportFormat::Json).is_err());
     }
 

@@ -77,6 +77,8 @@ fn report(err: &anyhow::Error) -> u8 {
             } else {
                 status.message()
             };
+            // The daemon names RPCs for programs; an operator reads commands.
+            let message = pbx_tokend::api::wording::for_operator(message);
             eprintln!("error: {message} ({})", code_name(status.code()));
             return exit_code_for(status.code());
         }
@@ -220,8 +222,34 @@ fn tls_config(global: &cli::GlobalArgs) -> Result<ClientTlsConfig> {
     Ok(tls)
 }
 
+/// `--endpoint` as a URL: `HOST:PORT` without a scheme means plain
+/// `http://` (what `[grpc] listen` looks like, so operators paste it); a
+/// scheme other than http, https or unix is a usage error.
+fn endpoint_url(endpoint: &str) -> Result<String, CliError> {
+    let endpoint = endpoint.trim();
+    if endpoint.starts_with("http://")
+        || endpoint.starts_with("https://")
+        || endpoint.starts_with("unix:")
+    {
+        return Ok(endpoint.to_owned());
+    }
+    if let Some((scheme, _)) = endpoint.split_once("://") {
+        return Err(CliError::Usage(format!(
+            "--endpoint {endpoint:?}: unknown scheme {scheme:?}; use http://HOST:PORT, https://HOST:PORT (TLS) or unix:/PATH"
+        )));
+    }
+    if endpoint.is_empty() {
+        return Err(CliError::Usage(
+            "--endpoint is empty; use http://HOST:PORT, https://HOST:PORT (TLS) or unix:/PATH"
+                .into(),
+        ));
+    }
+    Ok(format!("http://{endpoint}"))
+}
+
 async fn connect(global: &cli::GlobalArgs) -> Result<Channel> {
-    let endpoint = global.endpoint.as_str();
+    let url = endpoint_url(&global.endpoint)?;
+    let endpoint = url.as_str();
     let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| CliError::Usage(format!("invalid --endpoint {endpoint:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -269,6 +297,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let key = secrets::resolve_api_key(&cli.global)?;
     let auth = Auth::new(key.as_ref().map(|k| k.as_str()))?;
+    let sent_key = key.is_some();
     drop(key);
     let channel = match &cli.global.socket {
         Some(path) => connect_socket(path).await?,
@@ -280,7 +309,25 @@ async fn run(cli: Cli) -> Result<()> {
         timeout: Duration::from_secs(cli.global.timeout.max(1)),
         json: cli.global.json,
     };
-    commands::dispatch(&ctx, cli.command).await
+    let result = commands::dispatch(&ctx, cli.command).await;
+    if sent_key {
+        return result;
+    }
+    result.map_err(explain_missing_key)
+}
+
+/// The daemon's "no API key" speaks to programs; an operator whose CLI found
+/// no key wants to know where it looked and how to give it one.
+fn explain_missing_key(err: anyhow::Error) -> anyhow::Error {
+    let unauthenticated = err
+        .chain()
+        .filter_map(|c| c.downcast_ref::<Status>())
+        .any(|s| s.code() == Code::Unauthenticated);
+    if !unauthenticated {
+        return err;
+    }
+    let state_dir = std::env::var("STATE_DIRECTORY").ok();
+    Status::unauthenticated(secrets::missing_key_message(state_dir.as_deref())).into()
 }
 
 fn main() -> ExitCode {
@@ -332,6 +379,17 @@ mod tests {
         assert_eq!(report(&anyhow::anyhow!("other")), 1);
         let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
         assert_eq!(report(&anyhow::Error::new(pipe)), BROKEN_PIPE_EXIT);
+    }
+
+    #[test]
+    fn endpoint_without_scheme_is_plain_http() {
+        let url = |s: &str| endpoint_url(s).map_err(|e| e.to_string());
+        assert_eq!(url("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051");
+        assert_eq!(url("[::1]:50051").unwrap(), "http://[::1]:50051");
+        assert_eq!(url("https://h:1").unwrap(), "https://h:1");
+        assert_eq!(url("unix:/run/x.sock").unwrap(), "unix:/run/x.sock");
+        assert!(url("grpc://h:1").unwrap_err().contains("unknown scheme"));
+        assert!(url(" ").is_err());
     }
 
     #[test]

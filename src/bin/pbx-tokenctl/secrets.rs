@@ -65,9 +65,15 @@ fn read_stdin(what: &str) -> Result<Zeroizing<String>> {
     Ok(buf)
 }
 
+/// The state directory the packaged unit uses (`StateDirectory=pbx-tokend`).
+/// Under `DynamicUser=` it is a symlink into /var/lib/private/, which only
+/// root can pass: an operator runs `sudo pbx-tokenctl ...` there.
+pub const PACKAGED_KEY_FILE: &str = "/var/lib/pbx-tokend/admin.key";
+
 /// The API key to send, in order: --api-key / PBX_TOKEND_API_KEY,
-/// --admin-key-file, ./pbx-tokend-data/admin.key, $STATE_DIRECTORY/admin.key.
-/// `None` when there is none: the call goes out without a key.
+/// --admin-key-file, then the first readable one of [`default_key_files`].
+/// `None` when there is none: the call goes out without a key (the admin
+/// socket needs none for root and the daemon's user).
 pub fn resolve_api_key(global: &GlobalArgs) -> Result<Option<Zeroizing<String>>> {
     if let Some(key) = &global.api_key {
         let key = key.trim();
@@ -88,8 +94,10 @@ pub fn resolve_api_key(global: &GlobalArgs) -> Result<Option<Zeroizing<String>>>
     Ok(None)
 }
 
-/// Where the daemon's bootstrap admin key is looked for by default. Under
-/// systemd `STATE_DIRECTORY` may list several directories; the first is ours.
+/// Where the daemon's bootstrap admin key is looked for by default: the
+/// state directory of a daemon started in this directory with no config,
+/// the one systemd names (`STATE_DIRECTORY` may list several; the first is
+/// ours), and the packaged unit's. Duplicates are dropped.
 pub fn default_key_files(state_directory: Option<&str>) -> Vec<PathBuf> {
     let mut v = vec![PathBuf::from("./pbx-tokend-data/admin.key")];
     if let Some(dir) = state_directory
@@ -98,7 +106,43 @@ pub fn default_key_files(state_directory: Option<&str>) -> Vec<PathBuf> {
     {
         v.push(Path::new(dir).join("admin.key"));
     }
+    let packaged = PathBuf::from(PACKAGED_KEY_FILE);
+    if !v.contains(&packaged) {
+        v.push(packaged);
+    }
     v
+}
+
+/// The answer to UNAUTHENTICATED when no key was sent: where the CLI looked,
+/// why each place gave nothing, and how to give it a key.
+pub fn missing_key_message(state_directory: Option<&str>) -> String {
+    let places: Vec<String> = default_key_files(state_directory)
+        .iter()
+        .map(|p| format!("{} ({})", p.display(), why_not_used(p)))
+        .collect();
+    let mut msg = format!(
+        "no API key was sent and the daemon needs one; looked for the bootstrap admin key in {}",
+        places.join(", ")
+    );
+    if state_directory.is_none() {
+        msg.push_str(" ($STATE_DIRECTORY is not set)");
+    }
+    msg.push_str(
+        ". Pass --admin-key-file FILE (the daemon writes <state_dir>/admin.key on first start) \
+         or set PBX_TOKEND_API_KEY (an admin creates keys with `pbx-tokenctl client create`)",
+    );
+    msg
+}
+
+fn why_not_used(path: &Path) -> &'static str {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => "not readable",
+        Ok(_) => "not a file",
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            "not readable by this user; the packaged daemon's key needs root"
+        }
+        Err(_) => "not there",
+    }
 }
 
 fn read_key_file(path: &Path) -> Result<Zeroizing<String>> {
@@ -123,18 +167,43 @@ mod tests {
 
     #[test]
     fn key_file_locations() {
+        let packaged = PathBuf::from(PACKAGED_KEY_FILE);
         assert_eq!(
             default_key_files(None),
-            vec![PathBuf::from("./pbx-tokend-data/admin.key")]
+            vec![
+                PathBuf::from("./pbx-tokend-data/admin.key"),
+                packaged.clone()
+            ]
         );
+        // Under the packaged unit STATE_DIRECTORY is the packaged directory.
         assert_eq!(
             default_key_files(Some("/var/lib/pbx-tokend:/var/lib/other")),
             vec![
                 PathBuf::from("./pbx-tokend-data/admin.key"),
-                PathBuf::from("/var/lib/pbx-tokend/admin.key")
+                packaged.clone()
             ]
         );
-        assert_eq!(default_key_files(Some("")).len(), 1);
+        assert_eq!(
+            default_key_files(Some("/srv/tokend")),
+            vec![
+                PathBuf::from("./pbx-tokend-data/admin.key"),
+                PathBuf::from("/srv/tokend/admin.key"),
+                packaged
+            ]
+        );
+        assert_eq!(default_key_files(Some("")).len(), 2);
+    }
+
+    #[test]
+    fn missing_key_message_names_the_ways_out_and_the_places() {
+        let msg = missing_key_message(None);
+        assert!(msg.contains("--admin-key-file"), "{msg}");
+        assert!(msg.contains("PBX_TOKEND_API_KEY"), "{msg}");
+        assert!(msg.contains("./pbx-tokend-data/admin.key"), "{msg}");
+        assert!(msg.contains(PACKAGED_KEY_FILE), "{msg}");
+        assert!(msg.contains("$STATE_DIRECTORY is not set"), "{msg}");
+        let msg = missing_key_message(Some("/srv/tokend"));
+        assert!(msg.contains("/srv/tokend/admin.key (not there)"), "{msg}");
     }
 
     #[test]
