@@ -48,20 +48,27 @@ async fn required_credential_refuses_without_it_and_serves_with_it() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
+    // Serving means: this process is still running, made its database and
+    // answers on the port (another test may have been handed the same free
+    // port; then this daemon exits and the test says so).
+    let mut served = false;
     for _ in 0..200 {
-        if let Ok(c) = tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if state.join("pbx-tokend.db").exists()
+            && tonic::transport::Channel::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .is_ok()
         {
-            channel = Some(c);
+            served = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let served = channel.is_some();
-    child.kill().unwrap();
+    let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     assert!(served, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(state.join("pbx-tokend.db").exists());
