@@ -12,8 +12,8 @@ files whose name contains `tests` and out-of-line modules declared under
 Edges come from `crate::X` paths (including `use crate::{X, Y::z}` groups)
 and from `super::` paths that climb out of the file's own top-level module.
 
-It fails (exit 1) listing every cycle (each strongly connected component
-with more than one module, and one concrete cycle through it), every import
+It fails (exit 1) listing every cycle (for each import inside a strongly
+connected component, the shortest cycle through it), every import
 that runs up the layer table below, and every top-level module missing from
 the table. `--graph` prints the edges. Python 3 standard library only.
 """
@@ -258,23 +258,43 @@ def sccs(nodes, adj):
     return out
 
 
-def a_cycle(comp, adj):
-    """One concrete cycle inside a strongly connected component."""
-    members = set(comp)
-    start = comp[0]
-    prev, queue = {start: None}, [start]
+def shortest_path(src, dst, members, adj):
+    """Shortest path src -> dst inside members (both ends included)."""
+    prev, queue = {src: None}, [src]
     while queue:
         v = queue.pop(0)
+        if v == dst:
+            path = [v]
+            while prev[path[-1]] is not None:
+                path.append(prev[path[-1]])
+            return list(reversed(path))
         for w in sorted(adj.get(v, ())):
-            if w == start:
-                path = [v]
-                while prev[path[-1]] is not None:
-                    path.append(prev[path[-1]])
-                return list(reversed(path)) + [start]
             if w in members and w not in prev:
                 prev[w] = v
                 queue.append(w)
-    return comp
+    return None
+
+
+def cycles_in(comp, adj):
+    """For every edge inside a strongly connected component, the shortest
+    cycle through it (deduplicated): every import that takes part in a
+    circle shows up in at least one listed cycle."""
+    members, seen, out = set(comp), set(), []
+    for a in comp:
+        for b in sorted(adj.get(a, ())):
+            if b not in members:
+                continue
+            back = shortest_path(b, a, members, adj)
+            if back is None:
+                continue
+            cyc = [a] + back  # a -> b ... -> a
+            ring = cyc[:-1]
+            k = ring.index(min(ring))
+            key = tuple(ring[k:] + ring[:k])
+            if key not in seen:
+                seen.add(key)
+                out.append(list(key) + [key[0]])
+    return out
 
 
 def main():
@@ -294,11 +314,11 @@ def main():
         problems.append(f"module `{m}` is in no layer: add it to LAYERS in {sys.argv[0]}")
     for comp in sccs(top, adj):
         if len(comp) > 1:
-            cyc = a_cycle(comp, adj)
-            via = ", ".join(
-                f"{a} -> {b} (src/{edges[(a, b)]})" for a, b in zip(cyc, cyc[1:])
-            )
-            problems.append(f"cycle among {{{', '.join(comp)}}}: {' -> '.join(cyc)}; via {via}")
+            for cyc in cycles_in(comp, adj):
+                via = ", ".join(
+                    f"{a} -> {b} (src/{edges[(a, b)]})" for a, b in zip(cyc, cyc[1:])
+                )
+                problems.append(f"cycle: {' -> '.join(cyc)}; via {via}")
     for (a, b), rel in sorted(edges.items()):
         if a in layer_of and b in layer_of and layer_of[b] < layer_of[a]:
             problems.append(
