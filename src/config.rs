@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod grpc;
+pub mod logfilter;
 mod ops;
 pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
 
@@ -460,7 +461,7 @@ impl Config {
             ));
         }
         self.validate_grpc()?;
-        if crate::logging::parse_filter(&self.log.level).is_err() {
+        if logfilter::parse_filter(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",
                 format!(

@@ -405,7 +405,7 @@ impl Daemon {
                         })?;
                 let bound = l.local_addr().map_err(DaemonError::Listener)?;
                 tracing::info!(listen = %bound, "metrics endpoint at http://{bound}/metrics");
-                let task = tokio::spawn(crate::metrics::http::serve(
+                let task = tokio::spawn(crate::api::metrics_http::serve(
                     l,
                     metrics.clone(),
                     overview.clone(),

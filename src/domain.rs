@@ -3,6 +3,7 @@
 //! the constructors here, so a value of one of these types is known good.
 //! No protobuf, no SQL, no HTTP in this file.
 
+pub mod clients;
 mod net;
 
 use crate::clock::UnixMs;

@@ -1,28 +1,47 @@
 //! pbx-tokend: a token broker that keeps a fresh PBX OAuth access token for
 //! every tenant and serves it over gRPC.
 //!
-//! Layout (data flows top to bottom; see ARCHITECTURE.md):
+//! Layout, top layer first. Imports run only downward (or within a layer)
+//! and no top-level modules import each other in a circle;
+//! `scripts/check-layers.py` enforces both (see ARCHITECTURE.md):
 //!
-//! - `api`        tonic services, auth, TLS, proto <-> domain, the one Status mapping
-//! - `access`     API clients, roles, tenant patterns, key authentication
-//! - `audit`      the audit log of admin mutations
-//! - `broker`     in-memory token cache, single-flight refresh, watchers
+//! wiring
+//! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
+//! - `rotation`   re-sealing everything under a new master key (offline)
+//! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
+//! - `simulation` seeded deterministic simulation of the renewal engine
+//!
+//! transports
+//! - `api`        tonic services, auth, TLS, proto <-> domain, the one Status
+//!   mapping, the OAuth callback and the `/metrics` endpoint
+//!
+//! use cases
 //! - `tenants`    tenant administration use cases (create, update, delete)
 //! - `onboarding` the PBX authorization dialog as a resumable state machine
-//! - `renewal`    persistent renewal queue, workers, backoff, maintenance
+//! - `access`     API clients, key authentication
+//! - `audit`      the audit log of admin mutations
+//! - `health`     grpc.health.v1 status from a database write probe
+//! - `overview`   operator numbers shared by metrics and GetServerStatus
+//!
+//! scheduler
+//! - `renewal`    persistent renewal queue, workers, maintenance
+//!
+//! broker
+//! - `broker`     in-memory token cache, single-flight refresh, watchers
+//!
+//! store / pbx
 //! - `store`      SQLite: migrations, repositories, sealed secrets
 //! - `pbx`        HTTP client for the PBX API, its error model, rate limiter
 //! - `crypto`     master key and authenticated sealing of secrets
-//! - `config`     file + environment + flags -> validated `Config`
-//! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
 //! - `statedir`   the state directory and its lock
-//! - `rotation`   re-sealing everything under a new master key (offline)
-//! - `health`     grpc.health.v1 status from a database write probe
-//! - `metrics`    Prometheus registry and the `/metrics` endpoint
-//! - `overview`   operator numbers shared by metrics and GetServerStatus
-//! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
-//! - `simulation` seeded deterministic simulation of the renewal engine
-//! - `clock`, `domain`, `secret`: shared vocabulary
+//!
+//! shared vocabulary (below everything)
+//! - `clock`, `domain` (also API-client types: roles, patterns, callers),
+//!   `secret`
+//! - `config`     file + environment + flags -> validated `Config`
+//! - `logging`    log set-up (the filter parser lives in `config`)
+//! - `metrics`    the Prometheus registry, a leaf anything may record into
+//! - `policy`     renewal arithmetic: when to renew, how long to back off
 
 pub mod access;
 pub mod api;
@@ -39,6 +58,7 @@ pub mod metrics;
 pub mod onboarding;
 pub mod overview;
 pub mod pbx;
+pub mod policy;
 pub mod renewal;
 pub mod rotation;
 pub mod secret;

@@ -3,7 +3,7 @@
 //! status`) always agree: tenants by state, tokens near or past expiry, the
 //! renewal queue, limiter waits per host, database writability, backups.
 //!
-//! Does not: change anything, or serve it (metrics/http.rs and api/admin.rs
+//! Does not: change anything, or serve it (api/metrics_http.rs and api/admin.rs
 //! do). Reads go to the store's reader connections, never the writer.
 
 use std::path::PathBuf;

@@ -7,7 +7,8 @@
 //! cap, handshake deadline); `drain.rs` the lame-duck phase of a shutdown;
 //! `streams.rs` caps long-lived streams; `watch.rs` is the WatchToken
 //! stream; `tls.rs` is the reloadable TLS acceptor;
-//! `callback.rs` is the optional OAuth callback listener (plain HTML pages).
+//! `callback.rs` is the optional OAuth callback listener (plain HTML pages);
+//! `metrics_http.rs` is the Prometheus `/metrics` endpoint.
 
 pub mod accept;
 pub mod access;
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod callback;
 pub mod convert;
 pub mod drain;
+pub mod metrics_http;
 pub mod oversize;
 pub mod serve;
 pub mod server_status;

@@ -3,7 +3,7 @@
 //! the thread RNG (entropy); the deterministic simulation seeds one, so a
 //! seed replays every random choice the daemon makes.
 //!
-//! Does not: decide what the numbers mean (`renewal::policy` does).
+//! Does not: decide what the numbers mean (`crate::policy` does).
 
 use std::sync::Mutex;
 

@@ -31,7 +31,7 @@ use crate::domain::{
 use crate::metrics::Metrics;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
-use crate::renewal::policy::RenewalPolicy;
+use crate::policy::RenewalPolicy;
 use crate::store::{CachedTenant, RefreshRecord, Store, StoreError};
 
 pub use jitter::Jitter;

@@ -1,13 +1,15 @@
 //! Prometheus metrics: one registry per daemon (no global recorder, so
-//! tests run many daemons in one process), served as text by `http.rs` when
-//! `[metrics] listen` is set.
+//! tests run many daemons in one process), served as text by
+//! `api/metrics_http.rs` when `[metrics] listen` is set. A leaf: it imports
+//! no other layer, so anything may record into it.
 //!
 //! Two kinds of values:
 //! - events, counted where they happen (GetToken results and the age of the
 //!   token served, renewals and their latency, PBX HTTP answers, backups);
 //! - levels, read when Prometheus scrapes (`scrape.rs`: tenants by state,
-//!   tokens near or past expiry, the renewal queue, limiter waits), from
-//!   [`crate::overview`] so `pbx-tokenctl status` shows the same numbers.
+//!   tokens near or past expiry, the renewal queue, limiter waits), pushed
+//!   in at scrape time by the endpoint from `overview` so `pbx-tokenctl
+//!   status` shows the same numbers.
 //!
 //! The GetToken path costs two relaxed atomic adds and a histogram
 //! observation: counters per gRPC code are looked up once, at start-up.
@@ -15,7 +17,6 @@
 //! Does not: decide anything; nothing reads these numbers back.
 
 pub mod histogram;
-pub mod http;
 pub mod scrape;
 
 use std::sync::atomic::AtomicI64;

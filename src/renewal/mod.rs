@@ -1,13 +1,15 @@
 //! Proactive renewal: the persistent job queue in SQLite is read by one
 //! scheduler that hands due jobs to workers under a global and a per-host
 //! concurrency limit (the per-host request rate is the PBX limiter's job).
-//! Also: renewal arithmetic (`policy`), host capacity warnings
-//! (`capacity`) and cron maintenance (`maintenance`).
+//! Also: host capacity warnings (`capacity`) and cron maintenance
+//! (`maintenance`).
 //!
 //! Does not: talk to the PBX or write tokens itself; a worker asks the
 //! broker to renew, and the broker records the outcome and the next due time.
+//! The renewal arithmetic is `crate::policy` (below the broker, which uses it
+//! too), re-exported here as `renewal::policy`.
 
 pub mod capacity;
 pub mod maintenance;
-pub mod policy;
+pub use crate::policy;
 pub mod scheduler;

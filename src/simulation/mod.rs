@@ -44,7 +44,7 @@ use crate::clock::{SharedClock, TokioClock};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
-use crate::renewal::policy::RenewalPolicy;
+use crate::policy::RenewalPolicy;
 use crate::secret::Secret;
 use crate::store::{NewTenant, Store, StoreError};
 

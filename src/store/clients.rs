@@ -7,8 +7,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
-use crate::access::{ClientInfo, KeyHash, Role};
 use crate::clock::UnixMs;
+use crate::domain::clients::{ClientInfo, KeyHash, Role};
 
 /// A client to insert: its listing fields and its key's hash.
 #[derive(Debug, Clone)]
@@ -156,7 +156,7 @@ fn has_active_admin(conn: &Connection) -> Result<bool, StoreError> {
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use crate::access::hash_key;
+    use crate::domain::clients::hash_key;
 
     fn row(id: &str, role: Role, patterns: &[&str]) -> NewClientRow {
         NewClientRow {

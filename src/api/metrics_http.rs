@@ -1,6 +1,9 @@
 //! The `/metrics` HTTP endpoint (axum), on its own listener
-//! (`[metrics] listen`). Each scrape first refreshes the levels from
-//! [`crate::overview`], then encodes the registry.
+//! (`[metrics] listen`). Each scrape first reads the levels from
+//! [`crate::overview`] and pushes them into the registry, then encodes it.
+//! It lives with the other transports (not in `metrics`) so the registry
+//! stays a leaf that every layer may record into without importing the
+//! layers above it.
 //!
 //! Does not: authenticate (bind it to loopback or a monitoring network), or
 //! serve anything but `GET /metrics`.
@@ -15,7 +18,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Metrics;
+use crate::metrics::Metrics;
 use crate::overview::Overview;
 
 /// OpenMetrics text, as prometheus-client writes it (ends with `# EOF`).

@@ -1,6 +1,10 @@
 //! Renewal arithmetic, pure and clock-free: when to renew a token, how long
 //! to back off after a failure. Randomness comes in as a number in [0, 1) so
 //! every rule is testable exactly.
+//!
+//! Its own module below the broker (shared vocabulary), because both the
+//! broker (which records an outcome and the next due time) and the renewal
+//! scheduler use it; `renewal::policy` re-exports it.
 
 use std::time::Duration;
 
