@@ -5,7 +5,8 @@
 //! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
 //! listeners with their limits; `accept.rs` is the accept loop (connection
 //! cap, handshake deadline); `drain.rs` the lame-duck phase of a shutdown;
-//! `streams.rs` caps long-lived streams; `watch.rs` is the WatchToken
+//! `streams.rs` caps long-lived streams; `idle.rs` closes idle
+//! connections; `watch.rs` is the WatchToken
 //! stream; `tls.rs` is the reloadable TLS acceptor;
 //! `callback.rs` is the optional OAuth callback listener (plain HTML pages).
 
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod callback;
 pub mod convert;
 pub mod drain;
+pub mod idle;
 pub mod oversize;
 pub mod serve;
 pub mod server_status;
