@@ -1,12 +1,15 @@
 //! Idle connections (issue 25, item 3): a connection with no request in
 //! progress and no stream open for `grpc.idle_timeout_ms` is closed; an
-//! open WatchToken stream keeps its connection however quiet it is; a tonic
+//! open WatchToken or health Watch stream keeps its connection however
+//! quiet it is; a tonic
 //! channel whose connection was closed reconnects for its next call.
 
 use std::time::Duration;
 
 use pbx_tokend::proto::{self, ListClientsRequest, RefreshTenantRequest, WatchTokenRequest};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::hardening_transport::closed_by_peer;
 use crate::harness::*;
@@ -75,7 +78,7 @@ async fn idle_connections_are_closed_and_a_channel_reconnects_for_its_next_call(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_watch_stream_keeps_its_connection_past_the_idle_timeout() {
+async fn open_watch_token_and_health_watch_streams_keep_their_connections() {
     let sim = sim_with_lifetime(3600).await;
     let d = idle_daemon().await;
     d.add_tenant(&sim, "acme").await;
@@ -92,6 +95,19 @@ async fn an_open_watch_stream_keeps_its_connection_past_the_idle_timeout() {
         .unwrap()
         .into_inner();
     let first = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // A health Watch (no key) alone on another connection.
+    let mut health = HealthClient::new(connection(&d).await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(PATIENCE, health.message())
         .await
         .unwrap()
         .unwrap()
@@ -115,9 +131,13 @@ async fn an_open_watch_stream_keeps_its_connection_past_the_idle_timeout() {
         .unwrap()
         .unwrap();
     assert_eq!(got.access_token, next.access_token);
+    // The health stream's connection is open too: a closed one would end
+    // the stream with an error at once instead of waiting for news.
+    let quiet = tokio::time::timeout(Duration::from_millis(200), health.message()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
     // Once the stream ends its connection is idle and closed in turn.
-    drop(stream);
-    eventually(PATIENCE, "the stream's connection to be closed", || {
+    drop((stream, health));
+    eventually(PATIENCE, "the streams' connections to be closed", || {
         let open = metric(&d, "pbx_tokend_grpc_connections_open");
         async move { open == Some(0) }
     })
