@@ -16,8 +16,12 @@
 //! Closing is not graceful: tonic 0.14 and hyper offer no way to send
 //! GOAWAY on one connection (only on all at shutdown, or after a fixed
 //! `max_connection_age`), so the connection's reads end (EOF) and hyper
-//! drops it. A call a client sends at that very moment fails with
-//! UNAVAILABLE (retryable); later calls on a tonic channel reconnect.
+//! drops it. A request the daemon has read is marked busy before the next
+//! read (hyper calls the service as soon as h2 hands it the stream), so it
+//! is always answered; a call a client sends at the very moment of closing
+//! is never read and fails at the client with a transport error
+//! (UNAVAILABLE or UNKNOWN "connection closed" in tonic), safe to retry.
+//! Later calls on a tonic channel reconnect by themselves.
 //!
 //! Does not: close connections of the local admin socket (not registered).
 
