@@ -107,6 +107,10 @@ pub struct GrpcConfig {
     /// anything; no answer within `keepalive_timeout_ms` closes it.
     pub keepalive_interval_ms: u64,
     pub keepalive_timeout_ms: u64,
+    /// A connection with no request in progress and no stream open for
+    /// this long is closed (a WatchToken or health Watch stream keeps it
+    /// open however quiet). 0 turns this off.
+    pub idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -280,6 +284,7 @@ impl Default for GrpcConfig {
             handshake_timeout_ms: 5_000,
             keepalive_interval_ms: 60_000,
             keepalive_timeout_ms: 20_000,
+            idle_timeout_ms: 300_000,
         }
     }
 }

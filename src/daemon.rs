@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{ClientError, Clients};
+use crate::api::accept::AcceptSettings;
 use crate::api::admin::AdminApi;
 use crate::api::drain::Drain;
 use crate::api::serve::{self, Services};
@@ -355,7 +356,7 @@ impl Daemon {
         let server = tcp::spawn_server(
             router,
             listener,
-            &config,
+            AcceptSettings::from_config(&config.grpc, services.streams.idle().clone()),
             tls.as_ref(),
             &drain,
             &metrics,

@@ -10,7 +10,8 @@
 //! beyond the cap is closed at once (a rate-limited warning says so), and
 //! the cap leaves descriptors for the database, PBX calls and new clients.
 //! Dead peers of established connections are closed by HTTP/2 keepalive
-//! pings (`serve.rs`).
+//! pings (`serve.rs`); live ones with nothing in progress for
+//! `grpc.idle_timeout_ms` by [`Conn`]'s reads ending (`idle.rs`).
 //!
 //! The preface is read here (24 fixed bytes) and replayed to hyper by
 //! [`Conn`], so a connection counts as "handshaken" only once it really
@@ -34,6 +35,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use super::idle::{IdleConnections, IdleTimer};
 use crate::config::GrpcConfig;
 use crate::metrics::Metrics;
 
@@ -48,18 +50,21 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// and its WAL, PBX HTTP connections, the admin socket, metrics, logs.
 pub const FD_RESERVE: u64 = 1024;
 
-/// The `[grpc]` settings of the accept loop.
-#[derive(Debug, Clone, Copy)]
+/// The `[grpc]` settings of the accept loop, and where it registers
+/// connections to be closed once idle (`grpc.idle_timeout_ms`, `idle.rs`).
+#[derive(Debug, Clone)]
 pub struct AcceptSettings {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    pub idle: Arc<IdleConnections>,
 }
 
 impl AcceptSettings {
-    pub fn from_config(g: &GrpcConfig) -> Self {
+    pub fn from_config(g: &GrpcConfig, idle: Arc<IdleConnections>) -> Self {
         Self {
             max_connections: usize::try_from(g.max_connections).unwrap_or(usize::MAX),
             handshake_timeout: Duration::from_millis(g.handshake_timeout_ms),
+            idle,
         }
     }
 }
@@ -83,6 +88,9 @@ pub struct Conn<IO> {
     io: IO,
     /// Bytes of [`PREFACE`] already handed back to the reader.
     replayed: usize,
+    /// Ends the reads (EOF: hyper drops the connection) once the
+    /// connection has been idle for `grpc.idle_timeout_ms`.
+    idle: Option<IdleTimer>,
     _slot: Slot,
 }
 
@@ -93,6 +101,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.idle.as_mut().is_some_and(|t| t.poll_expired(cx)) {
+            return Poll::Ready(Ok(()));
+        }
         if let Some(rest) = PREFACE.get(this.replayed..).filter(|r| !r.is_empty()) {
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
@@ -211,7 +222,8 @@ struct State<F, IO> {
 
 /// Accepts TCP connections and yields those that finished `handshake` and
 /// sent the HTTP/2 preface within the timeout, never more than
-/// `max_connections` open at once (handshakes in progress included).
+/// `max_connections` open at once (handshakes in progress included), each
+/// registered with `settings.idle` to be closed once idle.
 /// When `stop` is cancelled it closes the listener but does not end (an
 /// ended stream would make tonic send GOAWAY at once; see `drain.rs`).
 pub fn incoming<F, Fut, IO>(
@@ -293,6 +305,7 @@ where
         let _ = tcp.set_nodelay(true);
         let handshake = (self.handshake)(tcp);
         let timeout = self.settings.handshake_timeout;
+        let idle = self.settings.idle.clone();
         self.pending.spawn(async move {
             let result = tokio::time::timeout(timeout, async {
                 let mut io = handshake.await?;
@@ -311,6 +324,7 @@ where
                 Ok(Ok(io)) => Ok(Conn {
                     io,
                     replayed: 0,
+                    idle: idle.register(peer),
                     _slot: slot,
                 }),
                 Ok(Err(e)) => {
@@ -383,6 +397,7 @@ mod tests {
         let mut conn = Conn {
             io: server,
             replayed: 0,
+            idle: None,
             _slot: Slot {
                 _permit: slots.clone().try_acquire_owned().unwrap(),
                 metrics: metrics.clone(),

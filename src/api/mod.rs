@@ -5,7 +5,8 @@
 //! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
 //! listeners with their limits; `accept.rs` is the accept loop (connection
 //! cap, handshake deadline); `drain.rs` the lame-duck phase of a shutdown;
-//! `streams.rs` caps long-lived streams; `watch.rs` is the WatchToken
+//! `streams.rs` caps long-lived streams; `idle.rs` closes idle
+//! connections; `watch.rs` is the WatchToken
 //! stream; `tls.rs` is the reloadable TLS acceptor;
 //! `callback.rs` is the optional OAuth callback listener (plain HTML pages);
 //! `metrics_http.rs` is the Prometheus `/metrics` endpoint.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod callback;
 pub mod convert;
 pub mod drain;
+pub mod idle;
 pub mod metrics_http;
 pub mod oversize;
 pub mod serve;

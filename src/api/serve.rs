@@ -7,7 +7,8 @@
 //! socket, whose interceptor also trusts the peer's uid. Health Watch and
 //! reflection streams are capped (`streams.rs`); GetToken goes through its
 //! own interceptor so refused calls are counted (`auth::SplitGetToken`);
-//! every service is gated by the drain (`drain.rs`).
+//! every service is gated by the drain (`drain.rs`); requests and streams
+//! in progress mark their connection busy (`idle.rs`).
 //!
 //! Does not: bind TCP listeners (the caller passes one) or decide the
 //! services' behaviour.
@@ -56,8 +57,11 @@ pub enum Listener {
     },
 }
 
-/// A listener's router: every service behind the oversize-message layer.
-pub type ApiRouter = Router<Stack<super::oversize::OversizeLayer, Identity>>;
+/// A listener's router: every service behind the oversize-message layer,
+/// and that behind the idle-connection tracking (outermost, so every
+/// request counts).
+pub type ApiRouter =
+    Router<Stack<super::oversize::OversizeLayer, Stack<super::idle::IdleLayer, Identity>>>;
 
 /// The router for one listener. Fails only if the embedded descriptor sets
 /// for reflection are broken (a build problem).
@@ -97,6 +101,7 @@ pub fn router(
     let admin =
         AdminServiceServer::from_arc(services.admin.clone()).max_decoding_message_size(max_message);
     Ok(tonic::transport::Server::builder()
+        .layer(super::idle::IdleLayer(services.streams.idle().clone()))
         .layer(super::oversize::OversizeLayer)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .concurrency_limit_per_connection(

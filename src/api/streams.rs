@@ -32,6 +32,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::Status;
 
+use super::idle::IdleConnections;
 use crate::clock::SharedClock;
 use crate::config::GrpcConfig;
 use crate::metrics::Metrics;
@@ -67,13 +68,13 @@ impl StreamKind {
 
 /// One connection, as far as the request's connection info tells.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ConnKey {
+pub(super) enum ConnKey {
     Tcp(SocketAddr),
     /// The local admin socket: peers have no address, so their process id.
     Local(Option<i32>),
 }
 
-fn conn_key(ext: &Extensions) -> Option<ConnKey> {
+pub(super) fn conn_key(ext: &Extensions) -> Option<ConnKey> {
     if let Some(tcp) = ext.get::<TcpConnectInfo>() {
         return tcp.remote_addr().map(ConnKey::Tcp);
     }
@@ -159,6 +160,9 @@ pub struct StreamCaps {
     unauthenticated: Arc<Class>,
     metrics: Option<Arc<Metrics>>,
     clock: SharedClock,
+    /// What is in progress on each TCP connection (`idle.rs`): shared by
+    /// the accept loop and the router.
+    idle: Arc<IdleConnections>,
 }
 
 fn class(
@@ -199,9 +203,18 @@ impl StreamCaps {
                     "grpc.max_unauthenticated_streams",
                 )),
             ),
+            idle: Arc::new(IdleConnections::new(
+                limits.idle_timeout_ms,
+                metrics.clone(),
+            )),
             metrics,
             clock,
         }
+    }
+
+    /// The TCP listener's connections, for closing idle ones.
+    pub fn idle(&self) -> &Arc<IdleConnections> {
+        &self.idle
     }
 
     /// A place for one more stream of `kind` on the request's connection,
@@ -337,7 +350,7 @@ where
                     Ok(response.map(|inner| {
                         Body::new(Held {
                             inner,
-                            _permit: permit,
+                            _guard: permit,
                         })
                     }))
                 })
@@ -346,13 +359,15 @@ where
     }
 }
 
-/// A response body that holds a stream permit for as long as it lives.
-struct Held {
-    inner: Body,
-    _permit: StreamPermit,
+/// A response body that holds a guard (a stream permit, or a connection's
+/// mark of activity in `idle.rs`) for as long as it lives: hyper drops the
+/// body when the stream ends or the client resets it.
+pub(super) struct Held<G> {
+    pub(super) inner: Body,
+    pub(super) _guard: G,
 }
 
-impl tonic::codegen::Body for Held {
+impl<G: Unpin + Send + 'static> tonic::codegen::Body for Held<G> {
     type Data = tonic::codegen::Bytes;
     type Error = Status;
 

@@ -132,6 +132,19 @@ impl Config {
             1_000,
             600_000,
         )?;
+        // 0 is "off"; otherwise long enough that a client between two calls
+        // is not cut every few milliseconds.
+        if g.idle_timeout_ms != 0 {
+            range("grpc.idle_timeout_ms", g.idle_timeout_ms, 100, 86_400_000).map_err(|_| {
+                bad(
+                    "grpc.idle_timeout_ms",
+                    format!(
+                        "is {}; allowed: 0 (idle connections are never closed) or 100..=86400000 milliseconds",
+                        g.idle_timeout_ms
+                    ),
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -208,6 +221,10 @@ mod tests {
                 "grpc.keepalive_timeout_ms",
             ),
             (
+                &[("PBX_TOKEND_GRPC_IDLE_TIMEOUT_MS", "50")],
+                "grpc.idle_timeout_ms",
+            ),
+            (
                 &[(
                     "PBX_TOKEND_PBX_ALLOWED_HOSTS",
                     "[\"ok.example.com\", \"bad host\"]",
@@ -232,6 +249,8 @@ mod tests {
         )
         .unwrap();
         assert!(ok.tls_enabled());
+        let off = Config::load_with_env(None, env(&[("PBX_TOKEND_GRPC_IDLE_TIMEOUT_MS", "0")]));
+        assert_eq!(off.map(|c| c.grpc.idle_timeout_ms).ok(), Some(0));
         assert_eq!(ok.pbx.allowed_hosts, vec!["*.pbx.example.com"]);
         let public = Config::load_with_env(
             None,

@@ -1,7 +1,7 @@
 //! The TCP gRPC listener's wiring: the loopback-without-TLS rule and the
 //! server task over the accept loop (`api/accept.rs`: connection cap,
-//! handshake deadline; `api/drain.rs`: stop accepting on shutdown), plain
-//! or TLS. Split from `daemon.rs`.
+//! handshake deadline, idle connections; `api/drain.rs`: stop accepting on
+//! shutdown), plain or TLS. Split from `daemon.rs`.
 
 use std::sync::Arc;
 
@@ -17,21 +17,22 @@ use crate::api::tls::{self, ReloadableTls};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// Serves `router` on `listener` until `serving` is cancelled. Warns first
+/// Serves `router` on `listener` until `serving` is cancelled, with the
+/// accept loop's `settings` (`AcceptSettings::from_config`). Warns first
 /// when the descriptor limit cannot carry `grpc.max_connections`.
 pub(super) fn spawn_server(
     router: ApiRouter,
     listener: TcpListener,
-    config: &Config,
+    settings: AcceptSettings,
     tls: Option<&Arc<ReloadableTls>>,
     drain: &Drain,
     metrics: &Arc<Metrics>,
     serving: &CancellationToken,
 ) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    if let Some(warning) = accept::check_fd_limit(config.grpc.max_connections) {
+    let max_connections = u64::try_from(settings.max_connections).unwrap_or(u64::MAX);
+    if let Some(warning) = accept::check_fd_limit(max_connections) {
         tracing::warn!("{warning}");
     }
-    let settings = AcceptSettings::from_config(&config.grpc);
     let stop = serving.clone().cancelled_owned();
     match tls {
         Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(

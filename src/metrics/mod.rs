@@ -81,6 +81,7 @@ pub struct Metrics {
     token_store_failures: Counter,
     connections_open: Gauge<i64, AtomicI64>,
     connections_refused: Family<Labels, Counter>,
+    connections_closed_idle: Counter,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -170,6 +171,12 @@ impl Metrics {
             "gRPC listener connections closed before serving, by reason: limit (grpc.max_connections), handshake_timeout, handshake_failed",
             connections_refused.clone(),
         );
+        let connections_closed_idle = Counter::default();
+        registry.register(
+            "grpc_connections_closed_idle",
+            "gRPC listener connections closed because no request was in progress and no stream open for grpc.idle_timeout_ms",
+            connections_closed_idle.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -193,6 +200,7 @@ impl Metrics {
             token_store_failures,
             connections_open,
             connections_refused,
+            connections_closed_idle,
             scrape,
         }
     }
@@ -266,6 +274,11 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&vec![("reason", reason.to_owned())])
             .inc();
+    }
+
+    /// A gRPC listener connection was closed for being idle.
+    pub fn connection_closed_idle(&self) {
+        self.connections_closed_idle.inc();
     }
 
     /// The levels the next scrape shows.

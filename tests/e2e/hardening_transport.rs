@@ -191,7 +191,7 @@ async fn scrape(port: u16) -> String {
 }
 
 /// True once the peer closed `tcp` (EOF or reset); false while it is open.
-fn closed_by_peer(tcp: &mut std::net::TcpStream) -> bool {
+pub fn closed_by_peer(tcp: &mut std::net::TcpStream) -> bool {
     use std::io::Read;
     tcp.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];

@@ -19,6 +19,7 @@ mod first_hour;
 mod full_disk;
 mod hardening_transport;
 mod health;
+mod idle_connections;
 mod kill9;
 mod limits;
 mod masterkey;
