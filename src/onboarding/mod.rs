@@ -205,11 +205,12 @@ impl Onboarding {
             // reading them; an app it created is listed for deletion.
             Err(e) if e.is_flow_fault() => {
                 let note = format!("BeginAuthorization replaced an authorization flow whose sealed values could not be used: {e}");
-                tracing::warn!(tenant = %id, "{note}");
-                self.broker
+                let said = self
+                    .broker
                     .store()
                     .discard_flow(&id, note, self.now())
                     .await?;
+                tracing::warn!(tenant = %id, "{said}");
                 None
             }
             other => other?,

@@ -290,8 +290,8 @@ pub(super) fn retire_legacy(tx: &Connection, keys: &Keyring) -> Result<u64, Stor
             sealed::open(keys, &row.tenant_id, which.legacy_field(), value).is_ok()
         });
         if legacy {
-            super::onboarding::discard_flow(tx, keys, &row.tenant_id, RETIRED, now)?;
-            tracing::warn!(tenant = %row.tenant_id, "{RETIRED}");
+            let said = super::onboarding::discard_flow(tx, keys, &row.tenant_id, RETIRED, now)?;
+            tracing::warn!(tenant = %row.tenant_id, "{said}");
             retired += 1;
         }
     }

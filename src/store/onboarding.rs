@@ -260,13 +260,14 @@ impl Store {
 
     /// Ends the tenant's flow without reading its sealed values (they do
     /// not open or no longer match their columns), so that a new one can
-    /// begin; see [`discard_flow`].
+    /// begin; see [`discard_flow`]. Returns the error as stored (naming an
+    /// app the flow created).
     pub async fn discard_flow(
         &self,
         id: &TenantId,
         error: String,
         now: UnixMs,
-    ) -> Result<(), StoreError> {
+    ) -> Result<String, StoreError> {
         let id = id.clone();
         self.write(move |tx, keys| discard_flow(tx, keys, id.as_str(), &error, now))
             .await
@@ -449,28 +450,35 @@ fn advance(
 /// Ends the tenant's flow without reading its sealed values (they may be
 /// unreadable or bound to other columns): `failed`, secrets wiped, `error`
 /// on the flow and the tenant, and an app it may have created named in
-/// the orphan list. No flow: nothing to do.
+/// the orphan list (and in the error). Returns the error as stored. No
+/// flow: nothing to do.
 pub(super) fn discard_flow(
     tx: &Connection,
     keys: &Keyring,
     id: &str,
     error: &str,
     now: UnixMs,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
     let row: Option<(String, Option<String>)> = tx
         .prepare_cached("SELECT step, app_name FROM onboarding_flows WHERE tenant_id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((step, app_name)) = row else {
-        return Ok(());
+        return Ok(error.to_owned());
     };
     let created =
         FlowStep::parse(&step).is_some_and(|s| s == FlowStep::CreatingApp || s.holds_new_app());
-    let update = FlowUpdate::Failed {
-        orphan: app_name.filter(|_| created),
-        error: error.to_owned(),
+    let orphan = app_name.filter(|_| created);
+    let error = match &orphan {
+        Some(name) => format!("{error}; application \"{name}\" that this flow created may exist in the PBX without being used: delete it in the PBX web UI"),
+        None => error.to_owned(),
     };
-    advance(tx, keys, id, &update, now)
+    let update = FlowUpdate::Failed {
+        orphan,
+        error: error.clone(),
+    };
+    advance(tx, keys, id, &update, now)?;
+    Ok(error)
 }
 
 /// Flow errors are shown on the tenant too: that is where operators look.

@@ -344,7 +344,11 @@ async fn an_edited_app_client_id_makes_the_flow_refuse_to_be_read() {
     assert!(f.public_token.is_none() && f.app.is_none());
     assert_eq!(f.orphaned_apps, vec!["pbx-tokend acme 9f9f9f".to_string()]);
     let tenant = t.store.get_tenant(&id).await.unwrap().unwrap();
-    assert_eq!(tenant.last_error.as_deref(), Some("replaced"));
+    let said = tenant.last_error.unwrap();
+    assert!(
+        said.starts_with("replaced; application \"pbx-tokend acme 9f9f9f\""),
+        "{said}"
+    );
 }
 
 #[tokio::test]
@@ -421,4 +425,63 @@ async fn a_flow_sealed_the_old_way_is_ended_at_start_up() {
     assert!(raw.is_none());
     // A second start finds nothing more to do.
     t.store.check_master_key().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_rotation_reseals_flow_values_still_bound() {
+    let (old, new) = ([5u8; 32], [6u8; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = Store::open(
+        &path,
+        std::sync::Arc::new(crate::crypto::Keyring::from_key(&old)),
+    )
+    .unwrap();
+    let mut n = new_tenant("acme", TenantState::PendingAuthorization);
+    n.public_app = Some((app("pub-id", "pub-secret"), "https://crm/cb".into()));
+    s.insert_tenant(n).await.unwrap();
+    let id = tid("acme");
+    s.begin_flow(&id, hash(3), T0, T0).await.unwrap();
+    for u in [
+        FlowUpdate::CodeExchanged {
+            public_token: token(PUBLIC_TOKEN, T0),
+        },
+        FlowUpdate::AppStored {
+            app: app("new-app-id", NEW_SECRET),
+        },
+    ] {
+        s.advance_flow(&id, u, T0).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let mut ring = crate::crypto::Keyring::from_key(&new);
+    ring.add_retired_key(&old);
+    let s = Store::open(&path, std::sync::Arc::new(ring)).unwrap();
+    let event = super::super::NewAuditEvent {
+        at: T0,
+        client_id: "cli".into(),
+        action: "master_key.rotate".into(),
+        tenant_id: None,
+        outcome: "ok".into(),
+        detail: String::new(),
+    };
+    // 1 public secret + 2 flow values + the check value.
+    assert_eq!(s.reseal_all(event).await.unwrap().resealed, 4);
+    s.close().await.unwrap();
+    let s = Store::open(
+        &path,
+        std::sync::Arc::new(crate::crypto::Keyring::from_key(&new)),
+    )
+    .unwrap();
+    let f = s.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.public_token.unwrap().value.expose(), PUBLIC_TOKEN);
+    assert_eq!(f.app.unwrap().client_secret.expose(), NEW_SECRET);
+    // Still bound after rotation.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("UPDATE onboarding_flows SET app_client_id = 'other'")
+        .unwrap();
+    drop(raw);
+    assert!(matches!(
+        s.flow_of(&id).await,
+        Err(StoreError::FlowTampered { .. })
+    ));
 }

@@ -6,19 +6,35 @@
 //! simulator (its counters stay at 0), the flow and the tenant say which
 //! column changed, and UpdateTenant with the right URL lets it finish.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pbx_tokend::onboarding::CRASH_MARKER;
 use pbx_tokend::proto::{self, AppCredentials, CreateTenantRequest};
+use pbx_tokend::sim::{AppInfo, RunningSim};
 use tonic::Code;
 
 use crate::harness::*;
 use crate::onboarding::REDIRECT;
 use crate::onboarding_crash::Proc;
 
-async fn edited_url_after_step(step: u8) {
+/// A daemon killed right after `step` of tenant "flow"'s authorization.
+struct Killed {
+    sim: RunningSim,
+    public: AppInfo,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+}
+
+impl Killed {
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("state").join("pbx-tokend.db")).unwrap()
+    }
+}
+
+async fn killed_after(step: u8) -> Killed {
     let sim = sim_with_lifetime(3600).await;
-    let evil = sim_with_lifetime(3600).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let state = dir.path().join("state");
@@ -76,8 +92,21 @@ async fn edited_url_after_step(step: u8) {
     .await;
     first.kill();
     call.abort();
+    Killed {
+        sim,
+        public,
+        dir,
+        config,
+        port,
+    }
+}
+
+async fn edited_url_after_step(step: u8) {
+    let k = killed_after(step).await;
+    let (sim, public, config, port) = (&k.sim, &k.public, &k.config, k.port);
+    let evil = sim_with_lifetime(3600).await;
     let created_before = sim.sim.created_apps().len();
-    let db = rusqlite::Connection::open(state.join("pbx-tokend.db")).unwrap();
+    let db = k.db();
     db.execute(
         "UPDATE tenants SET pbx_base_url = ?1 WHERE tenant_id = 'flow'",
         [&evil.base_url],
@@ -85,7 +114,7 @@ async fn edited_url_after_step(step: u8) {
     .unwrap();
     drop(db);
 
-    let second = Proc::start(&config, port, None).await;
+    let second = Proc::start(config, port, None).await;
     let err = second
         .admin()
         .complete_authorization(proto::CompleteAuthorizationRequest {
@@ -156,4 +185,61 @@ async fn edited_url_after_the_code_exchange_sends_the_public_token_nowhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_url_after_the_new_app_is_stored_sends_its_secret_nowhere() {
     edited_url_after_step(3).await;
+}
+
+/// The new app's client id edited in the flow's row: its secret would go
+/// out under another app's name. Refused with the column named; a new
+/// BeginAuthorization replaces that flow and names its app for deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_app_client_id_sends_the_new_secret_nowhere() {
+    let k = killed_after(3).await;
+    let other = k.sim.sim.add_trusted_app(None, None).unwrap();
+    k.db()
+        .execute(
+            "UPDATE onboarding_flows SET app_client_id = ?1 WHERE tenant_id = 'flow'",
+            [&other.client_id],
+        )
+        .unwrap();
+    let created = k.sim.sim.created_apps();
+    assert_eq!(created.len(), 1);
+    let before = k.sim.sim.stats().token_requests_total;
+
+    let second = Proc::start(&k.config, k.port, None).await;
+    let err = second
+        .admin()
+        .complete_authorization(proto::CompleteAuthorizationRequest {
+            tenant_id: "flow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(
+        err.message().contains("app_client_id of tenant flow"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(k.sim.sim.token_requests_for(&other.client_id), 0);
+    assert_eq!(k.sim.sim.token_requests_for(&created[0].1), 0);
+    assert_eq!(k.sim.sim.stats().token_requests_total, before);
+    // BeginAuthorization is the way out: the flow is ended unread, the app
+    // it created named for deletion.
+    second
+        .admin()
+        .begin_authorization(proto::BeginAuthorizationRequest {
+            tenant_id: "flow".into(),
+        })
+        .await
+        .unwrap();
+    let tenant = second.tenant("flow").await;
+    assert!(
+        tenant.last_error.contains("app_client_id")
+            && tenant.last_error.contains(created[0].0.as_str()),
+        "{}",
+        tenant.last_error
+    );
+    assert_eq!(k.sim.sim.stats().token_requests_total, before);
+    let logs = second.kill();
+    assert!(logs.contains(created[0].0.as_str()), "{logs}");
+    assert!(!logs.contains(&k.public.client_secret));
 }
