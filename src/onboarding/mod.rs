@@ -72,6 +72,8 @@ impl From<StoreError> for OnboardingError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::TenantNotFound(id) => OnboardingError::NotFound(id),
+            // The flow's problem (its message says what to do), not ours.
+            e if e.is_flow_fault() => OnboardingError::FailedPrecondition(e.to_string()),
             other => OnboardingError::Store(other),
         }
     }
@@ -198,7 +200,22 @@ impl Onboarding {
             )));
         };
         let _running = self.lock(&id).await;
-        if let Some(flow) = self.broker.store().flow_of(&id).await? {
+        let current = match self.broker.store().flow_of(&id).await {
+            // A flow whose sealed values cannot be used is ended without
+            // reading them; an app it created is listed for deletion.
+            Err(e) if e.is_flow_fault() => {
+                let note = format!("BeginAuthorization replaced an authorization flow whose sealed values could not be used: {e}");
+                let said = self
+                    .broker
+                    .store()
+                    .discard_flow(&id, note, self.now())
+                    .await?;
+                tracing::warn!(tenant = %id, "{said}");
+                None
+            }
+            other => other?,
+        };
+        if let Some(flow) = current {
             if flow.step.holds_new_app() {
                 return Err(OnboardingError::FailedPrecondition(format!(
                     "the authorization of tenant {id} in progress holds a new trusted application ({}) that is not in use yet; finish it with CompleteAuthorization(tenant_id={id}) before starting another",
@@ -264,9 +281,7 @@ impl Onboarding {
         let id = match by_state {
             Some(hash) => {
                 let flow = self
-                    .broker
-                    .store()
-                    .flow_by_state(hash)
+                    .refuse_faulty(self.broker.store().flow_by_state(hash).await)
                     .await?
                     .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))?;
                 if !input.tenant_id.is_empty() && input.tenant_id != flow.tenant_id.as_str() {
@@ -284,14 +299,15 @@ impl Onboarding {
         // Read again under the lock: a flow may have moved (or been replaced).
         let flow = match by_state {
             Some(hash) => self
-                .broker
-                .store()
-                .flow_by_state(hash)
+                .refuse_faulty(self.broker.store().flow_by_state(hash).await)
                 .await?
                 .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))?,
             None => {
                 let _ = self.tenant(&id).await?;
-                self.broker.store().flow_of(&id).await?.ok_or_else(|| {
+                let flow = self
+                    .refuse_faulty(self.broker.store().flow_of(&id).await)
+                    .await?;
+                flow.ok_or_else(|| {
                     OnboardingError::FailedPrecondition(format!(
                         "no authorization of tenant {id} was started; run BeginAuthorization and have the PBX user open the URL"
                     ))
@@ -422,9 +438,51 @@ impl Onboarding {
         }
     }
 
+    /// A flow read whose sealed values do not open or no longer match the
+    /// columns that say where they go: nothing is sent, the flow stays as it
+    /// is (so that it resumes once the column is put back) and the reason
+    /// goes to the flow's error and the tenant's last_error.
+    async fn refuse_faulty(
+        &self,
+        read: Result<Option<Flow>, StoreError>,
+    ) -> Result<Option<Flow>, OnboardingError> {
+        let e = match read {
+            Err(e) if e.is_flow_fault() => e,
+            other => return Ok(other?),
+        };
+        let tenant = match &e {
+            StoreError::FlowTampered { tenant, .. } | StoreError::FlowUnreadable { tenant, .. } => {
+                TenantId::parse(tenant).ok()
+            }
+            _ => None,
+        };
+        let message = e.to_string();
+        tracing::error!(
+            tenant = tenant.as_ref().map_or("?", |t| t.as_str()),
+            "authorization flow refused: {message}"
+        );
+        if let Some(id) = tenant {
+            let update = FlowUpdate::Error {
+                error: message.clone(),
+            };
+            if let Err(rec) = self
+                .broker
+                .store()
+                .advance_flow(&id, update, self.now())
+                .await
+            {
+                tracing::error!(tenant = %id, "cannot record the refused authorization flow: {rec}");
+            }
+        }
+        Err(OnboardingError::FailedPrecondition(message))
+    }
+
     async fn resume_one(&self, id: &TenantId) -> Result<Tenant, OnboardingError> {
         let _running = self.lock(id).await;
-        let flow: Flow = self.broker.store().flow_of(id).await?.ok_or_else(|| {
+        let flow = self
+            .refuse_faulty(self.broker.store().flow_of(id).await)
+            .await?;
+        let flow: Flow = flow.ok_or_else(|| {
             OnboardingError::FailedPrecondition(format!("the authorization of {id} is gone"))
         })?;
         if !flow.step.in_progress() {

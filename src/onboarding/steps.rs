@@ -46,6 +46,19 @@ impl Onboarding {
         tenant: &Tenant,
         mut flow: Flow,
     ) -> Result<Tenant, OnboardingError> {
+        // The flow's values were checked against the URL read with them;
+        // the tenant was read afterwards. Send only if it is the same one.
+        if flow.base_url != tenant.base_url.as_str() {
+            let f = Failure::new(
+                Outcome::Stuck,
+                format!(
+                    "the pbx_base_url of tenant {} changed while its authorization flow was being read ({:?}, then {:?}); nothing was sent; call CompleteAuthorization(tenant_id={}) again",
+                    tenant.id, flow.base_url, tenant.base_url.as_str(), tenant.id
+                ),
+            );
+            let update = Self::update_for(&f, None);
+            return Err(self.fail(&tenant.id, update, f).await);
+        }
         loop {
             flow = match flow.step {
                 FlowStep::CodeExchanged => self.create_app(tenant, flow).await?,

@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::audit::{self, NewAuditEvent};
 use super::sealed::{self, Field};
-use super::{connection, credentials, Store, StoreError};
+use super::{connection, credentials, flow_seal, Store, StoreError};
 use crate::crypto::{self, Keyring, MIN_SEALED_LEN};
 
 const CHECK_FIELD: &str = "master_key_check";
@@ -131,7 +131,10 @@ fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck, StoreError
         .optional()?;
     let initialized = match sealed {
         Some(sealed) => match keys.open(&check_aad(), &sealed) {
-            Ok(plain) if plain == CHECK_PLAINTEXT => return Ok(KeyCheck::Verified),
+            Ok(plain) if plain == CHECK_PLAINTEXT => {
+                retire_legacy_flows(tx, keys)?;
+                return Ok(KeyCheck::Verified);
+            }
             Ok(plain) if plain == CHECK_PLAINTEXT_V1 => false,
             _ => return Err(wrong_key(keys, &sealed)),
         },
@@ -143,6 +146,7 @@ fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck, StoreError
     // Before schema 6 (or no check value yet): bind every credential to its
     // columns, then write the check value that says so, in one transaction.
     let upgraded = credentials::upgrade_legacy(tx, keys)?;
+    retire_legacy_flows(tx, keys)?;
     write_check(tx, keys)?;
     if upgraded > 0 {
         tracing::info!(
@@ -157,6 +161,20 @@ fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck, StoreError
             credentials: upgraded,
         }
     })
+}
+
+/// Flows holding values sealed before flows were bound are ended, not
+/// upgraded (see `flow_seal`). Runs at every start: after a restore of an
+/// older backup too, and it finds nothing (a cheap query) otherwise.
+fn retire_legacy_flows(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
+    let retired = flow_seal::retire_legacy(tx, keys)?;
+    if retired > 0 {
+        tracing::warn!(
+            flows = retired,
+            "authorization flows sealed the old way were ended; run BeginAuthorization for those tenants"
+        );
+    }
+    Ok(())
 }
 
 /// No check value yet: one sealed value of each kind must open.
@@ -245,27 +263,7 @@ fn reseal(tx: &Connection, keys: &Keyring) -> Result<u64, StoreError> {
         )?;
         count += 1;
     }
-    for (column, field) in [
-        ("public_token_sealed", Field::OnboardingPublicToken),
-        ("app_secret_sealed", Field::OnboardingTrustedSecret),
-        ("token_sealed", Field::OnboardingToken),
-    ] {
-        let rows: Vec<(String, Vec<u8>)> = tx
-            .prepare(&format!(
-                "SELECT tenant_id, {column} FROM onboarding_flows WHERE {column} IS NOT NULL"
-            ))?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (tenant, old) in rows {
-            let plain = sealed::open(keys, &tenant, field, &old)?;
-            let new = sealed::seal(keys, &tenant, field, plain.expose())?;
-            tx.execute(
-                &format!("UPDATE onboarding_flows SET {column} = ?2 WHERE tenant_id = ?1"),
-                params![tenant, new],
-            )?;
-            count += 1;
-        }
-    }
+    count += flow_seal::reseal_all(tx, keys)?;
     write_check(tx, keys)?;
     Ok(count + 1)
 }

@@ -30,6 +30,7 @@ pub mod backup;
 mod clients;
 mod connection;
 mod credentials;
+mod flow_seal;
 mod group_commit;
 mod jobs;
 mod masterkey;
@@ -103,6 +104,26 @@ pub enum StoreError {
         stored: String,
         sealed: String,
     },
+    /// A sealed value of an authorization flow does not open (another
+    /// row's ciphertext, damaged bytes, or the format from before flows
+    /// were bound). Nothing is sent with it.
+    #[error("the {what} held by the authorization flow of tenant {tenant} cannot be opened ({reason}); nothing is sent to the PBX with it: run BeginAuthorization to start the authorization again")]
+    FlowUnreadable {
+        tenant: String,
+        what: &'static str,
+        reason: String,
+    },
+    /// A clear column that decides where a flow's secret goes (the
+    /// tenant's base URL, the new app's client id) is not the value sealed
+    /// with it: the database was edited outside pbx-tokend.
+    #[error("the {column} of tenant {tenant} ({stored:?}) is not the one the {what} of its authorization flow was sealed with ({sealed:?}): the database was changed outside pbx-tokend, so the {what} is not sent anywhere; put the original value back (pbx_base_url: UpdateTenant with the right pbx_base_url) and call CompleteAuthorization(tenant_id={tenant}) again, or run BeginAuthorization to start the authorization again")]
+    FlowTampered {
+        tenant: String,
+        what: &'static str,
+        column: &'static str,
+        stored: String,
+        sealed: String,
+    },
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("storage task failed: {0}")]
@@ -127,6 +148,15 @@ impl StoreError {
         matches!(
             self,
             StoreError::CredentialUnreadable { .. } | StoreError::CredentialTampered { .. }
+        )
+    }
+
+    /// An authorization flow's sealed values cannot be used (unreadable or
+    /// bound to other values): that flow's problem, not the store's.
+    pub fn is_flow_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::FlowUnreadable { .. } | StoreError::FlowTampered { .. }
         )
     }
 }

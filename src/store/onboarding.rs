@@ -1,8 +1,10 @@
 //! The `onboarding_flows` table: one authorization-code flow per tenant,
 //! advanced one committed step at a time so it resumes after a crash. The
 //! `state` is known here only by its SHA-256; the public token, the new
-//! trusted app's secret and its first token are sealed, bound to the tenant
-//! and field. Completing a flow moves the new credentials, token and PBX user
+//! trusted app's secret and its first token are sealed, bound to the tenant,
+//! the field and where they may be sent (base URL, client id: see
+//! `flow_seal`); a flow whose columns no longer match refuses to be read.
+//! Completing a flow moves the new credentials, token and PBX user
 //! onto the tenant in the same transaction that marks the flow completed.
 //!
 //! Does not: decide which step comes next or what an error means (the
@@ -10,7 +12,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::sealed::{self, Field};
+use super::flow_seal::{self, Dest, FlowSecret};
 use super::tenants::{get, parse_id};
 use super::{tenant_writes, Store, StoreError, TenantChanges};
 use crate::clock::UnixMs;
@@ -106,6 +108,9 @@ pub struct Flow {
     pub error: Option<String>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// The tenant's base URL when the flow was read: its sealed values were
+    /// checked against it, so they may be sent there and nowhere else.
+    pub base_url: String,
 }
 
 /// One step's outcome, committed in one transaction.
@@ -158,7 +163,8 @@ const SELECT_FLOW: &str = "SELECT tenant_id, step, state_expires_at, \
         public_token_sealed, public_token_type, public_token_issued_at, public_token_expires_at, \
         app_name, app_client_id, app_secret_sealed, \
         token_sealed, token_type, token_issued_at, token_expires_at, \
-        pbx_user, orphaned_apps, error, created_at, updated_at \
+        pbx_user, orphaned_apps, error, created_at, updated_at, \
+        (SELECT pbx_base_url FROM tenants t WHERE t.tenant_id = onboarding_flows.tenant_id) \
      FROM onboarding_flows ";
 
 /// Columns wiped when a flow ends or restarts.
@@ -252,6 +258,21 @@ impl Store {
             .await
     }
 
+    /// Ends the tenant's flow without reading its sealed values (they do
+    /// not open or no longer match their columns), so that a new one can
+    /// begin; see [`discard_flow`]. Returns the error as stored (naming an
+    /// app the flow created).
+    pub async fn discard_flow(
+        &self,
+        id: &TenantId,
+        error: String,
+        now: UnixMs,
+    ) -> Result<String, StoreError> {
+        let id = id.clone();
+        self.write(move |tx, keys| discard_flow(tx, keys, id.as_str(), &error, now))
+            .await
+    }
+
     /// Step 6 in one transaction: the tenant gets the new credentials, the
     /// first token, the PBX user, its state and renewal job; the flow is
     /// completed, its secrets wiped and its orphan list (reported in
@@ -305,7 +326,12 @@ fn advance(
 ) -> Result<(), StoreError> {
     let n = match update {
         FlowUpdate::CodeExchanged { public_token: t } => {
-            let sealed = sealed::seal(keys, id, Field::OnboardingPublicToken, t.value.expose())?;
+            let dest = Dest {
+                base_url: &flow_seal::tenant_url(tx, id)?,
+                client_id: "",
+            };
+            let sealed =
+                flow_seal::seal(keys, id, FlowSecret::PublicToken, t.value.expose(), &dest)?;
             tx.execute(
                 "UPDATE onboarding_flows SET step = 'code_exchanged', public_token_sealed = ?2, \
                      public_token_type = ?3, public_token_issued_at = ?4, \
@@ -338,11 +364,16 @@ fn advance(
             )?
         }
         FlowUpdate::AppStored { app } => {
-            let sealed = sealed::seal(
+            let dest = Dest {
+                base_url: &flow_seal::tenant_url(tx, id)?,
+                client_id: &app.client_id,
+            };
+            let sealed = flow_seal::seal(
                 keys,
                 id,
-                Field::OnboardingTrustedSecret,
+                FlowSecret::AppSecret,
                 app.client_secret.expose(),
+                &dest,
             )?;
             tx.execute(
                 "UPDATE onboarding_flows SET step = 'app_stored', app_client_id = ?2, \
@@ -351,7 +382,12 @@ fn advance(
             )?
         }
         FlowUpdate::TokenObtained { token: t } => {
-            let sealed = sealed::seal(keys, id, Field::OnboardingToken, t.value.expose())?;
+            let dest = Dest {
+                base_url: &flow_seal::tenant_url(tx, id)?,
+                client_id: "",
+            };
+            let sealed =
+                flow_seal::seal(keys, id, FlowSecret::FirstToken, t.value.expose(), &dest)?;
             tx.execute(
                 "UPDATE onboarding_flows SET step = 'token_obtained', token_sealed = ?2, \
                      token_type = ?3, token_issued_at = ?4, token_expires_at = ?5, error = NULL, \
@@ -411,6 +447,40 @@ fn advance(
     Ok(())
 }
 
+/// Ends the tenant's flow without reading its sealed values (they may be
+/// unreadable or bound to other columns): `failed`, secrets wiped, `error`
+/// on the flow and the tenant, and an app it may have created named in
+/// the orphan list (and in the error). Returns the error as stored. No
+/// flow: nothing to do.
+pub(super) fn discard_flow(
+    tx: &Connection,
+    keys: &Keyring,
+    id: &str,
+    error: &str,
+    now: UnixMs,
+) -> Result<String, StoreError> {
+    let row: Option<(String, Option<String>)> = tx
+        .prepare_cached("SELECT step, app_name FROM onboarding_flows WHERE tenant_id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((step, app_name)) = row else {
+        return Ok(error.to_owned());
+    };
+    let created =
+        FlowStep::parse(&step).is_some_and(|s| s == FlowStep::CreatingApp || s.holds_new_app());
+    let orphan = app_name.filter(|_| created);
+    let error = match &orphan {
+        Some(name) => format!("{error}; application \"{name}\" that this flow created may exist in the PBX without being used: delete it in the PBX web UI"),
+        None => error.to_owned(),
+    };
+    let update = FlowUpdate::Failed {
+        orphan,
+        error: error.clone(),
+    };
+    advance(tx, keys, id, &update, now)?;
+    Ok(error)
+}
+
 /// Flow errors are shown on the tenant too: that is where operators look.
 fn set_tenant_error(tx: &Connection, id: &str, error: &str) -> Result<(), StoreError> {
     tx.execute(
@@ -462,13 +532,19 @@ fn flow_from_row(r: &Row<'_>, keys: &Keyring) -> Result<Flow, StoreError> {
     let step: String = r.get(1)?;
     let step = FlowStep::parse(&step)
         .ok_or_else(|| StoreError::Corrupt(format!("onboarding step of tenant {id}: {step:?}")))?;
-    let token = |sealed_col: usize, field: Field| -> Result<Option<AccessToken>, StoreError> {
+    let base_url: String = r.get::<_, Option<String>>(19)?.unwrap_or_default();
+    let app_client_id: Option<String> = r.get(8)?;
+    let token = |sealed_col: usize, which: FlowSecret| -> Result<Option<AccessToken>, StoreError> {
         let sealed: Option<Vec<u8>> = r.get(sealed_col)?;
         let Some(sealed) = sealed else {
             return Ok(None);
         };
+        let dest = Dest {
+            base_url: &base_url,
+            client_id: "",
+        };
         Ok(Some(AccessToken {
-            value: sealed::open(keys, &id, field, &sealed)?,
+            value: flow_seal::open(keys, &id, which, &sealed, &dest)?,
             token_type: r
                 .get::<_, Option<String>>(sealed_col + 1)?
                 .unwrap_or_default(),
@@ -476,15 +552,22 @@ fn flow_from_row(r: &Row<'_>, keys: &Keyring) -> Result<Flow, StoreError> {
             expires_at: UnixMs(r.get::<_, Option<i64>>(sealed_col + 3)?.unwrap_or(0)),
         }))
     };
-    let public_token = token(3, Field::OnboardingPublicToken)?;
-    let first_token = token(10, Field::OnboardingToken)?;
-    let app_client_id: Option<String> = r.get(8)?;
+    let public_token = token(3, FlowSecret::PublicToken)?;
+    let first_token = token(10, FlowSecret::FirstToken)?;
     let app_secret: Option<Vec<u8>> = r.get(9)?;
     let app = match (app_client_id, app_secret) {
-        (Some(client_id), Some(sealed)) => Some(AppCredentials {
-            client_id,
-            client_secret: sealed::open(keys, &id, Field::OnboardingTrustedSecret, &sealed)?,
-        }),
+        (client_id, Some(sealed)) => {
+            // A missing client id is compared as "" and so refused too.
+            let dest = Dest {
+                base_url: &base_url,
+                client_id: client_id.as_deref().unwrap_or(""),
+            };
+            let secret = flow_seal::open(keys, &id, FlowSecret::AppSecret, &sealed, &dest)?;
+            Some(AppCredentials {
+                client_id: client_id.unwrap_or_default(),
+                client_secret: secret,
+            })
+        }
         _ => None,
     };
     let pbx_user = match r.get::<_, Option<String>>(14)? {
@@ -507,6 +590,7 @@ fn flow_from_row(r: &Row<'_>, keys: &Keyring) -> Result<Flow, StoreError> {
         error: r.get(16)?,
         created_at: UnixMs(r.get(17)?),
         updated_at: UnixMs(r.get(18)?),
+        base_url,
     })
 }
 

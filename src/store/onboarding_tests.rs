@@ -3,6 +3,7 @@
 
 use super::super::connection::sibling;
 use super::super::testutil::*;
+use super::super::{sealed, TenantChanges};
 use super::*;
 use crate::domain::TenantState;
 
@@ -244,6 +245,243 @@ async fn onboarding_secrets_are_never_in_clear_on_disk() {
         .unwrap();
     assert!(matches!(
         t.store.flow_of(&tid("mallory")).await,
-        Err(StoreError::Unseal { .. })
+        Err(StoreError::FlowUnreadable { .. })
+    ));
+}
+
+/// Runs steps 1 to 3 (public token and new app stored) for `id`.
+async fn advance_to_app_stored(t: &TestStore, id: &TenantId) {
+    t.store.begin_flow(id, hash(7), T0, T0).await.unwrap();
+    let steps = [
+        FlowUpdate::CodeExchanged {
+            public_token: token(PUBLIC_TOKEN, T0),
+        },
+        FlowUpdate::CreatingApp {
+            name: "pbx-tokend acme 9f9f9f".into(),
+        },
+        FlowUpdate::AppStored {
+            app: app("new-app-id", NEW_SECRET),
+        },
+    ];
+    for u in steps {
+        t.store.advance_flow(id, u, T0).await.unwrap();
+    }
+}
+
+fn expect_tampered(r: Result<Option<Flow>, StoreError>, column: &str, stored: &str) -> String {
+    match r {
+        Err(e @ StoreError::FlowTampered { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(column) && msg.contains(stored), "{msg}");
+            // The secrets themselves are never in the message.
+            assert!(
+                !msg.contains(PUBLIC_TOKEN) && !msg.contains(NEW_SECRET),
+                "{msg}"
+            );
+            msg
+        }
+        other => panic!("expected FlowTampered, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_edited_base_url_makes_the_flow_refuse_to_be_read() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    advance_to_app_stored(&t, &id).await;
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    let original = f.base_url.clone();
+    assert!(
+        original.starts_with("https://pbx.example.com"),
+        "{original}"
+    );
+    assert_eq!(f.public_token.unwrap().value.expose(), PUBLIC_TOKEN);
+    t.raw()
+        .execute_batch(
+            "UPDATE tenants SET pbx_base_url = 'https://evil.example.net/'              WHERE tenant_id = 'acme'",
+        )
+        .unwrap();
+    let msg = expect_tampered(
+        t.store.flow_of(&id).await,
+        "pbx_base_url",
+        "evil.example.net",
+    );
+    assert!(msg.contains(&original), "{msg}");
+    expect_tampered(
+        t.store.flow_by_state(hash(7)).await,
+        "pbx_base_url",
+        "evil.example.net",
+    );
+    // Put back, the flow reads again.
+    t.raw()
+        .execute(
+            "UPDATE tenants SET pbx_base_url = ?1 WHERE tenant_id = 'acme'",
+            [&original],
+        )
+        .unwrap();
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.app.unwrap().client_secret.expose(), NEW_SECRET);
+}
+
+#[tokio::test]
+async fn an_edited_app_client_id_makes_the_flow_refuse_to_be_read() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    advance_to_app_stored(&t, &id).await;
+    t.raw()
+        .execute_batch("UPDATE onboarding_flows SET app_client_id = 'other-app'")
+        .unwrap();
+    expect_tampered(t.store.flow_of(&id).await, "app_client_id", "other-app");
+    // Discarding it needs no opening: failed, wiped, the app listed.
+    t.store
+        .discard_flow(&id, "replaced".into(), T0.plus_ms(5))
+        .await
+        .unwrap();
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::Failed);
+    assert!(f.public_token.is_none() && f.app.is_none());
+    assert_eq!(f.orphaned_apps, vec!["pbx-tokend acme 9f9f9f".to_string()]);
+    let tenant = t.store.get_tenant(&id).await.unwrap().unwrap();
+    let said = tenant.last_error.unwrap();
+    assert!(
+        said.starts_with("replaced; application \"pbx-tokend acme 9f9f9f\""),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_change_through_update_tenant_rebinds_the_flow() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    advance_to_app_stored(&t, &id).await;
+    let changes = TenantChanges {
+        base_url: Some(base_url("pbx2.example.com")),
+        ..TenantChanges::default()
+    };
+    t.store
+        .update_tenant(&id, changes, T0.plus_ms(1))
+        .await
+        .unwrap();
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert!(
+        f.base_url.starts_with("https://pbx2.example.com"),
+        "{}",
+        f.base_url
+    );
+    assert_eq!(f.public_token.unwrap().value.expose(), PUBLIC_TOKEN);
+    assert_eq!(f.app.unwrap().client_secret.expose(), NEW_SECRET);
+}
+
+#[tokio::test]
+async fn a_flow_sealed_the_old_way_is_ended_at_start_up() {
+    let t = open_temp();
+    pending(&t, "acme").await;
+    let id = tid("acme");
+    advance_to_app_stored(&t, &id).await;
+    // As a binary before flow binding wrote them: the values alone.
+    let old_token = sealed::seal(
+        &t.keys,
+        "acme",
+        sealed::Field::OnboardingPublicToken,
+        PUBLIC_TOKEN,
+    )
+    .unwrap();
+    let old_secret = sealed::seal(
+        &t.keys,
+        "acme",
+        sealed::Field::OnboardingTrustedSecret,
+        NEW_SECRET,
+    )
+    .unwrap();
+    t.raw()
+        .execute(
+            "UPDATE onboarding_flows SET public_token_sealed = ?1, app_secret_sealed = ?2",
+            rusqlite::params![old_token, old_secret],
+        )
+        .unwrap();
+    assert!(matches!(
+        t.store.flow_of(&id).await,
+        Err(StoreError::FlowUnreadable { .. })
+    ));
+    t.store.check_master_key().await.unwrap();
+    let f = t.store.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::Failed);
+    assert!(f.public_token.is_none() && f.app.is_none());
+    assert_eq!(f.orphaned_apps, vec!["pbx-tokend acme 9f9f9f".to_string()]);
+    let tenant = t.store.get_tenant(&id).await.unwrap().unwrap();
+    assert!(tenant
+        .last_error
+        .unwrap()
+        .contains("run BeginAuthorization to start the authorization again"));
+    let raw: Option<Vec<u8>> = t
+        .raw()
+        .query_row("SELECT app_secret_sealed FROM onboarding_flows", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(raw.is_none());
+    // A second start finds nothing more to do.
+    t.store.check_master_key().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_rotation_reseals_flow_values_still_bound() {
+    let (old, new) = ([5u8; 32], [6u8; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let s = Store::open(
+        &path,
+        std::sync::Arc::new(crate::crypto::Keyring::from_key(&old)),
+    )
+    .unwrap();
+    let mut n = new_tenant("acme", TenantState::PendingAuthorization);
+    n.public_app = Some((app("pub-id", "pub-secret"), "https://crm/cb".into()));
+    s.insert_tenant(n).await.unwrap();
+    let id = tid("acme");
+    s.begin_flow(&id, hash(3), T0, T0).await.unwrap();
+    for u in [
+        FlowUpdate::CodeExchanged {
+            public_token: token(PUBLIC_TOKEN, T0),
+        },
+        FlowUpdate::AppStored {
+            app: app("new-app-id", NEW_SECRET),
+        },
+    ] {
+        s.advance_flow(&id, u, T0).await.unwrap();
+    }
+    s.close().await.unwrap();
+    let mut ring = crate::crypto::Keyring::from_key(&new);
+    ring.add_retired_key(&old);
+    let s = Store::open(&path, std::sync::Arc::new(ring)).unwrap();
+    let event = super::super::NewAuditEvent {
+        at: T0,
+        client_id: "cli".into(),
+        action: "master_key.rotate".into(),
+        tenant_id: None,
+        outcome: "ok".into(),
+        detail: String::new(),
+    };
+    // 1 public secret + 2 flow values + the check value.
+    assert_eq!(s.reseal_all(event).await.unwrap().resealed, 4);
+    s.close().await.unwrap();
+    let s = Store::open(
+        &path,
+        std::sync::Arc::new(crate::crypto::Keyring::from_key(&new)),
+    )
+    .unwrap();
+    let f = s.flow_of(&id).await.unwrap().unwrap();
+    assert_eq!(f.public_token.unwrap().value.expose(), PUBLIC_TOKEN);
+    assert_eq!(f.app.unwrap().client_secret.expose(), NEW_SECRET);
+    // Still bound after rotation.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("UPDATE onboarding_flows SET app_client_id = 'other'")
+        .unwrap();
+    drop(raw);
+    assert!(matches!(
+        s.flow_of(&id).await,
+        Err(StoreError::FlowTampered { .. })
     ));
 }

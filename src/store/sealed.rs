@@ -23,12 +23,19 @@ pub(super) enum Field {
     /// The public app's secret with base URL, client id and redirect URI.
     PublicApp,
     AccessToken,
-    /// Onboarding: the public app's token from the code exchange.
+    /// Before flow binding: the code exchange's public token alone.
     OnboardingPublicToken,
-    /// Onboarding: the new trusted app's secret, before it is put in use.
+    /// Before flow binding: the new trusted app's secret alone.
     OnboardingTrustedSecret,
-    /// Onboarding: the first token of the new trusted app.
+    /// Before flow binding: the new trusted app's first token alone.
     OnboardingToken,
+    /// Onboarding: the public app's token from the code exchange, sealed
+    /// with the base URL it may be sent to (see `flow_seal`).
+    FlowPublicToken,
+    /// Onboarding: the new trusted app's secret with base URL and client id.
+    FlowTrustedApp,
+    /// Onboarding: the new trusted app's first token with the base URL.
+    FlowToken,
 }
 
 impl Field {
@@ -42,6 +49,9 @@ impl Field {
             Field::OnboardingPublicToken => "onboarding_public_token",
             Field::OnboardingTrustedSecret => "onboarding_trusted_secret",
             Field::OnboardingToken => "onboarding_token",
+            Field::FlowPublicToken => "flow_public_token",
+            Field::FlowTrustedApp => "flow_trusted_app",
+            Field::FlowToken => "flow_token",
         }
     }
 }

@@ -103,6 +103,7 @@ pub(super) fn update(
         // The secrets are sealed together with the URL they may be sent to.
         let replaced = ch.trusted_app.as_ref().map(|_| credentials::Kind::Trusted);
         credentials::rebind_url(tx, keys, id, &base_url, replaced)?;
+        super::flow_seal::rebind_url(tx, keys, id, &base_url)?;
     }
     if let Some(state) = ch.state {
         tx.execute(

@@ -16,6 +16,7 @@ mod credential;
 mod echoed_secrets;
 mod failures;
 mod first_hour;
+mod flow_tamper;
 mod full_disk;
 mod hardening_transport;
 mod health;

@@ -21,17 +21,22 @@ use crate::onboarding::REDIRECT;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pbx-tokend");
 
-/// One run of the binary, its stderr collected line by line.
-struct Proc {
+/// One run of the binary, its stderr collected line by line (also used
+/// by `flow_tamper`).
+pub(crate) struct Proc {
     child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
+    pub(crate) logs: Arc<Mutex<Vec<String>>>,
     channel: Channel,
     /// The daemon's bootstrap admin key.
     key: String,
 }
 
 impl Proc {
-    async fn start(config: &std::path::Path, port: u16, crash_after: Option<u8>) -> Proc {
+    pub(crate) async fn start(
+        config: &std::path::Path,
+        port: u16,
+        crash_after: Option<u8>,
+    ) -> Proc {
         let mut cmd = Command::new(BIN);
         cmd.args(["--config", config.to_str().unwrap()])
             .env_remove(CRASH_HOOK_VAR)
@@ -69,7 +74,7 @@ impl Proc {
         }
     }
 
-    fn admin(&self) -> AdminClient {
+    pub(crate) fn admin(&self) -> AdminClient {
         AdminServiceClient::with_interceptor(self.channel.clone(), Bearer::new(Some(&self.key)))
     }
 
@@ -77,11 +82,11 @@ impl Proc {
         TokenServiceClient::with_interceptor(self.channel.clone(), Bearer::new(Some(&self.key)))
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
-    async fn tenant(&self, id: &str) -> proto::Tenant {
+    pub(crate) async fn tenant(&self, id: &str) -> proto::Tenant {
         self.admin()
             .get_tenant(proto::GetTenantRequest {
                 tenant_id: id.into(),
@@ -91,7 +96,7 @@ impl Proc {
             .into_inner()
     }
 
-    fn kill(mut self) -> String {
+    pub(crate) fn kill(mut self) -> String {
         // Child::kill is SIGKILL on Unix: no shutdown code runs.
         self.child.kill().unwrap();
         self.child.wait().unwrap();
