@@ -20,8 +20,10 @@
 //! - `health`     grpc.health.v1 status from a database write probe
 //! - `metrics`    Prometheus registry and the `/metrics` endpoint
 //! - `overview`   operator numbers shared by metrics and GetServerStatus
-//! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `simulation` seeded deterministic simulation of the renewal engine
+//!
+//! The fake PBX provider (binary `pbx-sim`, used by the tests) is the
+//! separate crate `pbx-sim/`, which depends on nothing here.
 //! - `clock`, `domain`, `secret`: shared vocabulary
 
 pub mod access;
@@ -42,7 +44,6 @@ pub mod pbx;
 pub mod renewal;
 pub mod rotation;
 pub mod secret;
-pub mod sim;
 #[cfg(any(test, feature = "simulation"))]
 pub mod simulation;
 pub mod statedir;
