@@ -8,7 +8,6 @@
 //! wiring
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
 //! - `rotation`   re-sealing everything under a new master key (offline)
-//! - `sim`        the PBX simulator (binary `pbx-sim` and the tests)
 //! - `simulation` seeded deterministic simulation of the renewal engine
 //!
 //! transports
@@ -42,6 +41,9 @@
 //! - `logging`    log set-up (the filter parser lives in `config`)
 //! - `metrics`    the Prometheus registry, a leaf anything may record into
 //! - `policy`     renewal arithmetic: when to renew, how long to back off
+//!
+//! The fake PBX provider (binary `pbx-sim`, used by the tests) is the
+//! separate crate `pbx-sim/`, which depends on nothing here.
 
 pub mod access;
 pub mod api;
@@ -62,7 +64,6 @@ pub mod policy;
 pub mod renewal;
 pub mod rotation;
 pub mod secret;
-pub mod sim;
 #[cfg(any(test, feature = "simulation"))]
 pub mod simulation;
 pub mod statedir;

@@ -18,8 +18,8 @@
 //! and tenants waiting per step, to tell a renewal that waited in the host's
 //! queue from one that was started late.
 
-use super::pbx::Ledger;
 use super::plan::{Plan, T0};
+use super::provider_model::Ledger;
 use super::record::Recorder;
 use super::world::World;
 use crate::clock::UnixMs;
@@ -300,8 +300,8 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::simulation::pbx::Issued;
     use crate::simulation::plan::T0;
+    use crate::simulation::provider_model::Issued;
     use crate::simulation::SimSpec;
 
     /// A calm run's spec, world and plan for `tenants` on `hosts`, with

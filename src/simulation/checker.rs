@@ -22,8 +22,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::pbx::SimPbx;
 use super::plan::Plan;
+use super::provider_model::ProviderModel;
 use super::record::Recorder;
 use super::world::World;
 use crate::broker::Broker;
@@ -59,7 +59,7 @@ pub struct Checker {
     pub clock: SharedClock,
     pub plan: Arc<Plan>,
     pub world: Arc<World>,
-    pub pbx: Arc<SimPbx>,
+    pub pbx: Arc<ProviderModel>,
     pub rec: Arc<Recorder>,
     pub default_min_valid_ms: i64,
     /// The running process, with its epoch; `None` while the daemon is down.
@@ -73,7 +73,7 @@ impl Checker {
         clock: SharedClock,
         plan: Arc<Plan>,
         world: Arc<World>,
-        pbx: Arc<SimPbx>,
+        pbx: Arc<ProviderModel>,
         rec: Arc<Recorder>,
         default_min_valid_ms: i64,
     ) -> Self {

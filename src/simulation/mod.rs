@@ -1,11 +1,13 @@
 //! Deterministic simulation of the renewal engine: the real broker, renewal
 //! scheduler, policy, per-host limiter and SQLite store run in one process
-//! against an in-process PBX ([`pbx::SimPbx`], behind the same `PbxApi`
-//! trait as the HTTP client), on a current-thread tokio runtime whose clock
-//! is paused and jumps to the next timer whenever every task waits. Hours of
-//! renewals take seconds, and every random choice (the faults, the PBX's
-//! answers, the daemon's jitter, the probes) comes from one seed: the same
-//! seed replays the same run, event for event ([`SeedReport::digest`]).
+//! against an in-process model of the provider
+//! ([`provider_model::ProviderModel`], behind the same `PbxApi` trait as the
+//! HTTP client; not the `pbx-sim` crate, which serves real HTTP), on a
+//! current-thread tokio runtime whose clock is paused and jumps to the next
+//! timer whenever every task waits. Hours of renewals take seconds, and every
+//! random choice (the faults, the PBX's answers, the daemon's jitter, the
+//! probes) comes from one seed: the same seed replays the same run, event for
+//! event ([`SeedReport::digest`]).
 //!
 //! Faults ([`plan`]): PBX outages up to 30 minutes (refused, 503, hanging),
 //! 429 storms with and without reset headers, slow answers (some past the
@@ -25,9 +27,9 @@
 
 pub mod analysis;
 pub mod checker;
-pub mod pbx;
 pub mod plan;
 pub mod process;
+pub mod provider_model;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -49,9 +51,9 @@ use crate::secret::Secret;
 use crate::store::{NewTenant, Store, StoreError};
 
 use checker::{CheckStats, Checker};
-use pbx::SimPbx;
 use plan::{FaultKind, Plan, T0};
 use process::Process;
+use provider_model::ProviderModel;
 use record::{Recorder, Violation};
 use world::World;
 
@@ -151,7 +153,7 @@ pub struct SeedReport {
     pub revocations: usize,
     pub restarts: usize,
     pub pbx_requests: u64,
-    /// Per outcome name (see [`pbx::OUTCOMES`]).
+    /// Per outcome name (see [`provider_model::OUTCOMES`]).
     pub outcomes: Vec<(&'static str, u64)>,
     /// Highest count of arrivals in one second at any host, and the limit.
     pub max_per_second: u32,
@@ -297,7 +299,7 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
     if spec.mutation == Some(Mutation::DefaultLifetimeTooLong) {
         config.token.default_lifetime_seconds = spec.lifetime_secs * 2;
     }
-    let pbx = Arc::new(SimPbx::new(
+    let pbx = Arc::new(ProviderModel::new(
         clock.clone(),
         world.clone(),
         plan.clone(),
@@ -436,7 +438,11 @@ async fn run(spec: &SimSpec, seed: u64) -> Result<SeedReport, SimError> {
         revocations: plan.revocations.len(),
         restarts: plan.restarts.len(),
         pbx_requests: meters.iter().map(|m| m.requests).sum(),
-        outcomes: pbx::OUTCOMES.iter().copied().zip(outcomes).collect(),
+        outcomes: provider_model::OUTCOMES
+            .iter()
+            .copied()
+            .zip(outcomes)
+            .collect(),
         max_per_second: meters.iter().map(|m| m.max_per_second).max().unwrap_or(0),
         rate_limit: pbx_config.limits.per_host_requests_per_second,
         max_in_flight: meters.iter().map(|m| m.max_in_flight).max().unwrap_or(0),
@@ -455,7 +461,7 @@ async fn seed_tenants(
     spec: &SimSpec,
     config: &Config,
     world: &World,
-    pbx: &SimPbx,
+    pbx: &ProviderModel,
     db: &std::path::Path,
     keyring: &Arc<Keyring>,
     rng: &mut StdRng,

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use futures::future::BoxFuture;
 
-use super::pbx::SimPbx;
+use super::provider_model::ProviderModel;
 use crate::broker::{Broker, BrokerSettings, Jitter};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -41,7 +41,7 @@ impl Process {
         keyring: Arc<Keyring>,
         config: &Config,
         clock: SharedClock,
-        pbx: Arc<SimPbx>,
+        pbx: Arc<ProviderModel>,
         seed: u64,
     ) -> Result<Process, StoreError> {
         let store = Store::open_inline(db, keyring)?;
@@ -104,7 +104,7 @@ impl Process {
 /// requests vanish with it (the future is dropped, so the PBX sees the
 /// connection close) and any later call never returns.
 struct ProcessPbx {
-    pbx: Arc<SimPbx>,
+    pbx: Arc<ProviderModel>,
     killed: CancellationToken,
 }
 

@@ -26,7 +26,7 @@ fn assert_clean(r: &SeedReport) {
 
 #[test]
 fn malformed_bodies_are_refused_by_the_parser() {
-    for (ct, body) in pbx::MALFORMED {
+    for (ct, body) in provider_model::MALFORMED {
         let meta = ResponseMeta {
             content_type: Some(ct.into()),
             ..ResponseMeta::default()

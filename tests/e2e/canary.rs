@@ -7,6 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pbx_sim::Faults;
 use pbx_tokend::proto::admin_service_client::AdminServiceClient;
 use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::{
@@ -14,7 +15,6 @@ use pbx_tokend::proto::{
     ListTenantsRequest, RefreshTenantRequest, ReportRejectedTokenRequest, UpdateTenantRequest,
     WatchTokenRequest,
 };
-use pbx_tokend::sim::Faults;
 use tonic::transport::Channel;
 
 use crate::harness::*;

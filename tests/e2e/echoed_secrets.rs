@@ -11,13 +11,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pbx_sim::{EchoEndpoints, EchoFault, EchoForm, Faults, RunningSim};
 use pbx_tokend::proto::admin_service_client::AdminServiceClient;
 use pbx_tokend::proto::{
     self, AppCredentials, BeginAuthorizationRequest, CompleteAuthorizationRequest,
     CreateTenantRequest, GetTenantRequest, ListAuditEventsRequest, ListTenantsRequest,
     RefreshTenantRequest, UpdateTenantRequest,
 };
-use pbx_tokend::sim::{EchoEndpoints, EchoFault, EchoForm, Faults, RunningSim};
 use tonic::transport::Channel;
 
 use crate::harness::*;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use pbx_sim::{Faults, Malformed};
 use pbx_tokend::proto::{self, RefreshTenantRequest, TenantState};
-use pbx_tokend::sim::{Faults, Malformed};
 use tonic::Code;
 
 use crate::harness::*;

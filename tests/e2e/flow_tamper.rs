@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pbx_sim::{AppInfo, RunningSim};
 use pbx_tokend::onboarding::CRASH_MARKER;
 use pbx_tokend::proto::{self, AppCredentials, CreateTenantRequest};
-use pbx_tokend::sim::{AppInfo, RunningSim};
 use tonic::Code;
 
 use crate::harness::*;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pbx_sim::Faults;
 use pbx_tokend::proto::{self, GetServerStatusRequest};
-use pbx_tokend::sim::Faults;
 
 use crate::harness::*;
 

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pbx_sim::{RunningSim, SimConfig, Simulator};
 use pbx_tokend::clock::SystemClock;
 use pbx_tokend::config::Config;
 use pbx_tokend::daemon::Daemon;
 use pbx_tokend::proto::admin_service_client::AdminServiceClient;
 use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::{self, AppCredentials, CreateTenantRequest, GetTokenRequest};
-use pbx_tokend::sim::{RunningSim, SimConfig, Simulator};
 use tempfile::TempDir;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;

@@ -2,8 +2,8 @@
 //! per interval, oversized messages are refused, and a request that runs
 //! past `grpc.request_timeout_ms` is cut off.
 
+use pbx_sim::Faults;
 use pbx_tokend::proto::{GetTokenRequest, ReportRejectedTokenRequest};
-use pbx_tokend::sim::Faults;
 use tonic::Code;
 
 use crate::harness::*;

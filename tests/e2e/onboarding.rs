@@ -4,11 +4,11 @@
 //! redirect URI mismatch, 403 on app creation, an unknown app answer, and
 //! re-authorization of an ACTIVE tenant. Crash tests: `onboarding_crash.rs`.
 
+use pbx_sim::{AppInfo, AppResponseShape, Faults, RunningSim};
 use pbx_tokend::proto::{
     self, AppCredentials, BeginAuthorizationRequest, BeginAuthorizationResponse,
     CompleteAuthorizationRequest, CreateTenantRequest,
 };
-use pbx_tokend::sim::{AppInfo, AppResponseShape, Faults, RunningSim};
 use tonic::Code;
 
 use crate::harness::*;

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
+use pbx_sim::RunningSim;
 use pbx_tokend::proto;
-use pbx_tokend::sim::RunningSim;
 use tonic::Code;
 
 use crate::harness::*;

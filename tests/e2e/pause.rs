@@ -8,8 +8,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pbx_sim::Faults;
 use pbx_tokend::proto;
-use pbx_tokend::sim::Faults;
 
 use crate::harness::*;
 

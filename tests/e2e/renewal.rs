@@ -58,7 +58,7 @@ async fn renews_before_expiry_and_never_serves_an_expired_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_host_rate_and_concurrency_limits_hold_for_renewals_and_fetches() {
     let sim = sim_with_lifetime(2).await;
-    sim.sim.set_faults(pbx_tokend::sim::Faults {
+    sim.sim.set_faults(pbx_sim::Faults {
         latency_ms: 50,
         ..Default::default()
     });

@@ -9,8 +9,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pbx_sim::RunningSim;
 use pbx_tokend::proto::{self, AppCredentials, UpdateTenantRequest};
-use pbx_tokend::sim::RunningSim;
 use tonic::Code;
 
 use crate::harness::*;

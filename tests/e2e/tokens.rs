@@ -37,7 +37,7 @@ async fn two_hundred_callers_needing_more_validity_cause_one_request() {
     let client = d.add_tenant(&sim, "acme").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // Slow answers: all callers overlap the one fetch.
-    sim.sim.set_faults(pbx_tokend::sim::Faults {
+    sim.sim.set_faults(pbx_sim::Faults {
         latency_ms: 500,
         ..Default::default()
     });
@@ -72,7 +72,7 @@ async fn cold_tenant_after_restart_two_hundred_callers_one_request() {
     tokio::time::sleep(Duration::from_millis(2_300)).await;
     sim.sim.set_token_lifetime(3600);
     // Slow answers make the callers overlap with whatever fetch runs first.
-    sim.sim.set_faults(pbx_tokend::sim::Faults {
+    sim.sim.set_faults(pbx_sim::Faults {
         latency_ms: 300,
         ..Default::default()
     });

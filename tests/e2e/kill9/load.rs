@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use pbx_sim::{AppInfo, Simulator};
 use pbx_tokend::proto::admin_service_client::AdminServiceClient;
 use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::{self, AppCredentials};
-use pbx_tokend::sim::{AppInfo, Simulator};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use pbx_tokend::sim::{Faults, SimConfig, Simulator};
+use pbx_sim::{Faults, SimConfig, Simulator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -268,7 +268,7 @@ pub async fn campaign(p: Params) -> Report {
 
     let c = &sh.counters;
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let grants = |s: &pbx_tokend::sim::SimStats, g: &str| {
+    let grants = |s: &pbx_sim::SimStats, g: &str| {
         s.token_requests_by_grant_type.get(g).copied().unwrap_or(0)
     };
     let violations = sh.violations.lock().unwrap().clone();

@@ -1,5 +1,6 @@
-//! The simulated PBX, in process, behind the same [`PbxApi`] trait as the
-//! HTTP client. It answers `client_credentials` as the provider would
+//! The provider model: the simulation's PBX, in process, behind the same
+//! [`PbxApi`] trait as the HTTP client. (Not the HTTP fake provider, the
+//! `pbx-sim` crate; hence the name.) It answers `client_credentials` as the provider would
 //! (tokens, 401, 429 with reset headers, 503, timeouts, malformed bodies)
 //! according to the fault plan, and turns each answer into a result with
 //! the real parser ([`crate::pbx::parse::parse_token_response`]), so the
@@ -117,7 +118,7 @@ pub const OUTCOMES: [&str; 7] = [
     "refused_conn",
 ];
 
-pub struct SimPbx {
+pub struct ProviderModel {
     clock: SharedClock,
     world: Arc<World>,
     plan: Arc<Plan>,
@@ -147,7 +148,7 @@ enum Answer {
     },
 }
 
-impl SimPbx {
+impl ProviderModel {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         clock: SharedClock,
@@ -157,10 +158,10 @@ impl SimPbx {
         config: &crate::config::Config,
         rng: StdRng,
         omit_expires_in: bool,
-    ) -> SimPbx {
+    ) -> ProviderModel {
         let tenants = world.tenant_ids.len();
         let hosts = world.hosts.len();
-        SimPbx {
+        ProviderModel {
             clock,
             world,
             plan,
@@ -481,7 +482,7 @@ fn timed_out(ms: u64) -> PbxError {
 }
 
 struct InFlight<'a> {
-    pbx: &'a SimPbx,
+    pbx: &'a ProviderModel,
     host: usize,
 }
 
@@ -494,7 +495,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl PbxApi for SimPbx {
+impl PbxApi for ProviderModel {
     fn client_credentials<'a>(
         &'a self,
         base: &'a PbxBaseUrl,

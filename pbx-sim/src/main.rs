@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use pbx_tokend::sim::{base_url, SeedFile, SimConfig, Simulator};
+use pbx_sim::{base_url, SeedFile, SimConfig, Simulator};
 use tracing_subscriber::EnvFilter;
 
 /// Simulated PBX provider: OAuth 2.0 (`/oauth/authorize`, `/oauth/token`),

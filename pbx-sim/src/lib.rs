@@ -7,17 +7,22 @@
 //! API under `/_sim/` (apps, faults, config, stats, approval). Faults include
 //! error answers that echo the request, secrets and all (`echo.rs`).
 //!
+//! Its own crate, with no dependency on `pbx-tokend`: a fake provider that
+//! borrowed the daemon's types (even its clock) could share a bug with the
+//! code under test and hide it; the compiler now keeps them apart.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use pbx_tokend::sim::{Simulator, SimConfig};
+//! use pbx_sim::{Simulator, SimConfig};
 //! let sim = Simulator::new(SimConfig::default());
 //! let creds = sim.add_trusted_app(Some("app-1"), Some("s3cret")).map_err(std::io::Error::other)?;
 //! let (addr, _task) = sim.clone().spawn_on_loopback().await?;
-//! let base = pbx_tokend::sim::base_url(addr); // http://127.0.0.1:PORT
+//! let base = pbx_sim::base_url(addr); // http://127.0.0.1:PORT
 //! # let _ = (creds, base); Ok(()) }
 //! ```
 
 mod api;
+pub mod clock;
 mod control;
 mod echo;
 mod faults;
