@@ -1,7 +1,8 @@
 //! A faithful fake of the PBX provider's OAuth and REST API over real HTTP,
 //! for end-to-end tests, the crash campaign, benchmarks and `pbx-sim`.
 //!
-//! Endpoints (as `pbx-oauth-api.txt` describes them):
+//! Endpoints (as the provider's OAuth document describes them; the parts
+//! pbx-tokend relies on are quoted in docs/ONBOARDING.md):
 //! `GET|POST /oauth/authorize`, `POST /oauth/token`,
 //! `POST /api/ver1.0/application/`, `GET /api/ver1.0/user/`; plus a control
 //! API under `/_sim/` (apps, faults, config, stats, approval). Faults include

@@ -1,8 +1,9 @@
 //! Onboarding through the PBX authorization dialog, as a resumable state
 //! machine: BeginAuthorization hands out a URL with a one-time `state`;
 //! CompleteAuthorization (or the callback listener) runs the six steps of
-//! `pbx-oauth-api.txt` from the code exchange to a trusted application in
-//! use, committing each step's outcome before the next one starts. A flow
+//! the provider's OAuth document (quoted in docs/ONBOARDING.md) from the code
+//! exchange to a trusted application in use, committing each step's outcome
+//! before the next one starts. A flow
 //! interrupted by a crash resumes at start-up or on the next
 //! CompleteAuthorization for the same state or tenant.
 //!
