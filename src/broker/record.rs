@@ -53,18 +53,18 @@ impl Broker {
             Ok(grant) => {
                 let token = self.token_from_grant(grant, issued_at);
                 let renew_at = decide(Outcome::Success { token: &token }, "").next_due;
-                self.record_success(slot, token, renew_at, latency_ms, now)
+                self.apply_success(slot, token, renew_at, latency_ms, now)
                     .await
             }
             Err(f) => {
                 let decision = decide(f.outcome(now), &f.describe());
-                self.record_failure(slot, class, decision, latency_ms, now)
+                self.apply_failure(slot, class, decision, latency_ms, now)
                     .await
             }
         }
     }
 
-    async fn record_success(
+    async fn apply_success(
         &self,
         slot: &Arc<Slot>,
         token: AccessToken,
@@ -104,7 +104,7 @@ impl Broker {
         Ok(token)
     }
 
-    async fn record_failure(
+    async fn apply_failure(
         &self,
         slot: &Arc<Slot>,
         class: &'static str,
