@@ -12,6 +12,8 @@ use crate::clock::UnixMs;
 use crate::config::RefreshConfig;
 use crate::domain::AccessToken;
 
+pub mod outcome;
+
 /// Never plan a renewal closer than this to the token's expiry.
 const MIN_HEADROOM_MS: i64 = 500;
 /// A backoff delay is never shorter than this, so full jitter can't spin.

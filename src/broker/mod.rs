@@ -12,6 +12,7 @@
 mod abandoned;
 mod jitter;
 mod min_valid;
+mod record;
 mod slot;
 mod startup;
 pub mod unstored;
@@ -32,9 +33,10 @@ use crate::metrics::Metrics;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::policy::RenewalPolicy;
-use crate::store::{CachedTenant, RefreshRecord, Store, StoreError};
+use crate::store::{CachedTenant, Store, StoreError};
 
 pub use jitter::Jitter;
+pub use record::FetchFailure;
 pub use slot::Slot;
 pub use watch::{TokenWatch, WatchEnd};
 
@@ -564,184 +566,6 @@ impl Broker {
             expires_at: issued_at.plus_ms(lifetime_ms),
         }
     }
-
-    async fn record_outcome(
-        &self,
-        slot: &Arc<Slot>,
-        issued_at: UnixMs,
-        outcome: Result<TokenGrant, FetchFailure>,
-        latency: std::time::Duration,
-    ) -> Result<Arc<AccessToken>, TokenError> {
-        let settings = self.settings();
-        let now = self.clock.now();
-        let latency_ms = latency.as_millis() as u64;
-        self.metrics.renewal(
-            match &outcome {
-                Ok(_) => "success",
-                Err(f) => f.class(),
-            },
-            latency,
-        );
-        match outcome {
-            Ok(grant) => {
-                let token = self.token_from_grant(grant, issued_at);
-                let renew_at = settings.policy.renew_at(&token, self.jitter());
-                let stored = self
-                    .store
-                    .record_refresh(
-                        slot.id(),
-                        RefreshRecord::Success {
-                            token: token.clone(),
-                            renew_at,
-                        },
-                        now,
-                    )
-                    .await;
-                let token = Arc::new(token);
-                match stored {
-                    Ok(_) => {
-                        slot.publish(token.clone());
-                        self.store_recovered(slot);
-                    }
-                    // A token is a cache: serve it from memory; the next
-                    // commit that works writes it.
-                    Err(e) if unstored::is_write_failure(&e) => {
-                        slot.publish(token.clone());
-                        let error = self.store_failed(
-                            slot,
-                            Some((token.clone(), renew_at)),
-                            &e,
-                            renew_at,
-                            now,
-                        );
-                        slot.set_last_error(Some(error));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                self.schedule_changed.notify_one();
-                tracing::debug!(tenant = %slot.id(), outcome = "success", latency_ms, expires_at = %token.expires_at, next_renewal = %renew_at, "token renewed");
-                Ok(token)
-            }
-            Err(failure) => {
-                let failures = slot.failures() + 1;
-                let (state, retry_at, retry_hint) = match &failure {
-                    FetchFailure::Pbx(PbxError::CredentialsRejected { .. }) => (
-                        TenantState::CredentialsRejected,
-                        now.plus(settings.policy.rejected_retry(self.jitter())),
-                        None,
-                    ),
-                    FetchFailure::HostThrottled { until } => (
-                        TenantState::RenewalFailing,
-                        settings.policy.after_throttle(*until, self.jitter()),
-                        Some(*until),
-                    ),
-                    FetchFailure::Pbx(PbxError::Throttled { retry_after }) => {
-                        let until = now.plus(*retry_after);
-                        (
-                            TenantState::RenewalFailing,
-                            settings.policy.after_throttle(until, self.jitter()),
-                            Some(until),
-                        )
-                    }
-                    FetchFailure::Pbx(e) => {
-                        let backoff = match e {
-                            PbxError::Protocol { .. } => settings
-                                .policy
-                                .backoff_after_malformed(failures, self.jitter()),
-                            _ => settings.policy.backoff(failures, self.jitter()),
-                        };
-                        (
-                            TenantState::RenewalFailing,
-                            settings.policy.retry_before_expiry(
-                                now.plus(backoff),
-                                now,
-                                slot.token().as_deref(),
-                            ),
-                            None,
-                        )
-                    }
-                };
-                let message = failure.describe();
-                tracing::warn!(tenant = %slot.id(), outcome = "failure", class = failure.class(), latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");
-                let stored = self
-                    .store
-                    .record_refresh(
-                        slot.id(),
-                        RefreshRecord::Failure {
-                            state,
-                            error: message.clone(),
-                            retry_at,
-                        },
-                        now,
-                    )
-                    .await;
-                slot.record_failure(state, message.clone());
-                match stored {
-                    // The failure row carries the job's new due time, but
-                    // not a token still waiting in memory; that one stays
-                    // pending for the next success.
-                    Ok(_) => {
-                        if slot.unstored().is_some_and(|u| u.token.is_none()) {
-                            self.store_recovered(slot);
-                        }
-                    }
-                    // The caller hears the PBX failure; the lost write only
-                    // moves the retry into memory.
-                    Err(e) if unstored::is_write_failure(&e) => {
-                        let error = self.store_failed(slot, None, &e, retry_at, now);
-                        slot.set_last_error(Some(format!("{message}; {error}")));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                self.schedule_changed.notify_one();
-                Err(match state {
-                    TenantState::CredentialsRejected => TokenError::NotServable {
-                        tenant: slot.id().to_string(),
-                        state,
-                        hint: REJECTED_HINT,
-                    },
-                    _ => TokenError::Unavailable {
-                        tenant: slot.id().to_string(),
-                        reason: message,
-                        retry_at: retry_hint.or(Some(retry_at)),
-                    },
-                })
-            }
-        }
-    }
-}
-
-/// A fetch that did not produce a token.
-#[derive(Debug)]
-pub enum FetchFailure {
-    /// Our own limiter knows the host is throttled: nothing was sent.
-    HostThrottled {
-        until: UnixMs,
-    },
-    Pbx(PbxError),
-}
-
-impl FetchFailure {
-    pub fn class(&self) -> &'static str {
-        match self {
-            FetchFailure::HostThrottled { .. } => "throttled",
-            FetchFailure::Pbx(e) => e.class(),
-        }
-    }
-
-    /// The operator-facing text stored as `last_error`.
-    pub fn describe(&self) -> String {
-        match self {
-            FetchFailure::HostThrottled { until } => {
-                format!("throttled: the PBX host asked us to wait (HTTP 429) until {until}")
-            }
-            FetchFailure::Pbx(PbxError::Throttled { retry_after }) => format!(
-                "throttled: the PBX answered HTTP 429; no request before {}s have passed",
-                retry_after.as_secs()
-            ),
-            FetchFailure::Pbx(e) => e.to_string(),
-        }
-    }
 }
 
 fn held_or(
@@ -754,3 +578,6 @@ fn held_or(
         _ => Err(err()),
     }
 }
+
+#[cfg(test)]
+mod tests;

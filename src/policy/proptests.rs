@@ -2,7 +2,8 @@
 //! (`validate()` ranges) and any random input, including NaN and infinity:
 //! a renewal is planned after issue and before expiry, inside the jitter
 //! band unless the headroom clips it; backoff stays within its bounds;
-//! jitter stays within its range.
+//! jitter stays within its range; and the outcome rules (`outcome::decide`)
+//! keep their promises for every class of outcome.
 
 use proptest::prelude::*;
 
@@ -169,6 +170,125 @@ proptest! {
         for _ in 0..100 {
             let x = j.next();
             prop_assert!((0.0..1.0).contains(&x));
+        }
+    }
+}
+
+/// The outcome rules (`outcome::decide`) over every valid policy.
+mod outcome_rules {
+    use super::*;
+    use crate::domain::TenantState;
+    use outcome::{decide, Input, Outcome};
+
+    fn input<'a>(
+        outcome: Outcome<'a>,
+        failures: u32,
+        now: i64,
+        held: Option<&'a AccessToken>,
+        rand: f64,
+    ) -> Input<'a> {
+        Input {
+            outcome,
+            failures,
+            now: UnixMs(now),
+            held,
+            error: "e",
+            rand,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+        #[test]
+        fn a_failure_is_never_retried_after_the_held_token_expires(
+            p in policies(),
+            failures in 0u32..60,
+            rand in rands(),
+            now in 0i64..4_000_000_000_000,
+            left in 1i64..=31 * 86_400_000,
+            kind in 0usize..2,
+        ) {
+            let held = token(now - 1_000, left + 1_000);
+            let class = [Outcome::Failed, Outcome::Malformed][kind];
+            let d = decide(&p, input(class, failures, now, Some(&held), rand));
+            prop_assert!(d.next_due > UnixMs(now));
+            // Within half the remaining validity (or the 100 ms floor).
+            prop_assert!(d.next_due.0 - now <= (left / 2).max(100), "{:?} with {left} ms left", d.next_due);
+            prop_assert!(left <= 200 || d.next_due < held.expires_at);
+        }
+
+        #[test]
+        fn a_throttle_is_never_retried_before_its_reset(
+            p in policies(),
+            failures in 0u32..60,
+            rand in rands(),
+            now in 0i64..4_000_000_000_000,
+            until in -60_000i64..=86_400_000,
+            held_left in proptest::option::of(1i64..=3_600_000),
+        ) {
+            let until = UnixMs(now + until);
+            let held = held_left.map(|l| token(now + l - 3_600_000, 3_600_000));
+            let d = decide(&p, input(Outcome::Throttled { until }, failures, now, held.as_ref(), rand));
+            prop_assert!(d.next_due >= until);
+            prop_assert_eq!(d.throttled_until, Some(until));
+            prop_assert_eq!(d.state, TenantState::RenewalFailing);
+        }
+
+        #[test]
+        fn rejected_credentials_wait_at_least_the_rejected_retry(
+            p in policies(),
+            failures in 0u32..60,
+            rand in rands(),
+            now in 0i64..4_000_000_000_000,
+            held_left in proptest::option::of(1i64..=3_600_000),
+        ) {
+            let held = held_left.map(|l| token(now + l - 3_600_000, 3_600_000));
+            let d = decide(&p, input(Outcome::CredentialsRejected, failures, now, held.as_ref(), rand));
+            prop_assert_eq!(d.state, TenantState::CredentialsRejected);
+            prop_assert!(d.next_due.0 - now >= p.rejected_retry_ms as i64);
+            prop_assert!(d.next_due.0 - now <= (p.rejected_retry_ms + p.rejected_retry_ms / 10) as i64);
+        }
+
+        #[test]
+        fn a_success_plans_the_renewal_inside_the_jitter_band(
+            p in policies(),
+            failures in any::<u32>(),
+            issued in 0i64..4_000_000_000_000,
+            lifetime in 10_000i64..=31 * 86_400_000,
+            rand in 0.0f64..=1.0,
+        ) {
+            let t = token(issued, lifetime);
+            let d = decide(&p, input(Outcome::Success { token: &t }, failures, issued, None, rand));
+            let lo = issued + (lifetime as f64 * (p.at_fraction - p.jitter_fraction)).floor() as i64;
+            let hi = issued + (lifetime as f64 * (p.at_fraction + p.jitter_fraction)).ceil() as i64;
+            prop_assert!(d.next_due.0 >= lo.min(t.expires_at.0 - 500) && d.next_due.0 <= hi);
+            prop_assert!(d.next_due < t.expires_at);
+            prop_assert_eq!(d.state, TenantState::Active);
+            prop_assert_eq!(d.last_error, None);
+        }
+
+        #[test]
+        fn failures_count_up_by_one_and_a_success_resets_them(
+            p in policies(),
+            failures in 0u32..u32::MAX,
+            rand in rands(),
+            now in 0i64..4_000_000_000_000,
+            kind in 0usize..4,
+            until in -60_000i64..=86_400_000,
+        ) {
+            let class = [
+                Outcome::Failed,
+                Outcome::Malformed,
+                Outcome::CredentialsRejected,
+                Outcome::Throttled { until: UnixMs(now + until) },
+            ][kind];
+            let d = decide(&p, input(class, failures, now, None, rand));
+            prop_assert_eq!(d.failures, failures + 1);
+            prop_assert_eq!(d.last_error.as_deref(), Some("e"));
+            let t = token(now, 3_600_000);
+            let d = decide(&p, input(Outcome::Success { token: &t }, failures, now, None, rand));
+            prop_assert_eq!(d.failures, 0);
         }
     }
 }
