@@ -1,6 +1,6 @@
 //! pbx-tokenctl: the command-line front end of pbx-tokend's gRPC API.
 //!
-//! - `cli.rs`      the clap definition (every flag documented there)
+//! - `cli/mod.rs`  the clap definition (every flag documented there)
 //! - `audit.rs`    the `audit` command (the daemon's audit log)
 //! - `commands.rs` one function per command
 //! - `display.rs`  proto <-> tables / JSON / times
