@@ -1,6 +1,6 @@
 //! The gRPC front end: tonic services that decode a request, call one use
 //! case, and encode the answer. The only module that knows protobuf, and
-//! (in `status.rs`) the one place where errors become gRPC statuses.
+//! (in `error_map.rs`) the one place where errors become gRPC statuses.
 //! `auth.rs` authenticates callers (API keys, the local admin socket) and
 //! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
 //! listeners with their limits; `accept.rs` is the accept loop (connection
@@ -19,12 +19,12 @@ pub mod auth;
 pub mod callback;
 pub mod convert;
 pub mod drain;
+pub mod error_map;
 pub mod idle;
 pub mod metrics_http;
 pub mod oversize;
 pub mod serve;
 pub mod server_status;
-pub mod status;
 pub mod streams;
 pub mod tls;
 pub mod token;
