@@ -5,8 +5,8 @@
 
 use tonic::Status;
 
-use super::audit::audited;
 use super::convert::timestamp;
+use super::rpc_audit::audited;
 use crate::access::{Caller, ClientInfo, Clients, NewClient, Role};
 use crate::audit::{action, Audit};
 use crate::domain::ValidationError;

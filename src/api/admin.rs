@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::audit::audited;
+use super::rpc_audit::audited;
 use super::{access, auth, convert};
 use crate::access::Clients;
 use crate::audit::{action, Audit};
