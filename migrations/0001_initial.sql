@@ -1,7 +1,7 @@
 -- 0001: tenants, their app credentials, current tokens and renewal jobs.
 -- All times are integer milliseconds since the Unix epoch (UTC).
 -- Secrets and tokens are stored only sealed (XChaCha20-Poly1305 envelopes,
--- associated data = tenant id + field name); see src/crypto.rs.
+-- associated data = tenant id + field name); see src/crypto/mod.rs.
 
 CREATE TABLE tenants (
     tenant_id            TEXT    NOT NULL PRIMARY KEY,

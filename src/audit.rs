@@ -8,7 +8,7 @@
 //! describes (that already happened): a failed write is logged loudly.
 //!
 //! Does not: decide who may do what (`access`) or know gRPC (the API layer
-//! turns a `Status` into an outcome, see `api::audit`).
+//! turns a `Status` into an outcome, see `api::rpc_audit`).
 
 use crate::clock::SharedClock;
 use crate::store::{AuditEntry, AuditQuery, NewAuditEvent, Store, StoreError};

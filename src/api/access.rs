@@ -5,8 +5,8 @@
 
 use tonic::Status;
 
-use super::audit::audited;
 use super::convert::timestamp;
+use super::rpc_audit::audited;
 use crate::access::{Caller, ClientInfo, Clients, NewClient, Role};
 use crate::audit::{action, Audit};
 use crate::domain::ValidationError;
@@ -21,7 +21,7 @@ fn role_from_proto(v: i32) -> Result<Option<Role>, Status> {
         Ok(proto::ClientRole::Admin) => Ok(Some(Role::Admin)),
         Ok(proto::ClientRole::Reader) => Ok(Some(Role::Reader)),
         Ok(proto::ClientRole::Unspecified) => Ok(None),
-        Err(_) => Err(super::status::invalid(ValidationError::new(
+        Err(_) => Err(super::error_map::invalid(ValidationError::new(
             "role",
             format!("{v} is not a ClientRole value"),
         ))),
@@ -136,7 +136,7 @@ pub async fn list_audit_events(
         None
     } else {
         Some(r.page_token.parse::<i64>().map_err(|_| {
-            super::status::invalid(ValidationError::new(
+            super::error_map::invalid(ValidationError::new(
                 "page_token",
                 "is not a token from a previous ListAuditEvents answer",
             ))
@@ -151,7 +151,7 @@ pub async fn list_audit_events(
             limit: limit + 1,
         })
         .await
-        .map_err(super::status::storage)?;
+        .map_err(super::error_map::storage)?;
     let next_page_token = if entries.len() > limit as usize {
         entries.truncate(limit as usize);
         entries.last().map(|e| e.id.to_string()).unwrap_or_default()

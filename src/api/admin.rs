@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::audit::audited;
+use super::rpc_audit::audited;
 use super::{access, auth, convert};
 use crate::access::Clients;
 use crate::audit::{action, Audit};
@@ -94,7 +94,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListTenantsRequest>,
     ) -> Result<Response<proto::ListTenantsResponse>, Status> {
         let r = request.into_inner();
-        let state = convert::state_from_proto(r.state).map_err(super::status::invalid)?;
+        let state = convert::state_from_proto(r.state).map_err(super::error_map::invalid)?;
         let page = self.tenants.list(r.page_size, &r.page_token, state).await?;
         Ok(Response::new(proto::ListTenantsResponse {
             tenants: page.tenants.iter().map(convert::tenant).collect(),

@@ -22,8 +22,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::audit::code_name;
-use super::status::onboarding_code;
+use super::error_map::onboarding_code;
+use super::rpc_audit::code_name;
 use super::wording::for_browser;
 use crate::audit::{action, Audit};
 use crate::onboarding::{CompleteInput, Onboarding, OnboardingError};

@@ -1,8 +1,8 @@
 //! The gRPC front end: tonic services that decode a request, call one use
 //! case, and encode the answer. The only module that knows protobuf, and
-//! (in `status.rs`) the one place where errors become gRPC statuses.
+//! (in `error_map.rs`) the one place where errors become gRPC statuses.
 //! `auth.rs` authenticates callers (API keys, the local admin socket) and
-//! checks tenant scopes; `audit.rs` records admin RPCs; `serve.rs` runs the
+//! checks tenant scopes; `rpc_audit.rs` records admin RPCs; `serve.rs` runs the
 //! listeners with their limits; `accept.rs` is the accept loop (connection
 //! cap, handshake deadline); `drain.rs` the lame-duck phase of a shutdown;
 //! `streams.rs` caps long-lived streams; `idle.rs` closes idle
@@ -14,17 +14,17 @@
 pub mod accept;
 pub mod access;
 pub mod admin;
-pub mod audit;
 pub mod auth;
 pub mod callback;
 pub mod convert;
 pub mod drain;
+pub mod error_map;
 pub mod idle;
 pub mod metrics_http;
 pub mod oversize;
+pub mod rpc_audit;
 pub mod serve;
 pub mod server_status;
-pub mod status;
 pub mod streams;
 pub mod tls;
 pub mod token;

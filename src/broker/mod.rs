@@ -92,7 +92,7 @@ pub struct BrokerSettings {
     /// (timed out, or its caller went away) may still be open at the
     /// provider: its host slot and its tenant stay taken for this long
     /// after, so the provider never sees more than the limits (see
-    /// `abandoned.rs`).
+    /// `abandoned/mod.rs`).
     pub request_timeout_ms: u64,
 }
 

@@ -61,7 +61,7 @@ pub struct Slot {
     end: watch::Sender<Option<WatchEnd>>,
     fetch: tokio::sync::Mutex<()>,
     /// A token request of this tenant our side gave up on may be open at
-    /// the provider until then (broker/abandoned.rs).
+    /// the provider until then (broker/abandoned/mod.rs).
     provider_busy: Mutex<Option<tokio::time::Instant>>,
 }
 

@@ -1,7 +1,7 @@
 //! The TCP gRPC listener's wiring: the loopback-without-TLS rule and the
 //! server task over the accept loop (`api/accept.rs`: connection cap,
 //! handshake deadline, idle connections; `api/drain.rs`: stop accepting on
-//! shutdown), plain or TLS. Split from `daemon.rs`.
+//! shutdown), plain or TLS. Split from `daemon/mod.rs`.
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! answer (unless `[pbx] allow_private_addresses`), so the check applies to
 //! the address actually connected to, not only to the name a tenant was
 //! registered with. A name that resolves only to refused addresses fails
-//! to connect, and the error names the rule. Redirects are never followed (see `client.rs`), so no
+//! to connect, and the error names the rule. Redirects are never followed (see `client/mod.rs`), so no
 //! answer can steer a request elsewhere either.
 //!
 //! The rules themselves (which addresses, which names, IPv4 spellings) live
@@ -12,7 +12,7 @@
 //! at connect time and holds the hostile-input tests for both.
 //!
 //! Does not: check host allow lists (tenants do, at CreateTenant and
-//! UpdateTenant) or IP-literal URLs (no DNS is involved; `client.rs`
+//! UpdateTenant) or IP-literal URLs (no DNS is involved; `client/mod.rs`
 //! re-checks those before each call).
 
 use std::net::SocketAddr;

@@ -1,8 +1,8 @@
-//! Everything that speaks HTTP to a PBX: the client (`client.rs`), the
-//! response parsers (`parse.rs`, pure and fuzzable), the error model
-//! (`error.rs`), the per-host request limiter (`limiter.rs`) and the
+//! Everything that speaks HTTP to a PBX: the client (`client/`), the
+//! response parsers (`parse/`, pure and fuzzable), the error model
+//! (`error.rs`), the per-host request limiter (`limiter/`) and the
 //! outbound address guard against SSRF (`guard.rs`), and the redaction of
-//! secrets from PBX-supplied text (`redact.rs`).
+//! secrets from PBX-supplied text (`redact/`).
 //! Nothing outside this module knows a URL path or a status code.
 
 pub mod client;

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::audit::{self, NewAuditEvent};
+use super::audit_events::{self, NewAuditEvent};
 use super::sealed::{self, Field};
 use super::{connection, credentials, flow_seal, Store, StoreError};
 use crate::crypto::{self, Keyring, MIN_SEALED_LEN};
@@ -85,7 +85,7 @@ impl Store {
                     foreign.join(", ")
                 )));
             }
-            audit::insert(tx, &audit)?;
+            audit_events::insert(tx, &audit)?;
             Ok(RotationReport {
                 resealed,
                 new_key_id: keys.current_key_id(),

@@ -21,11 +21,11 @@
 //! per table family: `tenants.rs` (reads) and `tenant_writes.rs`,
 //! `credentials.rs`, `tokens.rs`, `jobs.rs`, `onboarding.rs` (the
 //! authorization flow's committed steps), `clients.rs` (API clients),
-//! `audit.rs` (audit log); `masterkey.rs` (key check value, re-sealing for
+//! `audit_events.rs` (the audit log table); `masterkey.rs` (key check value, re-sealing for
 //! master key rotation); `stats.rs` (aggregates for operators) and
 //! `backup.rs` (VACUUM INTO snapshots, restore, heartbeat).
 
-mod audit;
+mod audit_events;
 pub mod backup;
 mod clients;
 mod connection;
@@ -52,7 +52,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use connection::{lock, ReadPool};
 pub use onboarding::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 
-pub use audit::{AuditEntry, AuditQuery, NewAuditEvent};
+pub use audit_events::{AuditEntry, AuditQuery, NewAuditEvent};
 pub use clients::NewClientRow;
 pub use masterkey::{has_sealed_data, KeyCheck, RotationReport};
 

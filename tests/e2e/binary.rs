@@ -49,27 +49,13 @@ async fn binary_serves_and_drains_on_sigterm() {
             dir.path().join("state").display()
         );
     std::fs::write(&config, &good_config).unwrap();
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(c) = tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel = channel.expect("daemon did not start listening");
-    let key = wait_for_admin_key(&dir.path().join("state"), &channel).await;
+    let (channel, key) = connect_with_admin_key(port, &mut child, &dir.path().join("state")).await;
     let app = sim.sim.add_trusted_app(None, None).unwrap();
     let mut admin = pbx_tokend::proto::admin_service_client::AdminServiceClient::with_interceptor(
         channel.clone(),

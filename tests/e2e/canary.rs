@@ -15,7 +15,6 @@ use pbx_tokend::proto::{
     ListTenantsRequest, RefreshTenantRequest, ReportRejectedTokenRequest, UpdateTenantRequest,
     WatchTokenRequest,
 };
-use tonic::transport::Channel;
 
 use crate::harness::*;
 
@@ -59,27 +58,14 @@ async fn no_canary_secret_in_logs_errors_or_audit() {
     )
     .unwrap();
     let log_path = dir.path().join("stderr.log");
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap()])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel = channel.expect("daemon did not start listening");
-    let admin_key = wait_for_admin_key(&state, &channel).await;
+    let (channel, admin_key) = connect_with_admin_key(port, &mut child, &state).await;
     let admin =
         || AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&admin_key)));
     let tokens_with =

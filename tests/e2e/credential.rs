@@ -47,27 +47,27 @@ async fn required_credential_refuses_without_it_and_serves_with_it() {
         .env("CREDENTIALS_DIRECTORY", &creds)
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
     // Serving means: this process is still running, made its database and
     // answers on the port (another test may have been handed the same free
-    // port; then this daemon exits and the test says so).
-    let mut served = false;
-    for _ in 0..200 {
-        if child.try_wait().unwrap().is_some() {
-            break;
+    // port; then this daemon exits and the test says so). The port is bound
+    // before the database is opened, so listening alone is not serving.
+    let served = match try_connect_when_listening(port, &mut child).await {
+        Ok(_) => {
+            let db = state.join("pbx-tokend.db");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !db.exists()
+                && matches!(child.try_wait(), Ok(None))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            db.exists() && matches!(child.try_wait(), Ok(None))
         }
-        if state.join("pbx-tokend.db").exists()
-            && tonic::transport::Channel::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .is_ok()
-        {
-            served = true;
-            break;
+        Err(why) => {
+            eprintln!("{why}");
+            false
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     assert!(served, "{}", String::from_utf8_lossy(&out.stderr));

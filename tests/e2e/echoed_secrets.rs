@@ -18,7 +18,6 @@ use pbx_tokend::proto::{
     CreateTenantRequest, GetTenantRequest, ListAuditEventsRequest, ListTenantsRequest,
     RefreshTenantRequest, UpdateTenantRequest,
 };
-use tonic::transport::Channel;
 
 use crate::harness::*;
 
@@ -167,20 +166,8 @@ async fn echoed_secrets_never_reach_errors_audit_or_logs() {
             .spawn()
             .unwrap(),
     ));
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel = channel.expect("daemon did not start listening");
-    let admin_key = wait_for_admin_key(&state, &channel).await;
+    let child = daemon.0.as_mut().expect("the daemon was just started");
+    let (channel, admin_key) = connect_with_admin_key(port, child, &state).await;
     let admin =
         || AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(Some(&admin_key)));
     let get_tenant = |id: &'static str| {

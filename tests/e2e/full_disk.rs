@@ -50,22 +50,10 @@ impl Rig {
         }
     }
 
-    async fn connect(&self) -> (AdminClient, TokenClient) {
-        let url = format!("http://127.0.0.1:{}", self.port);
-        let mut channel = None;
-        for _ in 0..200 {
-            if let Ok(c) = tonic::transport::Channel::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                channel = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let channel = channel.expect("the daemon did not start listening");
-        let key = wait_for_admin_key(&self.mount.join("state"), &channel).await;
+    async fn connect(&mut self) -> (AdminClient, TokenClient) {
+        let child = self.child.as_mut().expect("the daemon was started");
+        let (channel, key) =
+            connect_with_admin_key(self.port, child, &self.mount.join("state")).await;
         (
             proto::admin_service_client::AdminServiceClient::with_interceptor(
                 channel.clone(),

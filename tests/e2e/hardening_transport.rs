@@ -74,13 +74,9 @@ impl Proc {
     }
 
     /// A channel once the daemon accepts connections and its admin key.
-    pub async fn ready(&self) -> (tonic::transport::Channel, String) {
-        let url = format!("http://127.0.0.1:{}", self.port);
-        let channel = tonic::transport::Channel::from_shared(url)
-            .unwrap()
-            .connect_lazy();
-        let key = wait_for_admin_key(&self.state, &channel).await;
-        (channel, key)
+    pub async fn ready(&mut self) -> (tonic::transport::Channel, String) {
+        let child = self.child.as_mut().expect("the process is running");
+        connect_with_admin_key(self.port, child, &self.state).await
     }
 
     /// Waits (up to `timeout`) for the process to exit; its status and log.
@@ -125,7 +121,7 @@ impl Drop for Proc {
 async fn a_deleted_lock_file_does_not_let_a_second_daemon_in() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let first = Proc::spawn(dir.path(), &state, "");
+    let mut first = Proc::spawn(dir.path(), &state, "");
     first.ready().await;
     std::fs::remove_file(state.join("pbx-tokend.lock")).unwrap();
     let second = Proc::spawn(dir.path(), &state, "");
@@ -164,13 +160,13 @@ async fn an_admin_key_readable_by_others_is_made_private_at_start() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let first = Proc::spawn(dir.path(), &state, "");
+    let mut first = Proc::spawn(dir.path(), &state, "");
     let (_, key) = first.ready().await;
     first.signal("-TERM");
     first.exit(Duration::from_secs(10)).await;
     let path = state.join("admin.key");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let second = Proc::spawn(dir.path(), &state, "");
+    let mut second = Proc::spawn(dir.path(), &state, "");
     let (_, again) = second.ready().await;
     assert_eq!(again, key, "the key itself is kept");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -210,7 +206,7 @@ async fn silent_connections_are_capped_and_closed_after_the_handshake_timeout() 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let metrics_port = free_port();
-    let daemon = Proc::spawn(
+    let mut daemon = Proc::spawn(
         dir.path(),
         &state,
         &format!("max_connections = 4\nhandshake_timeout_ms = 500\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
@@ -292,7 +288,7 @@ async fn a_file_descriptor_limit_below_the_cap_is_reported_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     // Far above any hard limit a test machine has.
-    let daemon = Proc::spawn(dir.path(), &state, "max_connections = 1000000\n");
+    let mut daemon = Proc::spawn(dir.path(), &state, "max_connections = 1000000\n");
     daemon.ready().await;
     let logs = daemon.logs();
     assert!(logs.contains("RLIMIT_NOFILE"), "{logs}");
@@ -304,7 +300,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_refuses_the_rest_with_unavailab
     let sim = sim_with_lifetime(3600).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let daemon = Proc::spawn(
+    let mut daemon = Proc::spawn(
         dir.path(),
         &state,
         "[pbx]\nallow_insecure_http = true\nallow_private_addresses = true\n",
@@ -383,7 +379,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_refuses_the_rest_with_unavailab
 /// A state directory that held a daemon once (database, key, admin.key).
 async fn used_state_dir(dir: &Path) -> PathBuf {
     let state = dir.join("state");
-    let first = Proc::spawn(dir, &state, "");
+    let mut first = Proc::spawn(dir, &state, "");
     first.ready().await;
     first.signal("-TERM");
     let (status, logs) = first.exit(Duration::from_secs(10)).await;

@@ -265,6 +265,68 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A channel to a `pbx-tokend` child process once it accepts connections on
+/// `port` (retrying for up to 20 s), or why not.
+///
+/// Why the child: a port from `free_port()` was only free a moment ago;
+/// another test may bind it first, and then this child exits (address in
+/// use) while a connect could reach the other test's daemon. Checking the
+/// child before every attempt fails fast and says so, instead of retrying
+/// out the timeout or talking to the wrong daemon.
+pub async fn try_connect_when_listening(
+    port: u16,
+    child: &mut std::process::Child,
+) -> Result<Channel, String> {
+    let url = format!("http://127.0.0.1:{port}");
+    let timeout = Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return Err(format!(
+                    "pbx-tokend exited ({status}) before it listened on port {port} \
+                     (another test may have taken the port; see its stderr)"
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("pbx-tokend's state is unknown: {e}")),
+        }
+        if let Ok(channel) = Channel::from_shared(url.clone())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect()
+            .await
+        {
+            return Ok(channel);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "pbx-tokend did not listen on port {port} within {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `try_connect_when_listening`, failing the test with its message.
+pub async fn connect_when_listening(port: u16, child: &mut std::process::Child) -> Channel {
+    match try_connect_when_listening(port, child).await {
+        Ok(channel) => channel,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// A channel to a `pbx-tokend` child process and its bootstrap admin key
+/// from `<state_dir>/admin.key`, once the daemon listens and accepts the key.
+pub async fn connect_with_admin_key(
+    port: u16,
+    child: &mut std::process::Child,
+    state_dir: &std::path::Path,
+) -> (Channel, String) {
+    let channel = connect_when_listening(port, child).await;
+    let key = wait_for_admin_key(state_dir, &channel).await;
+    (channel, key)
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

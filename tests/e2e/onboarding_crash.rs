@@ -54,16 +54,10 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        let url = format!("http://127.0.0.1:{port}");
-        let mut channel = None;
-        for _ in 0..200 {
-            if let Ok(c) = Channel::from_shared(url.clone()).unwrap().connect().await {
-                channel = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let channel = channel.unwrap_or_else(|| panic!("daemon did not listen; logs: {:?}", logs));
+        let channel = match try_connect_when_listening(port, &mut child).await {
+            Ok(channel) => channel,
+            Err(why) => panic!("{why}; logs: {logs:?}"),
+        };
         let state_dir = config.parent().unwrap().join("state");
         let key = wait_for_admin_key(&state_dir, &channel).await;
         Proc {

@@ -55,7 +55,7 @@ async fn a_paused_daemon_keeps_the_per_host_and_per_tenant_limits_at_resume() {
         ),
     )
     .unwrap();
-    let child = Proc(
+    let mut child = Proc(
         Command::new(BIN)
             .args(["--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -63,21 +63,8 @@ async fn a_paused_daemon_keeps_the_per_host_and_per_tenant_limits_at_resume() {
             .spawn()
             .unwrap(),
     );
-    let url = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
-    for _ in 0..200 {
-        if let Ok(c) = tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel = channel.expect("the daemon did not start listening");
-    let key = wait_for_admin_key(&dir.path().join("state"), &channel).await;
+    let (channel, key) =
+        connect_with_admin_key(port, &mut child.0, &dir.path().join("state")).await;
     let mut admin = proto::admin_service_client::AdminServiceClient::with_interceptor(
         channel.clone(),
         Bearer::new(Some(&key)),

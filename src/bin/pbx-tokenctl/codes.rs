@@ -2,4 +2,4 @@
 //! docs print them: the library's own table. Shared with pbx-loadgen
 //! through `#[path]`.
 
-pub use pbx_tokend::api::audit::code_name;
+pub use pbx_tokend::api::rpc_audit::code_name;

@@ -43,7 +43,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             ClientCommand::List => client_list(ctx).await,
             ClientCommand::Revoke(a) => client_revoke(ctx, a).await,
         },
-        Command::Audit(a) => crate::audit::audit(ctx, a).await,
+        Command::Audit(a) => crate::audit_command::audit(ctx, a).await,
         Command::Status(a) => crate::status::run(ctx, a).await,
         Command::Completions(a) => completions(a.shell),
     }

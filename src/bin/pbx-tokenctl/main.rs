@@ -1,7 +1,7 @@
 //! pbx-tokenctl: the command-line front end of pbx-tokend's gRPC API.
 //!
-//! - `cli.rs`      the clap definition (every flag documented there)
-//! - `audit.rs`    the `audit` command (the daemon's audit log)
+//! - `cli/mod.rs`  the clap definition (every flag documented there)
+//! - `audit_command.rs` the `audit` command (the daemon's audit log)
 //! - `commands.rs` one function per command
 //! - `display.rs`  proto <-> tables / JSON / times
 //! - `secrets.rs`  reading secrets and the API key (never from argv)
@@ -9,7 +9,7 @@
 //! - `status.rs`   `status`: the operator's one-screen summary
 //! - `import.rs`   `tenant import`: bulk CreateTenant from CSV/JSON
 
-mod audit;
+mod audit_command;
 mod cli;
 mod codes;
 mod commands;

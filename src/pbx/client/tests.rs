@@ -1,4 +1,4 @@
-//! Tests for `client.rs` against a tiny axum server on 127.0.0.1:0.
+//! Tests for `client/mod.rs` against a tiny axum server on 127.0.0.1:0.
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};

@@ -1,4 +1,4 @@
-//! Tests for `limiter.rs`, on tokio's paused clock.
+//! Tests for `limiter/mod.rs`, on tokio's paused clock.
 use std::sync::atomic::AtomicUsize;
 
 use super::*;

@@ -1,4 +1,4 @@
-//! Unit tests for `parse.rs`: every branch, plus hostile inputs.
+//! Unit tests for `parse/mod.rs`: every branch, plus hostile inputs.
 use super::*;
 
 const MAX: u64 = 366 * 24 * 3600;

@@ -1,4 +1,4 @@
-//! Unit and property tests for `redact.rs`: hostile echoes of every secret
+//! Unit and property tests for `redact/mod.rs`: hostile echoes of every secret
 //! in every encoding the PBX might use.
 use proptest::prelude::*;
 

@@ -915,7 +915,7 @@ mod tests {
     /// filter's regex compiler allocate more than 2 GiB.
     #[test]
     fn a_crafted_log_level_parses_in_bounded_memory() {
-        let text = include_str!("../fuzz/regressions/config_toml-oom-872f3eb9.toml");
+        let text = include_str!("../../fuzz/regressions/config_toml-oom-872f3eb9.toml");
         let started = std::time::Instant::now();
         let _ = Config::from_toml_str(text);
         // Not a timing assertion: without the fix this never returns.
@@ -926,7 +926,7 @@ mod tests {
     /// directives and escapes.
     #[test]
     fn a_crafted_log_level_is_answered_without_a_panic() {
-        let text = include_str!("../fuzz/regressions/config_toml-crash-34c95ae8.toml");
+        let text = include_str!("../../fuzz/regressions/config_toml-crash-34c95ae8.toml");
         if let Ok(c) = Config::from_toml_str(text) {
             assert!(c.validate().is_ok());
         }

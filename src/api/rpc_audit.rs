@@ -1,7 +1,7 @@
 //! Recording admin RPCs in the audit log from the API layer, where the
 //! outcome is a `tonic::Status`: the outcome stored is `ok` or the status
 //! code's name, the detail the status message (secret-free by design, see
-//! `status.rs`).
+//! `error_map.rs`).
 //!
 //! For handlers: `audited(&audit, &caller, action::X, Some(tenant), "", result).await`
 //! records and passes the result through unchanged.

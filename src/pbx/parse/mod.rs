@@ -7,7 +7,7 @@
 //! Error texts never contain tokens, secrets or raw bodies: only lengths,
 //! content types, field names and sanitised PBX messages (with anything
 //! that looks like a secret redacted; the client also redacts the secrets
-//! it sent, see `redact.rs`).
+//! it sent, see `redact/mod.rs`).
 
 use serde_json::{Map, Value};
 

@@ -1,6 +1,6 @@
 //! The real PBX HTTP client (reqwest + rustls): builds the requests the
 //! provider's OAuth document describes, reads answers under a size cap, and
-//! hands status + headers + body to the pure parsers in `parse.rs`.
+//! hands status + headers + body to the pure parsers in `parse/mod.rs`.
 //!
 //! Does not: rate-limit (callers pass [`super::limiter::HostLimiters`]
 //! first, so the in-process simulator is limited the same way), retry, or

@@ -2,7 +2,7 @@
 //! what, which tenant, outcome), paged newest first by id.
 //!
 //! Does not: decide what is audited or check that no secret is passed in
-//! (`audit.rs` and the API layer pass only ids, action names and
+//! (`src/audit.rs` and the API layer pass only ids, action names and
 //! secret-free messages).
 
 use rusqlite::{params, Connection};
