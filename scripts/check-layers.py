@@ -24,7 +24,7 @@ import sys
 
 # Top to bottom. A module may import modules in its own layer or below.
 LAYERS = [
-    ("wiring", ["daemon", "rotation", "simulation"]),
+    ("wiring", ["daemon", "engine", "rotation", "simulation"]),
     ("transports", ["api"]),
     ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview"]),
     ("scheduler", ["renewal"]),

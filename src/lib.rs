@@ -7,6 +7,8 @@
 //!
 //! wiring
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
+//! - `engine`     the renewal engine (store, limiter, broker, scheduler,
+//!   maintenance) built once for the daemon and the simulation
 //! - `rotation`   re-sealing everything under a new master key (offline)
 //! - `simulation` seeded deterministic simulation of the renewal engine
 //!
@@ -54,6 +56,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod domain;
+pub mod engine;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -1,16 +1,19 @@
 //! Wiring and life cycle. [`Daemon::start`] takes a validated config, a
 //! bound listener and a clock (production passes real ones, tests their
-//! own), locks the state directory, opens the key and the database (and
-//! proves the key opens it), fills the cache, loads the API clients (writing
-//! a bootstrap admin key when there is no admin), starts the scheduler,
-//! maintenance (and backups), the health probe, the gRPC server (TLS when
-//! configured, plus the optional local admin socket) and the metrics
-//! endpoint. [`Daemon::shutdown`] drains in order: health NOT_SERVING, the
-//! lame-duck phase (no new connections, new calls UNAVAILABLE, calls in
-//! progress finish; `api/drain.rs`), stop serving (gRPC, metrics), stop
-//! the scheduler and the probe, wait for in-flight renewals (up to
-//! `shutdown.drain_timeout_ms`), stop maintenance, close the database,
-//! release the lock.
+//! own) and runs short named steps: lock the state directory, check the
+//! listen address, load TLS, bind the admin socket, open the key and the
+//! database, start the engine (`crate::engine`: proves the key opens the
+//! database, fills the cache, starts the scheduler, maintenance and
+//! backups), load the API clients (writing a bootstrap admin key when there
+//! is no admin), build the use cases, start the health probe, then the
+//! transports: the gRPC server (TLS when configured, plus the optional
+//! local admin socket), the OAuth callback and the metrics endpoint.
+//! [`Daemon::shutdown`] drains in order: health NOT_SERVING, the lame-duck
+//! phase (no new connections, new calls UNAVAILABLE, calls in progress
+//! finish; `api/drain.rs`), stop serving (the transports, in one loop),
+//! then the engine (scheduler and probe, in-flight renewals up to
+//! `shutdown.drain_timeout_ms`, maintenance, the database); the lock is
+//! released last.
 //!
 //! Does not: parse flags, handle signals or talk to systemd's socket (the
 //! binary does), so tests can run many daemons in one process.
@@ -20,40 +23,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::access::{ClientError, Clients};
-use crate::api::accept::AcceptSettings;
-use crate::api::admin::AdminApi;
 use crate::api::drain::Drain;
-use crate::api::serve::{self, Services};
-use crate::api::streams::StreamCaps;
 use crate::api::tls::{ReloadableTls, TlsError, TlsFiles};
-use crate::api::token::TokenApi;
-use crate::audit::Audit;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::CryptoError;
+use crate::engine::{Cron, Engine, EngineError, EngineParts, JitterSource};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::onboarding::{CrashHook, Onboarding, OnboardingSettings};
+use crate::onboarding::{Onboarding, OnboardingSettings};
 use crate::overview::Overview;
 use crate::pbx::client::PbxClient;
-use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxOnboardingApi};
-use crate::renewal::maintenance::{Maintenance, MaintenanceError};
-use crate::renewal::scheduler::{self, Scheduler, SchedulerLimits, SchedulerStatus};
+use crate::renewal::maintenance::MaintenanceError;
+use crate::renewal::scheduler::{self, SchedulerLimits, SchedulerStatus};
 use crate::statedir::{self, StateDirError, StateLock};
 
+mod startup;
 mod tcp;
+mod transports;
 
 use crate::store::{BackupInfo, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
 use tcp::check_listen_address;
+use transports::Transport;
 
 mod masterkey;
 pub use masterkey::{load_keyring, master_key_location};
@@ -68,6 +64,8 @@ pub enum DaemonError {
     PbxClient(String),
     #[error(transparent)]
     Maintenance(#[from] MaintenanceError),
+    #[error(transparent)]
+    Engine(EngineError),
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
@@ -103,35 +101,40 @@ pub enum DaemonError {
     },
 }
 
+impl From<EngineError> for DaemonError {
+    /// Keeps the store's and maintenance's own variants, as before the
+    /// engine was split out.
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(e) => Self::Store(e),
+            EngineError::Maintenance(e) => Self::Maintenance(e),
+        }
+    }
+}
+
 pub struct Daemon {
     local_addr: std::net::SocketAddr,
-    broker: Arc<Broker>,
+    /// Store, limiter, broker, scheduler, maintenance, health probe.
+    engine: Engine,
     tenants: Arc<Tenants>,
     onboarding: Arc<Onboarding>,
-    /// The OAuth callback listener, when `[callback] listen` is set.
-    callback: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
-    scheduler: Arc<Scheduler>,
-    serving: CancellationToken,
+    clients: Arc<Clients>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    overview: Arc<Overview>,
+    tls: Option<Arc<ReloadableTls>>,
+    /// Cancelled to stop every transport.
+    serving: tokio_util::sync::CancellationToken,
     /// The lame-duck phase before `serving` is cancelled.
     drain: Arc<Drain>,
     lame_duck: Duration,
-    background: CancellationToken,
-    workers: TaskTracker,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    /// The local admin socket's server and path, when configured.
-    admin_socket: Option<(JoinHandle<Result<(), tonic::transport::Error>>, PathBuf)>,
-    tls: Option<Arc<ReloadableTls>>,
-    clients: Arc<Clients>,
-    scheduler_task: JoinHandle<()>,
-    maintenance: Maintenance,
-    health: Arc<Health>,
-    probe_task: JoinHandle<()>,
-    metrics: Arc<Metrics>,
-    overview: Arc<Overview>,
-    metrics_server: Option<(std::net::SocketAddr, JoinHandle<std::io::Result<()>>)>,
+    /// gRPC, admin socket, callback, metrics: drained in this order.
+    transports: Vec<Transport>,
+    /// Where the OAuth callback listener listens, when `[callback] listen` is set.
+    callback_addr: Option<std::net::SocketAddr>,
+    metrics_addr: Option<std::net::SocketAddr>,
     backup_dir: PathBuf,
     backup_keep: u32,
-    drain_timeout: Duration,
     /// Released last, when the daemon is dropped after `shutdown`.
     _lock: StateLock,
 }
@@ -201,255 +204,69 @@ impl Daemon {
         metrics: Arc<Metrics>,
     ) -> Result<Daemon, DaemonError> {
         let started = std::time::Instant::now();
-        statedir::create(&config.state_dir)?;
-        let lock = statedir::lock(&config.state_dir)?;
-        let local_addr = listener.local_addr().map_err(DaemonError::Listener)?;
-        check_listen_address(&config, local_addr)?;
-        let tls = match TlsFiles::from_config(&config.grpc) {
-            Some(files) => Some(Arc::new(ReloadableTls::load(&files)?)),
-            None => None,
-        };
+        let lock = lock_state_dir(&config)?;
+        let local_addr = listen_address(&config, &listener)?;
         // Bound before anything is spawned, so a failure leaves nothing running.
-        let admin_listener = match &config.grpc.admin_socket {
-            Some(path) => Some((
-                serve::bind_admin_socket(path).map_err(|source| DaemonError::AdminSocket {
-                    path: path.clone(),
-                    source,
-                })?,
-                path.clone(),
-            )),
-            None => None,
+        let listeners = startup::Listeners {
+            grpc: listener,
+            tls: load_tls(&config)?,
+            admin_socket: transports::bind_admin_socket(&config)?,
         };
-        let keyring = Arc::new(load_keyring(&config)?);
-        let store = Store::open(&config.database_path(), keyring)?;
-        // A wrong key stops here, before the cache or anything else is read.
-        store.check_master_key().await?;
-        let audit = Audit::new(store.clone(), clock.clone());
-        let clients = Arc::new(Clients::load(store.clone(), clock.clone(), audit.clone()).await?);
-        clients.bootstrap_admin(&config.state_dir).await?;
-        let limiter = Arc::new(HostLimiters::new(
-            clock.clone(),
-            config.limits.per_host_requests_per_second,
-            config.limits.per_host_concurrent,
-        ));
-        let broker = Arc::new(
-            Broker::new(
-                clock.clone(),
-                store.clone(),
-                pbx,
-                limiter,
-                BrokerSettings::from_config(&config),
-            )
-            .with_metrics(metrics.clone()),
-        );
-        let tenants_loaded = broker.load().await?;
-        let spread = scheduler::spread_overdue(
-            &store,
-            clock.now(),
-            config.limits.per_host_requests_per_second,
-        )
+        let store = open_store(&config)?;
+        let mut engine = Engine::start(EngineParts {
+            config: &config,
+            clock: clock.clone(),
+            pbx,
+            store,
+            jitter: JitterSource::Entropy,
+            metrics: metrics.clone(),
+            cron: Cron::Run,
+        })
         .await?;
-        if spread > 0 {
-            tracing::info!(
-                jobs = spread,
-                "renewals that fell due while stopped are spread over time"
-            );
-        }
-        let tenants = Arc::new(Tenants::new(
-            broker.clone(),
-            config.url_policy(),
-            capacity_settings(&config),
-        ));
-        tenants.set_allowed_hosts(allowed_hosts(&config));
-        for warning in tenants.capacity_warnings().await.unwrap_or_default() {
-            tracing::warn!("{warning}");
-        }
-
-        let background = CancellationToken::new();
-        let workers = TaskTracker::new();
-        let onboarding = Arc::new(Onboarding::new(
-            broker.clone(),
+        let tls = listeners.tls.clone();
+        let serving = tokio_util::sync::CancellationToken::new();
+        let mut transports = Vec::new();
+        let up = match startup::serve(
+            &config,
+            &mut engine,
+            &clock,
             onboarding_pbx,
-            OnboardingSettings::from_config(&config.onboarding),
-            CrashHook::from_env(),
-            workers.clone(),
-        ));
-        // Flows a crash interrupted go on now, beside serving.
-        workers.spawn({
-            let onboarding = onboarding.clone();
-            let cancel = background.clone();
-            async move { onboarding.resume_interrupted(cancel).await }
-        });
-        let scheduler = Arc::new(Scheduler::new(
-            broker.clone(),
-            SchedulerLimits::from_config(&config),
-        ));
-        let scheduler_task =
-            tokio::spawn(scheduler.clone().run(background.clone(), workers.clone()));
-        let maintenance =
-            Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
-        maintenance
-            .schedule_backups(
-                &config.backup,
-                store.clone(),
-                config.backup_dir(),
-                clock.clone(),
-                metrics.clone(),
-            )
-            .await?;
-
-        let serving = CancellationToken::new();
-        let (health, health_service) = Health::new(serving.clone()).await;
-        health.probe(&store, &clock).await;
-        let probe_task = tokio::spawn(health.clone().run_probe(
-            store.clone(),
-            clock.clone(),
-            Duration::from_millis(config.health.probe_interval_ms),
-            background.clone(),
-        ));
-        let overview = Arc::new(Overview::new(
-            broker.clone(),
-            scheduler.status(),
-            health.clone(),
-            config.backup_dir(),
-        ));
-        let streams = Arc::new(StreamCaps::new(
-            &config.grpc,
-            clock.clone(),
-            Some(metrics.clone()),
-        ));
-        let drain = Arc::new(Drain::default());
-        let services = Services {
-            tokens: Arc::new(
-                TokenApi::new(
-                    broker.clone(),
-                    clients.clone(),
-                    streams.clone(),
-                    serving.clone(),
-                )
-                .with_metrics(metrics.clone()),
-            ),
-            admin: Arc::new(
-                AdminApi::new(
-                    tenants.clone(),
-                    onboarding.clone(),
-                    clients.clone(),
-                    audit.clone(),
-                )
-                .with_overview(overview.clone()),
-            ),
-            clients: clients.clone(),
-            health: health_service,
-            streams,
-            drain: drain.clone(),
-        };
-        let router = serve::router(&services, &config.grpc, serve::Listener::Tcp)
-            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        let local_router = serve::router(
-            &services,
-            &config.grpc,
-            serve::Listener::LocalSocket {
-                own_uid: serve::own_uid(),
-            },
-        )
-        .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-        let server = tcp::spawn_server(
-            router,
-            listener,
-            AcceptSettings::from_config(&config.grpc, services.streams.idle().clone()),
-            tls.as_ref(),
-            &drain,
             &metrics,
+            listeners,
             &serving,
-        );
-        let admin_socket = admin_listener.map(|(unix, path)| {
-            let stop = serving.clone();
-            let task = tokio::spawn(async move {
-                local_router
-                    .serve_with_incoming_shutdown(
-                        UnixListenerStream::new(unix),
-                        stop.cancelled_owned(),
-                    )
-                    .await
-            });
-            tracing::info!(path = %path.display(), "local admin socket listening");
-            (task, path)
-        });
-        let callback = match config.callback.listen_addr() {
-            Some(addr) => {
-                let l = TcpListener::bind(addr).await.map_err(|source| {
-                    DaemonError::CallbackListen {
-                        addr: addr.to_owned(),
-                        source,
-                    }
-                })?;
-                let at = l.local_addr().map_err(DaemonError::Listener)?;
-                let task = tokio::spawn(crate::api::callback::serve(
-                    l,
-                    onboarding.clone(),
-                    audit.clone(),
-                    serving.clone(),
-                ));
-                tracing::info!(listen = %at, "OAuth callback listener serves GET /oauth/callback");
-                Some((at, task))
-            }
-            None => None,
-        };
-        let metrics_server = match config.metrics_listen() {
-            Some(addr) => {
-                let l =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| DaemonError::MetricsListen {
-                            addr: addr.to_owned(),
-                            source,
-                        })?;
-                let bound = l.local_addr().map_err(DaemonError::Listener)?;
-                tracing::info!(listen = %bound, "metrics endpoint at http://{bound}/metrics");
-                let task = tokio::spawn(crate::api::metrics_http::serve(
-                    l,
-                    metrics.clone(),
-                    overview.clone(),
-                    serving.clone(),
-                ));
-                Some((bound, task))
-            }
-            None => None,
+            &mut transports,
+        )
+        .await
+        {
+            Ok(up) => up,
+            Err(e) => return Err(startup::abandon(engine, serving, transports, e).await),
         };
         tracing::info!(
             listen = %local_addr,
-            tenants = tenants_loaded,
+            tenants = engine.tenants_loaded(),
             tls = tls.is_some(),
-            api_clients = clients.active_count(),
+            api_clients = up.clients.active_count(),
             startup_ms = started.elapsed().as_millis() as u64,
             "pbx-tokend is serving"
         );
         Ok(Daemon {
             local_addr,
-            broker,
-            tenants,
-            onboarding,
-            callback,
-            scheduler,
-            serving,
-            drain,
-            lame_duck: Duration::from_millis(config.shutdown.lame_duck_ms),
-            background,
-            workers,
-            server,
-            admin_socket,
-            tls,
-            clients,
-            scheduler_task,
-            maintenance,
-            health,
-            probe_task,
+            engine,
+            tenants: up.tenants,
+            onboarding: up.onboarding,
+            clients: up.clients,
+            health: up.health,
             metrics,
-            overview,
-            metrics_server,
+            overview: up.overview,
+            tls,
+            serving,
+            drain: up.drain,
+            lame_duck: Duration::from_millis(config.shutdown.lame_duck_ms),
+            transports,
+            callback_addr: up.callback_addr,
+            metrics_addr: up.metrics_addr,
             backup_dir: config.backup_dir(),
             backup_keep: config.backup.keep,
-            drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
             _lock: lock,
         })
     }
@@ -459,12 +276,12 @@ impl Daemon {
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
-        &self.broker
+        self.engine.broker()
     }
 
     /// Where the OAuth callback listener listens, when it is on.
     pub fn callback_addr(&self) -> Option<std::net::SocketAddr> {
-        self.callback.as_ref().map(|(a, _)| *a)
+        self.callback_addr
     }
 
     /// The API clients (keys) the daemon authenticates against.
@@ -473,12 +290,12 @@ impl Daemon {
     }
 
     pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
-        self.scheduler.status()
+        self.engine.scheduler().status()
     }
 
     /// Where `/metrics` is served, when `[metrics] listen` is set.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_server.as_ref().map(|(a, _)| *a)
+        self.metrics_addr
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -495,9 +312,9 @@ impl Daemon {
 
     /// A backup now, into `<state_dir>/backups`, as the cron job makes it.
     pub async fn backup_now(&self) -> Result<BackupInfo, StoreError> {
-        let now = self.broker.clock().now();
+        let now = self.engine.broker().clock().now();
         let result = self
-            .broker
+            .engine
             .store()
             .backup_into(&self.backup_dir, now, self.backup_keep)
             .await;
@@ -508,13 +325,15 @@ impl Daemon {
     /// SIGHUP: applies the reloadable settings (refresh, rate limits, token
     /// defaults). Listener, state_dir and the key need a restart.
     pub fn reload(&self, config: &Config) {
-        self.broker
+        self.engine
+            .broker()
             .set_settings(BrokerSettings::from_config(config));
-        self.broker.limiter().reconfigure(
+        self.engine.broker().limiter().reconfigure(
             config.limits.per_host_requests_per_second,
             config.limits.per_host_concurrent,
         );
-        self.scheduler
+        self.engine
+            .scheduler()
             .set_limits(SchedulerLimits::from_config(config));
         self.tenants.set_capacity(capacity_settings(config));
         self.onboarding
@@ -539,9 +358,9 @@ impl Daemon {
     /// heartbeat write, which also refreshes the health status); the
     /// systemd watchdog is fed only when this is true.
     pub async fn is_alive(&self) -> bool {
-        let status = self.scheduler.status();
+        let status = self.engine.scheduler().status();
         let beat = status.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
-        let age = self.broker.clock().now().0 - beat;
+        let age = self.engine.broker().clock().now().0 - beat;
         let scheduler_ok = age < (scheduler::MAX_IDLE.as_millis() as i64) * 3 + 10_000;
         if !scheduler_ok {
             tracing::error!(
@@ -551,7 +370,7 @@ impl Daemon {
         }
         let db_ok = self
             .health
-            .probe(self.broker.store(), self.broker.clock())
+            .probe(self.engine.broker().store(), self.engine.broker().clock())
             .await;
         scheduler_ok && db_ok
     }
@@ -566,58 +385,40 @@ impl Daemon {
         self.drain.begin();
         self.drain.settle(self.lame_duck).await;
         self.serving.cancel();
-        let mut result = Ok(());
-        match self.server.await {
-            Ok(Ok(())) => tracing::info!("gRPC server stopped"),
-            Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
-            Err(e) => result = Err(DaemonError::Serve(e.to_string())),
-        }
-        if let Some((_, task)) = self.callback {
-            match task.await {
-                Ok(Ok(())) => tracing::info!("callback listener stopped"),
-                Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
-                Err(e) => result = Err(DaemonError::Serve(e.to_string())),
-            }
-        }
-        if let Some((task, path)) = self.admin_socket {
-            match task.await {
-                Ok(Ok(())) => tracing::info!("admin socket server stopped"),
-                Ok(Err(e)) => result = Err(DaemonError::Serve(e.to_string())),
-                Err(e) => result = Err(DaemonError::Serve(e.to_string())),
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-        if let Some((_, task)) = self.metrics_server {
-            match task.await {
-                Ok(Ok(())) => tracing::info!("metrics endpoint stopped"),
-                Ok(Err(e)) => tracing::error!("metrics endpoint failed: {e}"),
-                Err(e) => tracing::error!("metrics endpoint ended abnormally: {e}"),
-            }
-        }
-        self.background.cancel();
-        if let Err(e) = self.scheduler_task.await {
-            tracing::error!("renewal scheduler ended abnormally: {e}");
-        }
-        if let Err(e) = self.probe_task.await {
-            tracing::error!("health probe ended abnormally: {e}");
-        }
-        self.workers.close();
-        if tokio::time::timeout(self.drain_timeout, self.workers.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "in-flight renewals did not finish within {} ms; they will be retried after restart",
-                self.drain_timeout.as_millis()
-            );
-        } else {
-            tracing::info!("renewal workers stopped");
-        }
-        self.maintenance.shutdown().await;
-        self.broker.store().close().await?;
+        let result = transports::drain(self.transports).await;
+        self.engine.shutdown().await?;
         tracing::info!("database closed; shutdown complete");
         result
     }
+}
+
+/// Creates and locks `state_dir` (one daemon per directory).
+fn lock_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
+    statedir::create(&config.state_dir)?;
+    Ok(statedir::lock(&config.state_dir)?)
+}
+
+/// The gRPC listener's address, refused when public without TLS.
+fn listen_address(
+    config: &Config,
+    listener: &TcpListener,
+) -> Result<std::net::SocketAddr, DaemonError> {
+    let local_addr = listener.local_addr().map_err(DaemonError::Listener)?;
+    check_listen_address(config, local_addr)?;
+    Ok(local_addr)
+}
+
+fn load_tls(config: &Config) -> Result<Option<Arc<ReloadableTls>>, DaemonError> {
+    match TlsFiles::from_config(&config.grpc) {
+        Some(files) => Ok(Some(Arc::new(ReloadableTls::load(&files)?))),
+        None => Ok(None),
+    }
+}
+
+/// The master key, then the database sealed with it.
+fn open_store(config: &Config) -> Result<Store, DaemonError> {
+    let keyring = Arc::new(load_keyring(config)?);
+    Ok(Store::open(&config.database_path(), keyring)?)
 }
 
 /// `[pbx] allowed_hosts`, parsed (validate() already checked each entry).

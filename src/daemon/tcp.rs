@@ -28,33 +28,39 @@ pub(super) fn spawn_server(
     drain: &Drain,
     metrics: &Arc<Metrics>,
     serving: &CancellationToken,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
+) -> JoinHandle<Result<(), String>> {
     let max_connections = u64::try_from(settings.max_connections).unwrap_or(u64::MAX);
     if let Some(warning) = accept::check_fd_limit(max_connections) {
         tracing::warn!("{warning}");
     }
     let stop = serving.clone().cancelled_owned();
     match tls {
-        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-            accept::incoming(
-                listener,
-                drain.stop_accepting(),
-                settings,
-                metrics.clone(),
-                tls::handshake(tls.clone()),
-            ),
-            stop,
-        )),
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
-            accept::incoming(
-                listener,
-                drain.stop_accepting(),
-                settings,
-                metrics.clone(),
-                accept::plain,
-            ),
-            stop,
-        )),
+        Some(tls) => {
+            let serve = router.serve_with_incoming_shutdown(
+                accept::incoming(
+                    listener,
+                    drain.stop_accepting(),
+                    settings,
+                    metrics.clone(),
+                    tls::handshake(tls.clone()),
+                ),
+                stop,
+            );
+            tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) })
+        }
+        None => {
+            let serve = router.serve_with_incoming_shutdown(
+                accept::incoming(
+                    listener,
+                    drain.stop_accepting(),
+                    settings,
+                    metrics.clone(),
+                    accept::plain,
+                ),
+                stop,
+            );
+            tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) })
+        }
     }
 }
 

@@ -130,6 +130,8 @@ pub enum SimError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error("bad simulation input: {0}")]
     Input(String),
 }

@@ -1,0 +1,320 @@
+//! The renewal engine, built in one place: the store (opened by the caller),
+//! the per-host limiter, the broker (cache loaded), the overdue spread, the
+//! renewal scheduler and the maintenance cron jobs (and backups).
+//! [`Engine::start`] is what the daemon (`crate::daemon`) and the
+//! deterministic simulation (`crate::simulation::process`) both call, so the
+//! simulation runs exactly the wiring production runs; the end-to-end tests
+//! reach it through `Daemon::start`.
+//!
+//! What differs between them comes in as [`EngineParts`]: the clock, the PBX
+//! behind `PbxApi`, the store (`Store::open` vs the inline
+//! `Store::open_inline`), the jitter source (entropy vs a seed), the metrics
+//! registry and whether the cron jobs run (they read the wall clock, which a
+//! replayable run cannot have).
+//!
+//! [`Engine::shutdown`] drains the named background tasks in one loop, then
+//! the renewal workers (bounded by `shutdown.drain_timeout_ms`), the cron
+//! jobs, and closes the database. [`Engine::abort`] is kill -9 for the
+//! simulation.
+//!
+//! Does not: hold the state-directory lock, load the key or serve anything
+//! (the daemon adds the transports).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, BrokerSettings, Jitter};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pbx::limiter::HostLimiters;
+use crate::pbx::PbxApi;
+use crate::renewal::maintenance::{Maintenance, MaintenanceError};
+use crate::renewal::scheduler::{spread_overdue_with, Scheduler, SchedulerLimits};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Maintenance(#[from] MaintenanceError),
+}
+
+/// Where the engine's random numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JitterSource {
+    /// Fresh randomness (production).
+    Entropy,
+    /// One seed for every draw, so a simulated run replays (simulation).
+    Seeded(u64),
+}
+
+impl JitterSource {
+    /// The broker's jitter and the start-up spread's. Two sequences, so the
+    /// number of overdue jobs spread does not shift the broker's draws.
+    fn split(self) -> (Jitter, Jitter) {
+        match self {
+            Self::Entropy => (Jitter::entropy(), Jitter::entropy()),
+            Self::Seeded(seed) => (
+                Jitter::seeded(seed),
+                Jitter::seeded(seed.rotate_left(17) ^ 0x5eed),
+            ),
+        }
+    }
+}
+
+/// Whether the maintenance cron jobs (overdue sweep, WAL checkpoint,
+/// backups) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cron {
+    Run,
+    /// The simulation: cron reads the wall clock and would add timer tasks
+    /// a seed cannot replay; the jobs only log, checkpoint and back up.
+    Off,
+}
+
+/// What differs between the daemon and the simulation.
+pub struct EngineParts<'a> {
+    pub config: &'a Config,
+    pub clock: SharedClock,
+    pub pbx: Arc<dyn PbxApi>,
+    pub store: Store,
+    pub jitter: JitterSource,
+    pub metrics: Arc<Metrics>,
+    pub cron: Cron,
+}
+
+/// A background task the engine stops (by cancelling
+/// [`Engine::background`]) and waits for on shutdown.
+struct NamedTask {
+    name: &'static str,
+    task: JoinHandle<()>,
+}
+
+/// The running engine.
+pub struct Engine {
+    broker: Arc<Broker>,
+    scheduler: Arc<Scheduler>,
+    /// Cancelled first on shutdown: stops the scheduler loop and every
+    /// task spawned with [`Engine::spawn`].
+    background: CancellationToken,
+    /// Renewal workers (and other work that should finish before the
+    /// database closes), waited for up to `drain_timeout`.
+    workers: TaskTracker,
+    tasks: Vec<NamedTask>,
+    maintenance: Option<Maintenance>,
+    drain_timeout: Duration,
+    tenants_loaded: usize,
+}
+
+impl Engine {
+    /// Checks the master key against the store, builds the limiter and the
+    /// broker, fills the cache, spreads renewals that fell due while
+    /// stopped, starts the scheduler and (with [`Cron::Run`]) maintenance.
+    /// On an error nothing is left running.
+    pub async fn start(parts: EngineParts<'_>) -> Result<Engine, EngineError> {
+        let EngineParts {
+            config,
+            clock,
+            pbx,
+            store,
+            jitter,
+            metrics,
+            cron,
+        } = parts;
+        let (broker_jitter, spread_jitter) = jitter.split();
+        // A wrong key stops here, before the cache or anything else is read.
+        store.check_master_key().await?;
+        let broker = build_broker(config, &clock, &store, pbx, broker_jitter, &metrics);
+        let tenants_loaded = broker.load().await?;
+        spread_overdue(config, &clock, &store, &spread_jitter).await?;
+        let maintenance = match cron {
+            Cron::Run => Some(start_maintenance(config, &clock, &store, &metrics).await?),
+            Cron::Off => None,
+        };
+        let mut engine = Engine {
+            scheduler: Arc::new(Scheduler::new(
+                broker.clone(),
+                SchedulerLimits::from_config(config),
+            )),
+            broker,
+            background: CancellationToken::new(),
+            workers: TaskTracker::new(),
+            tasks: Vec::new(),
+            maintenance,
+            drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+            tenants_loaded,
+        };
+        let run = engine
+            .scheduler
+            .clone()
+            .run(engine.background.clone(), engine.workers.clone());
+        engine.tasks.push(NamedTask {
+            name: "renewal scheduler",
+            task: tokio::spawn(run),
+        });
+        Ok(engine)
+    }
+
+    /// How many tenants the cache was filled with at start.
+    pub fn tenants_loaded(&self) -> usize {
+        self.tenants_loaded
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn store(&self) -> &Store {
+        self.broker.store()
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// Cancelled when the engine shuts down.
+    pub fn background(&self) -> &CancellationToken {
+        &self.background
+    }
+
+    /// Tracks work the shutdown waits for (up to `drain_timeout_ms`).
+    pub fn workers(&self) -> &TaskTracker {
+        &self.workers
+    }
+
+    /// Runs `task` beside the scheduler; it must return once
+    /// [`Engine::background`] is cancelled. Shutdown waits for it by name.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(NamedTask {
+            name,
+            task: tokio::spawn(task),
+        });
+    }
+
+    /// Ordered drain: cancel the background, wait for each named task, wait
+    /// for in-flight renewals (up to the drain timeout), stop the cron
+    /// jobs, close the database.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.background.cancel();
+        for NamedTask { name, task } in self.tasks {
+            match task.await {
+                Ok(()) => tracing::debug!("{name} stopped"),
+                Err(e) => tracing::error!("{name} ended abnormally: {e}"),
+            }
+        }
+        self.workers.close();
+        if tokio::time::timeout(self.drain_timeout, self.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight renewals did not finish within {} ms; they will be retried after restart",
+                self.drain_timeout.as_millis()
+            );
+        } else {
+            tracing::info!("renewal workers stopped");
+        }
+        if let Some(maintenance) = self.maintenance {
+            maintenance.shutdown().await;
+        }
+        self.broker.store().close().await
+    }
+
+    /// kill -9 (the simulation's restarts): nothing is waited for. The
+    /// named tasks are aborted, parked workers never reach the database
+    /// again because its handle is closed.
+    pub async fn abort(self) {
+        self.background.cancel();
+        for NamedTask { task, .. } in &self.tasks {
+            task.abort();
+        }
+        if let Some(maintenance) = self.maintenance {
+            maintenance.shutdown().await;
+        }
+        // Committed transactions are what a real kill -9 leaves; closing
+        // (a checkpoint) does not change what the next process reads.
+        if let Err(e) = self.broker.store().close().await {
+            tracing::warn!("closing the killed engine's store: {e}");
+        }
+    }
+}
+
+fn build_broker(
+    config: &Config,
+    clock: &SharedClock,
+    store: &Store,
+    pbx: Arc<dyn PbxApi>,
+    jitter: Jitter,
+    metrics: &Arc<Metrics>,
+) -> Arc<Broker> {
+    let limiter = Arc::new(HostLimiters::new(
+        clock.clone(),
+        config.limits.per_host_requests_per_second,
+        config.limits.per_host_concurrent,
+    ));
+    Arc::new(
+        Broker::new(
+            clock.clone(),
+            store.clone(),
+            pbx,
+            limiter,
+            BrokerSettings::from_config(config),
+        )
+        .with_jitter(jitter)
+        .with_metrics(metrics.clone()),
+    )
+}
+
+/// Renewals that fell due while the daemon was stopped are spread over
+/// time instead of all hitting the PBX at once.
+async fn spread_overdue(
+    config: &Config,
+    clock: &SharedClock,
+    store: &Store,
+    jitter: &Jitter,
+) -> Result<(), StoreError> {
+    let spread = spread_overdue_with(
+        store,
+        clock.now(),
+        config.limits.per_host_requests_per_second,
+        jitter,
+    )
+    .await?;
+    if spread > 0 {
+        tracing::info!(
+            jobs = spread,
+            "renewals that fell due while stopped are spread over time"
+        );
+    }
+    Ok(())
+}
+
+async fn start_maintenance(
+    config: &Config,
+    clock: &SharedClock,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> Result<Maintenance, MaintenanceError> {
+    let maintenance = Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
+    let backups = maintenance
+        .schedule_backups(
+            &config.backup,
+            store.clone(),
+            config.backup_dir(),
+            clock.clone(),
+            metrics.clone(),
+        )
+        .await;
+    if let Err(e) = backups {
+        maintenance.shutdown().await;
+        return Err(e);
+    }
+    Ok(maintenance)
+}
