@@ -15,9 +15,9 @@ use zeroize::Zeroizing;
 
 use super::{CryptoError, Keyring, KEY_LEN};
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CryptoError + '_ {
-    move |source| CryptoError::KeyFileIo {
+    move |error| CryptoError::KeyFileIo {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -172,6 +172,22 @@ mod tests {
 
     fn mode_of(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn an_unreadable_key_file_is_named_once_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        // A plain file where the key's directory should be: reading fails.
+        std::fs::write(dir.path().join("not-a-dir"), b"x").unwrap();
+        let path = dir.path().join("not-a-dir/master.key");
+        let err = Keyring::load_or_create(&path, false).unwrap_err();
+        assert!(matches!(err, CryptoError::KeyFileIo { .. }), "{err:?}");
+        // The cause is in the message, not also in the source chain, so
+        // `{:#}` (anyhow in the binaries) says it once.
+        assert!(std::error::Error::source(&err).is_none());
+        let shown = format!("{:#}", anyhow::Error::new(err));
+        assert!(shown.contains("master key file"), "{shown}");
+        assert_eq!(shown.matches("Not a directory").count(), 1, "{shown}");
     }
 
     #[test]

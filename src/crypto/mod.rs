@@ -63,10 +63,11 @@ pub enum CryptoError {
     KeyFileFormat { path: PathBuf, message: String },
     #[error("master key file {} has mode {mode:04o}, readable by group or others; run `chmod 600 {}`", .path.display(), .path.display())]
     KeyFilePermissions { path: PathBuf, mode: u32 },
-    #[error("master key file {}: {source}", .path.display())]
+    // `error`, not `source`: said once in the message, not again by `{:#}`.
+    #[error("master key file {}: {error}", .path.display())]
     KeyFileIo {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

@@ -60,9 +60,9 @@ fn load(config: &Config, credentials: Option<&Path>) -> Result<Keyring, DaemonEr
         });
     }
     let (keyring, created) =
-        Keyring::load_or_create(&path, may_create).map_err(|source| DaemonError::MasterKey {
+        Keyring::load_or_create(&path, may_create).map_err(|error| DaemonError::MasterKey {
             path: path.clone(),
-            source,
+            error,
         })?;
     if created {
         tracing::warn!(

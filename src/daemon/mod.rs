@@ -56,8 +56,10 @@ pub use masterkey::{load_keyring, master_key_location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("master key {path}: {source}")]
-    MasterKey { path: PathBuf, source: CryptoError },
+    // `error`, not `source`: the message already says it, and a source
+    // would make `{:#}` print the cause again.
+    #[error("master key {path}: {error}")]
+    MasterKey { path: PathBuf, error: CryptoError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot build the PBX HTTP client: {0}")]
