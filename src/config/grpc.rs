@@ -149,10 +149,58 @@ impl Config {
     }
 }
 
+/// A config that sets `[grpc] max_concurrent_streams` but not the
+/// per-connection stream caps gets caps that fit under it (3/4 for
+/// WatchToken streams, 1/16 but at most 16 for keyless streams), so a file
+/// written before those caps existed keeps working; the defaults are the
+/// same fractions of the default 256. Keys that are set are left alone (and
+/// validated as they are).
+pub(super) fn derive_stream_caps(table: &mut toml::Table) {
+    let Some(toml::Value::Table(grpc)) = table.get_mut("grpc") else {
+        return;
+    };
+    let Some(max) = grpc
+        .get("max_concurrent_streams")
+        .and_then(toml::Value::as_integer)
+    else {
+        return;
+    };
+    let derived = [
+        ("max_watch_streams_per_connection", (max * 3 / 4).max(1)),
+        (
+            "max_unauthenticated_streams_per_connection",
+            (max / 16).clamp(1, 16),
+        ),
+    ];
+    for (key, value) in derived {
+        grpc.entry(key).or_insert(toml::Value::Integer(value));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::env;
     use super::super::*;
+
+    #[test]
+    fn stream_caps_follow_a_lowered_max_concurrent_streams_unless_set() {
+        let c = Config::from_toml_str("[grpc]\nmax_concurrent_streams = 100\n").unwrap();
+        assert_eq!(c.grpc.max_watch_streams_per_connection, 75);
+        assert_eq!(c.grpc.max_unauthenticated_streams_per_connection, 6);
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.grpc.max_watch_streams_per_connection, 192);
+        assert_eq!(c.grpc.max_unauthenticated_streams_per_connection, 16);
+        // Set keys are kept, and still checked against the limit.
+        let err = Config::from_toml_str(
+            "[grpc]\nmax_concurrent_streams = 100\nmax_watch_streams_per_connection = 99\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("grpc.max_watch_streams_per_connection"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn security_keys_are_checked() {
@@ -201,7 +249,10 @@ mod tests {
                 "grpc.max_watch_streams_per_connection",
             ),
             (
-                &[("PBX_TOKEND_GRPC_MAX_CONCURRENT_STREAMS", "200")],
+                &[
+                    ("PBX_TOKEND_GRPC_MAX_CONCURRENT_STREAMS", "200"),
+                    ("PBX_TOKEND_GRPC_MAX_WATCH_STREAMS_PER_CONNECTION", "192"),
+                ],
                 "grpc.max_concurrent_streams (200)",
             ),
             (

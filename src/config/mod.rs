@@ -416,6 +416,7 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
+        grpc::derive_stream_caps(&mut table);
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
