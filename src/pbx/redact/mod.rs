@@ -157,6 +157,16 @@ fn known_spans(text: &str, secret: &str, spans: &mut Vec<(usize, usize)>) {
     if chars.len() < MIN_KNOWN_CHARS {
         return;
     }
+    // A secret may itself contain the cut mark (any visible character is
+    // allowed in a client secret): its whole spellings are looked for
+    // across the marks too. (Found by the `redaction` fuzz target.)
+    if secret.contains(CUT_MARK) {
+        for (p, _) in text.char_indices() {
+            if let Matched::Full(end) = match_secret(text.as_bytes(), p, &chars, 0) {
+                spans.push((p, end));
+            }
+        }
+    }
     // Segments end at the cut marks: a match may run up to one and stop.
     let mut seg_start = 0;
     for (seg_end, is_cut) in text

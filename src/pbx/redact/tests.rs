@@ -37,6 +37,20 @@ fn json_u(s: &str) -> String {
 }
 
 #[test]
+fn a_secret_that_contains_the_cut_mark_is_still_found() {
+    // The `redaction` fuzz target's finding (fuzz/regressions/
+    // redaction-crash-044157b3.bin): a client secret may hold any visible
+    // character, `…` included, and the search used to stop at every `…`.
+    let secret = "\u{2026}r&t=+/  ";
+    let text = format!("ent_id=x\u{fffd}\u{1}2&07c{secret}");
+    let out = redact(&text, &[secret]);
+    assert!(!out.contains(secret), "{out:?}");
+    assert!(out.contains(REDACTED), "{out:?}");
+    let echoed = format!("invalid client {secret} and again {secret}.");
+    assert!(!redact_known(&echoed, &[secret]).contains(secret));
+}
+
+#[test]
 fn key_value_patterns() {
     for (text, kept) in [
         (
