@@ -144,6 +144,7 @@ fn replace_spans(text: &str, mut spans: Vec<(usize, usize)>) -> String {
 // ---- known secrets -------------------------------------------------------
 
 /// How a match attempt ended.
+#[derive(Clone, Copy)]
 enum Matched {
     /// The whole secret, ending at this byte offset.
     Full(usize),
@@ -161,8 +162,9 @@ fn known_spans(text: &str, secret: &str, spans: &mut Vec<(usize, usize)>) {
     // allowed in a client secret): its whole spellings are looked for
     // across the marks too. (Found by the `redaction` fuzz target.)
     if secret.contains(CUT_MARK) {
+        let mut memo = Memo::new();
         for (p, _) in text.char_indices() {
-            if let Matched::Full(end) = match_secret(text.as_bytes(), p, &chars, 0) {
+            if let Matched::Full(end) = match_secret(text.as_bytes(), p, &chars, 0, &mut memo) {
                 spans.push((p, end));
             }
         }
@@ -175,9 +177,12 @@ fn known_spans(text: &str, secret: &str, spans: &mut Vec<(usize, usize)>) {
         .chain(std::iter::once((text.len(), false)))
     {
         let seg = &text.as_bytes()[..seg_end];
+        // One memo per segment: a result depends only on where in the text
+        // and in the secret it starts, so every start position shares it.
+        let mut memo = Memo::new();
         for (p, _) in text[seg_start..seg_end].char_indices() {
             let p = seg_start + p;
-            match match_secret(seg, p, &chars, 0) {
+            match match_secret(seg, p, &chars, 0, &mut memo) {
                 Matched::Full(end) => spans.push((p, end)),
                 Matched::Cut(n) if is_cut && n >= MIN_KNOWN_CHARS => spans.push((p, seg_end)),
                 _ => {}
@@ -187,21 +192,36 @@ fn known_spans(text: &str, secret: &str, spans: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// Results of [`match_secret`] by (text offset, secret index). Without it,
+/// text where a character has several spellings at once (a run of
+/// backslashes: JSON escapes of escapes) made the search exponential: a
+/// PBX answer of a few dozen backslashes could hold a renewal worker for
+/// minutes (found by the `redaction` fuzz target as slow units).
+type Memo = std::collections::HashMap<(usize, usize), Matched>;
+
 /// Matches `secret[si..]` at `text[ti..]`, each character raw or encoded.
-fn match_secret(text: &[u8], ti: usize, secret: &[char], si: usize) -> Matched {
+fn match_secret(text: &[u8], ti: usize, secret: &[char], si: usize, memo: &mut Memo) -> Matched {
     let Some(&c) = secret.get(si) else {
         return Matched::Full(ti);
     };
     if ti == text.len() {
         return Matched::Cut(si);
     }
+    if let Some(&known) = memo.get(&(ti, si)) {
+        return known;
+    }
+    let mut result = Matched::None;
     for len in encodings(text, ti, c) {
-        match match_secret(text, ti + len, secret, si + 1) {
+        match match_secret(text, ti + len, secret, si + 1, memo) {
             Matched::None => continue,
-            found => return found,
+            found => {
+                result = found;
+                break;
+            }
         }
     }
-    Matched::None
+    memo.insert((ti, si), result);
+    result
 }
 
 /// Byte lengths of every spelling of `c` that starts at `text[ti..]`: raw,
