@@ -580,4 +580,6 @@ fn held_or(
 }
 
 #[cfg(test)]
+mod test_tenant;
+#[cfg(test)]
 mod tests;

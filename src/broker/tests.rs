@@ -3,6 +3,7 @@
 //! share one PBX request, and a watcher sees the current token and then
 //! every new one.
 
+use crate::broker::test_tenant::insert_active;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +14,11 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::{SharedClock, TokioClock, UnixMs};
 use crate::config::Config;
 use crate::crypto::Keyring;
-use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
+use crate::domain::{AppCredentials, PbxBaseUrl};
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::secret::Secret;
-use crate::store::{NewTenant, Store};
+use crate::store::Store;
 
 const T0: UnixMs = UnixMs(1_700_000_000_000);
 
@@ -60,28 +61,18 @@ async fn fixture(expires_in_ms: i64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let store = Store::open_inline(&db, Arc::new(Keyring::from_key(&[5; 32]))).unwrap();
-    store
-        .insert_tenant(NewTenant {
-            id: TenantId::parse("acme").unwrap(),
-            display_name: "acme".into(),
-            base_url: PbxBaseUrl::from_trusted("https://pbx.example.com").unwrap(),
-            state: TenantState::Active,
-            trusted_app: Some(AppCredentials {
-                client_id: "app".into(),
-                client_secret: Secret::new("secret".into()),
-            }),
-            public_app: None,
-            token: Some(AccessToken {
-                value: Secret::new("held".into()),
-                token_type: "Bearer".into(),
-                issued_at: T0.plus_ms(expires_in_ms - 3_600_000),
-                expires_at: T0.plus_ms(expires_in_ms),
-            }),
-            renew_at: Some(T0.plus_ms(expires_in_ms - 600_000)),
-            now: T0,
-        })
-        .await
-        .unwrap();
+    insert_active(
+        &store,
+        "acme",
+        "held",
+        (
+            T0.plus_ms(expires_in_ms - 3_600_000),
+            T0.plus_ms(expires_in_ms),
+            T0.plus_ms(expires_in_ms - 600_000),
+        ),
+        T0,
+    )
+    .await;
     let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
     let pbx = Arc::new(SlowPbx::default());
     let broker = Broker::new(

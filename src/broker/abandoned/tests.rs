@@ -2,6 +2,7 @@
 //! slot and its tenant busy for the grace period; an answered one frees
 //! them at once.
 
+use crate::broker::test_tenant::insert_active;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +12,10 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::{SharedClock, TokioClock, UnixMs};
 use crate::config::Config;
 use crate::crypto::Keyring;
-use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
+use crate::domain::{AppCredentials, PbxBaseUrl};
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
-use crate::secret::Secret;
-use crate::store::{NewTenant, Store};
+use crate::store::Store;
 
 const T0: UnixMs = UnixMs(1_700_000_000_000);
 const TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -45,28 +45,18 @@ async fn broker(dir: &tempfile::TempDir) -> Arc<Broker> {
         Arc::new(Keyring::from_key(&[5; 32])),
     )
     .unwrap();
-    store
-        .insert_tenant(NewTenant {
-            id: TenantId::parse("slow").unwrap(),
-            display_name: "slow".into(),
-            base_url: PbxBaseUrl::from_trusted("https://pbx.example.com").unwrap(),
-            state: TenantState::Active,
-            trusted_app: Some(AppCredentials {
-                client_id: "app".into(),
-                client_secret: Secret::new("secret".into()),
-            }),
-            public_app: None,
-            token: Some(AccessToken {
-                value: Secret::new("old".into()),
-                token_type: "Bearer".into(),
-                issued_at: T0.plus_ms(-3_000_000),
-                expires_at: T0.plus_ms(600_000),
-            }),
-            renew_at: Some(T0.plus_ms(600_000)),
-            now: T0,
-        })
-        .await
-        .unwrap();
+    insert_active(
+        &store,
+        "slow",
+        "old",
+        (
+            T0.plus_ms(-3_000_000),
+            T0.plus_ms(600_000),
+            T0.plus_ms(600_000),
+        ),
+        T0,
+    )
+    .await;
     let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
     let mut config = Config::default();
     config.pbx.request_timeout_ms = TIMEOUT.as_millis() as u64;

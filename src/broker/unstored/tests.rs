@@ -2,6 +2,7 @@
 //! the fetched token is served from memory, the job waits in memory, the
 //! tenant shows why, and the token is written once writes work again.
 
+use crate::broker::test_tenant::insert_active;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,11 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clock::{SharedClock, TokioClock, UnixMs};
 use crate::config::Config;
 use crate::crypto::Keyring;
-use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
+use crate::domain::{AppCredentials, PbxBaseUrl, TenantId};
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::secret::Secret;
-use crate::store::{NewTenant, Store};
+use crate::store::Store;
 
 const T0: UnixMs = UnixMs(1_700_000_000_000);
 
@@ -55,28 +56,18 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let store = Store::open_inline(&db, Arc::new(Keyring::from_key(&[3; 32]))).unwrap();
-    store
-        .insert_tenant(NewTenant {
-            id: TenantId::parse("acme").unwrap(),
-            display_name: "acme".into(),
-            base_url: PbxBaseUrl::from_trusted("https://pbx.example.com").unwrap(),
-            state: TenantState::Active,
-            trusted_app: Some(AppCredentials {
-                client_id: "app".into(),
-                client_secret: Secret::new("secret".into()),
-            }),
-            public_app: None,
-            token: Some(AccessToken {
-                value: Secret::new("old".into()),
-                token_type: "Bearer".into(),
-                issued_at: T0.plus_ms(-3_660_000),
-                expires_at: T0.plus_ms(-60_000),
-            }),
-            renew_at: Some(T0.plus_ms(-100_000)),
-            now: T0,
-        })
-        .await
-        .unwrap();
+    insert_active(
+        &store,
+        "acme",
+        "old",
+        (
+            T0.plus_ms(-3_660_000),
+            T0.plus_ms(-60_000),
+            T0.plus_ms(-100_000),
+        ),
+        T0,
+    )
+    .await;
     let clock: SharedClock = Arc::new(TokioClock::starting_at(T0));
     let pbx = Arc::new(CountingPbx::default());
     let mut config = Config::default();
