@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::crypto::{key_id, CryptoError, Keyring, KEY_LEN};
 use crate::daemon::master_key_location;
 use crate::statedir::{self, StateDirError};
-use crate::store::{Store, StoreError};
+use crate::store::{SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
@@ -92,7 +92,8 @@ pub async fn rotate_master_key(
     }
     let mut ring = Keyring::from_key(&new);
     ring.add_retired_key(&old);
-    let store = Store::open(&db, Arc::new(ring))?;
+    let sqlite = SqliteStore::open(&db, Arc::new(ring))?;
+    let store = Store::new(sqlite.clone());
     // Proves one of the two keys opens the database before touching it
     // (the new one does when re-running after an interrupted rotation).
     let report = match store.check_master_key().await {
@@ -105,7 +106,7 @@ pub async fn rotate_master_key(
                 audit::OK,
                 &format!("from key {old_id:08x} to key {new_id:08x}"),
             );
-            store.reseal_all(event).await
+            sqlite.reseal_all(event).await
         }
         Err(e) => Err(e),
     };

@@ -21,22 +21,14 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::connection::sibling;
-use super::{masterkey, migrate, Store, StoreError};
+use super::BackupInfo;
+use super::{masterkey, migrate, StoreError};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 
 /// Backup files are `pbx-tokend-<UTC time>.db` in the backup directory.
 const PREFIX: &str = "pbx-tokend-";
 const SUFFIX: &str = ".db";
-
-/// What a finished backup is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupInfo {
-    pub path: PathBuf,
-    pub bytes: u64,
-    /// Older backups removed to keep the configured number.
-    pub pruned: Vec<PathBuf>,
-}
 
 /// What a backup file holds, as checked before a restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,37 +47,6 @@ pub struct RestoreReport {
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> StoreError {
     StoreError::Backup(format!("{}: {why}", path.display()))
-}
-
-impl Store {
-    /// The heartbeat: one tiny committed write. Success proves the database
-    /// can be written right now (health status, systemd watchdog).
-    pub async fn heartbeat(&self, now: UnixMs) -> Result<(), StoreError> {
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "INSERT INTO heartbeat (id, at) VALUES (1, ?1) \
-                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-            )?
-            .execute([now.0])?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Writes a snapshot into `dir` as `pbx-tokend-<now>.db` and removes the
-    /// oldest backups beyond `keep` (0 keeps every one).
-    pub async fn backup_into(
-        &self,
-        dir: &Path,
-        now: UnixMs,
-        keep: u32,
-    ) -> Result<BackupInfo, StoreError> {
-        let db = self.path().to_owned();
-        let dir = dir.to_owned();
-        tokio::task::spawn_blocking(move || backup_into_dir(&db, &dir, now, keep))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-    }
 }
 
 /// Blocking: snapshot of the database at `db` into `dir` (created 0700),
@@ -354,6 +315,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::super::testutil::*;
+    use super::super::SqliteStore;
     use super::*;
     use crate::domain::TenantState;
 
@@ -443,7 +405,7 @@ mod tests {
         let previous = report.previous.unwrap();
         assert!(previous.exists());
         assert_eq!(mode(&t.path), 0o600);
-        let store = Store::open(&t.path, t.keys.clone()).unwrap();
+        let store = SqliteStore::open(&t.path, t.keys.clone()).unwrap();
         assert_eq!(store.load_cache().await.unwrap().len(), 5);
         assert!(store.get_tenant(&tid("late")).await.unwrap().is_none());
         store.close().await.unwrap();

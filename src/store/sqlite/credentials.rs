@@ -15,15 +15,18 @@
 //! (the secret alone, field `trusted_secret` / `public_secret`) are
 //! upgraded once at start-up, see [`upgrade_legacy`].
 //!
-//! The `Store` methods for credentials live here too: reading them,
+//! The `SqliteStore` methods for credentials live here too: reading them,
 //! listing the tenants whose credentials cannot be used, and recording that.
 //!
 //! Does not: validate credentials (domain does) or check them with the PBX.
 
+use async_trait::async_trait;
+
+use crate::store::CredentialRepo;
 use rusqlite::{params, Connection};
 
 use super::sealed::{self, Field};
-use super::{CredentialFault, Store, StoreError};
+use super::{CredentialFault, SqliteStore, StoreError};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AppCredentials;
@@ -203,10 +206,11 @@ fn open_checked(keys: &Keyring, row: &Row) -> Result<Secret<String>, StoreError>
     Ok(parts.swap_remove(0))
 }
 
-impl Store {
+#[async_trait]
+impl CredentialRepo for SqliteStore {
     /// Every tenant whose stored credentials do not open or do not match
     /// the base URL, client id or redirect URI they were sealed with.
-    pub async fn credential_faults(&self) -> Result<Vec<CredentialFault>, StoreError> {
+    async fn credential_faults(&self) -> Result<Vec<CredentialFault>, StoreError> {
         self.read(|conn, keys| {
             faults(conn, keys, None)?
                 .into_iter()
@@ -224,7 +228,7 @@ impl Store {
 
     /// Ok when every stored credential of the tenant opens and matches its
     /// clear columns (or it has none); otherwise the first fault's error.
-    pub async fn verify_credentials(&self, id: &TenantId) -> Result<(), StoreError> {
+    async fn verify_credentials(&self, id: &TenantId) -> Result<(), StoreError> {
         let id = id.clone();
         self.read(move |conn, keys| {
             match faults(conn, keys, Some(id.as_str()))?.into_iter().next() {
@@ -239,7 +243,7 @@ impl Store {
     /// becomes CREDENTIALS_REJECTED with `message` as last_error and its job
     /// moves to `retry_at` (so the scheduler does not spin on it); another
     /// state only gets the last_error. `TenantNotFound` if missing.
-    pub async fn record_credential_fault(
+    async fn record_credential_fault(
         &self,
         id: &TenantId,
         message: String,
@@ -253,7 +257,7 @@ impl Store {
         .await
     }
 
-    pub async fn trusted_credentials(
+    async fn trusted_credentials(
         &self,
         id: &TenantId,
     ) -> Result<Option<AppCredentials>, StoreError> {
@@ -263,7 +267,7 @@ impl Store {
     }
 
     /// The public app and redirect URI for the authorization flow, if any.
-    pub async fn public_credentials(
+    async fn public_credentials(
         &self,
         id: &TenantId,
     ) -> Result<Option<(AppCredentials, String)>, StoreError> {

@@ -166,7 +166,7 @@ mod tests {
 
     use super::super::connection::sibling;
     use super::super::testutil::*;
-    use super::super::{Store, TenantChanges};
+    use super::super::{SqliteStore, TenantChanges};
     use super::*;
     use crate::domain::TenantState;
 
@@ -233,7 +233,7 @@ mod tests {
         assert_no_secret_in_files(&t, "closed");
 
         // And the values are really there, sealed.
-        let s = Store::open(&t.path, Arc::clone(&t.keys)).unwrap();
+        let s = SqliteStore::open(&t.path, Arc::clone(&t.keys)).unwrap();
         let creds = s.trusted_credentials(&tid("acme")).await.unwrap().unwrap();
         assert_eq!(creds.client_secret.expose(), TRUSTED);
         let cache = s.load_cache().await.unwrap();
@@ -297,7 +297,7 @@ mod tests {
             .await
             .unwrap();
         t.store.close().await.unwrap();
-        let s = Store::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
+        let s = SqliteStore::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
         let err = s.trusted_credentials(&tid("acme")).await.unwrap_err();
         assert!(
             matches!(err, StoreError::CredentialUnreadable { .. }),

@@ -5,47 +5,24 @@
 //! (`src/audit.rs` and the API layer pass only ids, action names and
 //! secret-free messages).
 
+use async_trait::async_trait;
+
+use crate::store::AuditLog;
 use rusqlite::{params, Connection};
 
 use super::StoreError;
+use super::{AuditEntry, AuditQuery, NewAuditEvent, SqliteStore};
 use crate::clock::UnixMs;
 
-/// One event to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAuditEvent {
-    pub at: UnixMs,
-    pub client_id: String,
-    pub action: String,
-    pub tenant_id: Option<String>,
-    pub outcome: String,
-    pub detail: String,
-}
-
-/// One stored event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub event: NewAuditEvent,
-}
-
-/// Which events to list.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    /// Only events with an id below this (the previous page's last id).
-    pub before_id: Option<i64>,
-    pub tenant_id: Option<String>,
-    pub client_id: Option<String>,
-    pub limit: u32,
-}
-
-impl super::Store {
+#[async_trait]
+impl AuditLog for SqliteStore {
     /// Appends one event; returns its id.
-    pub async fn insert_audit(&self, event: NewAuditEvent) -> Result<i64, StoreError> {
+    async fn insert_audit(&self, event: NewAuditEvent) -> Result<i64, StoreError> {
         self.write(move |tx, _| insert(tx, &event)).await
     }
 
     /// Events newest first, filtered and paged by `q`.
-    pub async fn list_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn list_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(move |conn, _| list(conn, &q)).await
     }
 }

@@ -5,17 +5,23 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{NewTenant, Store};
+use super::{NewTenant, SqliteStore};
+// The interface's traits, so tests call them on a `SqliteStore`.
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
 use crate::secret::Secret;
+#[allow(unused_imports)]
+pub(crate) use crate::store::{
+    AuditLog, ClientRepo, CredentialRepo, FlowRepo, JobQueue, LeaseTable, Lifecycle, StoreStats,
+    TenantRepo, TokenRepo,
+};
 
 pub(super) const T0: UnixMs = UnixMs(1_700_000_000_000);
 pub(super) const HOUR: i64 = 3_600_000;
 
 pub(super) struct TestStore {
-    pub store: Store,
+    pub store: SqliteStore,
     pub path: PathBuf,
     pub keys: Arc<Keyring>,
     // Dropped last: removes the directory.
@@ -26,7 +32,7 @@ pub(super) fn open_temp() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data/pbx-tokend.db");
     let keys = Arc::new(Keyring::ephemeral());
-    let store = Store::open(&path, Arc::clone(&keys)).unwrap();
+    let store = SqliteStore::open(&path, Arc::clone(&keys)).unwrap();
     TestStore {
         store,
         path,
@@ -96,7 +102,7 @@ pub(super) fn new_tenant(id: &str, state: TenantState) -> NewTenant {
 }
 
 /// `n` active tenants `t000000`, `t000001`, ... inserted in one transaction.
-pub(super) async fn insert_many(store: &Store, n: usize) {
+pub(super) async fn insert_many(store: &SqliteStore, n: usize) {
     let ts = (0..n)
         .map(|i| new_tenant(&format!("t{i:06}"), TenantState::Active))
         .collect();

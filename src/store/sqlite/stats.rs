@@ -5,36 +5,15 @@
 //! Does not: decide what "too late" means (the caller passes the grace
 //! and the renewal window), or read a secret.
 
+use async_trait::async_trait;
+
+use crate::store::StoreStats;
 use rusqlite::params;
 
-use super::{Store, StoreError};
+use super::{HostLoad, QueueStats, TokenHealth};
+use super::{SqliteStore, StoreError};
 use crate::clock::UnixMs;
-
-/// Held tokens of renewing tenants (ACTIVE, RENEWAL_FAILING,
-/// CREDENTIALS_REJECTED), against the clock.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenHealth {
-    /// Renewing tenants.
-    pub renewing: u64,
-    /// Of those, how many hold a token.
-    pub with_token: u64,
-    /// Held tokens already expired.
-    pub expired: u64,
-    /// Held tokens not yet expired with less than `window` of their
-    /// lifetime left: their renewal is due or late.
-    pub in_renewal_window: u64,
-}
-
-/// The renewal queue, against the clock.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueStats {
-    /// Jobs of renewing tenants that are due now.
-    pub due: u64,
-    /// Of those, due for longer than the grace.
-    pub overdue: u64,
-    /// Due time of the oldest due job.
-    pub oldest_due_at: Option<UnixMs>,
-}
+use crate::domain::TenantState;
 
 /// Same join order as `jobs::DUE_SQL`: walk the due index from the start.
 const QUEUE_SQL: &str = "SELECT count(*), coalesce(sum(j.due_at <= ?2), 0), min(j.due_at) \
@@ -52,10 +31,24 @@ fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-impl Store {
+#[async_trait]
+impl StoreStats for SqliteStore {
+    /// Per host (ordered by host): renewing tenants, how many hold a token and
+    /// the sum of those tokens' lifetimes.
+    async fn host_loads(&self) -> Result<Vec<HostLoad>, StoreError> {
+        self.read(|conn, _| super::jobs::host_loads(conn)).await
+    }
+
+    /// Tenant count for every state (zero included), in `TenantState::ALL`
+    /// order.
+    async fn count_by_state(&self) -> Result<Vec<(TenantState, u64)>, StoreError> {
+        self.read(|conn, _| super::tenants::count_by_state(conn))
+            .await
+    }
+
     /// Token expiry standing at `now`. `window` is the share of a token's
     /// lifetime after its planned renewal point (1 - at_fraction + jitter).
-    pub async fn token_health(&self, now: UnixMs, window: f64) -> Result<TokenHealth, StoreError> {
+    async fn token_health(&self, now: UnixMs, window: f64) -> Result<TokenHealth, StoreError> {
         self.read(move |conn, _| {
             Ok(conn
                 .prepare_cached(TOKENS_SQL)?
@@ -73,7 +66,7 @@ impl Store {
 
     /// Renewal queue standing at `now`; a job is overdue when it has been
     /// due for more than `grace_ms`.
-    pub async fn queue_stats(&self, now: UnixMs, grace_ms: i64) -> Result<QueueStats, StoreError> {
+    async fn queue_stats(&self, now: UnixMs, grace_ms: i64) -> Result<QueueStats, StoreError> {
         self.read(move |conn, _| {
             Ok(conn.prepare_cached(QUEUE_SQL)?.query_row(
                 params![now.0, now.0 - grace_ms],

@@ -199,9 +199,9 @@ mod tests {
     #[test]
     fn due_queries_walk_the_due_index_without_sorting() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../../migrations/0001_initial.sql"))
+        conn.execute_batch(include_str!("../../../migrations/0001_initial.sql"))
             .unwrap();
-        conn.execute_batch(include_str!("../../migrations/0005_jobs_by_host.sql"))
+        conn.execute_batch(include_str!("../../../migrations/0005_jobs_by_host.sql"))
             .unwrap();
         for (sql, n) in [
             (super::DUE_SQL, 2),

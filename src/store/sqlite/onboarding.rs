@@ -10,154 +10,18 @@
 //! Does not: decide which step comes next or what an error means (the
 //! `onboarding` module does), or talk to the PBX.
 
+use async_trait::async_trait;
+
+use crate::store::FlowRepo;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::flow_seal::{self, Dest, FlowSecret};
 use super::tenants::{get, parse_id};
-use super::{tenant_writes, Store, StoreError, TenantChanges};
+use super::{tenant_writes, SqliteStore, StoreError, TenantChanges};
+use super::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
-use crate::domain::{AccessToken, AppCredentials, PbxUser, Tenant, TenantId, TenantState};
-
-/// Where a flow is. Each step names the last outcome committed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FlowStep {
-    /// BeginAuthorization handed out a state; waiting for the code.
-    Issued,
-    /// Step 1 done: the public token is stored.
-    CodeExchanged,
-    /// Step 2 under way: the application named `app_name` is being created.
-    /// Found at start-up, it means the daemon stopped during that call.
-    CreatingApp,
-    /// Steps 2-3 done: the new trusted app's credentials are stored.
-    AppStored,
-    /// Step 4 done: its first token is stored.
-    TokenObtained,
-    /// Step 5 done: the PBX user is stored.
-    UserVerified,
-    /// Step 6 done: the tenant uses the new app. The state is consumed.
-    Completed,
-    /// Ended without a trusted app in use. The state is consumed.
-    Failed,
-}
-
-impl FlowStep {
-    pub const ALL: [FlowStep; 8] = [
-        FlowStep::Issued,
-        FlowStep::CodeExchanged,
-        FlowStep::CreatingApp,
-        FlowStep::AppStored,
-        FlowStep::TokenObtained,
-        FlowStep::UserVerified,
-        FlowStep::Completed,
-        FlowStep::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlowStep::Issued => "issued",
-            FlowStep::CodeExchanged => "code_exchanged",
-            FlowStep::CreatingApp => "creating_app",
-            FlowStep::AppStored => "app_stored",
-            FlowStep::TokenObtained => "token_obtained",
-            FlowStep::UserVerified => "user_verified",
-            FlowStep::Completed => "completed",
-            FlowStep::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Past the code exchange and not finished: resumable without a code.
-    pub fn in_progress(self) -> bool {
-        !matches!(
-            self,
-            FlowStep::Issued | FlowStep::Completed | FlowStep::Failed
-        )
-    }
-
-    /// A new trusted app's secret is held and not yet in use.
-    pub fn holds_new_app(self) -> bool {
-        matches!(
-            self,
-            FlowStep::AppStored | FlowStep::TokenObtained | FlowStep::UserVerified
-        )
-    }
-}
-
-impl std::fmt::Display for FlowStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One flow as stored, secrets opened.
-#[derive(Clone, Debug)]
-pub struct Flow {
-    pub tenant_id: TenantId,
-    pub step: FlowStep,
-    pub state_expires_at: UnixMs,
-    pub public_token: Option<AccessToken>,
-    pub app_name: Option<String>,
-    pub app: Option<AppCredentials>,
-    pub token: Option<AccessToken>,
-    pub pbx_user: Option<PbxUser>,
-    pub orphaned_apps: Vec<String>,
-    pub error: Option<String>,
-    pub created_at: UnixMs,
-    pub updated_at: UnixMs,
-    /// The tenant's base URL when the flow was read: its sealed values were
-    /// checked against it, so they may be sent there and nowhere else.
-    pub base_url: String,
-}
-
-/// One step's outcome, committed in one transaction.
-#[derive(Clone, Debug)]
-pub enum FlowUpdate {
-    /// Step 1: the code was exchanged for the public token.
-    CodeExchanged { public_token: AccessToken },
-    /// Step 2 starts: recorded *before* the create call, so a crash during
-    /// it leaves the name behind.
-    CreatingApp { name: String },
-    /// Step 2 failed; back to `CodeExchanged`. `orphan`: the name of an app
-    /// that may exist in the PBX without its answer stored.
-    AppCreationFailed {
-        orphan: Option<String>,
-        error: String,
-    },
-    /// Steps 2-3: the new app's credentials, the moment they arrive.
-    AppStored { app: AppCredentials },
-    /// Step 4.
-    TokenObtained { token: AccessToken },
-    /// Step 5.
-    UserVerified { user: PbxUser },
-    /// Back to `AppStored`, dropping the first token (it was refused).
-    TokenDropped { error: String },
-    /// A step failed and may be retried: the step stays.
-    Error { error: String },
-    /// The flow ends without a trusted app in use; the public token, any
-    /// new app secret and token are wiped. `orphan` as in
-    /// `AppCreationFailed` (e.g. a new app the PBX then rejected).
-    Failed {
-        orphan: Option<String>,
-        error: String,
-    },
-}
-
-/// What step 6 puts on the tenant.
-#[derive(Clone, Debug)]
-pub struct FlowCompletion {
-    pub app: AppCredentials,
-    pub token: AccessToken,
-    pub user: PbxUser,
-    pub state: TenantState,
-    /// `None` removes the renewal job (a tenant disabled meanwhile).
-    pub renew_at: Option<UnixMs>,
-    /// Becomes the tenant's last_error (e.g. apps to delete in the PBX).
-    pub note: Option<String>,
-}
+use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
 
 const SELECT_FLOW: &str = "SELECT tenant_id, step, state_expires_at, \
         public_token_sealed, public_token_type, public_token_issued_at, public_token_expires_at, \
@@ -173,11 +37,12 @@ const WIPE: &str = "public_token_sealed = NULL, public_token_type = NULL, \
      app_secret_sealed = NULL, token_sealed = NULL, token_type = NULL, \
      token_issued_at = NULL, token_expires_at = NULL";
 
-impl Store {
+#[async_trait]
+impl FlowRepo for SqliteStore {
     /// Starts (or restarts) the tenant's flow in step `Issued` with a new
     /// state hash. Everything of an earlier flow is wiped except the list of
     /// possibly orphaned apps. `TenantNotFound` if the tenant is missing.
-    pub async fn begin_flow(
+    async fn begin_flow(
         &self,
         id: &TenantId,
         state_hash: [u8; 32],
@@ -211,7 +76,7 @@ impl Store {
     }
 
     /// The flow whose state hashes to `state_hash`.
-    pub async fn flow_by_state(&self, state_hash: [u8; 32]) -> Result<Option<Flow>, StoreError> {
+    async fn flow_by_state(&self, state_hash: [u8; 32]) -> Result<Option<Flow>, StoreError> {
         self.read(move |conn, keys| {
             let sql = format!("{SELECT_FLOW}WHERE state_hash = ?1");
             query_flow(conn, keys, &sql, &state_hash[..])
@@ -220,7 +85,7 @@ impl Store {
     }
 
     /// The tenant's flow, if it ever had one.
-    pub async fn flow_of(&self, id: &TenantId) -> Result<Option<Flow>, StoreError> {
+    async fn flow_of(&self, id: &TenantId) -> Result<Option<Flow>, StoreError> {
         let id = id.clone();
         self.read(move |conn, keys| {
             let sql = format!("{SELECT_FLOW}WHERE tenant_id = ?1");
@@ -230,7 +95,7 @@ impl Store {
     }
 
     /// Tenants whose flow stopped between the code exchange and the end.
-    pub async fn interrupted_flows(&self) -> Result<Vec<TenantId>, StoreError> {
+    async fn interrupted_flows(&self) -> Result<Vec<TenantId>, StoreError> {
         self.read(|conn, _| {
             let mut stmt = conn.prepare_cached(
                 "SELECT tenant_id FROM onboarding_flows WHERE step IN \
@@ -247,7 +112,7 @@ impl Store {
 
     /// Commits one step's outcome. Errors are also written to the tenant's
     /// last_error. `TenantNotFound` if the flow is gone (tenant deleted).
-    pub async fn advance_flow(
+    async fn advance_flow(
         &self,
         id: &TenantId,
         update: FlowUpdate,
@@ -262,7 +127,7 @@ impl Store {
     /// not open or no longer match their columns), so that a new one can
     /// begin; see [`discard_flow`]. Returns the error as stored (naming an
     /// app the flow created).
-    pub async fn discard_flow(
+    async fn discard_flow(
         &self,
         id: &TenantId,
         error: String,
@@ -277,7 +142,7 @@ impl Store {
     /// first token, the PBX user, its state and renewal job; the flow is
     /// completed, its secrets wiped and its orphan list (reported in
     /// `note`) cleared. Returns the tenant as stored.
-    pub async fn complete_flow(
+    async fn complete_flow(
         &self,
         id: &TenantId,
         c: FlowCompletion,

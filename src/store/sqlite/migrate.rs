@@ -23,32 +23,37 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_initial",
-        sql: include_str!("../../migrations/0001_initial.sql"),
+        sql: include_str!("../../../migrations/0001_initial.sql"),
     },
     Migration {
         version: 2,
         name: "0002_onboarding",
-        sql: include_str!("../../migrations/0002_onboarding.sql"),
+        sql: include_str!("../../../migrations/0002_onboarding.sql"),
     },
     Migration {
         version: 3,
         name: "0003_clients_audit",
-        sql: include_str!("../../migrations/0003_clients_audit.sql"),
+        sql: include_str!("../../../migrations/0003_clients_audit.sql"),
     },
     Migration {
         version: 4,
         name: "0004_heartbeat",
-        sql: include_str!("../../migrations/0004_heartbeat.sql"),
+        sql: include_str!("../../../migrations/0004_heartbeat.sql"),
     },
     Migration {
         version: 5,
         name: "0005_jobs_by_host",
-        sql: include_str!("../../migrations/0005_jobs_by_host.sql"),
+        sql: include_str!("../../../migrations/0005_jobs_by_host.sql"),
     },
     Migration {
         version: 6,
         name: "0006_bound_credentials",
-        sql: include_str!("../../migrations/0006_bound_credentials.sql"),
+        sql: include_str!("../../../migrations/0006_bound_credentials.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_host_leases",
+        sql: include_str!("../../../migrations/0007_host_leases.sql"),
     },
 ];
 
@@ -157,7 +162,7 @@ mod store_tests {
     use std::sync::Arc;
 
     use super::super::testutil::*;
-    use super::super::{Store, StoreError};
+    use super::super::{SqliteStore, StoreError};
     use super::*;
     use crate::domain::TenantState;
 
@@ -170,7 +175,7 @@ mod store_tests {
             .unwrap();
         t.store.close().await.unwrap();
         for _ in 0..2 {
-            let s = Store::open(&t.path, Arc::clone(&t.keys)).unwrap();
+            let s = SqliteStore::open(&t.path, Arc::clone(&t.keys)).unwrap();
             let got = s.get_tenant(&tid("acme")).await.unwrap().unwrap();
             assert_eq!(got.state, TenantState::Active);
             assert!(s.trusted_credentials(&tid("acme")).await.unwrap().is_some());
@@ -185,7 +190,7 @@ mod store_tests {
         let t = open_temp();
         t.store.close().await.unwrap();
         t.raw().pragma_update(None, "user_version", 999).unwrap();
-        match Store::open(&t.path, Arc::clone(&t.keys)) {
+        match SqliteStore::open(&t.path, Arc::clone(&t.keys)) {
             Err(StoreError::SchemaTooNew { found, supported }) => {
                 assert_eq!((found, supported), (999, latest_version()));
             }

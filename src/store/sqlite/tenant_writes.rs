@@ -164,7 +164,7 @@ pub(super) fn delete(tx: &Connection, id: &str) -> Result<(), StoreError> {
     }
 }
 
-/// See `Store::record_credential_fault`. The state change mirrors a
+/// See `SqliteStore::record_credential_fault`. The state change mirrors a
 /// refresh failure (an operator's DISABLED or PENDING_AUTHORIZATION stays).
 pub(super) fn record_credential_fault(
     tx: &Connection,

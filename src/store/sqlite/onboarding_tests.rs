@@ -5,7 +5,7 @@ use super::super::connection::sibling;
 use super::super::testutil::*;
 use super::super::{sealed, TenantChanges};
 use super::*;
-use crate::domain::TenantState;
+use crate::domain::{PbxUser, TenantState};
 
 const PUBLIC_TOKEN: &str = "PUBLIC-TOKEN-c0ffee11";
 const NEW_SECRET: &str = "NEW-TRUSTED-SECRET-77aa01";
@@ -432,7 +432,7 @@ async fn key_rotation_reseals_flow_values_still_bound() {
     let (old, new) = ([5u8; 32], [6u8; 32]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let s = Store::open(
+    let s = SqliteStore::open(
         &path,
         std::sync::Arc::new(crate::crypto::Keyring::from_key(&old)),
     )
@@ -455,7 +455,7 @@ async fn key_rotation_reseals_flow_values_still_bound() {
     s.close().await.unwrap();
     let mut ring = crate::crypto::Keyring::from_key(&new);
     ring.add_retired_key(&old);
-    let s = Store::open(&path, std::sync::Arc::new(ring)).unwrap();
+    let s = SqliteStore::open(&path, std::sync::Arc::new(ring)).unwrap();
     let event = super::super::NewAuditEvent {
         at: T0,
         client_id: "cli".into(),
@@ -467,7 +467,7 @@ async fn key_rotation_reseals_flow_values_still_bound() {
     // 1 public secret + 2 flow values + the check value.
     assert_eq!(s.reseal_all(event).await.unwrap().resealed, 4);
     s.close().await.unwrap();
-    let s = Store::open(
+    let s = SqliteStore::open(
         &path,
         std::sync::Arc::new(crate::crypto::Keyring::from_key(&new)),
     )

@@ -14,9 +14,10 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::audit_events::{self, NewAuditEvent};
+use super::audit_events;
 use super::sealed::{self, Field};
-use super::{connection, credentials, flow_seal, Store, StoreError};
+use super::{connection, credentials, flow_seal, SqliteStore, StoreError};
+use super::{KeyCheck, NewAuditEvent};
 use crate::crypto::{self, Keyring, MIN_SEALED_LEN};
 
 const CHECK_FIELD: &str = "master_key_check";
@@ -32,20 +33,6 @@ const CHECK_PLAINTEXT: &[u8] = b"pbx-tokend master key check v2";
 /// cannot collide with a tenant's field.
 fn check_aad() -> Vec<u8> {
     crypto::aad("", CHECK_FIELD)
-}
-
-/// What `check_master_key` found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyCheck {
-    /// The check value opened.
-    Verified,
-    /// No check value yet (new database, or one from before it existed);
-    /// existing sealed values opened, and the check value was written.
-    Initialized,
-    /// The check value opened and was from before schema 6: this many
-    /// credentials were re-sealed bound to their columns, in the same
-    /// transaction that wrote the new check value.
-    Upgraded { credentials: u64 },
 }
 
 /// How many values a rotation re-sealed.
@@ -64,13 +51,7 @@ fn wrong_key(keys: &Keyring, sealed: &[u8]) -> StoreError {
     }
 }
 
-impl Store {
-    /// Verifies that the keyring opens this database (see module docs).
-    /// `WrongMasterKey` if not; nothing is changed then.
-    pub async fn check_master_key(&self) -> Result<KeyCheck, StoreError> {
-        self.write(|tx, keys| check_or_init(tx, keys)).await
-    }
-
+impl SqliteStore {
     /// Re-seals every sealed value under the keyring's current key, in one
     /// transaction with `audit` appended. The keyring must also hold the
     /// old key (`Keyring::add_retired_key`). Afterwards only the new key
@@ -96,7 +77,7 @@ impl Store {
 }
 
 /// Whether the database at `path` holds any sealed value (or the check
-/// value). A missing file holds none. Blocking; call before `Store::open`.
+/// value). A missing file holds none. Blocking; call before `SqliteStore::open`.
 pub fn has_sealed_data(path: &Path) -> Result<bool, StoreError> {
     if !path.exists() {
         return Ok(false);
@@ -121,7 +102,7 @@ pub fn has_sealed_data(path: &Path) -> Result<bool, StoreError> {
     Ok(false)
 }
 
-fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck, StoreError> {
+pub(super) fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck, StoreError> {
     let sealed: Option<Vec<u8>> = tx
         .query_row(
             "SELECT sealed FROM master_key_check WHERE id = 1",
@@ -342,7 +323,7 @@ mod tests {
         );
         assert!(has_sealed_data(&t.path).unwrap());
         t.store.close().await.unwrap();
-        let other = Store::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
+        let other = SqliteStore::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
         let err = other.check_master_key().await.unwrap_err();
         assert!(matches!(err, StoreError::WrongMasterKey { .. }), "{err}");
         assert!(err
@@ -359,14 +340,14 @@ mod tests {
             .unwrap();
         assert!(has_sealed_data(&t.path).unwrap());
         t.store.close().await.unwrap();
-        let other = Store::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
+        let other = SqliteStore::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
         assert!(matches!(
             other.check_master_key().await,
             Err(StoreError::WrongMasterKey { .. })
         ));
         // The wrong key wrote nothing: the right one still initializes.
         other.close().await.unwrap();
-        let right = Store::open(&t.path, Arc::clone(&t.keys)).unwrap();
+        let right = SqliteStore::open(&t.path, Arc::clone(&t.keys)).unwrap();
         assert_eq!(
             right.check_master_key().await.unwrap(),
             KeyCheck::Initialized
@@ -379,7 +360,7 @@ mod tests {
         let new = [2u8; 32];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let s = Store::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
+        let s = SqliteStore::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
         for id in ["a", "b"] {
             s.insert_tenant(new_tenant(id, TenantState::Active))
                 .await
@@ -390,13 +371,13 @@ mod tests {
 
         let mut ring = Keyring::from_key(&new);
         ring.add_retired_key(&old);
-        let s = Store::open(&path, Arc::new(ring)).unwrap();
+        let s = SqliteStore::open(&path, Arc::new(ring)).unwrap();
         let report = s.reseal_all(event()).await.unwrap();
         // 2 trusted secrets + 2 tokens + the check value.
         assert_eq!(report.resealed, 5);
         s.close().await.unwrap();
 
-        let only_new = Store::open(&path, Arc::new(Keyring::from_key(&new))).unwrap();
+        let only_new = SqliteStore::open(&path, Arc::new(Keyring::from_key(&new))).unwrap();
         assert_eq!(
             only_new.check_master_key().await.unwrap(),
             KeyCheck::Verified
@@ -405,7 +386,7 @@ mod tests {
         assert_eq!(creds.unwrap().client_secret.expose(), "secret-a");
         assert_eq!(only_new.load_cache().await.unwrap().len(), 2);
         only_new.close().await.unwrap();
-        let only_old = Store::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
+        let only_old = SqliteStore::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
         assert!(only_old.check_master_key().await.is_err());
     }
 
@@ -415,7 +396,7 @@ mod tests {
         let new = [4u8; 32];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let s = Store::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
+        let s = SqliteStore::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
         s.insert_tenant(new_tenant("a", TenantState::Active))
             .await
             .unwrap();
@@ -429,12 +410,12 @@ mod tests {
         drop(raw);
         let mut ring = Keyring::from_key(&new);
         ring.add_retired_key(&old);
-        let s = Store::open(&path, Arc::new(ring)).unwrap();
+        let s = SqliteStore::open(&path, Arc::new(ring)).unwrap();
         let err = s.reseal_all(event()).await.unwrap_err().to_string();
         assert!(err.contains("later.v"), "{err}");
         // All or nothing: the old key still opens everything.
         s.close().await.unwrap();
-        let s = Store::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
+        let s = SqliteStore::open(&path, Arc::new(Keyring::from_key(&old))).unwrap();
         assert!(s.trusted_credentials(&tid("a")).await.unwrap().is_some());
     }
 }

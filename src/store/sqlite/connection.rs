@@ -246,7 +246,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::super::testutil::*;
-    use super::super::Store;
+    use super::super::SqliteStore;
     use super::*;
     use crate::crypto::Keyring;
     use crate::domain::TenantState;
@@ -292,7 +292,7 @@ mod tests {
         let path = dir.path().join("db");
         std::fs::write(&path, b"").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let store = Store::open(&path, Arc::new(Keyring::ephemeral())).unwrap();
+        let store = SqliteStore::open(&path, Arc::new(Keyring::ephemeral())).unwrap();
         assert_eq!(mode(&path), 0o600);
         store.close().await.unwrap();
     }

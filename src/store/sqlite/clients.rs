@@ -4,39 +4,37 @@
 //!
 //! Does not: generate keys, match patterns or authenticate (`access` does).
 
+use async_trait::async_trait;
+
+use crate::store::ClientRepo;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
+use super::{NewClientRow, SqliteStore};
 use crate::clock::UnixMs;
 use crate::domain::clients::{ClientInfo, KeyHash, Role};
 
-/// A client to insert: its listing fields and its key's hash.
-#[derive(Debug, Clone)]
-pub struct NewClientRow {
-    pub info: ClientInfo,
-    pub key_hash: KeyHash,
-}
-
-impl super::Store {
+#[async_trait]
+impl ClientRepo for SqliteStore {
     /// Inserts a client. `Sqlite` (constraint) if the id or hash is taken.
-    pub async fn insert_client(&self, row: NewClientRow) -> Result<(), StoreError> {
+    async fn insert_client(&self, row: NewClientRow) -> Result<(), StoreError> {
         self.write(move |tx, _| insert(tx, &row)).await
     }
 
     /// Every client, oldest first (revoked ones included).
-    pub async fn list_clients(&self) -> Result<Vec<ClientInfo>, StoreError> {
+    async fn list_clients(&self) -> Result<Vec<ClientInfo>, StoreError> {
         self.read(|conn, _| list(conn)).await
     }
 
     /// Clients that are not revoked, with their key hashes.
-    pub async fn active_client_keys(&self) -> Result<Vec<(KeyHash, ClientInfo)>, StoreError> {
+    async fn active_client_keys(&self) -> Result<Vec<(KeyHash, ClientInfo)>, StoreError> {
         // From the writer: right after a create or revoke commits, the
         // cache reload must see it (a reader could lag a snapshot behind).
         self.with_writer(|conn, _| active_keys(conn)).await
     }
 
     /// Marks the client revoked; `None` if there is no such client.
-    pub async fn revoke_client(
+    async fn revoke_client(
         &self,
         client_id: &str,
         now: UnixMs,
@@ -45,7 +43,7 @@ impl super::Store {
         self.write(move |tx, _| revoke(tx, &id, now)).await
     }
 
-    pub async fn has_active_admin(&self) -> Result<bool, StoreError> {
+    async fn has_active_admin(&self) -> Result<bool, StoreError> {
         self.with_writer(|conn, _| has_active_admin(conn)).await
     }
 }

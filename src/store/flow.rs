@@ -1,0 +1,147 @@
+//! The authorization flow as storage sees it: the steps a flow goes
+//! through, one flow as read back (secrets opened), one step's outcome to
+//! commit, and what completing a flow puts on the tenant. Every backend
+//! commits each step in one transaction (see `FlowRepo`).
+
+use crate::clock::UnixMs;
+use crate::domain::{AccessToken, AppCredentials, PbxUser, TenantId, TenantState};
+
+/// Where a flow is. Each step names the last outcome committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowStep {
+    /// BeginAuthorization handed out a state; waiting for the code.
+    Issued,
+    /// Step 1 done: the public token is stored.
+    CodeExchanged,
+    /// Step 2 under way: the application named `app_name` is being created.
+    /// Found at start-up, it means the daemon stopped during that call.
+    CreatingApp,
+    /// Steps 2-3 done: the new trusted app's credentials are stored.
+    AppStored,
+    /// Step 4 done: its first token is stored.
+    TokenObtained,
+    /// Step 5 done: the PBX user is stored.
+    UserVerified,
+    /// Step 6 done: the tenant uses the new app. The state is consumed.
+    Completed,
+    /// Ended without a trusted app in use. The state is consumed.
+    Failed,
+}
+
+impl FlowStep {
+    pub const ALL: [FlowStep; 8] = [
+        FlowStep::Issued,
+        FlowStep::CodeExchanged,
+        FlowStep::CreatingApp,
+        FlowStep::AppStored,
+        FlowStep::TokenObtained,
+        FlowStep::UserVerified,
+        FlowStep::Completed,
+        FlowStep::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStep::Issued => "issued",
+            FlowStep::CodeExchanged => "code_exchanged",
+            FlowStep::CreatingApp => "creating_app",
+            FlowStep::AppStored => "app_stored",
+            FlowStep::TokenObtained => "token_obtained",
+            FlowStep::UserVerified => "user_verified",
+            FlowStep::Completed => "completed",
+            FlowStep::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Past the code exchange and not finished: resumable without a code.
+    pub fn in_progress(self) -> bool {
+        !matches!(
+            self,
+            FlowStep::Issued | FlowStep::Completed | FlowStep::Failed
+        )
+    }
+
+    /// A new trusted app's secret is held and not yet in use.
+    pub fn holds_new_app(self) -> bool {
+        matches!(
+            self,
+            FlowStep::AppStored | FlowStep::TokenObtained | FlowStep::UserVerified
+        )
+    }
+}
+
+impl std::fmt::Display for FlowStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One flow as stored, secrets opened.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub tenant_id: TenantId,
+    pub step: FlowStep,
+    pub state_expires_at: UnixMs,
+    pub public_token: Option<AccessToken>,
+    pub app_name: Option<String>,
+    pub app: Option<AppCredentials>,
+    pub token: Option<AccessToken>,
+    pub pbx_user: Option<PbxUser>,
+    pub orphaned_apps: Vec<String>,
+    pub error: Option<String>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+    /// The tenant's base URL when the flow was read: its sealed values were
+    /// checked against it, so they may be sent there and nowhere else.
+    pub base_url: String,
+}
+
+/// One step's outcome, committed in one transaction.
+#[derive(Clone, Debug)]
+pub enum FlowUpdate {
+    /// Step 1: the code was exchanged for the public token.
+    CodeExchanged { public_token: AccessToken },
+    /// Step 2 starts: recorded *before* the create call, so a crash during
+    /// it leaves the name behind.
+    CreatingApp { name: String },
+    /// Step 2 failed; back to `CodeExchanged`. `orphan`: the name of an app
+    /// that may exist in the PBX without its answer stored.
+    AppCreationFailed {
+        orphan: Option<String>,
+        error: String,
+    },
+    /// Steps 2-3: the new app's credentials, the moment they arrive.
+    AppStored { app: AppCredentials },
+    /// Step 4.
+    TokenObtained { token: AccessToken },
+    /// Step 5.
+    UserVerified { user: PbxUser },
+    /// Back to `AppStored`, dropping the first token (it was refused).
+    TokenDropped { error: String },
+    /// A step failed and may be retried: the step stays.
+    Error { error: String },
+    /// The flow ends without a trusted app in use; the public token, any
+    /// new app secret and token are wiped. `orphan` as in
+    /// `AppCreationFailed` (e.g. a new app the PBX then rejected).
+    Failed {
+        orphan: Option<String>,
+        error: String,
+    },
+}
+
+/// What step 6 puts on the tenant.
+#[derive(Clone, Debug)]
+pub struct FlowCompletion {
+    pub app: AppCredentials,
+    pub token: AccessToken,
+    pub user: PbxUser,
+    pub state: TenantState,
+    /// `None` removes the renewal job (a tenant disabled meanwhile).
+    pub renew_at: Option<UnixMs>,
+    /// Becomes the tenant's last_error (e.g. apps to delete in the PBX).
+    pub note: Option<String>,
+}
