@@ -27,6 +27,8 @@
 mod audit_events;
 pub mod backup;
 mod clients;
+#[cfg(test)]
+mod conformance_tests;
 mod connection;
 mod credentials;
 mod flow_seal;
