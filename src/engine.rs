@@ -12,6 +12,13 @@
 //! registry and whether the cron jobs run (they read the wall clock, which a
 //! replayable run cannot have).
 //!
+//! The engine is also where components get their dependencies: it builds
+//! the per-host limiter and the gated PBX client (`pbx::gated`, the one
+//! way to a PBX host through the limiter) once, hands the broker and the
+//! scheduler theirs, and exposes the store, clock, limiter and gated client
+//! to `daemon/startup.rs`, which hands the use cases theirs. Nothing reaches
+//! them through the broker.
+//!
 //! [`Engine::shutdown`] drains the named background tasks in one loop, then
 //! the renewal workers (bounded by `shutdown.drain_timeout_ms`), the cron
 //! jobs, and closes the database. [`Engine::abort`] is kill -9 for the
@@ -32,6 +39,7 @@ use crate::broker::{Broker, BrokerSettings, Jitter};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::PbxApi;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
@@ -99,6 +107,12 @@ struct NamedTask {
 
 /// The running engine.
 pub struct Engine {
+    clock: SharedClock,
+    store: Store,
+    /// Read by the overview (waits, throttles); reconfigured on SIGHUP.
+    limiter: Arc<HostLimiters>,
+    /// Every token request to a PBX host goes through this.
+    pbx: Arc<GatedPbx>,
     broker: Arc<Broker>,
     scheduler: Arc<Scheduler>,
     /// Cancelled first on shutdown: stops the scheduler loop and every
@@ -131,7 +145,8 @@ impl Engine {
         let (broker_jitter, spread_jitter) = jitter.split();
         // A wrong key stops here, before the cache or anything else is read.
         store.check_master_key().await?;
-        let broker = build_broker(config, &clock, &store, pbx, broker_jitter, &metrics);
+        let (limiter, pbx) = build_gated_pbx(config, &clock, pbx);
+        let broker = build_broker(config, &clock, &store, &pbx, broker_jitter, &metrics);
         let tenants_loaded = broker.load().await?;
         spread_overdue(config, &clock, &store, &spread_jitter).await?;
         let maintenance = match cron {
@@ -141,8 +156,14 @@ impl Engine {
         let mut engine = Engine {
             scheduler: Arc::new(Scheduler::new(
                 broker.clone(),
+                store.clone(),
+                clock.clone(),
                 SchedulerLimits::from_config(config),
             )),
+            clock,
+            store,
+            limiter,
+            pbx,
             broker,
             background: CancellationToken::new(),
             workers: TaskTracker::new(),
@@ -172,7 +193,37 @@ impl Engine {
     }
 
     pub fn store(&self) -> &Store {
-        self.broker.store()
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The per-host limiter, for reading its waits and throttles (the
+    /// overview); requests go through [`Engine::pbx`].
+    pub fn limiter(&self) -> &Arc<HostLimiters> {
+        &self.limiter
+    }
+
+    /// The gated PBX client: token requests through the per-host limiter.
+    pub fn pbx(&self) -> &Arc<GatedPbx> {
+        &self.pbx
+    }
+
+    /// SIGHUP: the broker's settings, the host limits, the abandoned
+    /// requests' grace and the scheduler's caps.
+    pub fn reload(&self, config: &Config) {
+        self.broker
+            .set_settings(BrokerSettings::from_config(config));
+        self.limiter.reconfigure(
+            config.limits.per_host_requests_per_second,
+            config.limits.per_host_concurrent,
+        );
+        self.pbx
+            .set_request_timeout_ms(config.pbx.request_timeout_ms);
+        self.scheduler
+            .set_limits(SchedulerLimits::from_config(config));
     }
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
@@ -224,7 +275,7 @@ impl Engine {
         if let Some(maintenance) = self.maintenance {
             maintenance.shutdown().await;
         }
-        self.broker.store().close().await
+        self.store.close().await
     }
 
     /// kill -9 (the simulation's restarts): nothing is waited for. The
@@ -240,31 +291,44 @@ impl Engine {
         }
         // Committed transactions are what a real kill -9 leaves; closing
         // (a checkpoint) does not change what the next process reads.
-        if let Err(e) = self.broker.store().close().await {
+        if let Err(e) = self.store.close().await {
             tracing::warn!("closing the killed engine's store: {e}");
         }
     }
+}
+
+/// The per-host limiter and the one client that passes it.
+fn build_gated_pbx(
+    config: &Config,
+    clock: &SharedClock,
+    pbx: Arc<dyn PbxApi>,
+) -> (Arc<HostLimiters>, Arc<GatedPbx>) {
+    let limiter = Arc::new(HostLimiters::new(
+        clock.clone(),
+        config.limits.per_host_requests_per_second,
+        config.limits.per_host_concurrent,
+    ));
+    let gated = Arc::new(GatedPbx::new(
+        pbx,
+        limiter.clone(),
+        config.pbx.request_timeout_ms,
+    ));
+    (limiter, gated)
 }
 
 fn build_broker(
     config: &Config,
     clock: &SharedClock,
     store: &Store,
-    pbx: Arc<dyn PbxApi>,
+    pbx: &Arc<GatedPbx>,
     jitter: Jitter,
     metrics: &Arc<Metrics>,
 ) -> Arc<Broker> {
-    let limiter = Arc::new(HostLimiters::new(
-        clock.clone(),
-        config.limits.per_host_requests_per_second,
-        config.limits.per_host_concurrent,
-    ));
     Arc::new(
         Broker::new(
             clock.clone(),
             store.clone(),
-            pbx,
-            limiter,
+            pbx.clone(),
             BrokerSettings::from_config(config),
         )
         .with_jitter(jitter)

@@ -5,25 +5,43 @@
 //!
 //! Does not: change anything, or serve it (api/metrics_http.rs and api/admin.rs
 //! do). Reads go to the store's reader connections, never the writer.
+//! Its store, clock and limiter come in [`OverviewParts`], not through the
+//! broker (which it asks only for its own numbers: settings, unstored tokens).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::broker::Broker;
-use crate::clock::UnixMs;
+use crate::clock::{SharedClock, UnixMs};
 use crate::domain::{Tenant, TenantState};
 use crate::health::Health;
 use crate::metrics::ScrapeValues;
+use crate::pbx::limiter::HostLimiters;
 use crate::renewal::scheduler::SchedulerStatus;
-use crate::store::{QueueStats, StoreError, TokenHealth};
+use crate::store::{QueueStats, Store, StoreError, TokenHealth};
 
 /// A job due for longer than this is overdue: the scheduler should have
 /// started it long ago (same threshold as the maintenance sweep's warning).
 pub const OVERDUE_GRACE_MS: i64 = 60_000;
 
+/// What [`Overview`] reads, handed over when it is built.
+pub struct OverviewParts {
+    pub broker: Arc<Broker>,
+    pub store: Store,
+    pub clock: SharedClock,
+    /// Read only: waits and throttles per host.
+    pub limiter: Arc<HostLimiters>,
+    pub scheduler: Arc<SchedulerStatus>,
+    pub health: Arc<Health>,
+    pub backup_dir: PathBuf,
+}
+
 pub struct Overview {
     broker: Arc<Broker>,
+    store: Store,
+    clock: SharedClock,
+    limiter: Arc<HostLimiters>,
     scheduler: Arc<SchedulerStatus>,
     health: Arc<Health>,
     started_at: UnixMs,
@@ -55,15 +73,22 @@ pub struct ServerOverview {
 }
 
 impl Overview {
-    pub fn new(
-        broker: Arc<Broker>,
-        scheduler: Arc<SchedulerStatus>,
-        health: Arc<Health>,
-        backup_dir: PathBuf,
-    ) -> Self {
-        let started_at = broker.clock().now();
+    pub fn new(parts: OverviewParts) -> Self {
+        let OverviewParts {
+            broker,
+            store,
+            clock,
+            limiter,
+            scheduler,
+            health,
+            backup_dir,
+        } = parts;
+        let started_at = clock.now();
         Self {
             broker,
+            store,
+            clock,
+            limiter,
             scheduler,
             health,
             started_at,
@@ -72,15 +97,15 @@ impl Overview {
     }
 
     pub async fn collect(&self) -> Result<ServerOverview, StoreError> {
-        let store = self.broker.store();
-        let now = self.broker.clock().now();
+        let store = &self.store;
+        let now = self.clock.now();
         let policy = self.broker.settings().policy.clone();
         // The share of a lifetime after the earliest planned renewal point.
         let window = (1.0 - policy.at_fraction + policy.jitter_fraction).clamp(0.0, 1.0);
         let tenants_by_state = store.count_by_state().await?;
         let tokens = store.token_health(now, window).await?;
         let queue = store.queue_stats(now, OVERDUE_GRACE_MS).await?;
-        let limiter = self.broker.limiter();
+        let limiter = &self.limiter;
         let hosts = limiter
             .hosts()
             .into_iter()
@@ -109,7 +134,7 @@ impl Overview {
     /// Tenants whose renewals fail (RENEWAL_FAILING, then
     /// CREDENTIALS_REJECTED), at most `limit`, and how many there are.
     pub async fn failing_tenants(&self, limit: u32) -> Result<(Vec<Tenant>, u64), StoreError> {
-        let store = self.broker.store();
+        let store = &self.store;
         let counts = store.count_by_state().await?;
         let failing_states = [
             TenantState::RenewalFailing,

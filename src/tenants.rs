@@ -1,21 +1,23 @@
 //! Tenant administration use cases: create, read, list, update, delete,
 //! refresh. Validates input into domain types, talks to the PBX (through the
-//! broker's limiter) before anything is stored, then keeps the store and the
-//! broker's cache in step.
+//! per-host limiter: `pbx::gated`) before anything is stored, then keeps the
+//! store and the broker's cache in step. Its store, clock and gated PBX
+//! client come in [`TenantsParts`], not through the broker.
 //!
 //! Does not: know protobuf (api/admin.rs translates) or SQL (store/).
 
 use std::sync::Arc;
 
-use crate::broker::{Broker, FetchFailure, TokenError};
-use crate::clock::UnixMs;
+use crate::broker::{Broker, TokenError};
+use crate::clock::{SharedClock, UnixMs};
 use crate::domain::{
     validate_display_name, AccessToken, AppCredentials, HostPattern, PbxBaseUrl, Tenant, TenantId,
     TenantState, UrlPolicy, ValidationError,
 };
+use crate::pbx::gated::{FetchFailure, GatedPbx};
 use crate::pbx::PbxError;
 use crate::renewal::capacity;
-use crate::store::{CachedTenant, NewTenant, StoreError, TenantChanges};
+use crate::store::{CachedTenant, NewTenant, Store, StoreError, TenantChanges};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -88,8 +90,21 @@ pub struct CapacitySettings {
     pub per_host_rps: u32,
 }
 
+/// What [`Tenants`] works with, handed over when it is built.
+pub struct TenantsParts {
+    /// The cache kept in step with each change; forced refreshes.
+    pub broker: Arc<Broker>,
+    pub store: Store,
+    pub clock: SharedClock,
+    /// A new trusted app's first token goes through the per-host limiter.
+    pub pbx: Arc<GatedPbx>,
+}
+
 pub struct Tenants {
     broker: Arc<Broker>,
+    store: Store,
+    clock: SharedClock,
+    pbx: Arc<GatedPbx>,
     url_policy: UrlPolicy,
     capacity: std::sync::RwLock<CapacitySettings>,
     /// `[pbx] allowed_hosts`; empty allows every host. Replaced on SIGHUP.
@@ -100,9 +115,18 @@ const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
 
 impl Tenants {
-    pub fn new(broker: Arc<Broker>, url_policy: UrlPolicy, capacity: CapacitySettings) -> Self {
+    pub fn new(parts: TenantsParts, url_policy: UrlPolicy, capacity: CapacitySettings) -> Self {
+        let TenantsParts {
+            broker,
+            store,
+            clock,
+            pbx,
+        } = parts;
         Self {
             broker,
+            store,
+            clock,
+            pbx,
             url_policy,
             capacity: std::sync::RwLock::new(capacity),
             allowed_hosts: std::sync::RwLock::new(Arc::new(Vec::new())),
@@ -141,14 +165,14 @@ impl Tenants {
     }
 
     fn now(&self) -> UnixMs {
-        self.broker.clock().now()
+        self.clock.now()
     }
 
     pub async fn create(&self, input: CreateTenantInput) -> Result<Tenant, AdminError> {
         let id = TenantId::parse(&input.tenant_id)?;
         validate_display_name(&input.display_name)?;
         let base_url = self.base_url(&input.pbx_base_url)?;
-        if self.broker.store().get_tenant(&id).await?.is_some() {
+        if self.store.get_tenant(&id).await?.is_some() {
             return Err(AdminError::AlreadyExists(id.to_string()));
         }
         let now = self.now();
@@ -210,7 +234,7 @@ impl Tenants {
             state: new.state,
             token: new.token.clone(),
         };
-        self.broker.store().insert_tenant(new).await?;
+        self.store.insert_tenant(new).await?;
         self.broker.upsert_slot(cached);
         tracing::info!(tenant = %id, "tenant created");
         self.get(&input.tenant_id).await
@@ -223,7 +247,7 @@ impl Tenants {
         creds: &AppCredentials,
     ) -> Result<AccessToken, AdminError> {
         let issued_at = self.now();
-        match self.broker.request_token(base, creds).await {
+        match self.pbx.client_credentials(base, creds).await {
             Ok(grant) => Ok(self.broker.token_from_grant(grant, issued_at)),
             Err(FetchFailure::Pbx(e @ PbxError::CredentialsRejected { .. })) => {
                 Err(AdminError::FailedPrecondition(format!(
@@ -257,8 +281,7 @@ impl Tenants {
     pub async fn get(&self, tenant_id: &str) -> Result<Tenant, AdminError> {
         let id = TenantId::parse(tenant_id)?;
         let mut tenant = self
-            .broker
-            .store()
+            .store
             .get_tenant(&id)
             .await?
             .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
@@ -286,11 +309,7 @@ impl Tenants {
                 )
             })?)
         };
-        let mut tenants = self
-            .broker
-            .store()
-            .list_tenants(after, limit + 1, state)
-            .await?;
+        let mut tenants = self.store.list_tenants(after, limit + 1, state).await?;
         for t in &mut tenants {
             self.broker.overlay_unstored(t);
         }
@@ -310,7 +329,7 @@ impl Tenants {
 
     pub async fn capacity_warnings(&self) -> Result<Vec<String>, AdminError> {
         let c = *self.capacity.read().unwrap_or_else(|p| p.into_inner());
-        let loads = self.broker.store().host_loads().await?;
+        let loads = self.store.host_loads().await?;
         Ok(capacity::warnings(
             &loads,
             c.default_lifetime_secs,
@@ -322,8 +341,7 @@ impl Tenants {
     pub async fn update(&self, input: UpdateTenantInput) -> Result<Tenant, AdminError> {
         let id = TenantId::parse(&input.tenant_id)?;
         let current = self
-            .broker
-            .store()
+            .store
             .get_tenant(&id)
             .await?
             .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
@@ -381,7 +399,7 @@ impl Tenants {
             // A new address deserves a token from it soon.
             changes.renew_at = Some(now);
         }
-        let updated = self.broker.store().update_tenant(&id, changes, now).await?;
+        let updated = self.store.update_tenant(&id, changes, now).await?;
         self.broker.upsert_slot(CachedTenant {
             id: id.clone(),
             base_url: updated.base_url.clone(),
@@ -396,7 +414,7 @@ impl Tenants {
     /// stored credentials prove that URL is the one they were sealed with
     /// (an edited database must not redirect the new secret either).
     async fn check_stored_url(&self, id: &TenantId, url: &PbxBaseUrl) -> Result<(), AdminError> {
-        match self.broker.store().verify_credentials(id).await {
+        match self.store.verify_credentials(id).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_credential_fault() => Err(AdminError::FailedPrecondition(format!(
                 "{e}. The new trusted_app would be sent to the stored pbx_base_url {}, which cannot be verified: give pbx_base_url in the same UpdateTenant; nothing was changed",
@@ -408,7 +426,7 @@ impl Tenants {
 
     pub async fn delete(&self, tenant_id: &str) -> Result<(), AdminError> {
         let id = TenantId::parse(tenant_id)?;
-        self.broker.store().delete_tenant(&id).await?;
+        self.store.delete_tenant(&id).await?;
         self.broker.remove_slot(&id);
         tracing::info!(tenant = %id, "tenant deleted; its credentials and tokens were wiped");
         Ok(())
@@ -425,7 +443,7 @@ impl Tenants {
                 reason,
                 retry_at,
             }) => {
-                let now = self.broker.clock().now();
+                let now = self.clock.now();
                 let held = self
                     .broker
                     .watch(tenant_id)

@@ -16,12 +16,15 @@ use super::watch::{self, Watcher};
 use super::{auth, convert};
 use crate::access::Clients;
 use crate::broker::Broker;
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::token_service_server::TokenService;
 
 pub struct TokenApi {
     broker: Arc<Broker>,
+    /// Token ages for the metrics; WatchToken's re-checks.
+    clock: SharedClock,
     /// Open WatchToken streams re-check their caller against it.
     clients: Arc<Clients>,
     /// The per-connection cap on WatchToken streams.
@@ -34,12 +37,14 @@ pub struct TokenApi {
 impl TokenApi {
     pub fn new(
         broker: Arc<Broker>,
+        clock: SharedClock,
         clients: Arc<Clients>,
         streams: Arc<StreamCaps>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             broker,
+            clock,
             clients,
             streams,
             shutdown,
@@ -84,7 +89,7 @@ impl TokenService for TokenApi {
             match &result {
                 Ok(t) => {
                     m.get_token(tonic::Code::Ok);
-                    m.token_served(self.broker.clock().now().0 - t.issued_at.0);
+                    m.token_served(self.clock.now().0 - t.issued_at.0);
                 }
                 Err(status) => m.get_token(status.code()),
             }
@@ -130,7 +135,7 @@ impl TokenService for TokenApi {
             clients: self.clients.clone(),
             watch,
             shutdown: self.shutdown.clone(),
-            clock: self.broker.clock().clone(),
+            clock: self.clock.clone(),
             permit,
         });
         Ok(Response::new(Box::pin(stream)))

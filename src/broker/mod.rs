@@ -3,11 +3,16 @@
 //! memory, without SQLite or the network, while a valid token is held.
 //!
 //! A refresh (on-demand, forced, reported-rejected or scheduled) always runs
-//! under the tenant's fetch lock, passes the per-host limiter, calls the PBX
-//! and records the outcome durably before the new token is published.
+//! under the tenant's fetch lock, calls the PBX through the per-host limiter
+//! ([`GatedPbx`], the one home of limited requests) and records the outcome
+//! durably before the new token is published.
+//!
+//! Its store, clock and gated PBX client come in when it is built and stay
+//! private: other components get their own handles from the engine, not
+//! through the broker.
 //!
 //! Does not: decide *when* scheduled renewals run (renewal/), validate admin
-//! input (tenants), or know protobuf (api/).
+//! input (tenants), take limiter slots (pbx::gated), or know protobuf (api/).
 
 mod abandoned;
 mod jitter;
@@ -26,17 +31,14 @@ use tokio::sync::Notify;
 
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
-use crate::domain::{
-    AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState, ValidationError,
-};
+use crate::domain::{AccessToken, TenantId, TenantState, ValidationError};
 use crate::metrics::Metrics;
-use crate::pbx::limiter::HostLimiters;
-use crate::pbx::{PbxApi, PbxError, TokenGrant};
+use crate::pbx::gated::GatedPbx;
+use crate::pbx::TokenGrant;
 use crate::policy::RenewalPolicy;
 use crate::store::{CachedTenant, Store, StoreError};
 
 pub use jitter::Jitter;
-pub use record::FetchFailure;
 pub use slot::Slot;
 pub use watch::{TokenWatch, WatchEnd};
 
@@ -88,12 +90,6 @@ pub struct BrokerSettings {
     /// At most one refresh forced by ReportRejectedToken per tenant in this
     /// interval; reports in between get the current token.
     pub report_rejected_interval_ms: i64,
-    /// `[pbx] request_timeout_ms`. A token request our side gave up on
-    /// (timed out, or its caller went away) may still be open at the
-    /// provider: its host slot and its tenant stay taken for this long
-    /// after, so the provider never sees more than the limits (see
-    /// `abandoned/mod.rs`).
-    pub request_timeout_ms: u64,
 }
 
 impl BrokerSettings {
@@ -107,7 +103,6 @@ impl BrokerSettings {
             on_demand_retry_ms: 1000,
             report_rejected_interval_ms: i64::try_from(c.token.report_rejected_interval_ms)
                 .unwrap_or(i64::MAX),
-            request_timeout_ms: c.pbx.request_timeout_ms,
         }
     }
 }
@@ -126,8 +121,9 @@ enum Need {
 pub struct Broker {
     clock: SharedClock,
     store: Store,
-    pbx: Arc<dyn PbxApi>,
-    limiter: Arc<HostLimiters>,
+    /// Token requests through the per-host limiter; its grace for abandoned
+    /// requests is also the tenant's (`abandoned/mod.rs`).
+    pbx: Arc<GatedPbx>,
     settings: RwLock<Arc<BrokerSettings>>,
     /// Copy of `settings.default_min_valid_ms` for the GetToken hot path.
     default_min_valid_ms: AtomicI64,
@@ -148,15 +144,13 @@ impl Broker {
     pub fn new(
         clock: SharedClock,
         store: Store,
-        pbx: Arc<dyn PbxApi>,
-        limiter: Arc<HostLimiters>,
+        pbx: Arc<GatedPbx>,
         settings: BrokerSettings,
     ) -> Self {
         Self {
             clock,
             store,
             pbx,
-            limiter,
             default_min_valid_ms: AtomicI64::new(settings.default_min_valid_ms),
             settings: RwLock::new(Arc::new(settings)),
             slots: RwLock::new(HashMap::new()),
@@ -183,18 +177,6 @@ impl Broker {
     /// A uniform number in [0, 1) from the broker's jitter source.
     pub fn jitter(&self) -> f64 {
         self.jitter.next()
-    }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    pub fn limiter(&self) -> &Arc<HostLimiters> {
-        &self.limiter
     }
 
     pub fn settings(&self) -> Arc<BrokerSettings> {
@@ -502,53 +484,10 @@ impl Broker {
         slot.wait_provider_done().await;
         let mark = abandoned::TenantMark::new(slot, grace);
         let started = tokio::time::Instant::now();
-        let outcome = self.request_token(&base, &creds).await;
+        let outcome = self.pbx.client_credentials(&base, &creds).await;
         mark.finish(abandoned::timed_out(&outcome, started.elapsed(), grace));
         self.record_outcome(slot, now, outcome, started.elapsed())
             .await
-    }
-
-    /// One `client_credentials` request through the per-host limiter.
-    pub async fn request_token(
-        &self,
-        base: &PbxBaseUrl,
-        creds: &AppCredentials,
-    ) -> Result<TokenGrant, FetchFailure> {
-        self.through_limiter(base, || self.pbx.client_credentials(base, creds))
-            .await
-    }
-
-    /// Runs one token-endpoint request (`call`) under the host's limiter, as
-    /// every token request must: waits for a slot and the window, refuses
-    /// while the host is throttled, and throttles the whole host on a 429.
-    /// The onboarding flow's `authorization_code` request uses it too.
-    pub async fn through_limiter<T, F, Fut>(
-        &self,
-        base: &PbxBaseUrl,
-        call: F,
-    ) -> Result<T, FetchFailure>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<T, PbxError>>,
-    {
-        let permit = match self.limiter.acquire(base.host()).await {
-            Ok(p) => p,
-            Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
-        };
-        let grace = self.abandon_grace();
-        // Held past the end of the call if it is cancelled or times out.
-        let permit = abandoned::HostSlot::new(permit, grace);
-        let started = tokio::time::Instant::now();
-        let result = call().await;
-        permit.finish(abandoned::timed_out(&result, started.elapsed(), grace));
-        result.map_err(|e| {
-            if let PbxError::Throttled { retry_after } = &e {
-                // A 429 on the token endpoint is the host's limit: every
-                // tenant of the host waits, not only this one.
-                self.limiter.throttle_for(base.host(), *retry_after);
-            }
-            FetchFailure::Pbx(e)
-        })
     }
 
     /// Turns a grant into the token we hold, applying the default lifetime.

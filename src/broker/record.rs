@@ -1,4 +1,5 @@
-//! Applying a refresh's outcome: the rules ([`outcome::decide`], pure, in
+//! Applying a refresh's outcome (a [`FetchFailure`] comes from
+//! `pbx::gated`, which made the request): the rules ([`outcome::decide`], pure, in
 //! the policy module) say what the tenant's state and next due time become;
 //! this file does the effects in order: count, decide, write, publish (or
 //! record the failure), log, wake the scheduler.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use super::{unstored, Broker, Slot, TokenError, REJECTED_HINT};
 use crate::clock::UnixMs;
 use crate::domain::{AccessToken, TenantState};
+use crate::pbx::gated::FetchFailure;
 use crate::pbx::{PbxError, TokenGrant};
 use crate::policy::outcome::{self, Decision, Outcome};
 use crate::store::RefreshRecord;
@@ -57,7 +59,7 @@ impl Broker {
                     .await
             }
             Err(f) => {
-                let decision = decide(f.outcome(now), &f.describe());
+                let decision = decide(outcome_of(&f, now), &f.describe());
                 self.apply_failure(slot, class, decision, latency_ms, now)
                     .await
             }
@@ -161,48 +163,15 @@ impl Broker {
     }
 }
 
-/// A fetch that did not produce a token.
-#[derive(Debug)]
-pub enum FetchFailure {
-    /// Our own limiter knows the host is throttled: nothing was sent.
-    HostThrottled {
-        until: UnixMs,
-    },
-    Pbx(PbxError),
-}
-
-impl FetchFailure {
-    pub fn class(&self) -> &'static str {
-        match self {
-            FetchFailure::HostThrottled { .. } => "throttled",
-            FetchFailure::Pbx(e) => e.class(),
-        }
-    }
-
-    /// The operator-facing text stored as `last_error`.
-    pub fn describe(&self) -> String {
-        match self {
-            FetchFailure::HostThrottled { until } => {
-                format!("throttled: the PBX host asked us to wait (HTTP 429) until {until}")
-            }
-            FetchFailure::Pbx(PbxError::Throttled { retry_after }) => format!(
-                "throttled: the PBX answered HTTP 429; no request before {}s have passed",
-                retry_after.as_secs()
-            ),
-            FetchFailure::Pbx(e) => e.to_string(),
-        }
-    }
-
-    /// The class the outcome rules know this failure by, at `now`.
-    fn outcome(&self, now: UnixMs) -> Outcome<'static> {
-        match self {
-            FetchFailure::Pbx(PbxError::CredentialsRejected { .. }) => Outcome::CredentialsRejected,
-            FetchFailure::HostThrottled { until } => Outcome::Throttled { until: *until },
-            FetchFailure::Pbx(PbxError::Throttled { retry_after }) => Outcome::Throttled {
-                until: now.plus(*retry_after),
-            },
-            FetchFailure::Pbx(PbxError::Protocol { .. }) => Outcome::Malformed,
-            FetchFailure::Pbx(_) => Outcome::Failed,
-        }
+/// The class the outcome rules know a failed fetch by, at `now`.
+fn outcome_of(f: &FetchFailure, now: UnixMs) -> Outcome<'static> {
+    match f {
+        FetchFailure::Pbx(PbxError::CredentialsRejected { .. }) => Outcome::CredentialsRejected,
+        FetchFailure::HostThrottled { until } => Outcome::Throttled { until: *until },
+        FetchFailure::Pbx(PbxError::Throttled { retry_after }) => Outcome::Throttled {
+            until: now.plus(*retry_after),
+        },
+        FetchFailure::Pbx(PbxError::Protocol { .. }) => Outcome::Malformed,
+        FetchFailure::Pbx(_) => Outcome::Failed,
     }
 }

@@ -15,6 +15,7 @@ use crate::clock::{SharedClock, TokioClock, UnixMs};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::{AppCredentials, PbxBaseUrl};
+use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::secret::Secret;
@@ -78,8 +79,11 @@ async fn fixture(expires_in_ms: i64) -> Fixture {
     let broker = Broker::new(
         clock.clone(),
         store,
-        pbx.clone(),
-        Arc::new(HostLimiters::new(clock, 20, 6)),
+        Arc::new(GatedPbx::new(
+            pbx.clone(),
+            Arc::new(HostLimiters::new(clock, 20, 6)),
+            Config::default().pbx.request_timeout_ms,
+        )),
         BrokerSettings::from_config(&Config::default()),
     );
     broker.load().await.unwrap();

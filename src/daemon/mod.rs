@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use crate::access::{ClientError, Clients};
 use crate::api::drain::Drain;
 use crate::api::tls::{ReloadableTls, TlsError, TlsFiles};
-use crate::broker::{Broker, BrokerSettings};
+use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::CryptoError;
@@ -39,7 +39,7 @@ use crate::overview::Overview;
 use crate::pbx::client::PbxClient;
 use crate::pbx::{PbxApi, PbxOnboardingApi};
 use crate::renewal::maintenance::MaintenanceError;
-use crate::renewal::scheduler::{self, SchedulerLimits, SchedulerStatus};
+use crate::renewal::scheduler::{self, SchedulerStatus};
 use crate::statedir::{self, StateDirError, StateLock};
 
 mod startup;
@@ -314,7 +314,7 @@ impl Daemon {
 
     /// A backup now, into `<state_dir>/backups`, as the cron job makes it.
     pub async fn backup_now(&self) -> Result<BackupInfo, StoreError> {
-        let now = self.engine.broker().clock().now();
+        let now = self.engine.clock().now();
         let result = self
             .engine
             .store()
@@ -327,16 +327,7 @@ impl Daemon {
     /// SIGHUP: applies the reloadable settings (refresh, rate limits, token
     /// defaults). Listener, state_dir and the key need a restart.
     pub fn reload(&self, config: &Config) {
-        self.engine
-            .broker()
-            .set_settings(BrokerSettings::from_config(config));
-        self.engine.broker().limiter().reconfigure(
-            config.limits.per_host_requests_per_second,
-            config.limits.per_host_concurrent,
-        );
-        self.engine
-            .scheduler()
-            .set_limits(SchedulerLimits::from_config(config));
+        self.engine.reload(config);
         self.tenants.set_capacity(capacity_settings(config));
         self.onboarding
             .set_settings(OnboardingSettings::from_config(&config.onboarding));
@@ -362,7 +353,7 @@ impl Daemon {
     pub async fn is_alive(&self) -> bool {
         let status = self.engine.scheduler().status();
         let beat = status.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
-        let age = self.engine.broker().clock().now().0 - beat;
+        let age = self.engine.clock().now().0 - beat;
         let scheduler_ok = age < (scheduler::MAX_IDLE.as_millis() as i64) * 3 + 10_000;
         if !scheduler_ok {
             tracing::error!(
@@ -372,7 +363,7 @@ impl Daemon {
         }
         let db_ok = self
             .health
-            .probe(self.engine.broker().store(), self.engine.broker().clock())
+            .probe(self.engine.store(), self.engine.clock())
             .await;
         scheduler_ok && db_ok
     }

@@ -26,10 +26,11 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::health::{Health, HealthGrpc};
 use crate::metrics::Metrics;
-use crate::onboarding::{CrashHook, Onboarding, OnboardingSettings};
-use crate::overview::Overview;
+use crate::onboarding::{CrashHook, Onboarding, OnboardingParts, OnboardingSettings};
+use crate::overview::{Overview, OverviewParts};
+use crate::pbx::gated::GatedOnboardingPbx;
 use crate::pbx::PbxOnboardingApi;
-use crate::tenants::Tenants;
+use crate::tenants::{Tenants, TenantsParts};
 
 /// The use cases and transports, built over a running engine.
 pub(super) struct Serving {
@@ -68,12 +69,15 @@ pub(super) async fn serve(
     let tenants = build_tenants(config, engine).await;
     let onboarding = start_onboarding(config, engine, onboarding_pbx);
     let (health, health_service) = start_health(config, engine, clock, serving).await;
-    let overview = Arc::new(Overview::new(
-        engine.broker().clone(),
-        engine.scheduler().status(),
-        health.clone(),
-        config.backup_dir(),
-    ));
+    let overview = Arc::new(Overview::new(OverviewParts {
+        broker: engine.broker().clone(),
+        store: engine.store().clone(),
+        clock: clock.clone(),
+        limiter: engine.limiter().clone(),
+        scheduler: engine.scheduler().status(),
+        health: health.clone(),
+        backup_dir: config.backup_dir(),
+    }));
     let streams = Arc::new(StreamCaps::new(
         &config.grpc,
         clock.clone(),
@@ -84,6 +88,7 @@ pub(super) async fn serve(
         tokens: Arc::new(
             TokenApi::new(
                 engine.broker().clone(),
+                clock.clone(),
                 clients.clone(),
                 streams.clone(),
                 serving.clone(),
@@ -222,8 +227,14 @@ async fn load_clients(
 }
 
 async fn build_tenants(config: &Config, engine: &Engine) -> Arc<Tenants> {
+    let parts = TenantsParts {
+        broker: engine.broker().clone(),
+        store: engine.store().clone(),
+        clock: engine.clock().clone(),
+        pbx: engine.pbx().clone(),
+    };
     let tenants = Arc::new(Tenants::new(
-        engine.broker().clone(),
+        parts,
         config.url_policy(),
         capacity_settings(config),
     ));
@@ -241,9 +252,19 @@ fn start_onboarding(
     engine: &Engine,
     onboarding_pbx: Arc<dyn PbxOnboardingApi>,
 ) -> Arc<Onboarding> {
+    let parts = OnboardingParts {
+        broker: engine.broker().clone(),
+        store: engine.store().clone(),
+        clock: engine.clock().clone(),
+        // The engine's gated client: the flow's token requests share the
+        // host limits with renewals.
+        pbx: Arc::new(GatedOnboardingPbx::new(
+            engine.pbx().clone(),
+            onboarding_pbx,
+        )),
+    };
     let onboarding = Arc::new(Onboarding::new(
-        engine.broker().clone(),
-        onboarding_pbx,
+        parts,
         OnboardingSettings::from_config(&config.onboarding),
         CrashHook::from_env(),
         engine.workers().clone(),

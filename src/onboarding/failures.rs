@@ -6,9 +6,9 @@
 //! Does not: store anything or talk to the PBX (`steps.rs` does).
 
 use super::OnboardingError;
-use crate::broker::FetchFailure;
 use crate::clock::UnixMs;
 use crate::domain::TenantId;
+use crate::pbx::gated::FetchFailure;
 use crate::pbx::PbxError;
 
 /// How a failed step leaves the flow.

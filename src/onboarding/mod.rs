@@ -12,7 +12,9 @@
 //! `crash_hook.rs` (a test-only hook).
 //!
 //! Does not: know protobuf or HTML (api/ translates), SQL (store/), or HTTP
-//! (pbx/). Token requests go through the broker's per-host limiter.
+//! (pbx/). Token requests go through the per-host limiter: every PBX call
+//! is made on the [`GatedOnboardingPbx`] in [`OnboardingParts`], which
+//! also brings the store and the clock (none is reached through the broker).
 
 mod authorize;
 mod crash_hook;
@@ -26,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
-use crate::clock::UnixMs;
+use crate::clock::{SharedClock, UnixMs};
 use crate::config::OnboardingConfig;
 use crate::domain::{Tenant, TenantId, TenantState, ValidationError};
-use crate::pbx::PbxOnboardingApi;
+use crate::pbx::gated::GatedOnboardingPbx;
 use crate::secret::Secret;
-use crate::store::{Flow, FlowStep, FlowUpdate, StoreError};
+use crate::store::{Flow, FlowStep, FlowUpdate, Store, StoreError};
 
 pub use authorize::{authorization_url, state_hash};
 pub use crash_hook::{CrashHook, CRASH_HOOK_VAR, CRASH_MARKER};
@@ -117,9 +119,22 @@ pub struct CompleteInput {
     pub code: String,
 }
 
+/// What [`Onboarding`] works with, handed over when it is built.
+pub struct OnboardingParts {
+    /// The cache the activated tenant goes into (under its fetch lock),
+    /// the renewal policy and the token lifetime default.
+    pub broker: Arc<Broker>,
+    pub store: Store,
+    pub clock: SharedClock,
+    /// Every PBX call of a flow; token requests through the host limiter.
+    pub pbx: Arc<GatedOnboardingPbx>,
+}
+
 pub struct Onboarding {
     broker: Arc<Broker>,
-    pbx: Arc<dyn PbxOnboardingApi>,
+    store: Store,
+    clock: SharedClock,
+    pbx: Arc<GatedOnboardingPbx>,
     settings: RwLock<Arc<OnboardingSettings>>,
     /// One flow at a time per tenant: a tokio mutex per tenant, held for the
     /// whole flow (PBX round trips included). Entries are never removed: a
@@ -136,14 +151,21 @@ const UNKNOWN_STATE: &str = "this authorization state is not known: it was never
 
 impl Onboarding {
     pub fn new(
-        broker: Arc<Broker>,
-        pbx: Arc<dyn PbxOnboardingApi>,
+        parts: OnboardingParts,
         settings: OnboardingSettings,
         crash_hook: CrashHook,
         tasks: TaskTracker,
     ) -> Self {
+        let OnboardingParts {
+            broker,
+            store,
+            clock,
+            pbx,
+        } = parts;
         Self {
             broker,
+            store,
+            clock,
             pbx,
             settings: RwLock::new(Arc::new(settings)),
             locks: Mutex::new(HashMap::new()),
@@ -164,7 +186,7 @@ impl Onboarding {
     }
 
     fn now(&self) -> UnixMs {
-        self.broker.clock().now()
+        self.clock.now()
     }
 
     async fn lock(&self, id: &TenantId) -> tokio::sync::OwnedMutexGuard<()> {
@@ -176,8 +198,7 @@ impl Onboarding {
     }
 
     async fn tenant(&self, id: &TenantId) -> Result<Tenant, OnboardingError> {
-        self.broker
-            .store()
+        self.store
             .get_tenant(id)
             .await?
             .ok_or_else(|| OnboardingError::NotFound(id.to_string()))
@@ -194,23 +215,18 @@ impl Onboarding {
                 "tenant {id} is disabled; enable it with UpdateTenant(enabled=true) before authorizing it"
             )));
         }
-        let Some((public, redirect_uri)) = self.broker.store().public_credentials(&id).await?
-        else {
+        let Some((public, redirect_uri)) = self.store.public_credentials(&id).await? else {
             return Err(OnboardingError::FailedPrecondition(format!(
                 "tenant {id} has no public app (it was registered with trusted-app credentials), so it cannot be authorized through the PBX dialog; set new trusted-app credentials with UpdateTenant, or delete the tenant and register it again with public_app and redirect_uri"
             )));
         };
         let _running = self.lock(&id).await;
-        let current = match self.broker.store().flow_of(&id).await {
+        let current = match self.store.flow_of(&id).await {
             // A flow whose sealed values cannot be used is ended without
             // reading them; an app it created is listed for deletion.
             Err(e) if e.is_flow_fault() => {
                 let note = format!("BeginAuthorization replaced an authorization flow whose sealed values could not be used: {e}");
-                let said = self
-                    .broker
-                    .store()
-                    .discard_flow(&id, note, self.now())
-                    .await?;
+                let said = self.store.discard_flow(&id, note, self.now()).await?;
                 tracing::warn!(tenant = %id, "{said}");
                 None
             }
@@ -230,8 +246,7 @@ impl Onboarding {
         let state = authorize::new_state();
         let now = self.now();
         let expires_at = now.plus_ms(self.settings().state_ttl_ms);
-        self.broker
-            .store()
+        self.store
             .begin_flow(&id, authorize::state_hash(&state), expires_at, now)
             .await?;
         let url = authorize::authorization_url(
@@ -282,7 +297,7 @@ impl Onboarding {
         let id = match by_state {
             Some(hash) => {
                 let flow = self
-                    .refuse_faulty(self.broker.store().flow_by_state(hash).await)
+                    .refuse_faulty(self.store.flow_by_state(hash).await)
                     .await?
                     .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))?;
                 if !input.tenant_id.is_empty() && input.tenant_id != flow.tenant_id.as_str() {
@@ -300,14 +315,12 @@ impl Onboarding {
         // Read again under the lock: a flow may have moved (or been replaced).
         let flow = match by_state {
             Some(hash) => self
-                .refuse_faulty(self.broker.store().flow_by_state(hash).await)
+                .refuse_faulty(self.store.flow_by_state(hash).await)
                 .await?
                 .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))?,
             None => {
                 let _ = self.tenant(&id).await?;
-                let flow = self
-                    .refuse_faulty(self.broker.store().flow_of(&id).await)
-                    .await?;
+                let flow = self.refuse_faulty(self.store.flow_of(&id).await).await?;
                 flow.ok_or_else(|| {
                     OnboardingError::FailedPrecondition(format!(
                         "no authorization of tenant {id} was started; run BeginAuthorization and have the PBX user open the URL"
@@ -366,8 +379,7 @@ impl Onboarding {
         authorize::validate_state(state)?;
         let hash = authorize::state_hash(state);
         let lookup = || async {
-            self.broker
-                .store()
+            self.store
                 .flow_by_state(hash)
                 .await?
                 .ok_or_else(|| OnboardingError::FailedPrecondition(UNKNOWN_STATE.to_owned()))
@@ -388,8 +400,7 @@ impl Onboarding {
             )));
         }
         let message = failures::denial_message(error, description);
-        self.broker
-            .store()
+        self.store
             .advance_flow(
                 &id,
                 FlowUpdate::Failed {
@@ -411,7 +422,7 @@ impl Onboarding {
     /// recorded on the tenant and logged.
     /// `cancel` is checked between flows (each flow is crash-safe anyway).
     pub async fn resume_interrupted(&self, cancel: CancellationToken) {
-        let ids = match self.broker.store().interrupted_flows().await {
+        let ids = match self.store.interrupted_flows().await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::error!("cannot list interrupted authorizations: {e}");
@@ -466,12 +477,7 @@ impl Onboarding {
             let update = FlowUpdate::Error {
                 error: message.clone(),
             };
-            if let Err(rec) = self
-                .broker
-                .store()
-                .advance_flow(&id, update, self.now())
-                .await
-            {
+            if let Err(rec) = self.store.advance_flow(&id, update, self.now()).await {
                 tracing::error!(tenant = %id, "cannot record the refused authorization flow: {rec}");
             }
         }
@@ -480,9 +486,7 @@ impl Onboarding {
 
     async fn resume_one(&self, id: &TenantId) -> Result<Tenant, OnboardingError> {
         let _running = self.lock(id).await;
-        let flow = self
-            .refuse_faulty(self.broker.store().flow_of(id).await)
-            .await?;
+        let flow = self.refuse_faulty(self.store.flow_of(id).await).await?;
         let flow: Flow = flow.ok_or_else(|| {
             OnboardingError::FailedPrecondition(format!("the authorization of {id} is gone"))
         })?;

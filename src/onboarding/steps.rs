@@ -76,12 +76,7 @@ impl Onboarding {
     /// Records a failed step and turns it into the caller's error.
     async fn fail(&self, id: &TenantId, update: FlowUpdate, f: Failure) -> OnboardingError {
         tracing::warn!(tenant = %id, "{}", f.message);
-        match self
-            .broker
-            .store()
-            .advance_flow(id, update, self.now())
-            .await
-        {
+        match self.store.advance_flow(id, update, self.now()).await {
             Ok(()) => f.error(),
             Err(e) => e.into(),
         }
@@ -108,23 +103,15 @@ impl Onboarding {
     ) -> Result<Flow, OnboardingError> {
         let id = &tenant.id;
         let base = &tenant.base_url;
-        let (public, redirect_uri) = self
-            .broker
-            .store()
-            .public_credentials(id)
-            .await?
-            .ok_or_else(|| {
-                OnboardingError::FailedPrecondition(format!(
-                    "tenant {id} has no public app any more; register it again with public_app"
-                ))
-            })?;
+        let (public, redirect_uri) = self.store.public_credentials(id).await?.ok_or_else(|| {
+            OnboardingError::FailedPrecondition(format!(
+                "tenant {id} has no public app any more; register it again with public_app"
+            ))
+        })?;
         let issued_at = self.now();
         let result = self
-            .broker
-            .through_limiter(base, || {
-                self.pbx
-                    .authorization_code(base, &public, code, &redirect_uri)
-            })
+            .pbx
+            .authorization_code(base, &public, code, &redirect_uri)
             .await;
         let grant = match result {
             Ok(g) => g,
@@ -136,8 +123,7 @@ impl Onboarding {
             }
         };
         let token = self.broker.token_from_grant(grant, issued_at);
-        self.broker
-            .store()
+        self.store
             .advance_flow(
                 id,
                 FlowUpdate::CodeExchanged {
@@ -168,8 +154,7 @@ impl Onboarding {
             "authorization flow: the daemon stopped while the PBX was creating application \"{name}\", so it may exist in the PBX without its credentials stored; delete it in the PBX web UI if it is there (the flow goes on with a new application)"
         );
         tracing::warn!(tenant = %id, app_name = %name, "{message}");
-        self.broker
-            .store()
+        self.store
             .advance_flow(
                 id,
                 FlowUpdate::AppCreationFailed {
@@ -202,8 +187,7 @@ impl Onboarding {
         let name = authorize::app_name(&template, id, &authorize::new_suffix());
         // Recorded before the call: if the daemon dies during it, the next
         // start knows which application may exist without its answer.
-        self.broker
-            .store()
+        self.store
             .advance_flow(id, FlowUpdate::CreatingApp { name: name.clone() }, now)
             .await?;
         tracing::info!(tenant = %id, app_name = %name, "authorization step 2/6: creating the trusted application");
@@ -251,12 +235,7 @@ impl Onboarding {
         let mut attempt = 1;
         loop {
             let update = FlowUpdate::AppStored { app: app.clone() };
-            match self
-                .broker
-                .store()
-                .advance_flow(id, update, self.now())
-                .await
-            {
+            match self.store.advance_flow(id, update, self.now()).await {
                 Ok(()) => return Ok(()),
                 // A deleted tenant will not come back; anything else may pass.
                 Err(e)
@@ -283,16 +262,13 @@ impl Onboarding {
             .clone()
             .unwrap_or_else(|| app.client_id.clone());
         let issued_at = self.now();
-        match self.broker.request_token(&tenant.base_url, &app).await {
+        match self.pbx.client_credentials(&tenant.base_url, &app).await {
             Ok(grant) => {
                 let token = self.broker.token_from_grant(grant, issued_at);
                 let update = FlowUpdate::TokenObtained {
                     token: token.clone(),
                 };
-                self.broker
-                    .store()
-                    .advance_flow(id, update, self.now())
-                    .await?;
+                self.store.advance_flow(id, update, self.now()).await?;
                 tracing::info!(tenant = %id, expires_at = %token.expires_at, "authorization step 4/6: first token of the new application obtained");
                 self.crash_hook.after_step(4).await;
                 flow.step = FlowStep::TokenObtained;
@@ -324,10 +300,7 @@ impl Onboarding {
         match self.pbx.get_user(&tenant.base_url, &token.value).await {
             Ok(user) => {
                 let update = FlowUpdate::UserVerified { user: user.clone() };
-                self.broker
-                    .store()
-                    .advance_flow(id, update, self.now())
-                    .await?;
+                self.store.advance_flow(id, update, self.now()).await?;
                 tracing::info!(tenant = %id, pbx_user_id = user.id, login = %user.login, "authorization step 5/6: PBX user verified");
                 self.crash_hook.after_step(5).await;
                 flow.step = FlowStep::UserVerified;
@@ -387,11 +360,7 @@ impl Onboarding {
         let tenant = self
             .broker
             .with_fetch_lock(&id, async {
-                let t = self
-                    .broker
-                    .store()
-                    .complete_flow(&id, completion, now)
-                    .await?;
+                let t = self.store.complete_flow(&id, completion, now).await?;
                 self.broker.upsert_slot(CachedTenant {
                     id: id.clone(),
                     base_url: t.base_url.clone(),

@@ -1,12 +1,15 @@
 //! Everything that speaks HTTP to a PBX: the client (`client/`), the
 //! response parsers (`parse/`, pure and fuzzable), the error model
-//! (`error.rs`), the per-host request limiter (`limiter/`) and the
-//! outbound address guard against SSRF (`guard.rs`), and the redaction of
-//! secrets from PBX-supplied text (`redact/`).
+//! (`error.rs`), the per-host request limiter (`limiter/`), the one place
+//! requests pass it (`gated/`: [`gated::GatedPbx`], what the broker,
+//! tenants and onboarding call), the outbound address guard against SSRF
+//! (`guard.rs`), and the redaction of secrets from PBX-supplied text
+//! (`redact/`).
 //! Nothing outside this module knows a URL path or a status code.
 
 pub mod client;
 pub mod error;
+pub mod gated;
 pub mod guard;
 pub mod limiter;
 pub mod parse;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, Jitter};
-use crate::clock::UnixMs;
+use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
 use crate::domain::TenantId;
 use crate::store::{Store, StoreError};
@@ -63,7 +63,7 @@ impl SchedulerLimits {
 /// Shared between the loop and whoever watches it (watchdog, metrics).
 #[derive(Debug, Default)]
 pub struct SchedulerStatus {
-    /// Last time the loop went round (ms since epoch, from the broker clock).
+    /// Last time the loop went round (ms since epoch, from the engine's clock).
     pub heartbeat: AtomicI64,
     /// Renewals currently running.
     pub in_flight: AtomicI64,
@@ -71,15 +71,27 @@ pub struct SchedulerStatus {
 
 pub struct Scheduler {
     broker: Arc<Broker>,
+    /// The job queue is read here directly, not through the broker.
+    store: Store,
+    clock: SharedClock,
     limits: Mutex<SchedulerLimits>,
     status: Arc<SchedulerStatus>,
     worker_done: Arc<Notify>,
 }
 
 impl Scheduler {
-    pub fn new(broker: Arc<Broker>, limits: SchedulerLimits) -> Self {
+    /// The broker runs each renewal; `store` holds the job queue; `clock`
+    /// is the broker's (the engine passes the same one to both).
+    pub fn new(
+        broker: Arc<Broker>,
+        store: Store,
+        clock: SharedClock,
+        limits: SchedulerLimits,
+    ) -> Self {
         Self {
             broker,
+            store,
+            clock,
             limits: Mutex::new(limits),
             status: Arc::new(SchedulerStatus::default()),
             worker_done: Arc::new(Notify::new()),
@@ -107,8 +119,8 @@ impl Scheduler {
         let mut global = Arc::new(Semaphore::new(applied.max_concurrent as usize));
         let mut per_host: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let in_flight: Arc<Mutex<HashSet<TenantId>>> = Arc::default();
-        let clock = self.broker.clock().clone();
-        let store: Store = self.broker.store().clone();
+        let clock = self.clock.clone();
+        let store: Store = self.store.clone();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -301,6 +313,7 @@ mod tests {
     use crate::clock::{SharedClock, TokioClock};
     use crate::crypto::Keyring;
     use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantState};
+    use crate::pbx::gated::GatedPbx;
     use crate::pbx::limiter::HostLimiters;
     use crate::pbx::{PbxApi, PbxError, TokenGrant};
     use crate::secret::Secret;
@@ -381,13 +394,16 @@ mod tests {
         let pbx = Arc::new(OneStuckHost::default());
         let broker = Arc::new(Broker::new(
             clock.clone(),
-            store,
-            pbx.clone(),
-            Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
+            store.clone(),
+            Arc::new(GatedPbx::new(
+                pbx.clone(),
+                Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
+                Config::default().pbx.request_timeout_ms,
+            )),
             BrokerSettings::from_config(&Config::default()),
         ));
         broker.load().await.unwrap();
-        let scheduler = Arc::new(Scheduler::new(broker.clone(), limits));
+        let scheduler = Arc::new(Scheduler::new(broker.clone(), store, clock, limits));
         let shutdown = CancellationToken::new();
         tokio::spawn(scheduler.clone().run(shutdown.clone(), TaskTracker::new()));
         (pbx, broker, scheduler, shutdown, dir)

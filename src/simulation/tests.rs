@@ -201,6 +201,7 @@ fn checker_catches_tokens_outliving_the_pbx() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_failed_fetch_never_serves_the_token_that_expired_meanwhile() {
     use crate::broker::{Broker, BrokerSettings};
+    use crate::pbx::gated::GatedPbx;
     use crate::pbx::limiter::HostLimiters;
     use crate::pbx::{PbxApi, PbxError, TokenGrant};
     use futures::future::BoxFuture;
@@ -253,8 +254,11 @@ async fn a_slow_failed_fetch_never_serves_the_token_that_expired_meanwhile() {
     let broker = Broker::new(
         clock.clone(),
         store,
-        Arc::new(Hanging),
-        Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
+        Arc::new(GatedPbx::new(
+            Arc::new(Hanging),
+            Arc::new(HostLimiters::new(clock.clone(), 20, 6)),
+            config.pbx.request_timeout_ms,
+        )),
         BrokerSettings::from_config(&config),
     );
     broker.load().await.unwrap();

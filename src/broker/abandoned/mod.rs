@@ -15,60 +15,26 @@
 //!
 //! A request that got an answer, or failed fast (connection refused: the
 //! provider never had it), frees both at once.
+//!
+//! The host slot's half of the rule lives with the limiter's other
+//! bookkeeping in `pbx::gated` (every caller of the limiter gets it: the
+//! broker, tenants, onboarding); this file keeps the tenant's half.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Broker, Slot};
-use crate::pbx::limiter::RequestPermit;
 
 impl Broker {
-    /// How long an abandoned request still counts as in flight.
+    /// How long an abandoned request still counts as in flight: the gated
+    /// client's grace (one more `[pbx] request_timeout_ms`), so the host
+    /// slot (held by `pbx::gated`) and the tenant are freed together.
     pub(super) fn abandon_grace(&self) -> Duration {
-        Duration::from_millis(self.settings().request_timeout_ms)
+        self.pbx.abandon_grace()
     }
 }
 
-/// Whether a finished call is one our side gave up on: it failed no sooner
-/// than the request timeout (the PBX client's timer fired, or a limiter
-/// wait plus a slow failure: counting those too only costs a little
-/// throughput).
-pub(super) fn timed_out<T, E>(result: &Result<T, E>, took: Duration, timeout: Duration) -> bool {
-    result.is_err() && took >= timeout
-}
-
-/// A host's concurrency slot for one request; see the module doc.
-pub(super) struct HostSlot {
-    permit: Option<RequestPermit>,
-    grace: Duration,
-}
-
-impl HostSlot {
-    pub fn new(permit: RequestPermit, grace: Duration) -> Self {
-        Self {
-            permit: Some(permit),
-            grace,
-        }
-    }
-
-    /// The call ended; `abandoned`: it timed out at our side.
-    pub fn finish(mut self, abandoned: bool) {
-        if let Some(p) = self.permit.take() {
-            if abandoned {
-                p.hold_for(self.grace);
-            }
-        }
-    }
-}
-
-impl Drop for HostSlot {
-    /// Dropped without `finish`: the call was cancelled mid-way.
-    fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
-            p.hold_for(self.grace);
-        }
-    }
-}
+pub(super) use crate::pbx::gated::timed_out;
 
 /// Marks a tenant's request as possibly still open at the provider when it
 /// is cancelled or times out; the next fetch of the tenant waits it out.

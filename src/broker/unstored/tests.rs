@@ -14,6 +14,7 @@ use crate::clock::{SharedClock, TokioClock, UnixMs};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::{AppCredentials, PbxBaseUrl, TenantId};
+use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::{PbxApi, PbxError, TokenGrant};
 use crate::secret::Secret;
@@ -47,6 +48,10 @@ impl PbxApi for CountingPbx {
 struct Fixture {
     pbx: Arc<CountingPbx>,
     broker: Broker,
+    /// What the broker was built with (it does not hand them out).
+    store: Store,
+    clock: SharedClock,
+    limiter: Arc<HostLimiters>,
     db: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -73,17 +78,24 @@ async fn fixture() -> Fixture {
     let mut config = Config::default();
     config.refresh.backoff_initial_ms = 1_000;
     config.refresh.backoff_max_ms = 4_000;
+    let limiter = Arc::new(HostLimiters::new(clock.clone(), 20, 6));
     let broker = Broker::new(
         clock.clone(),
-        store,
-        pbx.clone(),
-        Arc::new(HostLimiters::new(clock, 20, 6)),
+        store.clone(),
+        Arc::new(GatedPbx::new(
+            pbx.clone(),
+            limiter.clone(),
+            config.pbx.request_timeout_ms,
+        )),
         BrokerSettings::from_config(&config),
     );
     broker.load().await.unwrap();
     Fixture {
         pbx,
         broker,
+        store,
+        clock,
+        limiter,
         db,
         _dir: dir,
     }
@@ -137,7 +149,7 @@ async fn a_token_that_cannot_be_stored_is_served_from_memory_and_written_later()
     assert!(due > T0 && due <= T0.plus_ms(1_000), "{due}");
 
     // The tenant shows it.
-    let mut tenant = f.broker.store().get_tenant(&acme).await.unwrap().unwrap();
+    let mut tenant = f.store.get_tenant(&acme).await.unwrap().unwrap();
     f.broker.overlay_unstored(&mut tenant);
     let err = tenant.last_error.clone().unwrap();
     assert!(
@@ -153,7 +165,7 @@ async fn a_token_that_cannot_be_stored_is_served_from_memory_and_written_later()
     f.broker.renew_scheduled(&acme).await.unwrap();
     assert_eq!(f.pbx.calls.load(Ordering::Relaxed), 1);
     let later = f.broker.deferred_until(&acme).unwrap();
-    assert!(later > f.broker.clock().now(), "{later}");
+    assert!(later > f.clock.now(), "{later}");
     let again = f.broker.get_token("acme", 0).await.unwrap();
     assert_eq!(again.value.expose(), t.value.expose());
 
@@ -168,10 +180,10 @@ async fn a_token_that_cannot_be_stored_is_served_from_memory_and_written_later()
         (0, 0)
     );
     assert_eq!(f.broker.deferred_until(&acme), None);
-    let mut tenant = f.broker.store().get_tenant(&acme).await.unwrap().unwrap();
+    let mut tenant = f.store.get_tenant(&acme).await.unwrap().unwrap();
     f.broker.overlay_unstored(&mut tenant);
     assert_eq!(tenant.last_error, None);
-    let cache = f.broker.store().load_cache().await.unwrap();
+    let cache = f.store.load_cache().await.unwrap();
     let reloaded = cache[0].token.as_ref().unwrap();
     assert_eq!(reloaded.value.expose(), t.value.expose());
 }
@@ -194,10 +206,13 @@ async fn a_failure_that_cannot_be_stored_still_answers_with_the_pbx_error() {
     }
     let f = fixture().await;
     let broker = Broker::new(
-        f.broker.clock().clone(),
-        f.broker.store().clone(),
-        Arc::new(DownPbx),
-        f.broker.limiter().clone(),
+        f.clock.clone(),
+        f.store.clone(),
+        Arc::new(GatedPbx::new(
+            Arc::new(DownPbx),
+            f.limiter.clone(),
+            Config::default().pbx.request_timeout_ms,
+        )),
         f.broker.settings().as_ref().clone(),
     );
     broker.load().await.unwrap();
@@ -216,7 +231,7 @@ async fn a_failure_that_cannot_be_stored_still_answers_with_the_pbx_error() {
     let acme = TenantId::parse("acme").unwrap();
     assert!(broker.deferred_until(&acme).is_some());
     assert_eq!(broker.unstored_tokens(), 0);
-    let mut tenant = broker.store().get_tenant(&acme).await.unwrap().unwrap();
+    let mut tenant = f.store.get_tenant(&acme).await.unwrap().unwrap();
     broker.overlay_unstored(&mut tenant);
     let shown = tenant.last_error.unwrap();
     assert!(

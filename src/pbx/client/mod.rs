@@ -2,8 +2,9 @@
 //! provider's OAuth document describes, reads answers under a size cap, and
 //! hands status + headers + body to the pure parsers in `parse/mod.rs`.
 //!
-//! Does not: rate-limit (callers pass [`super::limiter::HostLimiters`]
-//! first, so the in-process simulator is limited the same way), retry, or
+//! Does not: rate-limit (callers go through [`super::gated::GatedPbx`],
+//! which passes [`super::limiter::HostLimiters`] first, so the in-process
+//! simulator is limited the same way), retry, or
 //! follow redirects. Never logs secrets, tokens or bodies: at debug it logs
 //! host, path, status and latency.
 
