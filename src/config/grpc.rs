@@ -1,5 +1,5 @@
 //! The `[grpc]` section's rules (TLS files, loopback-only without TLS,
-//! admin socket path, server and connection limits), split from `config/mod.rs` to keep it
+//! admin socket path, server and connection limits), split from `config/validate.rs` to keep it
 //! readable. Only checks; the values are used by `daemon` and `api::serve`.
 
 use super::{Config, ConfigError};
