@@ -84,7 +84,7 @@ pub(crate) async fn the_key_itself_is_not_stored<H: Harness>(h: &H) {
     let clear = h
         .query_i64(
             "SELECT count(*) FROM api_clients WHERE name LIKE '%ptk_%' \
-             OR tenant_patterns LIKE '%ptk_%' OR created_by LIKE '%ptk_%'",
+             OR created_by LIKE '%ptk_%'",
         )
         .await;
     assert_eq!(clear, 0);

@@ -1,7 +1,8 @@
 //! Lifecycle: the heartbeat is a committed write, the master key check
 //! writes its check value once and then verifies it, a closed handle
 //! refuses work, and a database whose schema is newer than the backend
-//! knows is refused at opening with its data untouched.
+//! knows is refused at opening with its data untouched. Housekeeping
+//! (checkpoint, optimizer statistics, snapshots) keeps the data.
 
 use super::fixtures::*;
 use super::{open_store, Harness};
@@ -81,6 +82,32 @@ pub(crate) async fn a_newer_schema_is_refused_and_the_data_untouched<H: Harness>
     h.set_schema_version(latest).await;
     let again = open_store(h).await;
     let creds = again
+        .trusted_credentials(&tid("acme"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.client_secret.expose(), "secret-acme");
+}
+
+pub(crate) async fn housekeeping_keeps_the_data<H: Harness>(h: &H) {
+    let store = open_store(h).await;
+    store
+        .insert_tenant(new_tenant("acme", TenantState::Active))
+        .await
+        .unwrap();
+    store.wal_checkpoint().await.unwrap();
+    store.optimize().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    match store.backup_into(dir.path(), T0, 2).await {
+        Ok(info) => {
+            assert!(info.path.starts_with(dir.path()), "{info:?}");
+            assert!(info.bytes > 0 && info.pruned.is_empty(), "{info:?}");
+        }
+        // A backend whose backups are the database's own.
+        Err(StoreError::Unsupported(_)) => {}
+        Err(e) => panic!("backup_into: {e}"),
+    }
+    let creds = store
         .trusted_credentials(&tid("acme"))
         .await
         .unwrap()

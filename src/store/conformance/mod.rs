@@ -19,7 +19,7 @@
 //! (FlowRepo), `flow_commits.rs` (each onboarding step's transaction),
 //! `clients.rs` (ClientRepo), `audit.rs` (AuditLog), `stats.rs`
 //! (StoreStats), `lifecycle.rs` (heartbeat, master key check, close,
-//! schema refusal), `replicas.rs` (two handles on one database);
+//! schema refusal, housekeeping), `replicas.rs` (two handles on one database);
 //! `fixtures.rs` holds the sample tenants, tokens and times they share.
 
 pub(crate) mod audit;
@@ -164,6 +164,7 @@ macro_rules! conformance_tests {
             check_master_key_initializes_then_verifies,
             a_closed_store_refuses_work,
             a_newer_schema_is_refused_and_the_data_untouched,
+            housekeeping_keeps_the_data,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; replicas [
             a_tenant_created_on_one_handle_is_read_on_the_other,
