@@ -333,20 +333,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn heartbeat_writes() {
-        let t = open_temp();
-        t.store.heartbeat(T0).await.unwrap();
-        t.store.heartbeat(T0.plus_ms(5)).await.unwrap();
-        let at: i64 = t
-            .raw()
-            .query_row("SELECT at FROM heartbeat WHERE id = 1", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(at, T0.0 + 5);
-        t.store.close().await.unwrap();
-        assert!(t.store.heartbeat(T0).await.is_err());
-    }
-
-    #[tokio::test]
     async fn backup_is_private_consistent_and_pruned() {
         let t = open_temp();
         insert_many(&t.store, 30).await;

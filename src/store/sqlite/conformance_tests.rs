@@ -18,7 +18,6 @@ pub(crate) struct SqliteHarness {
     _dir: tempfile::TempDir,
 }
 
-#[allow(dead_code)]
 impl SqliteHarness {
     fn raw(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(&self.path).expect("open the test database")
@@ -49,6 +48,16 @@ impl Harness for SqliteHarness {
 
     async fn query_i64(&self, sql: &str) -> i64 {
         self.raw().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    async fn query_bytes(&self, sql: &str) -> Option<Vec<u8>> {
+        self.raw().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    async fn schema_version(&self) -> i64 {
+        self.raw()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("read user_version")
     }
 
     async fn set_schema_version(&self, version: i64) {

@@ -332,29 +332,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn old_database_without_check_value_is_probed() {
-        let t = open_temp();
-        t.store
-            .insert_tenant(new_tenant("acme", TenantState::Active))
-            .await
-            .unwrap();
-        assert!(has_sealed_data(&t.path).unwrap());
-        t.store.close().await.unwrap();
-        let other = SqliteStore::open(&t.path, Arc::new(Keyring::ephemeral())).unwrap();
-        assert!(matches!(
-            other.check_master_key().await,
-            Err(StoreError::WrongMasterKey { .. })
-        ));
-        // The wrong key wrote nothing: the right one still initializes.
-        other.close().await.unwrap();
-        let right = SqliteStore::open(&t.path, Arc::clone(&t.keys)).unwrap();
-        assert_eq!(
-            right.check_master_key().await.unwrap(),
-            KeyCheck::Initialized
-        );
-    }
-
-    #[tokio::test]
     async fn rotation_reseals_everything_under_the_new_key() {
         let old = [1u8; 32];
         let new = [2u8; 32];

@@ -1,24 +1,24 @@
-//! Helpers for the store's unit tests: a store in a temporary directory,
-//! sample tenants, tokens and credentials, a raw connection for peeking.
-//! Test-only; nothing here is compiled into the daemon.
+//! Helpers for the SQLite backend's own unit tests: a store in a temporary
+//! directory and a raw connection for peeking. The sample tenants, tokens,
+//! apps and times are the conformance suite's (`conformance/fixtures.rs`),
+//! re-exported here. Test-only; nothing here is compiled into the daemon.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{NewTenant, SqliteStore};
-// The interface's traits, so tests call them on a `SqliteStore`.
-use crate::clock::UnixMs;
+use super::SqliteStore;
 use crate::crypto::Keyring;
-use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
-use crate::secret::Secret;
+use crate::domain::TenantState;
+#[allow(unused_imports)]
+pub(crate) use crate::store::conformance::fixtures::{
+    app, base_url, hash, new_tenant, tid, token, user, HOUR, T0,
+};
+// The interface's traits, so tests call them on a `SqliteStore`.
 #[allow(unused_imports)]
 pub(crate) use crate::store::{
     AuditLog, ClientRepo, CredentialRepo, FlowRepo, JobQueue, LeaseTable, Lifecycle, StoreStats,
     TenantRepo, TokenRepo,
 };
-
-pub(super) const T0: UnixMs = UnixMs(1_700_000_000_000);
-pub(super) const HOUR: i64 = 3_600_000;
 
 pub(super) struct TestStore {
     pub store: SqliteStore,
@@ -46,58 +46,6 @@ impl TestStore {
     /// for corrupting rows on purpose).
     pub fn raw(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(&self.path).unwrap()
-    }
-
-    /// Rows of `table` belonging to `id`.
-    pub fn count(&self, table: &str, id: &str) -> i64 {
-        self.raw()
-            .query_row(
-                &format!("SELECT count(*) FROM {table} WHERE tenant_id = ?1"),
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-}
-
-pub(super) fn tid(s: &str) -> TenantId {
-    TenantId::parse(s).unwrap()
-}
-
-pub(super) fn base_url(host: &str) -> PbxBaseUrl {
-    PbxBaseUrl::from_trusted(&format!("https://{host}")).unwrap()
-}
-
-pub(super) fn app(id: &str, secret: &str) -> AppCredentials {
-    AppCredentials {
-        client_id: id.to_owned(),
-        client_secret: Secret::new(secret.to_owned()),
-    }
-}
-
-pub(super) fn token(value: &str, issued_at: UnixMs) -> AccessToken {
-    AccessToken {
-        value: Secret::new(value.to_owned()),
-        token_type: "Bearer".into(),
-        issued_at,
-        expires_at: issued_at.plus_ms(HOUR),
-    }
-}
-
-/// A tenant on `pbx.example.com`. Renewing states come with a trusted app,
-/// a token issued at T0 and a job due 48 minutes later; others bare.
-pub(super) fn new_tenant(id: &str, state: TenantState) -> NewTenant {
-    let renewing = state.is_renewing();
-    NewTenant {
-        id: tid(id),
-        display_name: format!("Tenant {id}"),
-        base_url: base_url("pbx.example.com"),
-        state,
-        trusted_app: renewing.then(|| app(&format!("app-{id}"), &format!("secret-{id}"))),
-        public_app: None,
-        token: renewing.then(|| token(&format!("token-{id}"), T0)),
-        renew_at: renewing.then(|| T0.plus_ms(HOUR * 8 / 10)),
-        now: T0,
     }
 }
 
