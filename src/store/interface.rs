@@ -69,7 +69,7 @@ pub trait TenantRepo: Send + Sync {
     ) -> Result<Tenant, StoreError>;
 
     /// Deletes the tenant, its credentials, token, job and flow (bytes
-    /// overwritten where the backend can).
+    /// overwritten where the backend can). `TenantNotFound` if missing.
     async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError>;
 
     /// Records the PBX user the trusted app acts for. `TenantNotFound` if
@@ -90,7 +90,8 @@ pub trait CredentialRepo: Send + Sync {
     async fn verify_credentials(&self, id: &TenantId) -> Result<(), StoreError>;
 
     /// Marks a tenant whose credentials cannot be used: state
-    /// CREDENTIALS_REJECTED, last_error `message`, job due at `retry_at`.
+    /// CREDENTIALS_REJECTED (a DISABLED or PENDING_AUTHORIZATION tenant
+    /// keeps its state), last_error `message`, job due at `retry_at`.
     async fn record_credential_fault(
         &self,
         id: &TenantId,
@@ -99,13 +100,15 @@ pub trait CredentialRepo: Send + Sync {
         now: UnixMs,
     ) -> Result<(), StoreError>;
 
-    /// The trusted app, checked against the tenant's columns.
+    /// The trusted app, checked against the tenant's columns. `None` for a
+    /// tenant without one, or no such tenant.
     async fn trusted_credentials(
         &self,
         id: &TenantId,
     ) -> Result<Option<AppCredentials>, StoreError>;
 
-    /// The public app and its redirect URI, checked likewise.
+    /// The public app and its redirect URI, checked likewise (`None` as
+    /// above).
     async fn public_credentials(
         &self,
         id: &TenantId,
@@ -175,7 +178,8 @@ pub trait JobQueue: Send + Sync {
 pub trait LeaseTable: Send + Sync {
     /// Takes or renews `host`'s lease for `holder` for `ttl_ms`. Granted
     /// when the lease is free, expired, or already `holder`'s (a renewal
-    /// keeps the epoch; a new holder gets the next epoch); otherwise
+    /// keeps the epoch; a new holder, or the same one after its lease
+    /// expired or was released, gets the next epoch); otherwise
     /// refused with the current holder's lease. `now` is the caller's
     /// clock; a networked backend uses the database's clock instead, so
     /// replicas' clocks need not agree.
@@ -217,7 +221,8 @@ pub trait FlowRepo: Send + Sync {
     /// and before the end), oldest first: resumed at start-up.
     async fn interrupted_flows(&self) -> Result<Vec<TenantId>, StoreError>;
 
-    /// Commits one step's outcome.
+    /// Commits one step's outcome. An error carried by the update is also
+    /// written to the tenant's last_error.
     async fn advance_flow(
         &self,
         id: &TenantId,
