@@ -17,6 +17,7 @@ mod error;
 mod flow;
 mod interface;
 mod records;
+mod seal;
 pub mod sqlite;
 
 #[cfg(test)]
