@@ -17,8 +17,8 @@ pub(crate) use crate::store::{
     TenantRepo, TokenRepo,
 };
 
-pub(super) const T0: UnixMs = UnixMs(1_700_000_000_000);
-pub(super) const HOUR: i64 = 3_600_000;
+pub(crate) const T0: UnixMs = UnixMs(1_700_000_000_000);
+pub(crate) const HOUR: i64 = 3_600_000;
 
 pub(super) struct TestStore {
     pub store: SqliteStore,
@@ -60,22 +60,22 @@ impl TestStore {
     }
 }
 
-pub(super) fn tid(s: &str) -> TenantId {
+pub(crate) fn tid(s: &str) -> TenantId {
     TenantId::parse(s).unwrap()
 }
 
-pub(super) fn base_url(host: &str) -> PbxBaseUrl {
+pub(crate) fn base_url(host: &str) -> PbxBaseUrl {
     PbxBaseUrl::from_trusted(&format!("https://{host}")).unwrap()
 }
 
-pub(super) fn app(id: &str, secret: &str) -> AppCredentials {
+pub(crate) fn app(id: &str, secret: &str) -> AppCredentials {
     AppCredentials {
         client_id: id.to_owned(),
         client_secret: Secret::new(secret.to_owned()),
     }
 }
 
-pub(super) fn token(value: &str, issued_at: UnixMs) -> AccessToken {
+pub(crate) fn token(value: &str, issued_at: UnixMs) -> AccessToken {
     AccessToken {
         value: Secret::new(value.to_owned()),
         token_type: "Bearer".into(),
@@ -86,7 +86,7 @@ pub(super) fn token(value: &str, issued_at: UnixMs) -> AccessToken {
 
 /// A tenant on `pbx.example.com`. Renewing states come with a trusted app,
 /// a token issued at T0 and a job due 48 minutes later; others bare.
-pub(super) fn new_tenant(id: &str, state: TenantState) -> NewTenant {
+pub(crate) fn new_tenant(id: &str, state: TenantState) -> NewTenant {
     let renewing = state.is_renewing();
     NewTenant {
         id: tid(id),
