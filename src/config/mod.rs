@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod grpc;
 pub mod logfilter;
 mod ops;
+mod store;
+pub use cluster::ClusterConfig;
 pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
+pub use store::{StoreBackend, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,6 +61,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub health: HealthConfig,
     pub backup: BackupConfig,
+    pub store: StoreConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -248,6 +254,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
             backup: BackupConfig::default(),
+            store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -467,6 +475,8 @@ impl Config {
             ));
         }
         self.validate_grpc()?;
+        self.validate_store()?;
+        self.validate_cluster()?;
         if logfilter::parse_filter(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",
@@ -706,6 +716,8 @@ fn apply_env(
         "metrics",
         "health",
         "backup",
+        "store",
+        "cluster",
     ]
     .iter()
     .map(|s| s.to_string())
