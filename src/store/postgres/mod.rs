@@ -37,6 +37,8 @@ mod leases;
 mod lifecycle;
 mod migrate;
 mod onboarding;
+#[cfg(test)]
+mod smoke_tests;
 mod stats;
 mod tenant_writes;
 mod tenants;
