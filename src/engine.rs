@@ -367,6 +367,13 @@ async fn start_maintenance(
     metrics: &Arc<Metrics>,
 ) -> Result<Maintenance, MaintenanceError> {
     let maintenance = Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
+    if config.store.backend == crate::config::StoreBackend::Postgres {
+        // PostgreSQL is backed up by its own tools, not by `VACUUM INTO`.
+        if !config.backup.cron.is_empty() {
+            tracing::info!("[backup] cron is not used with store.backend = \"postgres\": back the database up with pg_dump or base backups");
+        }
+        return Ok(maintenance);
+    }
     let backups = maintenance
         .schedule_backups(
             &config.backup,

@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 use pbx_tokend::clock::SystemClock;
-use pbx_tokend::config::Config;
+use pbx_tokend::config::{Config, StoreBackend};
 use pbx_tokend::daemon::Daemon;
 
 #[derive(Parser)]
@@ -98,6 +98,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(what) = sqlite_only(&cli.command) {
+        if config.store.backend == StoreBackend::Postgres {
+            eprintln!(
+                "pbx-tokend: `{what}` works on the SQLite state only, and store.backend is \"postgres\". {}",
+                match what {
+                    "rotate-master-key" => "Rotating the master key of a PostgreSQL store is not supported yet: keep the current key",
+                    _ => "Back the database up (and restore it) with PostgreSQL's own tools: pg_dump / pg_restore, or base backups with WAL archiving",
+                }
+            );
+            return std::process::ExitCode::from(2);
+        }
+    }
     match &cli.command {
         Some(Command::CheckConfig) => {
             println!("configuration is valid");
@@ -210,6 +222,16 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("internal error: daemon still shared at shutdown"))?;
     daemon.shutdown().await.context("unclean shutdown")?;
     Ok(())
+}
+
+/// The sub-commands that work on `<state_dir>/pbx-tokend.db` alone.
+fn sqlite_only(command: &Option<Command>) -> Option<&'static str> {
+    match command {
+        Some(Command::Backup { .. }) => Some("backup"),
+        Some(Command::Restore { .. }) => Some("restore"),
+        Some(Command::RotateMasterKey { .. }) => Some("rotate-master-key"),
+        _ => None,
+    }
 }
 
 fn backup(config: &Config, output: Option<&std::path::Path>) -> std::process::ExitCode {

@@ -111,6 +111,8 @@ fn apply_env(
         "metrics",
         "health",
         "backup",
+        "store",
+        "cluster",
     ]
     .iter()
     .map(|s| s.to_string())

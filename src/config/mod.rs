@@ -13,19 +13,23 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+mod cluster;
 mod grpc;
 mod load;
 pub mod logfilter;
 mod ops;
 mod sections;
+mod store;
 #[cfg(test)]
 mod tests;
 mod validate;
+pub use cluster::ClusterConfig;
 pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
 pub use sections::{
     CallbackConfig, GrpcConfig, LimitsConfig, LogConfig, MaintenanceConfig, OnboardingConfig,
     PbxConfig, RefreshConfig, ShutdownConfig, TokenConfig,
 };
+pub use store::{StoreBackend, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +75,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub health: HealthConfig,
     pub backup: BackupConfig,
+    pub store: StoreConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -92,6 +98,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
             backup: BackupConfig::default(),
+            store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -45,6 +45,8 @@ impl Config {
             ));
         }
         self.validate_grpc()?;
+        self.validate_store()?;
+        self.validate_cluster()?;
         if logfilter::parse_filter(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",

@@ -29,7 +29,7 @@ use crate::api::drain::Drain;
 use crate::api::tls::{ReloadableTls, TlsError, TlsFiles};
 use crate::broker::Broker;
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::crypto::CryptoError;
 use crate::engine::{Cron, Engine, EngineError, EngineParts, JitterSource};
 use crate::health::Health;
@@ -46,7 +46,7 @@ mod startup;
 mod tcp;
 mod transports;
 
-use crate::store::{BackupInfo, Store, StoreError};
+use crate::store::{BackupInfo, PgStore, Store, StoreError};
 use crate::tenants::{CapacitySettings, Tenants};
 use tcp::check_listen_address;
 use transports::Transport;
@@ -101,6 +101,8 @@ pub enum DaemonError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl From<EngineError> for DaemonError {
@@ -214,7 +216,7 @@ impl Daemon {
             tls: load_tls(&config)?,
             admin_socket: transports::bind_admin_socket(&config)?,
         };
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let mut engine = Engine::start(EngineParts {
             config: &config,
             clock: clock.clone(),
@@ -408,10 +410,25 @@ fn load_tls(config: &Config) -> Result<Option<Arc<ReloadableTls>>, DaemonError> 
     }
 }
 
-/// The master key, then the database sealed with it.
-fn open_store(config: &Config) -> Result<Store, DaemonError> {
+/// The master key, then the database sealed with it: `[store] backend`
+/// picks SQLite in the state dir or the shared PostgreSQL database (its
+/// password read from `postgres_password_file` now, at start-up).
+async fn open_store(config: &Config) -> Result<Store, DaemonError> {
     let keyring = Arc::new(load_keyring(config)?);
-    Ok(Store::open(&config.database_path(), keyring)?)
+    match config.store.backend {
+        StoreBackend::Sqlite => Ok(Store::open(&config.database_path(), keyring)?),
+        StoreBackend::Postgres => {
+            let url = config.store.postgres_url.as_deref().unwrap_or_default();
+            let password = config.store.read_password()?;
+            let store = PgStore::connect(url, password.as_ref(), keyring).await?;
+            tracing::info!(
+                database = %store.target(),
+                replica = %config.cluster.replica_name(&config.grpc.listen),
+                "state is in PostgreSQL"
+            );
+            Ok(Store::new(store))
+        }
+    }
 }
 
 /// `[pbx] allowed_hosts`, parsed (validate() already checked each entry).

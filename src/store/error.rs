@@ -12,6 +12,11 @@ pub enum StoreError {
     TenantNotFound(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL answered with an error that is not about reachability
+    /// (those are `Unavailable`): a constraint, a type, a bug. The message
+    /// is the server's (severity, SQLSTATE, message), never a value.
+    #[error("database error: {0}")]
+    Postgres(String),
     #[error("the database schema is version {found}, newer than this binary understands ({supported}); run a newer pbx-tokend or restore a backup")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("cannot open a sealed value ({what}): {source}")]

@@ -16,7 +16,10 @@
 mod error;
 mod flow;
 mod interface;
+pub mod postgres;
 mod records;
+mod rows;
+mod seal;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -31,6 +34,7 @@ pub use interface::{
     AuditLog, ClientRepo, CredentialRepo, FlowRepo, JobQueue, LeaseTable, Lifecycle, Storage,
     Store, StoreStats, TenantRepo, TokenRepo,
 };
+pub use postgres::PgStore;
 pub use records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,

@@ -30,6 +30,7 @@ mod onboarding_callback;
 mod onboarding_crash;
 mod outbound_guard;
 mod pause;
+mod postgres;
 mod renewal;
 mod secrecy;
 mod streams;

@@ -25,71 +25,14 @@ use async_trait::async_trait;
 use crate::store::CredentialRepo;
 use rusqlite::{params, Connection};
 
-use super::sealed::{self, Field};
+use super::sealed;
 use super::{CredentialFault, SqliteStore, StoreError};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AppCredentials;
 use crate::domain::TenantId;
-use crate::secret::Secret;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
-    Trusted,
-    Public,
-}
-
-/// Sealed parts, in order: secret, pbx_base_url, client_id, redirect_uri
-/// ("" for a trusted app).
-const PARTS: usize = 4;
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Trusted => "trusted",
-            Kind::Public => "public",
-        }
-    }
-    fn parse(s: &str) -> Result<Kind, StoreError> {
-        match s {
-            "trusted" => Ok(Kind::Trusted),
-            "public" => Ok(Kind::Public),
-            other => Err(StoreError::Corrupt(format!(
-                "unknown credentials kind {other:?}"
-            ))),
-        }
-    }
-    /// The name operators know it by (the API's field).
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Kind::Trusted => "trusted_app",
-            Kind::Public => "public_app",
-        }
-    }
-    fn field(self) -> Field {
-        match self {
-            Kind::Trusted => Field::TrustedApp,
-            Kind::Public => Field::PublicApp,
-        }
-    }
-    /// The field of values sealed before schema 6 (the secret alone).
-    pub(super) fn legacy_field(self) -> Field {
-        match self {
-            Kind::Trusted => Field::TrustedSecret,
-            Kind::Public => Field::PublicSecret,
-        }
-    }
-}
-
-/// One credentials row with its tenant's base URL.
-struct Row {
-    tenant_id: String,
-    kind: Kind,
-    client_id: String,
-    secret_sealed: Vec<u8>,
-    redirect_uri: Option<String>,
-    base_url: String,
-}
+pub(super) use crate::store::seal::credentials::Kind;
+use crate::store::seal::credentials::{open_bound, open_checked, seal_bound, CredentialRow as Row};
 
 const SELECT_ROWS: &str = "SELECT c.tenant_id, c.kind, c.client_id, c.secret_sealed, \
          c.redirect_uri, t.pbx_base_url \
@@ -134,76 +77,6 @@ fn rows(conn: &Connection, tenant_id: Option<&str>) -> Result<Vec<Row>, StoreErr
             })
         })
         .collect()
-}
-
-fn seal_bound(
-    keys: &Keyring,
-    tenant_id: &str,
-    kind: Kind,
-    secret: &str,
-    base_url: &str,
-    client_id: &str,
-    redirect_uri: Option<&str>,
-) -> Result<Vec<u8>, StoreError> {
-    sealed::seal_parts(
-        keys,
-        tenant_id,
-        kind.field(),
-        &[secret, base_url, client_id, redirect_uri.unwrap_or("")],
-    )
-}
-
-/// The sealed parts of a row, or why they do not open.
-fn open_bound(keys: &Keyring, row: &Row) -> Result<Vec<Secret<String>>, StoreError> {
-    sealed::open_parts(
-        keys,
-        &row.tenant_id,
-        row.kind.field(),
-        &row.secret_sealed,
-        PARTS,
-    )
-    .map_err(|e| StoreError::CredentialUnreadable {
-        tenant: row.tenant_id.clone(),
-        kind: row.kind.label(),
-        reason: match e {
-            StoreError::Unseal { source, .. } => source.to_string(),
-            other => other.to_string(),
-        },
-    })
-}
-
-/// Compares the row's clear columns with what was sealed; `skip_url` when
-/// the caller is replacing the URL anyway (UpdateTenant).
-fn check_binding(row: &Row, parts: &[Secret<String>], skip_url: bool) -> Result<(), StoreError> {
-    let clear = [
-        (1, "pbx_base_url", row.base_url.as_str()),
-        (2, "client_id", row.client_id.as_str()),
-        (3, "redirect_uri", row.redirect_uri.as_deref().unwrap_or("")),
-    ];
-    for (i, column, stored) in clear {
-        if skip_url && i == 1 {
-            continue;
-        }
-        let sealed = parts.get(i).map_or("", |p| p.expose().as_str());
-        if sealed != stored {
-            return Err(StoreError::CredentialTampered {
-                tenant: row.tenant_id.clone(),
-                kind: row.kind.label(),
-                field: column,
-                stored: stored.to_owned(),
-                sealed: sealed.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The secret of a row whose clear columns match what was sealed.
-fn open_checked(keys: &Keyring, row: &Row) -> Result<Secret<String>, StoreError> {
-    let mut parts = open_bound(keys, row)?;
-    check_binding(row, &parts, false)?;
-    // open_parts returned exactly PARTS parts.
-    Ok(parts.swap_remove(0))
 }
 
 #[async_trait]
@@ -392,17 +265,7 @@ pub(super) fn rebind_url(
         if Some(row.kind) == replaced {
             continue;
         }
-        let parts = open_bound(keys, &row)?;
-        check_binding(&row, &parts, true)?;
-        let sealed = seal_bound(
-            keys,
-            tenant_id,
-            row.kind,
-            parts[0].expose(),
-            new_url,
-            &row.client_id,
-            row.redirect_uri.as_deref(),
-        )?;
+        let sealed = crate::store::seal::credentials::rebound(keys, &row, new_url)?;
         tx.execute(
             "UPDATE credentials SET secret_sealed = ?3 WHERE tenant_id = ?1 AND kind = ?2",
             params![tenant_id, row.kind.as_str(), sealed],
@@ -429,20 +292,7 @@ pub(super) fn reseal_all(tx: &Connection, keys: &Keyring) -> Result<u64, StoreEr
     Ok(count)
 }
 
-/// Whether the row opens in either format (the master key probe of a
-/// database without a check value).
-pub(super) fn opens_in_any_format(
-    keys: &Keyring,
-    tenant_id: &str,
-    kind: &str,
-    sealed_value: &[u8],
-) -> Result<bool, StoreError> {
-    let kind = Kind::parse(kind)?;
-    Ok(
-        sealed::open(keys, tenant_id, kind.legacy_field(), sealed_value).is_ok()
-            || sealed::open_parts(keys, tenant_id, kind.field(), sealed_value, PARTS).is_ok(),
-    )
-}
+pub(super) use crate::store::seal::credentials::opens_in_any_format;
 
 /// The one-time upgrade of values sealed before schema 6 (the secret
 /// alone): each is opened with its old associated data and sealed again

@@ -2,6 +2,9 @@
 //! public token from the code exchange, the new trusted app's secret, its
 //! first token), each sealed together with where it may be sent.
 //!
+//! The sealing itself is backend-neutral (`store/seal/flow.rs`); this file
+//! reads and writes the sealed columns in SQLite.
+//!
 //! Why: the flow sends these to the tenant's `pbx_base_url` (and the new
 //! secret under `app_client_id`), both clear columns. Sealed alone, anyone
 //! who can edit a copy of the database could point a half-done flow at
@@ -23,70 +26,12 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::sealed::{self, Field};
+use super::sealed;
 use super::StoreError;
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::Keyring;
-use crate::secret::Secret;
-
-/// Sealed parts, in order: value, pbx_base_url, client_id.
-const PARTS: usize = 3;
-
-/// One sealed column of `onboarding_flows`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum FlowSecret {
-    PublicToken,
-    AppSecret,
-    FirstToken,
-}
-
-impl FlowSecret {
-    pub(super) const ALL: [FlowSecret; 3] = [
-        FlowSecret::PublicToken,
-        FlowSecret::AppSecret,
-        FlowSecret::FirstToken,
-    ];
-
-    pub(super) fn column(self) -> &'static str {
-        match self {
-            FlowSecret::PublicToken => "public_token_sealed",
-            FlowSecret::AppSecret => "app_secret_sealed",
-            FlowSecret::FirstToken => "token_sealed",
-        }
-    }
-
-    fn field(self) -> Field {
-        match self {
-            FlowSecret::PublicToken => Field::FlowPublicToken,
-            FlowSecret::AppSecret => Field::FlowTrustedApp,
-            FlowSecret::FirstToken => Field::FlowToken,
-        }
-    }
-
-    fn legacy_field(self) -> Field {
-        match self {
-            FlowSecret::PublicToken => Field::OnboardingPublicToken,
-            FlowSecret::AppSecret => Field::OnboardingTrustedSecret,
-            FlowSecret::FirstToken => Field::OnboardingToken,
-        }
-    }
-
-    /// What operators read in messages.
-    fn label(self) -> &'static str {
-        match self {
-            FlowSecret::PublicToken => "PBX user's access token",
-            FlowSecret::AppSecret => "new trusted application's secret",
-            FlowSecret::FirstToken => "new trusted application's first token",
-        }
-    }
-}
-
-/// Where a flow's value may be sent: the tenant's base URL and, for the
-/// new app's secret, its client id ("" for the tokens).
-pub(super) struct Dest<'a> {
-    pub base_url: &'a str,
-    pub client_id: &'a str,
-}
+use crate::store::seal::flow::{is_legacy, open_parts};
+pub(super) use crate::store::seal::flow::{open, seal, Dest, FlowSecret, RETIRED};
 
 /// The tenant's base URL as stored now (in the caller's transaction).
 pub(super) fn tenant_url(conn: &Connection, tenant_id: &str) -> Result<String, StoreError> {
@@ -94,84 +39,6 @@ pub(super) fn tenant_url(conn: &Connection, tenant_id: &str) -> Result<String, S
         .query_row([tenant_id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::TenantNotFound(tenant_id.to_owned()))
-}
-
-pub(super) fn seal(
-    keys: &Keyring,
-    tenant_id: &str,
-    which: FlowSecret,
-    value: &str,
-    dest: &Dest<'_>,
-) -> Result<Vec<u8>, StoreError> {
-    sealed::seal_parts(
-        keys,
-        tenant_id,
-        which.field(),
-        &[value, dest.base_url, dest.client_id],
-    )
-}
-
-fn open_parts(
-    keys: &Keyring,
-    tenant_id: &str,
-    which: FlowSecret,
-    sealed_value: &[u8],
-) -> Result<Vec<Secret<String>>, StoreError> {
-    sealed::open_parts(keys, tenant_id, which.field(), sealed_value, PARTS).map_err(|e| {
-        StoreError::FlowUnreadable {
-            tenant: tenant_id.to_owned(),
-            what: which.label(),
-            reason: match e {
-                StoreError::Unseal { source, .. } => source.to_string(),
-                other => other.to_string(),
-            },
-        }
-    })
-}
-
-/// Compares the clear columns with the sealed copies; `skip_url` when the
-/// caller is replacing the URL anyway (UpdateTenant).
-fn check(
-    tenant_id: &str,
-    which: FlowSecret,
-    parts: &[Secret<String>],
-    dest: &Dest<'_>,
-    skip_url: bool,
-) -> Result<(), StoreError> {
-    let clear = [
-        (1, "pbx_base_url", dest.base_url),
-        (2, "app_client_id", dest.client_id),
-    ];
-    for (i, column, stored) in clear {
-        if skip_url && i == 1 {
-            continue;
-        }
-        let sealed = parts.get(i).map_or("", |p| p.expose().as_str());
-        if sealed != stored {
-            return Err(StoreError::FlowTampered {
-                tenant: tenant_id.to_owned(),
-                what: which.label(),
-                column,
-                stored: stored.to_owned(),
-                sealed: sealed.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The value, if the clear columns match what it was sealed with.
-pub(super) fn open(
-    keys: &Keyring,
-    tenant_id: &str,
-    which: FlowSecret,
-    sealed_value: &[u8],
-    dest: &Dest<'_>,
-) -> Result<Secret<String>, StoreError> {
-    let mut parts = open_parts(keys, tenant_id, which, sealed_value)?;
-    check(tenant_id, which, &parts, dest, false)?;
-    // open_parts returned exactly PARTS parts.
-    Ok(parts.swap_remove(0))
 }
 
 /// The sealed columns of one flow row, with its app's client id.
@@ -244,13 +111,11 @@ pub(super) fn rebind_url(
                 base_url: new_url,
                 client_id: client_id_for(*which, &row),
             };
-            let Ok(parts) = open_parts(keys, tenant_id, *which, value) else {
+            let Some(resealed) =
+                crate::store::seal::flow::rebound(keys, tenant_id, *which, value, &dest)?
+            else {
                 continue;
             };
-            if check(tenant_id, *which, &parts, &dest, true).is_err() {
-                continue;
-            }
-            let resealed = seal(keys, tenant_id, *which, parts[0].expose(), &dest)?;
             write(tx, tenant_id, *which, &resealed)?;
         }
     }
@@ -274,9 +139,6 @@ pub(super) fn reseal_all(tx: &Connection, keys: &Keyring) -> Result<u64, StoreEr
     Ok(count)
 }
 
-/// What an ended pre-binding flow says (tenant last_error and flow error).
-pub(super) const RETIRED: &str = "authorization flow ended: it was interrupted across the upgrade to a pbx-tokend that seals a flow's tokens and secrets together with the PBX address they may be sent to, and its values were sealed the old way; nothing was sent with them; run BeginAuthorization to start the authorization again";
-
 /// Start-up, in the master key check's transaction: ends every flow that
 /// holds a value sealed before flows were bound (see module docs), so it
 /// never sends anything. Values that open in neither format are left (the
@@ -286,9 +148,10 @@ pub(super) fn retire_legacy(tx: &Connection, keys: &Keyring) -> Result<u64, Stor
     let now = SystemClock.now();
     let mut retired = 0;
     for row in flow_rows(tx, None)? {
-        let legacy = row.values.iter().any(|(which, value)| {
-            sealed::open(keys, &row.tenant_id, which.legacy_field(), value).is_ok()
-        });
+        let legacy = row
+            .values
+            .iter()
+            .any(|(which, value)| is_legacy(keys, &row.tenant_id, *which, value));
         if legacy {
             let said = super::onboarding::discard_flow(tx, keys, &row.tenant_id, RETIRED, now)?;
             tracing::warn!(tenant = %row.tenant_id, "{said}");

@@ -20,35 +20,13 @@ use super::{connection, credentials, flow_seal, SqliteStore, StoreError};
 use super::{KeyCheck, NewAuditEvent};
 use crate::crypto::{self, Keyring, MIN_SEALED_LEN};
 
-const CHECK_FIELD: &str = "master_key_check";
-/// Written before schema 6: credentials sealed as the secret alone.
-const CHECK_PLAINTEXT_V1: &[u8] = b"pbx-tokend master key check v1";
-/// Every credential is sealed bound to its base URL, client id and redirect
-/// URI (`credentials.rs`). Sealed, so an edited database cannot claim to be
-/// of the old kind and have its rows "upgraded" with edited columns; only
-/// a check value from before the upgrade (an old backup) can.
-const CHECK_PLAINTEXT: &[u8] = b"pbx-tokend master key check v2";
-
-/// Associated data of the check value: no tenant id is empty, so this
-/// cannot collide with a tenant's field.
-fn check_aad() -> Vec<u8> {
-    crypto::aad("", CHECK_FIELD)
-}
+use crate::store::seal::check::{open_check, seal_check, wrong_key, CheckVersion};
 
 /// How many values a rotation re-sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotationReport {
     pub resealed: u64,
     pub new_key_id: u32,
-}
-
-fn wrong_key(keys: &Keyring, sealed: &[u8]) -> StoreError {
-    StoreError::WrongMasterKey {
-        configured: format!("{:08x}", keys.current_key_id()),
-        sealed_with: crypto::envelope_key_id(sealed)
-            .map(|id| format!("{id:08x}"))
-            .unwrap_or_else(|| "unknown".into()),
-    }
 }
 
 impl SqliteStore {
@@ -111,13 +89,12 @@ pub(super) fn check_or_init(tx: &Connection, keys: &Keyring) -> Result<KeyCheck,
         )
         .optional()?;
     let initialized = match sealed {
-        Some(sealed) => match keys.open(&check_aad(), &sealed) {
-            Ok(plain) if plain == CHECK_PLAINTEXT => {
+        Some(sealed) => match open_check(keys, &sealed)? {
+            CheckVersion::V2 => {
                 retire_legacy_flows(tx, keys)?;
                 return Ok(KeyCheck::Verified);
             }
-            Ok(plain) if plain == CHECK_PLAINTEXT_V1 => false,
-            _ => return Err(wrong_key(keys, &sealed)),
+            CheckVersion::V1 => false,
         },
         None => {
             probe(tx, keys)?;
@@ -207,18 +184,13 @@ pub(super) fn verify_readonly(conn: &Connection, keys: &Keyring) -> Result<(), S
         None
     };
     match sealed {
-        Some(sealed) => match keys.open(&check_aad(), &sealed) {
-            Ok(plain) if plain == CHECK_PLAINTEXT || plain == CHECK_PLAINTEXT_V1 => Ok(()),
-            _ => Err(wrong_key(keys, &sealed)),
-        },
+        Some(sealed) => open_check(keys, &sealed).map(|_| ()),
         None => probe(conn, keys),
     }
 }
 
 fn write_check(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
-    let sealed = keys
-        .try_seal(&check_aad(), CHECK_PLAINTEXT)
-        .map_err(|e| StoreError::Task(format!("cannot seal the master key check: {e}")))?;
+    let sealed = seal_check(keys)?;
     tx.execute(
         "INSERT INTO master_key_check (id, sealed) VALUES (1, ?1) \
          ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed",

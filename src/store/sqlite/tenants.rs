@@ -8,8 +8,9 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::StoreError;
-use crate::clock::UnixMs;
-use crate::domain::{PbxBaseUrl, PbxUser, Tenant, TenantId, TenantState};
+use crate::domain::{Tenant, TenantId, TenantState};
+use crate::store::rows::RawTenant;
+pub(super) use crate::store::rows::{parse_base_url, parse_id, parse_state};
 
 /// One tenant with the columns joined in from the other tables. A macro so
 /// queries can be built with `concat!` and cached as static strings.
@@ -26,89 +27,27 @@ macro_rules! select_tenant {
 }
 
 /// A tenant row as SQLite gives it, before validation.
-struct RawTenant {
-    id: String,
-    display_name: String,
-    base_url: String,
-    state: String,
-    trusted_client_id: Option<String>,
-    token_expires_at: Option<i64>,
-    next_refresh_at: Option<i64>,
-    last_refresh_at: Option<i64>,
-    consecutive_failures: i64,
-    last_error: Option<String>,
-    pbx_user: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl RawTenant {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: r.get(0)?,
-            display_name: r.get(1)?,
-            base_url: r.get(2)?,
-            state: r.get(3)?,
-            trusted_client_id: r.get(4)?,
-            token_expires_at: r.get(5)?,
-            next_refresh_at: r.get(6)?,
-            last_refresh_at: r.get(7)?,
-            consecutive_failures: r.get(8)?,
-            last_error: r.get(9)?,
-            pbx_user: r.get(10)?,
-            created_at: r.get(11)?,
-            updated_at: r.get(12)?,
-        })
-    }
-
-    fn into_tenant(self) -> Result<Tenant, StoreError> {
-        let pbx_user = match self.pbx_user.as_deref() {
-            None => None,
-            Some(json) => Some(serde_json::from_str::<PbxUser>(json).map_err(|e| {
-                StoreError::Corrupt(format!("pbx_user of tenant {}: {e}", self.id))
-            })?),
-        };
-        let consecutive_failures = u32::try_from(self.consecutive_failures).map_err(|_| {
-            StoreError::Corrupt(format!(
-                "consecutive_failures of tenant {} is {}",
-                self.id, self.consecutive_failures
-            ))
-        })?;
-        Ok(Tenant {
-            base_url: parse_base_url(&self.id, &self.base_url)?,
-            state: parse_state(&self.id, &self.state)?,
-            id: parse_id(&self.id)?,
-            display_name: self.display_name,
-            trusted_client_id: self.trusted_client_id,
-            token_expires_at: self.token_expires_at.map(UnixMs),
-            next_refresh_at: self.next_refresh_at.map(UnixMs),
-            last_refresh_at: self.last_refresh_at.map(UnixMs),
-            consecutive_failures,
-            last_error: self.last_error,
-            pbx_user,
-            created_at: UnixMs(self.created_at),
-            updated_at: UnixMs(self.updated_at),
-        })
-    }
-}
-
-pub(super) fn parse_id(id: &str) -> Result<TenantId, StoreError> {
-    TenantId::parse(id).map_err(|e| StoreError::Corrupt(format!("tenant id {id:?}: {e}")))
-}
-
-pub(super) fn parse_base_url(id: &str, url: &str) -> Result<PbxBaseUrl, StoreError> {
-    PbxBaseUrl::from_trusted(url)
-        .map_err(|e| StoreError::Corrupt(format!("pbx_base_url of tenant {id}: {e}")))
-}
-
-pub(super) fn parse_state(id: &str, state: &str) -> Result<TenantState, StoreError> {
-    TenantState::parse(state)
-        .ok_or_else(|| StoreError::Corrupt(format!("state of tenant {id} is {state:?}")))
+fn raw_from_row(r: &Row<'_>) -> rusqlite::Result<RawTenant> {
+    Ok(RawTenant {
+        id: r.get(0)?,
+        display_name: r.get(1)?,
+        base_url: r.get(2)?,
+        state: r.get(3)?,
+        trusted_client_id: r.get(4)?,
+        token_expires_at: r.get(5)?,
+        next_refresh_at: r.get(6)?,
+        last_refresh_at: r.get(7)?,
+        consecutive_failures: r.get(8)?,
+        last_error: r.get(9)?,
+        pbx_user: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
 }
 
 pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Tenant>, StoreError> {
     conn.prepare_cached(concat!(select_tenant!(), "WHERE t.tenant_id = ?1"))?
-        .query_row([id], RawTenant::from_row)
+        .query_row([id], raw_from_row)
         .optional()?
         .map(RawTenant::into_tenant)
         .transpose()
@@ -131,7 +70,7 @@ pub(super) fn list(
                 select_tenant!(),
                 "WHERE t.tenant_id > ?1 ORDER BY t.tenant_id LIMIT ?2"
             ))?
-            .query_map(params![after, limit], RawTenant::from_row)?
+            .query_map(params![after, limit], raw_from_row)?
             .collect::<Result<Vec<_>, _>>()?,
         // Served by the (state, tenant_id) index in id order.
         Some(state) => conn
@@ -139,7 +78,7 @@ pub(super) fn list(
                 select_tenant!(),
                 "WHERE t.state = ?3 AND t.tenant_id > ?1 ORDER BY t.tenant_id LIMIT ?2"
             ))?
-            .query_map(params![after, limit, state.as_str()], RawTenant::from_row)?
+            .query_map(params![after, limit, state.as_str()], raw_from_row)?
             .collect::<Result<Vec<_>, _>>()?,
     };
     raws.into_iter().map(RawTenant::into_tenant).collect()

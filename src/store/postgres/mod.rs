@@ -1,0 +1,369 @@
+//! The PostgreSQL backend: several replicas share one database (with its
+//! own replication and failover). Implements the storage interface with
+//! the same rules and the same sealing as SQLite (`store/seal/`), so a row
+//! means the same in both; correct with several processes writing at once.
+//!
+//! How: every call takes a pooled connection and runs ONE transaction
+//! (committed when the call's work returns `Ok`, rolled back otherwise).
+//! Concurrent writers are kept apart by the database: single-statement
+//! upserts and `UPDATE ... RETURNING` that lock the row they change, so a
+//! refresh outcome racing another one or a delete never loses an update or
+//! resurrects a row. Lease claims run on the database's clock. Connection
+//! loss, a server shutting down and a read-only server after a failover
+//! are `StoreError::Unavailable` (retry), and the connection is dropped so
+//! the pool reconnects (a multi-host URL then reaches the new primary).
+//!
+//! Files: `connect.rs` (URL, TLS, keepalives, the pool), `error.rs`
+//! (SQLSTATE -> `StoreError`), `migrate.rs` (embedded migrations under an
+//! advisory lock), and one file per table family as in `sqlite/`:
+//! `tenants.rs` (reads), `tenant_writes.rs`, `credentials.rs`, `tokens.rs`,
+//! `jobs.rs`, `leases.rs`, `onboarding.rs`, `clients.rs`,
+//! `audit_events.rs`, `stats.rs`, `lifecycle.rs` (master key check,
+//! heartbeat, housekeeping); `testdb.rs` (tests only: a real PostgreSQL
+//! server for the test process).
+//!
+//! Does not: hold a session advisory lock or LISTEN (cluster work builds on
+//! this), or back itself up (that is pg_dump's and the base backups' job).
+
+mod audit_events;
+mod clients;
+#[cfg(test)]
+mod conformance_tests;
+mod connect;
+mod credentials;
+mod error;
+mod jobs;
+mod leases;
+mod lifecycle;
+mod migrate;
+mod onboarding;
+#[cfg(test)]
+mod smoke_tests;
+mod stats;
+mod tenant_writes;
+mod tenants;
+#[cfg(test)]
+pub(crate) mod testdb;
+#[cfg(test)]
+mod tests;
+mod tokens;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::{
+    CacheLoad, DueJob, JobQueue, NewTenant, ReadyJobs, RefreshRecord, StoreError, TenantChanges,
+    TenantRepo, TokenRepo,
+};
+use crate::clock::UnixMs;
+use crate::crypto::Keyring;
+use crate::domain::{PbxUser, Tenant, TenantId, TenantState};
+use crate::secret::Secret;
+
+/// The transaction every call runs in.
+pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// What a call's work returns: a future borrowing its transaction.
+pub(super) type TxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Handle to the database; cheap to clone (all clones share the pool).
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+    /// Leases on the caller's clock instead of the database's: only for the
+    /// conformance suite, whose lease cases move time by hand.
+    caller_lease_clock: bool,
+}
+
+struct Inner {
+    pool: Pool,
+    keyring: Arc<Keyring>,
+    /// Hosts and database, for logs (never the URL: it may hold a password).
+    target: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.inner.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (libpq URL or key=value string;
+    /// `password`, from `[store] postgres_password_file`, wins over one in
+    /// the URL) and applies the migrations. Fails with `Unavailable` when
+    /// the database cannot be reached, `SchemaTooNew` when it is newer
+    /// than this binary.
+    pub async fn connect(
+        url: &str,
+        password: Option<&Secret<String>>,
+        keyring: Arc<Keyring>,
+    ) -> Result<PgStore, StoreError> {
+        let (cfg, tls, root_cert) = connect::config(url, password)?;
+        let target = connect::describe(&cfg);
+        let pool = connect::pool(cfg, tls, root_cert.as_deref())?;
+        let mut client = pool.get().await.map_err(|e| {
+            let e = error::pool_error(e);
+            match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: {m}"
+                )),
+                other => other,
+            }
+        })?;
+        let found = migrate::apply(&mut client, migrate::MIGRATIONS).await?;
+        tracing::info!(
+            database = %target,
+            tls,
+            from = found,
+            to = migrate::latest_version(),
+            "PostgreSQL store open"
+        );
+        drop(client);
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                keyring,
+                target,
+            }),
+            caller_lease_clock: false,
+        })
+    }
+
+    /// The same store with leases on the caller's clock (tests only: the
+    /// conformance suite's lease cases pass the time by hand).
+    #[cfg(test)]
+    pub(crate) fn with_caller_lease_clock(mut self) -> PgStore {
+        self.caller_lease_clock = true;
+        self
+    }
+
+    /// Hosts and database this store talks to (no user, no password).
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.inner.pool.get().await.map_err(error::pool_error)
+    }
+
+    /// Runs `f` in one transaction; commits when it returns `Ok`, rolls
+    /// back otherwise. A connection that failed in a way that leaves it
+    /// useless is taken out of the pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring) -> TxFuture<'a, T> + Send,
+    {
+        let mut client = self.client().await?;
+        let out = async {
+            let tx = client.transaction().await?;
+            let out = f(&tx, &self.inner.keyring).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        if let Err(e) = &out {
+            if error::breaks_connection(e) {
+                // Detached from the pool and dropped: the next call connects
+                // afresh (and a multi-host URL finds the writable server).
+                drop(Object::take(client));
+            }
+        }
+        out
+    }
+
+    /// A read: the same as a write (one transaction, so several statements
+    /// see one snapshot-consistent view per statement and nothing is left
+    /// open), kept apart for readability.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring) -> TxFuture<'a, T> + Send,
+    {
+        self.write(f).await
+    }
+}
+
+/// Rows of a cached statement.
+pub(super) async fn query(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query(&stmt, params).await?)
+}
+
+/// At most one row of a cached statement.
+pub(super) async fn query_opt(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&stmt, params).await?)
+}
+
+/// Exactly one row of a cached statement.
+pub(super) async fn query_one(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query_one(&stmt, params).await?)
+}
+
+/// Rows changed by a cached statement.
+pub(super) async fn execute(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&stmt, params).await?)
+}
+
+/// A `u32` limit as the BIGINT PostgreSQL compares it with.
+pub(super) fn limit(n: u32) -> i64 {
+    i64::from(n)
+}
+
+#[async_trait]
+impl TenantRepo for PgStore {
+    async fn insert_tenant(&self, t: NewTenant) -> Result<(), StoreError> {
+        self.write(move |tx, keys| {
+            Box::pin(async move { tenant_writes::insert(tx, keys, &t).await })
+        })
+        .await
+    }
+
+    async fn insert_tenants(&self, ts: Vec<NewTenant>) -> Result<(), StoreError> {
+        self.write(move |tx, keys| {
+            Box::pin(async move {
+                for t in &ts {
+                    tenant_writes::insert(tx, keys, t).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let id = id.clone();
+        self.read(move |tx, _| Box::pin(async move { tenants::get(tx, id.as_str()).await }))
+            .await
+    }
+
+    async fn list_tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: u32,
+        state: Option<TenantState>,
+    ) -> Result<Vec<Tenant>, StoreError> {
+        self.read(move |tx, _| {
+            Box::pin(async move { tenants::list(tx, after.as_ref(), limit, state).await })
+        })
+        .await
+    }
+
+    async fn update_tenant(
+        &self,
+        id: &TenantId,
+        changes: TenantChanges,
+        now: UnixMs,
+    ) -> Result<Tenant, StoreError> {
+        let id = id.clone();
+        self.write(move |tx, keys| {
+            Box::pin(
+                async move { tenant_writes::update(tx, keys, id.as_str(), &changes, now).await },
+            )
+        })
+        .await
+    }
+
+    async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            Box::pin(async move { tenant_writes::delete(tx, id.as_str()).await })
+        })
+        .await
+    }
+
+    async fn set_pbx_user(&self, id: &TenantId, user: &PbxUser) -> Result<(), StoreError> {
+        let (id, user) = (id.clone(), user.clone());
+        self.write(move |tx, _| {
+            Box::pin(async move { tenant_writes::set_pbx_user(tx, id.as_str(), &user).await })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TokenRepo for PgStore {
+    async fn load_cache_checked(&self) -> Result<CacheLoad, StoreError> {
+        self.read(|tx, keys| Box::pin(tokens::load_cache(tx, keys)))
+            .await
+    }
+
+    /// One transaction per outcome. The tenant row is updated first (which
+    /// locks it until commit), so an outcome racing another one or a
+    /// delete from another replica is applied whole or not at all.
+    async fn record_refresh(
+        &self,
+        id: &TenantId,
+        record: RefreshRecord,
+        now: UnixMs,
+    ) -> Result<u32, StoreError> {
+        let id = id.clone();
+        self.write(move |tx, keys| {
+            Box::pin(
+                async move { tokens::record_refresh(tx, keys, id.as_str(), &record, now).await },
+            )
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl JobQueue for PgStore {
+    async fn due_jobs(&self, now: UnixMs, limit: u32) -> Result<Vec<DueJob>, StoreError> {
+        self.read(move |tx, _| Box::pin(jobs::due(tx, now, limit)))
+            .await
+    }
+
+    async fn ready_jobs(
+        &self,
+        now: UnixMs,
+        skip_hosts: Vec<String>,
+        limit: u32,
+    ) -> Result<ReadyJobs, StoreError> {
+        self.read(move |tx, _| {
+            Box::pin(async move { jobs::ready(tx, now, &skip_hosts, limit).await })
+        })
+        .await
+    }
+
+    async fn reschedule(&self, id: &TenantId, due_at: UnixMs) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            Box::pin(async move { jobs::reschedule(tx, id.as_str(), due_at).await })
+        })
+        .await
+    }
+
+    async fn reschedule_many(&self, jobs: Vec<(TenantId, UnixMs)>) -> Result<(), StoreError> {
+        self.write(move |tx, _| Box::pin(async move { jobs::reschedule_many(tx, &jobs).await }))
+            .await
+    }
+}

@@ -1,0 +1,155 @@
+//! The `tokens` table on PostgreSQL: each tenant's current access token
+//! (sealed, bound to the tenant), the broker's start-up cache load, and a
+//! refresh outcome recorded in one transaction.
+//!
+//! Concurrency: `record_refresh` starts with one `UPDATE tenants ...
+//! RETURNING`, which locks the tenant row until commit; the token and job
+//! writes that follow are upserts. Two outcomes for one tenant from two
+//! replicas therefore apply one after the other (each whole), and an
+//! outcome racing a delete either lands before it (and is deleted with the
+//! tenant) or finds no row (`TenantNotFound`), never a half-written one.
+//!
+//! Does not: decide when to refresh or what a failure means.
+
+use super::{execute, jobs, query, query_opt, Tx};
+use crate::clock::UnixMs;
+use crate::crypto::Keyring;
+use crate::domain::AccessToken;
+use crate::store::rows::{parse_base_url, parse_id, parse_state};
+use crate::store::seal::{self, Field};
+use crate::store::{CacheLoad, CachedTenant, RefreshRecord, StoreError};
+
+/// Replaces the tenant's token.
+pub(super) async fn upsert(
+    tx: &Tx<'_>,
+    keys: &Keyring,
+    tenant_id: &str,
+    token: &AccessToken,
+) -> Result<(), StoreError> {
+    let sealed = seal::seal(keys, tenant_id, Field::AccessToken, token.value.expose())?;
+    execute(
+        tx,
+        "INSERT INTO tokens (tenant_id, token_sealed, token_type, issued_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id) DO UPDATE SET token_sealed = excluded.token_sealed, \
+             token_type = excluded.token_type, issued_at = excluded.issued_at, \
+             expires_at = excluded.expires_at",
+        &[
+            &tenant_id,
+            &sealed,
+            &token.token_type,
+            &token.issued_at.0,
+            &token.expires_at.0,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every tenant with its token; a token that does not open is left out
+/// with a warning naming the tenant (see the SQLite twin).
+pub(super) async fn load_cache(tx: &Tx<'_>, keys: &Keyring) -> Result<CacheLoad, StoreError> {
+    let rows = query(
+        tx,
+        "SELECT t.tenant_id, t.pbx_base_url, t.state, \
+                k.token_sealed, k.token_type, k.issued_at, k.expires_at \
+         FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id",
+        &[],
+    )
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut dropped_tokens = Vec::new();
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let base_url: String = r.try_get(1)?;
+        let state: String = r.try_get(2)?;
+        let sealed_token: Option<&[u8]> = r.try_get(3)?;
+        let token = match sealed_token {
+            None => None,
+            Some(sealed_token) => match seal::open(keys, &id, Field::AccessToken, sealed_token) {
+                Ok(value) => Some(AccessToken {
+                    value,
+                    token_type: r.try_get(4)?,
+                    issued_at: UnixMs(r.try_get(5)?),
+                    expires_at: UnixMs(r.try_get(6)?),
+                }),
+                Err(e @ (StoreError::Unseal { .. } | StoreError::Corrupt(_))) => {
+                    tracing::warn!(tenant = %id, "the stored token of tenant {id} does not open ({e}); dropped, a new one is fetched");
+                    dropped_tokens.push(parse_id(&id)?);
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        out.push(CachedTenant {
+            base_url: parse_base_url(&id, &base_url)?,
+            state: parse_state(&id, &state)?,
+            id: parse_id(&id)?,
+            token,
+        });
+    }
+    Ok(CacheLoad {
+        tenants: out,
+        dropped_tokens,
+    })
+}
+
+/// The outcome of one refresh, in the caller's transaction. Returns
+/// consecutive_failures after the update.
+pub(super) async fn record_refresh(
+    tx: &Tx<'_>,
+    keys: &Keyring,
+    tenant_id: &str,
+    record: &RefreshRecord,
+    now: UnixMs,
+) -> Result<u32, StoreError> {
+    // A tenant an operator disabled, or sent back to authorization, while
+    // this refresh was in flight keeps that state.
+    let row = match record {
+        RefreshRecord::Success { token, .. } => {
+            query_opt(
+                tx,
+                "UPDATE tenants SET \
+                     state = CASE WHEN state IN ('disabled', 'pending_authorization') \
+                                  THEN state ELSE 'active' END, \
+                     consecutive_failures = 0, last_error = NULL, \
+                     last_refresh_at = $2, updated_at = $3 \
+                 WHERE tenant_id = $1 RETURNING pbx_host, consecutive_failures",
+                &[&tenant_id, &token.issued_at.0, &now.0],
+            )
+            .await?
+        }
+        RefreshRecord::Failure { state, error, .. } => {
+            query_opt(
+                tx,
+                "UPDATE tenants SET \
+                     state = CASE WHEN state IN ('disabled', 'pending_authorization') \
+                                  THEN state ELSE $2 END, \
+                     consecutive_failures = consecutive_failures + 1, last_error = $3, \
+                     updated_at = $4 \
+                 WHERE tenant_id = $1 RETURNING pbx_host, consecutive_failures",
+                &[&tenant_id, &state.as_str(), error, &now.0],
+            )
+            .await?
+        }
+    };
+    let Some(row) = row else {
+        return Err(StoreError::TenantNotFound(tenant_id.to_owned()));
+    };
+    let host: String = row.try_get(0)?;
+    let failures: i64 = row.try_get(1)?;
+    match record {
+        RefreshRecord::Success { token, renew_at } => {
+            upsert(tx, keys, tenant_id, token).await?;
+            jobs::upsert(tx, tenant_id, &host, *renew_at, jobs::Attempts::Reset).await?;
+        }
+        RefreshRecord::Failure { retry_at, .. } => {
+            jobs::upsert(tx, tenant_id, &host, *retry_at, jobs::Attempts::Increment).await?;
+        }
+    }
+    u32::try_from(failures).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "consecutive_failures of tenant {tenant_id} is {failures}"
+        ))
+    })
+}
