@@ -31,6 +31,7 @@ mod onboarding_crash;
 mod outbound_guard;
 mod pause;
 mod renewal;
+mod report_rejected;
 mod secrecy;
 mod streams;
 mod tamper;
