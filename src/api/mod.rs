@@ -9,7 +9,8 @@
 //! connections; `watch.rs` is the WatchToken
 //! stream; `tls.rs` is the reloadable TLS acceptor;
 //! `callback.rs` is the optional OAuth callback listener (plain HTML pages);
-//! `metrics_http.rs` is the Prometheus `/metrics` endpoint.
+//! `metrics_http.rs` is the Prometheus `/metrics` endpoint; `deadline.rs`
+//! a call's deadline (`grpc-timeout` cut to `[grpc] request_timeout_ms`).
 
 pub mod accept;
 pub mod access;
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod auth;
 pub mod callback;
 pub mod convert;
+pub mod deadline;
 pub mod drain;
 pub mod error_map;
 pub mod idle;

@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::streams::{StreamCaps, StreamKind};
 use super::watch::{self, Watcher};
-use super::{auth, convert};
+use super::{auth, convert, deadline};
 use crate::access::Clients;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
@@ -32,6 +33,9 @@ pub struct TokenApi {
     /// Ends open WatchToken streams when the daemon drains.
     shutdown: CancellationToken,
     metrics: Option<Arc<Metrics>>,
+    /// `[grpc] request_timeout_ms`: with the caller's `grpc-timeout`, how
+    /// long ReportRejectedToken may wait for an allowed refresh.
+    request_timeout: Option<Duration>,
 }
 
 impl TokenApi {
@@ -49,12 +53,19 @@ impl TokenApi {
             streams,
             shutdown,
             metrics: None,
+            request_timeout: None,
         }
     }
 
     /// Counts GetToken results and the age of the tokens served.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// The server's own per-call timeout (`[grpc] request_timeout_ms`).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
         self
     }
 
@@ -103,6 +114,7 @@ impl TokenService for TokenApi {
         request: Request<proto::ReportRejectedTokenRequest>,
     ) -> Result<Response<proto::AccessToken>, Status> {
         auth::require_tenant(&request, &request.get_ref().tenant_id)?;
+        let budget = deadline::budget(request.metadata(), self.request_timeout);
         let req = request.into_inner();
         if req.access_token.is_empty() {
             return Err(Status::invalid_argument(
@@ -111,7 +123,7 @@ impl TokenService for TokenApi {
         }
         let token = self
             .broker
-            .report_rejected(&req.tenant_id, &req.access_token)
+            .report_rejected(&req.tenant_id, &req.access_token, budget)
             .await?;
         Ok(Response::new(convert::access_token(&req.tenant_id, &token)))
     }

@@ -18,6 +18,7 @@ mod abandoned;
 mod jitter;
 mod min_valid;
 mod record;
+mod report;
 mod slot;
 mod startup;
 pub mod unstored;
@@ -88,7 +89,8 @@ pub struct BrokerSettings {
     /// outage must not turn every GetToken into a PBX request.
     pub on_demand_retry_ms: i64,
     /// At most one refresh forced by ReportRejectedToken per tenant in this
-    /// interval; reports in between get the current token.
+    /// interval; a report of the current token in between waits for the
+    /// interval's end or is answered UNAVAILABLE (`report.rs`).
     pub report_rejected_interval_ms: i64,
 }
 
@@ -294,47 +296,6 @@ impl Broker {
         let token = self.refresh(&slot, Need::MinValid(min_valid_ms)).await?;
         min_valid::check(slot.id(), min_valid_secs, Some(&token))?;
         Ok(token)
-    }
-
-    /// A caller saw `rejected` fail at the PBX. Fetch once, however many
-    /// callers report the same token; a token already replaced is answered
-    /// with the current one and no PBX call.
-    pub async fn report_rejected(
-        &self,
-        tenant: &str,
-        rejected: &str,
-    ) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
-        slot.check_servable_state()?;
-        let _flight = slot.fetch_lock().await;
-        let now = self.clock.now();
-        if let Some(current) = slot.token() {
-            if current.value.expose() != rejected && current.valid_for(now, 0) {
-                return Ok(current);
-            }
-        }
-        if slot.state() == TenantState::CredentialsRejected {
-            if let Some(e) = Self::credential_fault_error(&slot) {
-                return Err(e);
-            }
-            // Retried on the rare schedule only, never per report.
-            return Err(TokenError::NotServable {
-                tenant: slot.id().to_string(),
-                state: TenantState::CredentialsRejected,
-                hint: REJECTED_HINT,
-            });
-        }
-        // Rate limit: a caller that keeps reporting fresh tokens (a bug, or
-        // an attack with a READER key) cannot turn reports into PBX traffic.
-        let interval = self.settings().report_rejected_interval_ms;
-        if slot.report_refresh_within(now, interval) {
-            if let Some(current) = slot.token().filter(|t| t.valid_for(now, 0)) {
-                tracing::debug!(tenant = %slot.id(), "rejected-token report within the rate-limit interval; answering with the current token");
-                return Ok(current);
-            }
-        }
-        slot.mark_report_refresh(now);
-        self.fetch_locked(&slot, now).await
     }
 
     /// Operator-forced refresh.

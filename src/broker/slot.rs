@@ -244,11 +244,21 @@ impl Slot {
         self.meta().cooldown_until.filter(|until| *until > now)
     }
 
-    /// Whether a report forced a refresh less than `interval_ms` before `now`.
-    pub fn report_refresh_within(&self, now: UnixMs, interval_ms: i64) -> bool {
+    /// When the next report-forced refresh is allowed, if a report forced
+    /// one less than `interval_ms` before `now` (`None`: allowed now). A
+    /// mark later than `now` (the wall clock stepped back) does not count:
+    /// it would otherwise hold reports off until the clock caught up.
+    pub fn next_report_refresh(&self, now: UnixMs, interval_ms: i64) -> Option<UnixMs> {
         self.meta()
             .last_report_refresh
-            .is_some_and(|at| now.0 - at.0 < interval_ms)
+            .filter(|at| *at <= now)
+            .map(|at| at.plus_ms(interval_ms))
+            .filter(|next| now < *next)
+    }
+
+    /// When a report last forced a refresh (for the answer's message).
+    pub fn last_report_refresh(&self) -> Option<UnixMs> {
+        self.meta().last_report_refresh
     }
 
     pub fn mark_report_refresh(&self, at: UnixMs) {

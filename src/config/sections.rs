@@ -95,7 +95,8 @@ pub struct TokenConfig {
     /// expires_in above this is treated as a malformed answer.
     pub max_lifetime_seconds: u64,
     /// ReportRejectedToken forces at most one refresh per tenant in this
-    /// interval; reports in between get the current token.
+    /// interval; a report of the held token in between waits for the
+    /// interval's end (inside its deadline) or gets UNAVAILABLE.
     pub report_rejected_interval_ms: u64,
 }
 

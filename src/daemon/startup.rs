@@ -93,7 +93,8 @@ pub(super) async fn serve(
                 streams.clone(),
                 serving.clone(),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_request_timeout(Duration::from_millis(config.grpc.request_timeout_ms)),
         ),
         admin: Arc::new(
             AdminApi::new(

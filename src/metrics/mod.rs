@@ -82,6 +82,7 @@ pub struct Metrics {
     connections_open: Gauge<i64, AtomicI64>,
     connections_refused: Family<Labels, Counter>,
     connections_closed_idle: Counter,
+    report_rejected_held: Family<Labels, Counter>,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -177,6 +178,12 @@ impl Metrics {
             "gRPC listener connections closed because no request was in progress and no stream open for grpc.idle_timeout_ms",
             connections_closed_idle.clone(),
         );
+        let report_rejected_held = Family::<Labels, Counter>::default();
+        registry.register(
+            "report_rejected_held",
+            "ReportRejectedToken calls for the held token within [token] report_rejected_interval_ms of the last report-forced refresh, by outcome: waited (for the next allowed refresh), unavailable (the caller's deadline left no room)",
+            report_rejected_held.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -201,6 +208,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_closed_idle,
+            report_rejected_held,
             scrape,
         }
     }
@@ -281,6 +289,14 @@ impl Metrics {
         self.connections_closed_idle.inc();
     }
 
+    /// A report of the held token came within the rate-limit interval:
+    /// `outcome` is "waited" or "unavailable" (not a hot path).
+    pub fn report_rejected_held(&self, outcome: &'static str) {
+        self.report_rejected_held
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
     /// The levels the next scrape shows.
     pub fn set_levels(&self, values: ScrapeValues) {
         self.scrape.set(values);
@@ -335,6 +351,7 @@ mod tests {
         m.pbx_request("pbx.example.com", None);
         m.backup(true, 1_700_000_000);
         m.token_store_failed();
+        m.report_rejected_held("waited");
         let text = m.encode().unwrap();
         for needle in [
             "pbx_tokend_get_token_requests_total{result=\"ok\"} 1",
@@ -347,6 +364,7 @@ mod tests {
             "pbx_tokend_backup_last_success_timestamp_seconds 1700000000",
             "pbx_tokend_build_info{version=",
             "pbx_tokend_token_store_failures_total 1",
+            "pbx_tokend_report_rejected_held_total{outcome=\"waited\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -1,6 +1,7 @@
 //! Server limits: ReportRejectedToken forces at most one refresh per tenant
-//! per interval, oversized messages are refused, and a request that runs
-//! past `grpc.request_timeout_ms` is cut off.
+//! per interval (a report it cannot serve in time is UNAVAILABLE), oversized
+//! messages are refused, and a request that runs past
+//! `grpc.request_timeout_ms` is cut off.
 
 use pbx_sim::Faults;
 use pbx_tokend::proto::{GetTokenRequest, ReportRejectedTokenRequest};
@@ -30,10 +31,22 @@ async fn rejected_reports_force_one_refresh_per_interval() {
     let t2 = report(&d, "acme", &t1).await;
     assert_ne!(t2, t1);
     assert_eq!(sim.sim.token_requests_for(&client), 1);
-    // The fresh token reported again within the interval: the current token
-    // comes back and the PBX is not asked.
+    // The fresh token reported again within the interval: never handed
+    // back; the next refresh is a minute away, past the call's deadline
+    // (`grpc.request_timeout_ms`), so UNAVAILABLE says when to retry, and
+    // the PBX is not asked (tests/e2e/report_rejected.rs: the wait).
     for _ in 0..5 {
-        assert_eq!(report(&d, "acme", &t2).await, t2);
+        let e = d
+            .tokens()
+            .report_rejected_token(ReportRejectedTokenRequest {
+                tenant_id: "acme".into(),
+                access_token: t2.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("next attempt at"), "{}", e.message());
+        assert!(!e.message().contains(&t2), "no token in messages");
     }
     assert_eq!(sim.sim.token_requests_for(&client), 1);
 
