@@ -28,6 +28,11 @@ fn store(e: StoreError) -> Status {
         e @ (StoreError::CredentialUnreadable { .. } | StoreError::CredentialTampered { .. }) => {
             Status::failed_precondition(e.to_string())
         }
+        // Another replica renewed meanwhile: nothing is wrong, the caller
+        // retries and gets the newer token.
+        e @ StoreError::Fenced { .. } => Status::unavailable(format!(
+            "{e}; another replica renewed this tenant's token meanwhile: retry the call"
+        )),
         other => {
             // Details go to the log; the caller learns it is on our side.
             tracing::error!("storage error: {other}");

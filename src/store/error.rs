@@ -91,6 +91,13 @@ pub enum StoreError {
     /// The backend does not offer this operation.
     #[error("{0}")]
     Unsupported(String),
+    /// A fenced token write found the database moved on (another replica
+    /// holds the host's renewal duty now, or wrote a newer token): nothing
+    /// was written, and the fetched token must be dropped, never served.
+    #[error(
+        "the token write for tenant {tenant} was refused: {reason}; the token fetched is dropped"
+    )]
+    Fenced { tenant: String, reason: String },
 }
 
 impl StoreError {

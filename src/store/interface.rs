@@ -26,7 +26,7 @@ use super::flow::{Flow, FlowCompletion, FlowUpdate};
 use super::records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,
-    RefreshRecord, TenantChanges, TokenHealth,
+    RefreshRecord, TenantChanges, TokenHealth, WriteFence,
 };
 use super::StoreError;
 use crate::clock::UnixMs;
@@ -142,6 +142,20 @@ pub trait TokenRepo: Send + Sync {
         &self,
         id: &TenantId,
         record: RefreshRecord,
+        now: UnixMs,
+    ) -> Result<u32, StoreError> {
+        self.record_refresh_fenced(id, record, WriteFence::None, now)
+            .await
+    }
+
+    /// [`TokenRepo::record_refresh`], applied only if `fence` still holds
+    /// in the same transaction (see [`WriteFence`]); otherwise `Fenced` and
+    /// nothing is written (the failure counters and the job included).
+    async fn record_refresh_fenced(
+        &self,
+        id: &TenantId,
+        record: RefreshRecord,
+        fence: WriteFence,
         now: UnixMs,
     ) -> Result<u32, StoreError>;
 }

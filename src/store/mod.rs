@@ -38,7 +38,7 @@ pub use postgres::PgStore;
 pub use records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,
-    RefreshRecord, TenantChanges, TokenHealth,
+    RefreshRecord, TenantChanges, TokenHealth, WriteFence,
 };
 pub use sqlite::backup;
 pub use sqlite::{has_sealed_data, BackupCheck, RestoreReport, RotationReport, SqliteStore};

@@ -99,6 +99,26 @@ pub enum RefreshRecord {
     },
 }
 
+/// What a refresh outcome's write must still find in the database, checked
+/// in the write's own transaction (`TokenRepo::record_refresh_fenced`): a
+/// replica paused or cut off past its lease, or one that fetched on demand
+/// while another replica renewed, must not overwrite a newer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteFence {
+    /// No check: one node (SQLite), the only writer there is.
+    None,
+    /// Renewal duty: `holder` still holds `host`'s lease at `epoch`, and
+    /// `host` is still the tenant's host.
+    Lease {
+        host: String,
+        holder: String,
+        epoch: i64,
+    },
+    /// On demand: the stored token is still the one held before the fetch
+    /// (by its `issued_at`; `None`: no token was stored).
+    TokenIssuedAt(Option<UnixMs>),
+}
+
 /// Active tenants and their renewal demand, per PBX host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLoad {

@@ -26,7 +26,9 @@ pub use super::slot::Unstored;
 /// Whether a store error means "this write did not land" (retry later)
 /// rather than "this tenant is gone" (the caller must hear it).
 pub(super) fn is_write_failure(e: &StoreError) -> bool {
-    !matches!(e, StoreError::TenantNotFound(_))
+    // A fenced write is not a failure to write: the database holds a newer
+    // token, and the one fetched must never be served.
+    !matches!(e, StoreError::TenantNotFound(_) | StoreError::Fenced { .. })
 }
 
 impl Broker {

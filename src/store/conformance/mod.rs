@@ -25,6 +25,7 @@
 pub(crate) mod audit;
 pub(crate) mod clients;
 pub(crate) mod credentials;
+pub(crate) mod fences;
 pub(crate) mod fixtures;
 pub(crate) mod flow_commits;
 pub(crate) mod flows;
@@ -128,6 +129,11 @@ macro_rules! conformance_tests {
             a_release_by_a_stale_epoch_or_holder_does_nothing,
             epochs_are_never_reused,
             leases_are_listed_by_host,
+        ]);
+        $crate::store::conformance::conformance_tests!(@area $harness; fences [
+            a_lease_fenced_write_lands_only_under_the_current_epoch,
+            a_lease_fence_without_a_lease_or_on_another_host_is_refused,
+            an_on_demand_write_after_a_newer_token_is_refused,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flows [
             begin_finds_the_flow_by_state_hash_only,

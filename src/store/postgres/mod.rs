@@ -59,7 +59,7 @@ use tokio_postgres::Row;
 
 use super::{
     CacheLoad, DueJob, JobQueue, NewTenant, ReadyJobs, RefreshRecord, StoreError, TenantChanges,
-    TenantRepo, TokenRepo,
+    TenantRepo, TokenRepo, WriteFence,
 };
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -319,17 +319,19 @@ impl TokenRepo for PgStore {
     /// One transaction per outcome. The tenant row is updated first (which
     /// locks it until commit), so an outcome racing another one or a
     /// delete from another replica is applied whole or not at all.
-    async fn record_refresh(
+    async fn record_refresh_fenced(
         &self,
         id: &TenantId,
         record: RefreshRecord,
+        fence: WriteFence,
         now: UnixMs,
     ) -> Result<u32, StoreError> {
         let id = id.clone();
         self.write(move |tx, keys| {
-            Box::pin(
-                async move { tokens::record_refresh(tx, keys, id.as_str(), &record, now).await },
-            )
+            Box::pin(async move {
+                tokens::check_fence(tx, id.as_str(), &fence).await?;
+                tokens::record_refresh(tx, keys, id.as_str(), &record, now).await
+            })
         })
         .await
     }

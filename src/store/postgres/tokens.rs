@@ -9,6 +9,12 @@
 //! outcome racing a delete either lands before it (and is deleted with the
 //! tenant) or finds no row (`TenantNotFound`), never a half-written one.
 //!
+//! Fences (`check_fence`): the tenant row is locked first (`FOR UPDATE`)
+//! and, for a lease fence, the lease row shared (`FOR SHARE`, so a claim by
+//! another replica waits for this commit); the check that follows is a new
+//! statement, so under READ COMMITTED it sees every write committed before
+//! the lock was granted. Check and write are then one atomic step.
+//!
 //! Does not: decide when to refresh or what a failure means.
 
 use super::{execute, jobs, query, query_opt, Tx};
@@ -17,7 +23,7 @@ use crate::crypto::Keyring;
 use crate::domain::AccessToken;
 use crate::store::rows::{parse_base_url, parse_id, parse_state};
 use crate::store::seal::{self, Field};
-use crate::store::{CacheLoad, CachedTenant, RefreshRecord, StoreError};
+use crate::store::{CacheLoad, CachedTenant, RefreshRecord, StoreError, WriteFence};
 
 /// Replaces the tenant's token.
 pub(super) async fn upsert(
@@ -92,6 +98,84 @@ pub(super) async fn load_cache(tx: &Tx<'_>, keys: &Keyring) -> Result<CacheLoad,
         tenants: out,
         dropped_tokens,
     })
+}
+
+/// `Ok` if `fence` still holds in this transaction (see the module doc);
+/// `Fenced` naming what moved on otherwise. A deleted tenant passes, so
+/// the write reports `TenantNotFound` as before.
+pub(super) async fn check_fence(
+    tx: &Tx<'_>,
+    tenant_id: &str,
+    fence: &WriteFence,
+) -> Result<(), StoreError> {
+    let fenced = |reason: String| {
+        Err(StoreError::Fenced {
+            tenant: tenant_id.to_owned(),
+            reason,
+        })
+    };
+    if *fence == WriteFence::None {
+        return Ok(());
+    }
+    let Some(row) = query_opt(
+        tx,
+        "SELECT pbx_host FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+        &[&tenant_id],
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let tenant_host: String = row.try_get(0)?;
+    match fence {
+        WriteFence::None => Ok(()),
+        WriteFence::Lease {
+            host,
+            holder,
+            epoch,
+        } => {
+            if &tenant_host != host {
+                return fenced(format!(
+                    "the tenant moved from PBX host {host} to {tenant_host}"
+                ));
+            }
+            let lease = query_opt(
+                tx,
+                "SELECT holder, epoch FROM host_leases WHERE pbx_host = $1 FOR SHARE",
+                &[host],
+            )
+            .await?;
+            let (l_holder, l_epoch): (String, i64) = match &lease {
+                Some(r) => (r.try_get(0)?, r.try_get(1)?),
+                None => ("nobody".into(), 0),
+            };
+            if &l_holder == holder && l_epoch == *epoch {
+                Ok(())
+            } else {
+                fenced(format!(
+                    "replica {holder} no longer holds the renewal duty of {host} at epoch {epoch} (held by {l_holder} at epoch {l_epoch})"
+                ))
+            }
+        }
+        WriteFence::TokenIssuedAt(expected) => {
+            let stored: Option<i64> = query_opt(
+                tx,
+                "SELECT issued_at FROM tokens WHERE tenant_id = $1",
+                &[&tenant_id],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+            if stored == expected.map(|t| t.0) {
+                Ok(())
+            } else {
+                fenced(format!(
+                    "another replica stored a newer token (issued at {}) while this one was fetching",
+                    stored.map_or_else(|| "-".into(), |t| UnixMs(t).to_string())
+                ))
+            }
+        }
+    }
 }
 
 /// The outcome of one refresh, in the caller's transaction. Returns

@@ -13,7 +13,7 @@ use rusqlite::TransactionBehavior;
 use tokio::sync::oneshot;
 
 use super::connection::{closed, lock};
-use super::{tokens, Inner, RefreshRecord, StoreError};
+use super::{tokens, Inner, RefreshRecord, StoreError, WriteFence};
 use crate::clock::UnixMs;
 use crate::domain::TenantId;
 
@@ -23,6 +23,7 @@ const MAX_BATCH: usize = 512;
 pub(super) struct Pending {
     id: TenantId,
     record: RefreshRecord,
+    fence: WriteFence,
     now: UnixMs,
     reply: oneshot::Sender<Result<u32, StoreError>>,
 }
@@ -45,6 +46,7 @@ pub(super) async fn record(
     inner: &std::sync::Arc<Inner>,
     id: TenantId,
     record: RefreshRecord,
+    fence: WriteFence,
     now: UnixMs,
 ) -> Result<u32, StoreError> {
     let (reply, answer) = oneshot::channel();
@@ -53,6 +55,7 @@ pub(super) async fn record(
         q.pending.push(Pending {
             id,
             record,
+            fence,
             now,
             reply,
         });
@@ -102,7 +105,9 @@ fn commit_batch(inner: &Inner, batch: Vec<Pending>) {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for p in &batch {
             let sp = tx.savepoint()?;
-            let r = tokens::record_refresh(&sp, &inner.keyring, p.id.as_str(), &p.record, p.now);
+            let r = tokens::check_fence(&sp, p.id.as_str(), &p.fence).and_then(|()| {
+                tokens::record_refresh(&sp, &inner.keyring, p.id.as_str(), &p.record, p.now)
+            });
             if r.is_ok() {
                 sp.commit()?;
             }

@@ -66,7 +66,7 @@ pub(crate) use super::{
 };
 use super::{
     CacheLoad, DueJob, HostLoad, JobQueue, NewTenant, ReadyJobs, RefreshRecord, StoreError,
-    TenantChanges, TenantRepo, TokenRepo,
+    TenantChanges, TenantRepo, TokenRepo, WriteFence,
 };
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
@@ -306,13 +306,14 @@ impl TokenRepo for SqliteStore {
     /// the refresh ran keeps that state (an operator's decision is not undone
     /// by a renewal that was already in flight). `TenantNotFound` if it was
     /// deleted meanwhile.
-    async fn record_refresh(
+    async fn record_refresh_fenced(
         &self,
         id: &TenantId,
         record: RefreshRecord,
+        fence: WriteFence,
         now: UnixMs,
     ) -> Result<u32, StoreError> {
-        group_commit::record(&self.inner, id.clone(), record, now).await
+        group_commit::record(&self.inner, id.clone(), record, fence, now).await
     }
 }
 

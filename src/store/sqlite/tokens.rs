@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sealed::{self, Field};
 use super::tenants::{parse_base_url, parse_id, parse_state};
-use super::{jobs, CacheLoad, CachedTenant, RefreshRecord, StoreError};
+use super::{jobs, CacheLoad, CachedTenant, RefreshRecord, StoreError, WriteFence};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AccessToken;
@@ -95,6 +95,72 @@ pub(super) fn load_cache(conn: &Connection, keys: &Keyring) -> Result<CacheLoad,
         tenants: out,
         dropped_tokens,
     })
+}
+
+/// `Ok` if `fence` still holds in this transaction (see [`WriteFence`]);
+/// `Fenced` naming what moved on otherwise. A deleted tenant passes, so
+/// the write reports `TenantNotFound` as before.
+pub(super) fn check_fence(
+    tx: &Connection,
+    tenant_id: &str,
+    fence: &WriteFence,
+) -> Result<(), StoreError> {
+    let fenced = |reason: String| {
+        Err(StoreError::Fenced {
+            tenant: tenant_id.to_owned(),
+            reason,
+        })
+    };
+    match fence {
+        WriteFence::None => Ok(()),
+        WriteFence::Lease {
+            host,
+            holder,
+            epoch,
+        } => {
+            let row: Option<(String, Option<String>, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT t.pbx_host, l.holder, l.epoch FROM tenants t \
+                     LEFT JOIN host_leases l ON l.pbx_host = t.pbx_host \
+                     WHERE t.tenant_id = ?1",
+                )?
+                .query_row([tenant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match row {
+                None => Ok(()),
+                Some((h, _, _)) if &h != host => {
+                    fenced(format!("the tenant moved from PBX host {host} to {h}"))
+                }
+                Some((_, Some(l_holder), Some(l_epoch)))
+                    if &l_holder == holder && l_epoch == *epoch =>
+                {
+                    Ok(())
+                }
+                Some((_, l_holder, l_epoch)) => fenced(format!(
+                    "replica {holder} no longer holds the renewal duty of {host} at epoch {epoch} (held by {} at epoch {})",
+                    l_holder.unwrap_or_else(|| "nobody".into()),
+                    l_epoch.unwrap_or(0)
+                )),
+            }
+        }
+        WriteFence::TokenIssuedAt(expected) => {
+            let exists: Option<Option<i64>> = tx
+                .prepare_cached(
+                    "SELECT k.issued_at FROM tenants t \
+                     LEFT JOIN tokens k ON k.tenant_id = t.tenant_id WHERE t.tenant_id = ?1",
+                )?
+                .query_row([tenant_id], |r| r.get(0))
+                .optional()?;
+            match exists {
+                None => Ok(()),
+                Some(stored) if stored == expected.map(|t| t.0) => Ok(()),
+                Some(stored) => fenced(format!(
+                    "another replica stored a newer token (issued at {}) while this one was fetching",
+                    stored.map_or_else(|| "-".into(), |t| UnixMs(t).to_string())
+                )),
+            }
+        }
+    }
 }
 
 /// The outcome of one refresh, in the caller's transaction. Returns
