@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::PbxApi;
+use crate::renewal::duty::Duty;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{spread_overdue_with, Scheduler, SchedulerLimits};
 use crate::store::{Store, StoreError};
@@ -115,6 +116,8 @@ pub struct Engine {
     pbx: Arc<GatedPbx>,
     broker: Arc<Broker>,
     scheduler: Arc<Scheduler>,
+    /// Several replicas (PostgreSQL): this replica's host leases.
+    duty: Option<Arc<Duty>>,
     /// Cancelled first on shutdown: stops the scheduler loop and every
     /// task spawned with [`Engine::spawn`].
     background: CancellationToken,
@@ -153,13 +156,29 @@ impl Engine {
             Cron::Run => Some(start_maintenance(config, &clock, &store, &metrics).await?),
             Cron::Off => None,
         };
-        let mut engine = Engine {
-            scheduler: Arc::new(Scheduler::new(
-                broker.clone(),
+        // Several replicas share a PostgreSQL database: renewal duty per
+        // host by lease. One SQLite node keeps today's scheduler as it was.
+        let duty = (store.backend_name() == "postgres").then(|| {
+            Arc::new(Duty::new(
                 store.clone(),
-                clock.clone(),
-                SchedulerLimits::from_config(config),
-            )),
+                config.cluster.replica_name(&config.grpc.listen),
+                config.cluster.lease_ttl_ms,
+                config.pbx.request_timeout_ms,
+                metrics.clone(),
+            ))
+        });
+        let mut scheduler = Scheduler::new(
+            broker.clone(),
+            store.clone(),
+            clock.clone(),
+            SchedulerLimits::from_config(config),
+        );
+        if let Some(duty) = &duty {
+            scheduler = scheduler.with_duty(duty.clone());
+        }
+        let mut engine = Engine {
+            scheduler: Arc::new(scheduler),
+            duty: duty.clone(),
             clock,
             store,
             limiter,
@@ -180,6 +199,13 @@ impl Engine {
             name: "renewal scheduler",
             task: tokio::spawn(run),
         });
+        if let Some(duty) = duty {
+            let run = duty.run(engine.background.clone());
+            engine.tasks.push(NamedTask {
+                name: "renewal duty",
+                task: tokio::spawn(run),
+            });
+        }
         Ok(engine)
     }
 
@@ -224,6 +250,17 @@ impl Engine {
             .set_request_timeout_ms(config.pbx.request_timeout_ms);
         self.scheduler
             .set_limits(SchedulerLimits::from_config(config));
+    }
+
+    /// This replica's renewal duty (several replicas on PostgreSQL).
+    pub fn duty(&self) -> Option<&Arc<Duty>> {
+        self.duty.as_ref()
+    }
+
+    /// Whether the database answered the last lease round trip (always
+    /// true on one SQLite node, which has no lease round trips).
+    pub fn database_reachable(&self) -> bool {
+        self.duty.as_ref().is_none_or(|d| d.database_reachable())
     }
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
@@ -332,7 +369,9 @@ fn build_broker(
             BrokerSettings::from_config(config),
         )
         .with_jitter(jitter)
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        // Several replicas write tokens to one database: fence every write.
+        .with_fenced_writes(store.backend_name() == "postgres"),
     )
 }
 

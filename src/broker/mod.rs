@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::pbx::gated::GatedPbx;
 use crate::pbx::TokenGrant;
 use crate::policy::RenewalPolicy;
-use crate::store::{CachedTenant, Store, StoreError};
+use crate::store::{CachedTenant, Store, StoreError, WriteFence};
 
 pub use jitter::Jitter;
 pub use slot::Slot;
@@ -70,6 +70,16 @@ pub enum TokenError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A scheduled renewal's proof of duty (several replicas on PostgreSQL):
+/// the host's lease at the epoch the renewal runs under, and the moment
+/// this replica stops starting PBX calls under it (a third of the lease's
+/// time before it could expire, measured from when the claim was sent).
+#[derive(Debug, Clone)]
+pub struct DutyFence {
+    pub fence: WriteFence,
+    pub stop_at: tokio::time::Instant,
 }
 
 /// See `refresh`: a token younger than this is never replaced on demand.
@@ -140,6 +150,10 @@ pub struct Broker {
     /// hold a token only in memory (kept in step by `set_unstored`).
     unstored_tenants: AtomicI64,
     unstored_tokens: AtomicI64,
+    /// Several replicas share the database: every token write is fenced
+    /// (by the lease epoch, or on demand by the token held before the
+    /// fetch). Off on one node (SQLite), where nothing else writes.
+    fence_writes: bool,
 }
 
 impl Broker {
@@ -161,7 +175,14 @@ impl Broker {
             jitter: Jitter::entropy(),
             unstored_tenants: AtomicI64::new(0),
             unstored_tokens: AtomicI64::new(0),
+            fence_writes: false,
         }
+    }
+
+    /// Fences every token write (several replicas on one database).
+    pub fn with_fenced_writes(mut self, on: bool) -> Self {
+        self.fence_writes = on;
+        self
     }
 
     /// Counts fetches (result, latency) into the daemon's registry.
@@ -293,7 +314,9 @@ impl Broker {
         }
         // An ask no token can satisfy is refused, not fetched for (min_valid.rs).
         min_valid::check(slot.id(), min_valid_secs, slot.token().as_deref())?;
-        let token = self.refresh(&slot, Need::MinValid(min_valid_ms)).await?;
+        let token = self
+            .refresh(&slot, Need::MinValid(min_valid_ms), None)
+            .await?;
         min_valid::check(slot.id(), min_valid_secs, Some(&token))?;
         Ok(token)
     }
@@ -301,19 +324,31 @@ impl Broker {
     /// Operator-forced refresh.
     pub async fn force_refresh(&self, tenant: &str) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot(tenant)?;
-        self.refresh(&slot, Need::Forced).await
+        self.refresh(&slot, Need::Forced, None).await
     }
 
     /// A scheduled renewal (renewal worker). Errors are recorded on the
     /// tenant; the result only says whether a PBX request was made.
     pub async fn renew_scheduled(&self, tenant: &TenantId) -> Result<(), TokenError> {
+        self.renew_on_duty(tenant, None).await
+    }
+
+    /// A scheduled renewal under the host's lease (`duty`: see
+    /// [`DutyFence`]); `None` on one node.
+    pub async fn renew_on_duty(
+        &self,
+        tenant: &TenantId,
+        duty: Option<DutyFence>,
+    ) -> Result<(), TokenError> {
         let slot = match self.slot(tenant.as_str()) {
             Ok(s) => s,
             // Deleted since the job was read.
             Err(TokenError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.refresh(&slot, Need::Scheduled).await.map(|_| ())
+        self.refresh(&slot, Need::Scheduled, duty.as_ref())
+            .await
+            .map(|_| ())
     }
 
     /// The current token and every new one, and the signal that ends
@@ -327,7 +362,12 @@ impl Broker {
         })
     }
 
-    async fn refresh(&self, slot: &Arc<Slot>, need: Need) -> Result<Arc<AccessToken>, TokenError> {
+    async fn refresh(
+        &self,
+        slot: &Arc<Slot>,
+        need: Need,
+        duty: Option<&DutyFence>,
+    ) -> Result<Arc<AccessToken>, TokenError> {
         if need != Need::Forced {
             slot.check_servable_state()?;
         } else {
@@ -395,7 +435,7 @@ impl Broker {
             }
             Need::Forced => {}
         }
-        match self.fetch_locked(slot, now).await {
+        match self.fetch_locked(slot, now, duty).await {
             Ok(t) => Ok(t),
             Err(e) => {
                 if let Need::MinValid(_) = need {
@@ -415,12 +455,31 @@ impl Broker {
         }
     }
 
-    /// One PBX round trip; the caller holds the slot's fetch lock.
+    /// One PBX round trip; the caller holds the slot's fetch lock. Under
+    /// `duty`, nothing is sent once its time is up.
     async fn fetch_locked(
         &self,
         slot: &Arc<Slot>,
         now: UnixMs,
+        duty: Option<&DutyFence>,
     ) -> Result<Arc<AccessToken>, TokenError> {
+        if let Some(d) = duty {
+            if tokio::time::Instant::now() >= d.stop_at {
+                return Err(TokenError::Unavailable {
+                    tenant: slot.id().to_string(),
+                    reason: "this replica's renewal duty for the PBX host is running out without a renewed lease; another replica may take it over".into(),
+                    retry_at: None,
+                });
+            }
+        }
+        // Read before the fetch: the write must find the same token stored.
+        let fence = match duty {
+            Some(d) => d.fence.clone(),
+            None if self.fence_writes => {
+                WriteFence::TokenIssuedAt(slot.token().map(|t| t.issued_at))
+            }
+            None => WriteFence::None,
+        };
         let creds = match self.store.trusted_credentials(slot.id()).await {
             Ok(creds) => creds,
             Err(e) if e.is_credential_fault() => {
@@ -447,7 +506,7 @@ impl Broker {
         let started = tokio::time::Instant::now();
         let outcome = self.pbx.client_credentials(&base, &creds).await;
         mark.finish(abandoned::timed_out(&outcome, started.elapsed(), grace));
-        self.record_outcome(slot, now, outcome, started.elapsed())
+        self.record_outcome(slot, now, outcome, started.elapsed(), fence)
             .await
     }
 

@@ -16,7 +16,7 @@ use crate::domain::{AccessToken, TenantState};
 use crate::pbx::gated::FetchFailure;
 use crate::pbx::{PbxError, TokenGrant};
 use crate::policy::outcome::{self, Decision, Outcome};
-use crate::store::RefreshRecord;
+use crate::store::{RefreshRecord, StoreError, WriteFence};
 
 impl Broker {
     /// Applies the outcome rules ([`outcome::decide`]) to a fetch's result:
@@ -27,6 +27,7 @@ impl Broker {
         issued_at: UnixMs,
         result: Result<TokenGrant, FetchFailure>,
         latency: std::time::Duration,
+        fence: WriteFence,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let now = self.clock.now();
         let class = result
@@ -55,12 +56,12 @@ impl Broker {
             Ok(grant) => {
                 let token = self.token_from_grant(grant, issued_at);
                 let renew_at = decide(Outcome::Success { token: &token }, "").next_due;
-                self.apply_success(slot, token, renew_at, latency_ms, now)
+                self.apply_success(slot, token, renew_at, latency_ms, now, fence)
                     .await
             }
             Err(f) => {
                 let decision = decide(outcome_of(&f, now), &f.describe());
-                self.apply_failure(slot, class, decision, latency_ms, now)
+                self.apply_failure(slot, class, decision, latency_ms, now, fence)
                     .await
             }
         }
@@ -73,20 +74,29 @@ impl Broker {
         renew_at: UnixMs,
         latency_ms: u64,
         now: UnixMs,
+        fence: WriteFence,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let stored = self
             .store
-            .record_refresh(
+            .record_refresh_fenced(
                 slot.id(),
                 RefreshRecord::Success {
                     token: token.clone(),
                     renew_at,
                 },
+                fence,
                 now,
             )
             .await;
         let token = Arc::new(token);
         match stored {
+            // The database moved on (another replica's duty or token): the
+            // token just fetched is dropped, never published or served.
+            Err(e @ StoreError::Fenced { .. }) => {
+                self.metrics.fenced_write();
+                tracing::warn!(tenant = %slot.id(), "token write fenced, the fetched token is dropped: {e}");
+                return Err(e.into());
+            }
             Ok(_) => {
                 slot.publish(token.clone());
                 self.store_recovered(slot);
@@ -113,22 +123,30 @@ impl Broker {
         d: Decision,
         latency_ms: u64,
         now: UnixMs,
+        fence: WriteFence,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let (state, retry_at, failures) = (d.state, d.next_due, d.failures);
         let message = d.last_error.unwrap_or_default();
         tracing::warn!(tenant = %slot.id(), outcome = "failure", class, latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");
         let stored = self
             .store
-            .record_refresh(
+            .record_refresh_fenced(
                 slot.id(),
                 RefreshRecord::Failure {
                     state,
                     error: message.clone(),
                     retry_at,
                 },
+                fence,
                 now,
             )
             .await;
+        if let Err(e @ StoreError::Fenced { .. }) = stored {
+            // Someone else renewed meanwhile: this failure is old news.
+            self.metrics.fenced_write();
+            tracing::warn!(tenant = %slot.id(), "failure record fenced: {e}");
+            return Err(e.into());
+        }
         slot.record_failure(state, message.clone());
         match stored {
             // The failure row carries the job's new due time, but not a

@@ -132,7 +132,7 @@ impl Broker {
             }
         }
         slot.mark_report_refresh(now);
-        self.fetch_locked(slot, now).await.map(Ok)
+        self.fetch_locked(slot, now, None).await.map(Ok)
     }
 }
 

@@ -72,6 +72,24 @@ impl Config {
                 format!("is {}; allowed range is {lo}..={hi} (how long a dead replica's renewal duty can go unclaimed; renewed at a third of it)", c.lease_ttl_ms),
             ));
         }
+        // A holder stops starting PBX calls when less than a third of its
+        // lease (or one request timeout, if longer) is left; a request
+        // timeout over two thirds of the lease would leave no time to
+        // start calls at all, and a call could outlive the lease.
+        if self.store.backend == super::store::StoreBackend::Postgres
+            && self.pbx.request_timeout_ms.saturating_mul(3) > c.lease_ttl_ms.saturating_mul(2)
+        {
+            return Err(bad(
+                "pbx.request_timeout_ms",
+                format!(
+                    "is {} ms, more than two thirds of cluster.lease_ttl_ms ({} ms): with several replicas on PostgreSQL every PBX call must end well inside the renewal-duty lease it was started under; lower pbx.request_timeout_ms to at most {} or raise cluster.lease_ttl_ms to at least {}",
+                    self.pbx.request_timeout_ms,
+                    c.lease_ttl_ms,
+                    c.lease_ttl_ms * 2 / 3,
+                    self.pbx.request_timeout_ms.saturating_mul(3).div_ceil(2)
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -108,5 +126,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cluster.replica_name"), "{err}");
+    }
+
+    #[test]
+    fn the_pbx_request_timeout_must_fit_in_the_lease_on_postgres() {
+        let pg = [
+            ("PBX_TOKEND_STORE_BACKEND", "postgres"),
+            ("PBX_TOKEND_STORE_POSTGRES_URL", "postgresql://pbx@db1/pbx"),
+        ];
+        // The defaults (10 s in 15 s) fit.
+        Config::load_with_env(None, env(&pg)).unwrap();
+        let mut short = pg.to_vec();
+        short.push(("PBX_TOKEND_CLUSTER_LEASE_TTL_MS", "3000"));
+        let err = Config::load_with_env(None, env(&short))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pbx.request_timeout_ms")
+                && err.contains("cluster.lease_ttl_ms")
+                && err.contains("at most 2000")
+                && err.contains("at least 15000"),
+            "{err}"
+        );
+        short.push(("PBX_TOKEND_PBX_REQUEST_TIMEOUT_MS", "2000"));
+        Config::load_with_env(None, env(&short)).unwrap();
+        // One SQLite node has no leases: no rule.
+        Config::load_with_env(None, env(&[("PBX_TOKEND_CLUSTER_LEASE_TTL_MS", "3000")])).unwrap();
     }
 }

@@ -83,6 +83,9 @@ pub struct Metrics {
     connections_refused: Family<Labels, Counter>,
     connections_closed_idle: Counter,
     report_rejected_held: Family<Labels, Counter>,
+    fenced_writes: Counter,
+    database_reachable: Gauge<i64, AtomicI64>,
+    lease_held: Family<Labels, Gauge<i64, AtomicI64>>,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -184,6 +187,26 @@ impl Metrics {
             "ReportRejectedToken calls for the held token within [token] report_rejected_interval_ms of the last report-forced refresh, by outcome: waited (for the next allowed refresh), unavailable (the caller's deadline left no room)",
             report_rejected_held.clone(),
         );
+        let fenced_writes = Counter::default();
+        registry.register(
+            "fenced_writes",
+            "Token writes the database refused because this replica no longer held the host's renewal duty at its epoch, or another replica stored a newer token meanwhile; the fetched token was dropped",
+            fenced_writes.clone(),
+        );
+        let database_reachable = Gauge::<i64, AtomicI64>::default();
+        // One node on SQLite: the file is always there to ask.
+        database_reachable.set(1);
+        registry.register(
+            "database_reachable",
+            "1 while the last lease round trip to the database worked (always 1 on SQLite); 0: tokens are served from memory and nothing is renewed",
+            database_reachable.clone(),
+        );
+        let lease_held = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "lease_held",
+            "1 while this replica holds the renewal duty (lease) of the PBX host, 0 otherwise (PostgreSQL only)",
+            lease_held.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -209,6 +232,9 @@ impl Metrics {
             connections_refused,
             connections_closed_idle,
             report_rejected_held,
+            fenced_writes,
+            database_reachable,
+            lease_held,
             scrape,
         }
     }
@@ -295,6 +321,23 @@ impl Metrics {
         self.report_rejected_held
             .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
+    }
+
+    /// A fenced token write was refused (the token was dropped).
+    pub fn fenced_write(&self) {
+        self.fenced_writes.inc();
+    }
+
+    /// Whether the database answered the last lease round trip.
+    pub fn set_database_reachable(&self, reachable: bool) {
+        self.database_reachable.set(i64::from(reachable));
+    }
+
+    /// Whether this replica holds `host`'s renewal duty.
+    pub fn set_lease_held(&self, host: &str, held: bool) {
+        self.lease_held
+            .get_or_create(&vec![("host", host.to_owned())])
+            .set(i64::from(held));
     }
 
     /// The levels the next scrape shows.

@@ -1,6 +1,8 @@
 //! Proactive renewal: the persistent job queue in SQLite is read by one
 //! scheduler that hands due jobs to workers under a global and a per-host
 //! concurrency limit (the per-host request rate is the PBX limiter's job).
+//! With several replicas on PostgreSQL, `duty` holds a lease per PBX host
+//! and the scheduler renews only the hosts it holds.
 //! Also: host capacity warnings (`capacity`) and cron maintenance
 //! (`maintenance`).
 //!
@@ -10,6 +12,7 @@
 //! too), re-exported here as `renewal::policy`.
 
 pub mod capacity;
+pub mod duty;
 pub mod maintenance;
 pub use crate::policy;
 pub mod scheduler;

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::duty::Duty;
 use crate::broker::{Broker, Jitter};
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
@@ -77,6 +78,9 @@ pub struct Scheduler {
     limits: Mutex<SchedulerLimits>,
     status: Arc<SchedulerStatus>,
     worker_done: Arc<Notify>,
+    /// Several replicas: only hosts whose lease this replica holds are
+    /// renewed here (`duty.rs`). `None` on one node.
+    duty: Option<Arc<Duty>>,
 }
 
 impl Scheduler {
@@ -95,7 +99,14 @@ impl Scheduler {
             limits: Mutex::new(limits),
             status: Arc::new(SchedulerStatus::default()),
             worker_done: Arc::new(Notify::new()),
+            duty: None,
         }
+    }
+
+    /// Renews only the hosts `duty` holds, each write fenced by its epoch.
+    pub fn with_duty(mut self, duty: Arc<Duty>) -> Self {
+        self.duty = Some(duty);
+        self
     }
 
     pub fn status(&self) -> Arc<SchedulerStatus> {
@@ -145,12 +156,17 @@ impl Scheduler {
             // hosts that filled up during this pass, which the next pass
             // skips; so look again at once.
             let mut truncated = false;
+            // A due job of a host this replica has no duty for was passed.
+            let mut off_duty = false;
             if !saturated {
-                let skip_hosts: Vec<String> = per_host
+                let mut skip_hosts: Vec<String> = per_host
                     .iter()
                     .filter(|(_, sem)| sem.available_permits() == 0)
                     .map(|(host, _)| host.clone())
                     .collect();
+                if let Some(duty) = &self.duty {
+                    skip_hosts.extend(duty.hosts_not_on_duty());
+                }
                 // Jobs already running are still due until they finish, and
                 // so are jobs whose new due time could not be written.
                 let running = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -181,6 +197,18 @@ impl Scheduler {
                                 next_due = Some(next_due.map_or(at, |n| n.min(at)));
                                 continue;
                             }
+                            // A host first seen since the last lease round:
+                            // not ours (yet); look again in a second.
+                            let fence = match &self.duty {
+                                Some(duty) => match duty.fence(&job.host) {
+                                    Some(f) => Some(f),
+                                    None => {
+                                        off_duty = true;
+                                        continue;
+                                    }
+                                },
+                                None => None,
+                            };
                             let host_sem = per_host
                                 .entry(job.host.clone())
                                 .or_insert_with(|| {
@@ -206,7 +234,7 @@ impl Scheduler {
                             let in_flight = in_flight.clone();
                             let status = self.status.clone();
                             workers.spawn(async move {
-                                if let Err(e) = broker.renew_scheduled(&job.tenant_id).await {
+                                if let Err(e) = broker.renew_on_duty(&job.tenant_id, fence).await {
                                     tracing::debug!(tenant = %job.tenant_id, "scheduled renewal did not produce a token: {e}");
                                 }
                                 drop((host_permit, global_permit));
@@ -229,6 +257,7 @@ impl Scheduler {
             // worker finishing frees permits; the broker moving a job).
             let wait = match next_due {
                 _ if saturated => MAX_IDLE,
+                _ if off_duty => Duration::from_secs(1),
                 _ if truncated => MIN_WAIT,
                 Some(due) => clock.now().until(due).clamp(MIN_WAIT, MAX_IDLE),
                 None => MAX_IDLE,

@@ -363,6 +363,53 @@ impl Private {
     pub(crate) fn stop(&self) {
         self.server.stop();
     }
+
+    /// Starts the stopped server again on its port and data (the outage
+    /// tests' "the database returns"). The child is spawned from a thread
+    /// that parks for the rest of the process, so its parent-death signal
+    /// only fires when the process ends.
+    pub(crate) fn restart(&self) {
+        let restarted = (|| -> Result<Child, String> {
+            let bin = find_bin()?;
+            let run_as = if rustix::process::getuid().is_root() {
+                system_user(&["postgres", "nobody"])
+            } else {
+                None
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (data, port) = (self.server.data.clone(), self.server.port);
+            std::thread::Builder::new()
+                .name("testpg-restart".into())
+                .spawn(move || {
+                    let child =
+                        spawn_postgres(&bin, &data, port, run_as).and_then(
+                            |mut c| match wait_ready(&bin, port, &mut c, &data) {
+                                Ok(()) => Ok(c),
+                                Err(e) => {
+                                    let _ = c.kill();
+                                    let _ = c.wait();
+                                    Err(e)
+                                }
+                            },
+                        );
+                    let _ = tx.send(child);
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            rx.recv()
+                .map_err(|_| "the restart thread vanished".to_string())?
+        })();
+        match restarted {
+            Ok(child) => {
+                if let Ok(mut c) = self.server.child.lock() {
+                    *c = Some(child);
+                }
+            }
+            Err(e) => panic!("cannot restart the test PostgreSQL server: {e}"),
+        }
+    }
 }
 
 impl Drop for Private {
