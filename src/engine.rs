@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::HostLimiters;
 use crate::pbx::PbxApi;
+use crate::renewal::budget::StoreBudget;
 use crate::renewal::duty::Duty;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{spread_overdue_with, Scheduler, SchedulerLimits};
@@ -148,7 +149,7 @@ impl Engine {
         let (broker_jitter, spread_jitter) = jitter.split();
         // A wrong key stops here, before the cache or anything else is read.
         store.check_master_key().await?;
-        let (limiter, pbx) = build_gated_pbx(config, &clock, pbx);
+        let (limiter, pbx) = build_gated_pbx(config, &clock, pbx, &store);
         let broker = build_broker(config, &clock, &store, &pbx, broker_jitter, &metrics);
         let tenants_loaded = broker.load().await?;
         spread_overdue(config, &clock, &store, &spread_jitter).await?;
@@ -339,18 +340,24 @@ fn build_gated_pbx(
     config: &Config,
     clock: &SharedClock,
     pbx: Arc<dyn PbxApi>,
+    store: &Store,
 ) -> (Arc<HostLimiters>, Arc<GatedPbx>) {
     let limiter = Arc::new(HostLimiters::new(
         clock.clone(),
         config.limits.per_host_requests_per_second,
         config.limits.per_host_concurrent,
     ));
-    let gated = Arc::new(GatedPbx::new(
-        pbx,
-        limiter.clone(),
-        config.pbx.request_timeout_ms,
-    ));
-    (limiter, gated)
+    let mut gated = GatedPbx::new(pbx, limiter.clone(), config.pbx.request_timeout_ms);
+    // Several replicas: the per-host limits hold for the cluster as a
+    // whole, through a budget shared in the database.
+    if store.backend_name() == "postgres" {
+        gated = gated.with_shared_budget(Arc::new(StoreBudget::new(
+            store.clone(),
+            config.cluster.replica_name(&config.grpc.listen),
+            config.pbx.request_timeout_ms,
+        )));
+    }
+    (limiter, Arc::new(gated))
 }
 
 fn build_broker(

@@ -11,6 +11,7 @@
 //! The renewal arithmetic is `crate::policy` (below the broker, which uses it
 //! too), re-exported here as `renewal::policy`.
 
+pub mod budget;
 pub mod capacity;
 pub mod duty;
 pub mod maintenance;

@@ -26,7 +26,7 @@ use super::flow::{Flow, FlowCompletion, FlowUpdate};
 use super::records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,
-    RefreshRecord, TenantChanges, TokenHealth, WriteFence,
+    RefreshRecord, SlotGrant, SlotRequest, TenantChanges, TokenHealth, WriteFence,
 };
 use super::StoreError;
 use crate::clock::UnixMs;
@@ -213,6 +213,25 @@ pub trait LeaseTable: Send + Sync {
     async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
 }
 
+/// The per-host PBX request budget shared by every replica (several
+/// replicas on PostgreSQL): a sliding window of request starts, in-flight
+/// slots with an expiry and the host's 429 reset time, each taken or set
+/// atomically on the database's clock. One SQLite node keeps its budget in
+/// memory (`pbx::limiter`) and answers `Unsupported`.
+#[async_trait]
+pub trait HostBudget: Send + Sync {
+    /// Takes one request slot if the window, the concurrency and the
+    /// host's throttle allow it, all in one transaction.
+    async fn take_host_slot(&self, req: SlotRequest) -> Result<SlotGrant, StoreError>;
+
+    /// The request is over: its slot is free at once.
+    async fn release_host_slot(&self, slot: i64) -> Result<(), StoreError>;
+
+    /// The host answered 429: no replica sends it anything for
+    /// `retry_after_ms` (a shorter throttle never shortens a longer one).
+    async fn throttle_host(&self, host: &str, retry_after_ms: i64) -> Result<(), StoreError>;
+}
+
 /// The authorization flow, one committed step at a time so it resumes
 /// after a crash. The `state` is known only by its SHA-256.
 #[async_trait]
@@ -357,6 +376,7 @@ pub trait Storage:
     + TokenRepo
     + JobQueue
     + LeaseTable
+    + HostBudget
     + FlowRepo
     + ClientRepo
     + AuditLog
@@ -371,6 +391,7 @@ impl<T> Storage for T where
         + TokenRepo
         + JobQueue
         + LeaseTable
+        + HostBudget
         + FlowRepo
         + ClientRepo
         + AuditLog

@@ -31,14 +31,14 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use flow::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 pub use interface::{
-    AuditLog, ClientRepo, CredentialRepo, FlowRepo, JobQueue, LeaseTable, Lifecycle, Storage,
-    Store, StoreStats, TenantRepo, TokenRepo,
+    AuditLog, ClientRepo, CredentialRepo, FlowRepo, HostBudget, JobQueue, LeaseTable, Lifecycle,
+    Storage, Store, StoreStats, TenantRepo, TokenRepo,
 };
 pub use postgres::PgStore;
 pub use records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,
-    RefreshRecord, TenantChanges, TokenHealth, WriteFence,
+    RefreshRecord, SlotGrant, SlotRequest, TenantChanges, TokenHealth, WriteFence,
 };
 pub use sqlite::backup;
 pub use sqlite::{has_sealed_data, BackupCheck, RestoreReport, RotationReport, SqliteStore};

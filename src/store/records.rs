@@ -119,6 +119,35 @@ pub enum WriteFence {
     TokenIssuedAt(Option<UnixMs>),
 }
 
+/// One request's claim on a PBX host's budget shared by every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRequest {
+    pub host: String,
+    /// The replica asking (kept with the slot, for operators).
+    pub holder: String,
+    /// At most this many request starts in any `window_ms`.
+    pub rps: u32,
+    pub window_ms: i64,
+    /// At most this many requests in flight at once.
+    pub concurrent: u32,
+    /// A slot not released by then is free again (its replica died).
+    pub slot_ttl_ms: i64,
+}
+
+/// The answer to a [`SlotRequest`]. Waits are relative (ms from the
+/// decision), so no replica's clock need agree with the database's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotGrant {
+    /// Send the request; release `slot` when it is over.
+    Granted { slot: i64 },
+    /// The host answered 429; nothing for `wait_ms`.
+    Throttled { wait_ms: i64 },
+    /// The window has room again in `wait_ms`.
+    RateLimited { wait_ms: i64 },
+    /// Every concurrency slot is taken.
+    Busy,
+}
+
 /// Active tenants and their renewal demand, per PBX host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLoad {

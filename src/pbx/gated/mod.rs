@@ -22,9 +22,15 @@
 //! not token requests: they pass through [`GatedOnboardingPbx`] unlimited,
 //! as they always did, so onboarding needs no second handle on the PBX.
 //!
+//! Several replicas on PostgreSQL: after the replica's own limiter, each
+//! request also takes a slot of the host's budget shared in the database
+//! (`shared.rs`), and a 429 is stored there for every replica.
+//!
 //! Does not: decide what a failure means for a tenant (broker, tenants and
 //! onboarding each do), or know the tenant's single flight (the broker's
 //! `abandoned::TenantMark`).
+
+pub mod shared;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,6 +93,8 @@ pub struct GatedPbx {
     /// `[pbx] request_timeout_ms`: how long an abandoned request still
     /// counts as in flight. Replaced on SIGHUP.
     request_timeout_ms: AtomicU64,
+    /// Several replicas: the cluster's budget per host (`shared.rs`).
+    shared: Option<Arc<dyn shared::SharedBudget>>,
 }
 
 impl GatedPbx {
@@ -95,7 +103,14 @@ impl GatedPbx {
             api,
             limiter,
             request_timeout_ms: AtomicU64::new(request_timeout_ms),
+            shared: None,
         }
+    }
+
+    /// Every request also takes a slot of the cluster's budget per host.
+    pub fn with_shared_budget(mut self, budget: Arc<dyn shared::SharedBudget>) -> Self {
+        self.shared = Some(budget);
+        self
     }
 
     /// SIGHUP: the new `[pbx] request_timeout_ms` for the grace.
@@ -136,14 +151,26 @@ impl GatedPbx {
         let grace = self.abandon_grace();
         // Held past the end of the call if it is cancelled or times out.
         let permit = HostSlot::new(permit, grace);
+        let cluster = match &self.shared {
+            Some(budget) => Some(shared::take(budget, &self.limiter, base.host()).await?),
+            None => None,
+        };
         let started = tokio::time::Instant::now();
         let result = call().await;
-        permit.finish(timed_out(&result, started.elapsed(), grace));
+        let abandoned = timed_out(&result, started.elapsed(), grace);
+        permit.finish(abandoned);
+        if let Some(slot) = cluster {
+            slot.finish(abandoned, grace);
+        }
         result.map_err(|e| {
             if let PbxError::Throttled { retry_after } = &e {
                 // A 429 on the token endpoint is the host's limit: every
-                // tenant of the host waits, not only this one.
+                // tenant of the host waits, not only this one (and, with
+                // several replicas, every replica).
                 self.limiter.throttle_for(base.host(), *retry_after);
+                if let Some(budget) = &self.shared {
+                    spawn_detached(budget.throttle(base.host(), *retry_after));
+                }
             }
             FetchFailure::Pbx(e)
         })
@@ -207,6 +234,14 @@ impl GatedOnboardingPbx {
         bearer: &Secret<String>,
     ) -> Result<PbxUser, PbxError> {
         self.api.get_user(base, bearer).await
+    }
+}
+
+/// Runs `f` on the current runtime without waiting for it (nothing
+/// outside a runtime).
+fn spawn_detached(f: futures::future::BoxFuture<'static, ()>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
     }
 }
 

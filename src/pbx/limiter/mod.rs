@@ -175,6 +175,19 @@ impl HostLimiters {
         }
     }
 
+    /// The configured (requests per second, requests at once) per host.
+    pub fn limits(&self) -> (u32, u32) {
+        (
+            self.rps.load(Ordering::Relaxed),
+            self.concurrent.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The window request starts are counted in (ms), guard included.
+    pub const fn window_ms() -> i64 {
+        WINDOW_MS
+    }
+
     /// No request to `host` before `until`. A shorter throttle never
     /// shortens a longer one already in force.
     pub fn throttle(&self, host: &str, until: UnixMs) {

@@ -26,6 +26,7 @@
 //! this), or back itself up (that is pg_dump's and the base backups' job).
 
 mod audit_events;
+mod budget;
 mod clients;
 #[cfg(test)]
 mod conformance_tests;

@@ -3,6 +3,8 @@
 //! never both win; times are the caller's clock, which on one node is the
 //! only clock there is.
 //!
+//! Also the (unsupported) shared host budget: one node keeps it in memory.
+//!
 //! Does not: decide when to claim or what a lost lease stops (the
 //! scheduler does).
 
@@ -11,7 +13,30 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{SqliteStore, StoreError};
 use crate::clock::UnixMs;
-use crate::store::{Lease, LeaseClaim, LeaseTable};
+use crate::store::{HostBudget, Lease, LeaseClaim, LeaseTable, SlotGrant, SlotRequest};
+
+/// One node has no budget to share: its limiter (`pbx::limiter`) keeps the
+/// per-host limits in memory, and nothing calls these.
+#[async_trait]
+impl HostBudget for SqliteStore {
+    async fn take_host_slot(&self, _: SlotRequest) -> Result<SlotGrant, StoreError> {
+        Err(unsupported())
+    }
+
+    async fn release_host_slot(&self, _: i64) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+
+    async fn throttle_host(&self, _: &str, _: i64) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Unsupported(
+        "the shared per-host budget exists only on PostgreSQL ([store] backend = \"postgres\"); one SQLite node keeps its limits in memory".into(),
+    )
+}
 
 #[async_trait]
 impl LeaseTable for SqliteStore {
