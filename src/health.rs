@@ -89,7 +89,7 @@ impl Health {
             Err(e) => {
                 if self.db_writable() {
                     tracing::error!(
-                        "the database cannot be written ({e}); health is NOT_SERVING until it can"
+                        "the database cannot be written ({e}); health is NOT_SERVING until it can (valid tokens are still served from memory; GetServerStatus.database_reachable says whether a networked database can be reached at all)"
                     );
                 }
                 false

@@ -18,6 +18,7 @@ use crate::domain::{Tenant, TenantState};
 use crate::health::Health;
 use crate::metrics::ScrapeValues;
 use crate::pbx::limiter::HostLimiters;
+use crate::renewal::duty::Duty;
 use crate::renewal::scheduler::SchedulerStatus;
 use crate::store::{QueueStats, Store, StoreError, TokenHealth};
 
@@ -35,6 +36,9 @@ pub struct OverviewParts {
     pub scheduler: Arc<SchedulerStatus>,
     pub health: Arc<Health>,
     pub backup_dir: PathBuf,
+    /// Several replicas on PostgreSQL: the lease rounds say whether the
+    /// database is reachable. `None` on one node.
+    pub duty: Option<Arc<Duty>>,
 }
 
 pub struct Overview {
@@ -46,6 +50,7 @@ pub struct Overview {
     health: Arc<Health>,
     started_at: UnixMs,
     backup_dir: PathBuf,
+    duty: Option<Arc<Duty>>,
 }
 
 /// Per PBX host, from the limiter.
@@ -70,6 +75,10 @@ pub struct ServerOverview {
     pub last_backup: Option<(PathBuf, UnixMs)>,
     /// Tokens fetched but not written to the database (served from memory).
     pub tokens_unstored: u64,
+    /// Several replicas: whether this replica reaches its database (the
+    /// figures read from it are empty while it does not). Always true on
+    /// one SQLite node.
+    pub database_reachable: bool,
 }
 
 impl Overview {
@@ -82,6 +91,7 @@ impl Overview {
             scheduler,
             health,
             backup_dir,
+            duty,
         } = parts;
         let started_at = clock.now();
         Self {
@@ -93,6 +103,16 @@ impl Overview {
             health,
             started_at,
             backup_dir,
+            duty,
+        }
+    }
+
+    /// Whether this replica reaches its database: on PostgreSQL, the last
+    /// lease round and heartbeat worked; always true on one SQLite node.
+    pub fn database_reachable(&self) -> bool {
+        match &self.duty {
+            Some(duty) => duty.database_reachable() && self.health.db_writable(),
+            None => true,
         }
     }
 
@@ -102,9 +122,25 @@ impl Overview {
         let policy = self.broker.settings().policy.clone();
         // The share of a lifetime after the earliest planned renewal point.
         let window = (1.0 - policy.at_fraction + policy.jitter_fraction).clamp(0.0, 1.0);
-        let tenants_by_state = store.count_by_state().await?;
-        let tokens = store.token_health(now, window).await?;
-        let queue = store.queue_stats(now, OVERDUE_GRACE_MS).await?;
+        let reads = async {
+            Ok::<_, StoreError>((
+                store.count_by_state().await?,
+                store.token_health(now, window).await?,
+                store.queue_stats(now, OVERDUE_GRACE_MS).await?,
+            ))
+        };
+        let mut database_reachable = self.database_reachable();
+        let (tenants_by_state, tokens, queue) = match reads.await {
+            Ok(r) => r,
+            // A replica cut off from a networked database still answers
+            // (it serves tokens from memory): the figures are empty and
+            // `database_reachable` says why.
+            Err(e) if e.is_transient() && self.duty.is_some() => {
+                database_reachable = false;
+                Default::default()
+            }
+            Err(e) => return Err(e),
+        };
         let limiter = &self.limiter;
         let hosts = limiter
             .hosts()
@@ -128,12 +164,21 @@ impl Overview {
             hosts,
             last_backup,
             tokens_unstored: self.broker.unstored_tokens(),
+            database_reachable,
         })
     }
 
     /// Tenants whose renewals fail (RENEWAL_FAILING, then
     /// CREDENTIALS_REJECTED), at most `limit`, and how many there are.
     pub async fn failing_tenants(&self, limit: u32) -> Result<(Vec<Tenant>, u64), StoreError> {
+        match self.failing_tenants_read(limit).await {
+            // Cut off from a networked database: nothing to list.
+            Err(e) if e.is_transient() && self.duty.is_some() => Ok((Vec::new(), 0)),
+            other => other,
+        }
+    }
+
+    async fn failing_tenants_read(&self, limit: u32) -> Result<(Vec<Tenant>, u64), StoreError> {
         let store = &self.store;
         let counts = store.count_by_state().await?;
         let failing_states = [

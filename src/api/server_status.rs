@@ -26,12 +26,20 @@ pub async fn get(
         .failing_tenants(limit)
         .await
         .map_err(store_status)?;
-    let warnings = tenants.capacity_warnings().await?;
+    let warnings = match tenants.capacity_warnings().await {
+        Ok(w) => w,
+        // Cut off from a networked database: say so instead of failing.
+        Err(_) if !o.database_reachable => vec![
+            "the database cannot be reached: tokens are served from memory while valid, nothing is renewed until it returns".into(),
+        ],
+        Err(e) => return Err(e.into()),
+    };
     Ok(proto::ServerStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(timestamp(o.started_at)),
         now: Some(timestamp(o.now)),
         database_writable: o.database_writable,
+        database_reachable: o.database_reachable,
         tenants_by_state: o
             .tenants_by_state
             .iter()

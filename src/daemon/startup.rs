@@ -77,6 +77,7 @@ pub(super) async fn serve(
         scheduler: engine.scheduler().status(),
         health: health.clone(),
         backup_dir: config.backup_dir(),
+        duty: engine.duty().cloned(),
     }));
     let streams = Arc::new(StreamCaps::new(
         &config.grpc,

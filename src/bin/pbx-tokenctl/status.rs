@@ -39,6 +39,7 @@ pub fn status_json(s: &proto::ServerStatus) -> Value {
         "started_at": ts_json(s.started_at.as_ref()),
         "now": ts_json(s.now.as_ref()),
         "database_writable": s.database_writable,
+        "database_reachable": s.database_reachable,
         "tenants_by_state": by_state,
         "tenants_total": s.tenants_by_state.iter().map(|c| c.count).sum::<u64>(),
         "tokens_in_renewal_window": s.tokens_in_renewal_window,
@@ -92,7 +93,9 @@ pub fn render(now: i64, s: &proto::ServerStatus) -> String {
         ),
         (
             "Database",
-            if s.database_writable {
+            if !s.database_reachable {
+                "UNREACHABLE (tokens served from memory, nothing renewed)".into()
+            } else if s.database_writable {
                 "writable".into()
             } else {
                 "NOT WRITABLE (health is NOT_SERVING)".into()
@@ -216,6 +219,7 @@ mod tests {
             started_at: ts(now - 3_600_000),
             now: ts(now),
             database_writable: true,
+            database_reachable: true,
             tenants_by_state: vec![
                 proto::TenantStateCount {
                     state: proto::TenantState::Active as i32,
