@@ -279,6 +279,13 @@ impl Broker {
         }
     }
 
+    /// Whether the tenant is in the cache (the scheduler skips, for a
+    /// while, jobs of tenants another replica created after this one
+    /// loaded its cache).
+    pub fn knows(&self, id: &TenantId) -> bool {
+        self.slots_read().contains_key(id)
+    }
+
     /// Forgets a tenant: its watchers' streams end (NOT_FOUND).
     pub fn remove_slot(&self, id: &TenantId) {
         let removed = self.slots_write().remove(id);
@@ -538,6 +545,8 @@ fn held_or(
     }
 }
 
+#[cfg(test)]
+mod fence_tests;
 #[cfg(test)]
 mod test_tenant;
 #[cfg(test)]

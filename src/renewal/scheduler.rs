@@ -199,10 +199,13 @@ impl Scheduler {
                             }
                             // A host first seen since the last lease round:
                             // not ours (yet); look again in a second.
+                            // Not in this replica's cache yet (created on
+                            // another replica): it would finish at once and
+                            // be read again every pass.
                             let fence = match &self.duty {
                                 Some(duty) => match duty.fence(&job.host) {
-                                    Some(f) => Some(f),
-                                    None => {
+                                    Some(f) if self.broker.knows(&job.tenant_id) => Some(f),
+                                    _ => {
                                         off_duty = true;
                                         continue;
                                     }

@@ -142,7 +142,14 @@ impl Broker {
         at: UnixMs,
         now: UnixMs,
     ) -> Result<(), TokenError> {
-        let pending = slot.unstored().and_then(|u| u.token);
+        // Several replicas: a token that missed its (fenced) write is
+        // served from memory but never written later, unfenced, over what
+        // another replica may have stored meanwhile; the job's time is.
+        let pending = if self.fence_writes {
+            None
+        } else {
+            slot.unstored().and_then(|u| u.token)
+        };
         let result = match &pending {
             Some((token, renew_at)) => self
                 .store
