@@ -182,9 +182,12 @@ impl Duty {
                     self.drop_host(&host);
                 }
                 // Keep it: its validity runs out on our clock by itself.
+                // The other hosts' claims would fail the same way: a round
+                // cut off from the database ends after one timeout.
                 Err(e) => {
                     reachable = false;
                     tracing::warn!(host, "cannot renew the renewal-duty lease: {e}");
+                    break;
                 }
             }
         }
