@@ -365,43 +365,12 @@ impl Private {
     }
 
     /// Starts the stopped server again on its port and data (the outage
-    /// tests' "the database returns"). The child is spawned from a thread
-    /// that parks for the rest of the process, so its parent-death signal
-    /// only fires when the process ends.
+    /// tests' "the database returns").
     pub(crate) fn restart(&self) {
-        let restarted = (|| -> Result<Child, String> {
-            let bin = find_bin()?;
-            let run_as = if rustix::process::getuid().is_root() {
-                system_user(&["postgres", "nobody"])
-            } else {
-                None
-            };
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (data, port) = (self.server.data.clone(), self.server.port);
-            std::thread::Builder::new()
-                .name("testpg-restart".into())
-                .spawn(move || {
-                    let child =
-                        spawn_postgres(&bin, &data, port, run_as).and_then(
-                            |mut c| match wait_ready(&bin, port, &mut c, &data) {
-                                Ok(()) => Ok(c),
-                                Err(e) => {
-                                    let _ = c.kill();
-                                    let _ = c.wait();
-                                    Err(e)
-                                }
-                            },
-                        );
-                    let _ = tx.send(child);
-                    loop {
-                        std::thread::park();
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            rx.recv()
-                .map_err(|_| "the restart thread vanished".to_string())?
-        })();
-        match restarted {
+        let child = run_as_user().and_then(|(bin, run_as)| {
+            spawn_parked(bin, self.server.data.clone(), self.server.port, run_as)
+        });
+        match child {
             Ok(child) => {
                 if let Ok(mut c) = self.server.child.lock() {
                     *c = Some(child);
@@ -410,6 +379,121 @@ impl Private {
             Err(e) => panic!("cannot restart the test PostgreSQL server: {e}"),
         }
     }
+
+    /// A streaming-replication standby of this server (`pg_basebackup -R`)
+    /// on a port of its own, its data inside this server's temp dir (so the
+    /// same guard removes it). Promote it with `SELECT pg_promote()`.
+    /// Used by the end-to-end tests (`tests/e2e/replicas_duty.rs`).
+    #[allow(dead_code)]
+    pub(crate) fn standby(&self) -> Private {
+        let standby = (|| -> Result<Server, String> {
+            let (bin, run_as) = run_as_user()?;
+            // Its own directory inside the primary's temp dir: removed with
+            // it by the guard, and on drop on its own.
+            let root = self
+                .server
+                .data
+                .parent()
+                .ok_or("data dir without parent")?
+                .join("standby");
+            std::fs::create_dir(&root).map_err(|e| e.to_string())?;
+            if let Some((uid, gid)) = run_as {
+                rustix::fs::chown(
+                    root.as_path(),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )
+                .map_err(|e| format!("chown {}: {e}", root.display()))?;
+            }
+            let data = root.join("data");
+            let out = command(&bin, "pg_basebackup", run_as)
+                .args(["-h", "127.0.0.1", "-p", &self.server.port.to_string()])
+                .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync", "-D"])
+                .arg(&data)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run pg_basebackup: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "pg_basebackup failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let port = free_port()?;
+            let child = spawn_parked(bin, data.clone(), port, run_as)?;
+            // The child dies with this process; the primary's guard
+            // removes the directory.
+            let guard = Command::new("sh")
+                .arg("-c")
+                .arg("cat >/dev/null")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start the standby's guard: {e}"))?;
+            let guard_in = guard.stdin.ok_or("guard without stdin")?;
+            Ok(Server {
+                port,
+                data,
+                started_in: Duration::ZERO,
+                child: Mutex::new(Some(child)),
+                _guard: Mutex::new(guard_in),
+            })
+        })();
+        match standby {
+            Ok(server) => Private { server },
+            Err(e) => panic!("cannot start a test PostgreSQL standby: {e}"),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn port(&self) -> u16 {
+        self.server.port
+    }
+}
+
+/// The PostgreSQL binaries, and the user to run them as (root cannot).
+fn run_as_user() -> Result<(PathBuf, Option<(u32, u32)>), String> {
+    let bin = find_bin()?;
+    let run_as = if rustix::process::getuid().is_root() {
+        system_user(&["postgres", "nobody"])
+    } else {
+        None
+    };
+    Ok((bin, run_as))
+}
+
+/// Starts `postgres` on `data` and `port` from a thread that parks for the
+/// rest of the process, so the child's parent-death signal only fires when
+/// the process ends; waits until it accepts connections.
+fn spawn_parked(
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+) -> Result<Child, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("testpg-parked".into())
+        .spawn(move || {
+            let child =
+                spawn_postgres(&bin, &data, port, run_as).and_then(|mut c| {
+                    match wait_ready(&bin, port, &mut c, &data) {
+                        Ok(()) => Ok(c),
+                        Err(e) => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            Err(e)
+                        }
+                    }
+                });
+            let _ = tx.send(child);
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv()
+        .map_err(|_| "the postgres start-up thread vanished".to_string())?
 }
 
 impl Drop for Private {
