@@ -1,13 +1,16 @@
 //! Storage: the daemon's durable state (tenants, sealed credentials,
 //! tokens, the renewal queue, host leases, authorization flows, API
 //! clients, the audit log) behind a narrow async interface
-//! (`interface.rs`), with SQLite as the embedded backend (`sqlite/`).
-//! The only module that knows SQL.
+//! (`interface.rs`), with SQLite as the embedded backend (`sqlite/`) and
+//! PostgreSQL for several replicas (`postgres/`). The only module that
+//! knows SQL.
 //!
 //! Files: `interface.rs` (the traits and the [`Store`] handle),
 //! `records.rs` and `flow.rs` (the plain data they take and return),
-//! `error.rs` (one error type for every backend), `sqlite/` (the SQLite
-//! backend, its migrations runner, backups and master key rotation),
+//! `error.rs` (one error type for every backend), `seal/` (sealing, alike
+//! for every backend), `rows.rs` (checks on rows read back), `sqlite/`
+//! (the SQLite backend, its migrations runner, backups and master key
+//! rotation), `postgres/` (the PostgreSQL backend),
 //! `conformance/` (test-only: the suite every backend must pass).
 //!
 //! Does not: decide states or schedules (the broker and renewal do), speak
