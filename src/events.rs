@@ -130,3 +130,61 @@ pub async fn count_events(store: Store, metrics: std::sync::Arc<Metrics>, stop: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::crypto::Keyring;
+    use crate::domain::TenantState;
+    use crate::store::conformance::fixtures::{new_tenant, HOUR, T0};
+
+    #[tokio::test]
+    async fn a_cursor_behind_retention_is_refused_and_told_where_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Arc::new(Keyring::ephemeral())).unwrap();
+        for (id, at) in [("a", T0), ("b", T0), ("c", T0.plus_ms(2 * HOUR))] {
+            let mut t = new_tenant(id, TenantState::Active);
+            t.now = at;
+            store.insert_tenant(t).await.unwrap();
+        }
+        let events = TenantEvents::new(store.clone());
+        let ids: Vec<i64> = events
+            .after(0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        store.prune_events(T0.plus_ms(HOUR)).await.unwrap();
+
+        match events.after(ids[0]).await {
+            Err(e @ EventsError::Pruned { .. }) => {
+                let msg = e.to_string();
+                let want = format!(
+                    "events {} to {} were pruned ([events] retention_days); the oldest event still held is {}: to accept the gap, resume with after_event_id = {}",
+                    ids[1], ids[1], ids[2], ids[1]
+                );
+                assert_eq!(msg, want);
+            }
+            other => panic!("expected Pruned, got {other:?}"),
+        }
+        // From the start, or from the pruned edge: the rest, no refusal.
+        let rest = |v: Vec<TenantEvent>| v.iter().map(|e| e.event_id).collect::<Vec<_>>();
+        assert_eq!(rest(events.after(0).await.unwrap()), vec![ids[2]]);
+        assert_eq!(rest(events.after(ids[1]).await.unwrap()), vec![ids[2]]);
+        assert!(matches!(
+            events.after(-1).await,
+            Err(EventsError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn an_empty_pattern_is_every_tenant_and_a_bad_one_names_the_field() {
+        assert!(pattern("").unwrap().is_none());
+        assert!(pattern("acme-*").unwrap().unwrap().matches("acme-1"));
+        let e = pattern("acme/*").unwrap_err();
+        assert_eq!(e.field, "tenant_pattern");
+    }
+}

@@ -116,6 +116,7 @@ impl AdminService for AdminApi {
             shutdown: parts.shutdown.clone(),
             first,
             cursor,
+            stop_at_end: r.stop_at_end,
             permit,
         });
         Ok(Response::new(Box::pin(stream)))

@@ -46,6 +46,8 @@ pub struct EventWatcher {
     pub first: Vec<TenantEvent>,
     /// The id after which to read next.
     pub cursor: i64,
+    /// End (OK) once nothing more is stored, instead of waiting.
+    pub stop_at_end: bool,
     /// Held for the stream's life (per-connection cap).
     pub permit: StreamPermit,
 }
@@ -96,6 +98,10 @@ impl State {
                     self.w.cursor = page.last().map_or(self.w.cursor, |e| e.event_id);
                     self.buffer.extend(page);
                     continue;
+                }
+                Ok(_) if self.w.stop_at_end => {
+                    self.done = true;
+                    return None;
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -24,7 +24,7 @@ mod seal;
 pub mod sqlite;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use std::path::Path;
 use std::sync::Arc;
