@@ -1,7 +1,9 @@
 //! AdminService: tenant management. Handlers translate proto to use-case
 //! input and back; the rules live in `tenants`. Every mutation is recorded
 //! in the audit log (`audited`); API clients and the audit log itself are
-//! handled in `access.rs`. Only ADMIN callers get here (see `auth.rs`).
+//! handled in `access.rs`. WatchTenantEvents streams tenant events
+//! (`tenant_events.rs`, over the `events` use case). Only ADMIN callers get
+//! here (see `auth.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -69,7 +69,11 @@ fn shape(e: &TenantEvent) -> (String, i32, i32, i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_and_the_recovery_stream_in_order_and_resume_without_loss() {
     let sim = sim_with_lifetime(2).await;
-    let mut d = TestDaemon::start(|c| c.refresh.rejected_retry_seconds = 1).await;
+    let mut d = TestDaemon::start(|c| {
+        c.refresh.rejected_retry_seconds = 1;
+        c.metrics.listen = Some("127.0.0.1:0".into());
+    })
+    .await;
     let mut stream = open(&d, "acme", 0).await;
     d.add_tenant(&sim, "acme").await;
     // The next token request (the renewal at ~80 % of 2 s) is refused with
@@ -129,6 +133,20 @@ async fn a_rejection_and_the_recovery_stream_in_order_and_resume_without_loss() 
         stored.iter().map(|e| e.event_id).collect::<Vec<_>>(),
         vec![created.event_id, rejected.event_id, recovered.event_id]
     );
+
+    // Counted by kind in the metrics.
+    let metrics = d.daemon.as_ref().unwrap().metrics_addr().unwrap();
+    eventually(Duration::from_secs(10), "events counted", || async {
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("pbx_tokend_tenant_events_total{kind=\"state_changed\"} 2")
+            && text.contains("pbx_tokend_tenant_events_total{kind=\"created\"} 1")
+    })
+    .await;
 
     // Pattern filtering: only matching tenants, live and stored.
     d.add_tenant(&sim, "other").await;

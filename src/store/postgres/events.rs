@@ -166,6 +166,21 @@ pub(super) async fn state_of(tx: &Tx<'_>, id: &str) -> Result<Option<TenantState
     }
 }
 
+/// A STATE_CHANGED event if the tenant's state is not `before` any more.
+pub(super) async fn state_event(
+    tx: &Tx<'_>,
+    ev: &EventCx,
+    id: &str,
+    before: Option<TenantState>,
+    message: &str,
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    if let (Some(before), Some(after)) = (before, state_of(tx, id).await?) {
+        ev.state_change(tx, id, before, after, message, now).await?;
+    }
+    Ok(())
+}
+
 const EVENT_COLUMNS: &str = "e.event_id, e.tenant_id, e.kind, e.previous_state, e.state, \
                              e.message, e.at";
 

@@ -9,12 +9,12 @@
 use async_trait::async_trait;
 use tokio_postgres::Row;
 
-use super::events::{state_of, EventCx, NewEvent};
+use super::events::{state_event, state_of, NewEvent};
 use super::tenants::get;
 use super::{execute, query, query_opt, tenant_writes, PgStore, Tx};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
-use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId, TenantState};
+use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
 use crate::store::rows::parse_id;
 use crate::store::seal::flow::{self as flow_seal, Dest, FlowSecret};
 use crate::store::{event_messages, TenantEventKind};
@@ -417,21 +417,6 @@ async fn discard_flow(
     };
     advance(tx, keys, id, &update, now).await?;
     Ok(error)
-}
-
-/// A STATE_CHANGED event if the tenant's state is not `before` any more.
-async fn state_event(
-    tx: &Tx<'_>,
-    ev: &EventCx,
-    id: &str,
-    before: Option<TenantState>,
-    message: &str,
-    now: UnixMs,
-) -> Result<(), StoreError> {
-    if let (Some(before), Some(after)) = (before, state_of(tx, id).await?) {
-        ev.state_change(tx, id, before, after, message, now).await?;
-    }
-    Ok(())
 }
 
 /// Flow errors are shown on the tenant too: that is where operators look.
