@@ -47,6 +47,7 @@ impl Config {
         self.validate_grpc()?;
         self.validate_store()?;
         self.validate_cluster()?;
+        self.validate_events()?;
         if logfilter::parse_filter(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",

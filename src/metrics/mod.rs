@@ -83,6 +83,7 @@ pub struct Metrics {
     connections_refused: Family<Labels, Counter>,
     connections_closed_idle: Counter,
     report_rejected_held: Family<Labels, Counter>,
+    tenant_events: Family<Labels, Counter>,
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -145,8 +146,14 @@ impl Metrics {
         let streams_refused = Family::<Labels, Counter>::default();
         registry.register(
             "streams_refused",
-            "Streams refused with RESOURCE_EXHAUSTED by a [grpc] stream cap, by kind (watch_token, unauthenticated: health Watch and reflection) and limit (per_connection, total)",
+            "Streams refused with RESOURCE_EXHAUSTED by a [grpc] stream cap, by kind (watch_token, watch_tenant_events, unauthenticated: health Watch and reflection) and limit (per_connection, total)",
             streams_refused.clone(),
+        );
+        let tenant_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "tenant_events",
+            "Tenant events committed, by kind (created, updated, deleted, state_changed, authorization_completed)",
+            tenant_events.clone(),
         );
         let backup_last_success = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -209,6 +216,7 @@ impl Metrics {
             connections_refused,
             connections_closed_idle,
             report_rejected_held,
+            tenant_events,
             scrape,
         }
     }
@@ -259,6 +267,14 @@ impl Metrics {
                 ("kind", kind.to_owned()),
                 ("limit", limit.to_owned()),
             ])
+            .inc();
+    }
+
+    /// A tenant event was committed (`events::count_events`; not a hot
+    /// path).
+    pub fn tenant_event(&self, kind: &'static str) {
+        self.tenant_events
+            .get_or_create(&vec![("kind", kind.to_owned())])
             .inc();
     }
 

@@ -14,6 +14,7 @@ mod canary;
 mod cli;
 mod credential;
 mod echoed_secrets;
+mod events;
 mod failures;
 mod first_hour;
 mod flow_tamper;
