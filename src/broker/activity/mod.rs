@@ -76,6 +76,12 @@ impl Broker {
         self.schedule_changed.notify_one();
     }
 
+    /// The held token of `tenant`, if any, without counting as an ask
+    /// (the simulation's checks look at it).
+    pub fn held_token(&self, tenant: &str) -> Option<Arc<crate::domain::AccessToken>> {
+        self.slots_read().get(tenant).and_then(|s| s.token())
+    }
+
     /// Parked tenants asked for since the last call: their jobs must run
     /// again as normal (the scheduler moves them to now).
     pub fn take_woken(&self) -> Vec<TenantId> {
