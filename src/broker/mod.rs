@@ -95,7 +95,7 @@ pub struct BrokerSettings {
     /// interval; a report of the current token in between waits for the
     /// interval's end or is answered UNAVAILABLE (`report.rs`).
     pub report_rejected_interval_ms: i64,
-    /// `[refresh] idle_after_seconds` in ms: busy or idle (activity.rs).
+    /// `[refresh] idle_after_seconds` in ms: busy or idle (activity/mod.rs).
     pub idle_after_ms: i64,
 }
 
@@ -149,9 +149,9 @@ pub struct Broker {
     unstored_tenants: AtomicI64,
     unstored_tokens: AtomicI64,
     /// When this broker was built: every tenant counts as asked for then
-    /// (busy-ness is not persisted; activity.rs).
+    /// (busy-ness is not persisted; activity/mod.rs).
     started_at: UnixMs,
-    /// Parked tenants asked for again, for the scheduler (activity.rs).
+    /// Parked tenants asked for again, for the scheduler (activity/mod.rs).
     woken: Mutex<Vec<TenantId>>,
 }
 
@@ -313,8 +313,8 @@ impl Broker {
             return Ok(token);
         }
         // Busy or idle as it was before this call.
-        let was_busy = slot.open_streams() > 0
-            || now.0 - last_asked.max(self.started_at).0 < self.settings().idle_after_ms;
+        let idle_after_ms = self.settings().idle_after_ms;
+        let was_busy = self.busy_if_asked_at(&slot, last_asked, now, idle_after_ms);
         self.metrics.get_token_cache_miss(was_busy);
         // An ask no token can satisfy is refused, not fetched for (min_valid.rs).
         min_valid::check(slot.id(), min_valid_secs, slot.token().as_deref())?;

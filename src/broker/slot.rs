@@ -71,7 +71,7 @@ pub struct Slot {
     /// WatchToken streams open now.
     streams: AtomicU32,
     /// The scheduler left this tenant's due renewal for later: it was idle
-    /// while its host's budget was short (`broker/activity.rs`).
+    /// while its host's budget was short (`broker/activity/mod.rs`).
     parked: AtomicBool,
 }
 
@@ -353,7 +353,7 @@ impl Slot {
     }
 }
 
-/// Busy or idle (see `broker/activity.rs`): lock-free, read and written
+/// Busy or idle (see `broker/activity/mod.rs`): lock-free, read and written
 /// with relaxed atomics.
 impl Slot {
     /// A caller asked for the token at `now`; returns whether the tenant

@@ -93,16 +93,26 @@ pub struct DemandWatch {
     last: BTreeMap<String, f64>,
 }
 
+/// What changed with one assessment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DemandChanges {
+    /// Hosts whose ratio rose above [`WARN_RATIO`] (warned once each).
+    pub warned: Vec<String>,
+    /// Hosts that were short and are not any more (gone hosts included).
+    pub relieved: Vec<String>,
+}
+
 impl DemandWatch {
-    /// Takes a new assessment: logs hosts that crossed [`WARN_RATIO`] (up
-    /// or down) and returns the hosts that were short and are not any more
-    /// (gone hosts included).
-    pub fn update(&mut self, hosts: &[HostDemand]) -> Vec<String> {
+    /// Takes a new assessment: logs hosts that crossed [`WARN_RATIO`] (a
+    /// warning up, an info line down), once per crossing.
+    pub fn update(&mut self, hosts: &[HostDemand]) -> DemandChanges {
+        let mut warned = Vec::new();
         let mut relieved = Vec::new();
         let mut next = BTreeMap::new();
         for h in hosts {
             let before = self.last.get(&h.host).copied().unwrap_or(0.0);
             if h.demand_ratio > WARN_RATIO && before <= WARN_RATIO {
+                warned.push(h.host.clone());
                 tracing::warn!(
                     host = %h.host,
                     demand_ratio = h.demand_ratio,
@@ -131,7 +141,7 @@ impl DemandWatch {
             }
         }
         self.last = next;
-        relieved
+        DemandChanges { warned, relieved }
     }
 }
 
@@ -192,12 +202,27 @@ mod tests {
                 idle: 9,
             }]
         };
-        assert!(w.update(&at(0.5)).is_empty());
-        assert!(w.update(&at(1.5)).is_empty());
-        assert!(w.update(&at(1.6)).is_empty());
-        assert_eq!(w.update(&at(0.9)), vec!["h".to_owned()]);
-        assert!(w.update(&at(1.2)).is_empty());
+        let h = || vec!["h".to_owned()];
+        let none = DemandChanges::default();
+        assert_eq!(w.update(&at(0.5)), none);
+        // Warned when crossing 0.8, not again on the next passes above it.
+        let up = DemandChanges {
+            warned: h(),
+            relieved: vec![],
+        };
+        assert_eq!(w.update(&at(1.5)), up);
+        assert_eq!(w.update(&at(1.6)), none);
+        // Below 1 but above 0.8: relieved (parked jobs come back), no warning.
+        let relief = DemandChanges {
+            warned: vec![],
+            relieved: h(),
+        };
+        assert_eq!(w.update(&at(0.9)), relief);
+        assert_eq!(w.update(&at(1.2)), none);
+        assert_eq!(w.update(&at(0.5)), relief);
+        assert_eq!(w.update(&at(0.85)), up);
+        assert_eq!(w.update(&at(1.1)), none);
         // A host whose tenants all went away is relieved too.
-        assert_eq!(w.update(&[]), vec!["h".to_owned()]);
+        assert_eq!(w.update(&[]), relief);
     }
 }

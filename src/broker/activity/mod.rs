@@ -89,12 +89,22 @@ impl Broker {
     }
 
     fn busy_at(&self, slot: &Slot, now: UnixMs, idle_after_ms: i64) -> bool {
+        self.busy_if_asked_at(slot, slot.last_asked(), now, idle_after_ms)
+    }
+
+    /// The rule, for a tenant last asked for at `last_asked`.
+    pub(super) fn busy_if_asked_at(
+        &self,
+        slot: &Slot,
+        last_asked: UnixMs,
+        now: UnixMs,
+        idle_after_ms: i64,
+    ) -> bool {
         if slot.open_streams() > 0 {
             return true;
         }
         // Not persisted: the start counts as an ask for every tenant.
-        let since = slot.last_asked().max(self.started_at);
-        now.0 - since.0 < idle_after_ms
+        now.0 - last_asked.max(self.started_at).0 < idle_after_ms
     }
 
     /// Whether `id` is busy at `now`. An unknown tenant counts as busy, so

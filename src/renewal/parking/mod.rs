@@ -58,7 +58,7 @@ impl Parking {
                 per_host_rps,
             };
             let hosts = demand::assess(&broker.activity(now), inputs);
-            for host in self.watch.update(&hosts) {
+            for host in self.watch.update(&hosts).relieved {
                 back.extend(broker.unpark_host(&host));
             }
             self.short = hosts
