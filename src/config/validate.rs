@@ -165,6 +165,12 @@ impl Config {
             86_400,
         )?;
         range_u64(
+            "refresh.idle_after_seconds",
+            self.refresh.idle_after_seconds,
+            1,
+            7 * 86_400,
+        )?;
+        range_u64(
             "shutdown.drain_timeout_ms",
             self.shutdown.drain_timeout_ms,
             0,

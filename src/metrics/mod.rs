@@ -84,6 +84,8 @@ pub struct Metrics {
     connections_closed_idle: Counter,
     report_rejected_held: Family<Labels, Counter>,
     tenant_events: Family<Labels, Counter>,
+    /// GetToken misses (no token valid for min_valid in memory): [busy, idle].
+    cache_misses: [Counter; 2],
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -191,6 +193,17 @@ impl Metrics {
             "ReportRejectedToken calls for the held token within [token] report_rejected_interval_ms of the last report-forced refresh, by outcome: waited (for the next allowed refresh), unavailable (the caller's deadline left no room)",
             report_rejected_held.clone(),
         );
+        let misses = Family::<Labels, Counter>::default();
+        registry.register(
+            "get_token_cache_misses",
+            "GetToken calls that found no token valid for min_valid_seconds in memory and fetched on demand (single-flight), by whether the tenant was busy or idle before the call ([refresh] idle_after_seconds)",
+            misses.clone(),
+        );
+        let cache_misses = ["busy", "idle"].map(|a| {
+            misses
+                .get_or_create(&vec![("activity", a.to_owned())])
+                .clone()
+        });
         registry.register(
             "build",
             "Build of the running daemon",
@@ -217,6 +230,7 @@ impl Metrics {
             connections_closed_idle,
             report_rejected_held,
             tenant_events,
+            cache_misses,
             scrape,
         }
     }
@@ -311,6 +325,12 @@ impl Metrics {
         self.report_rejected_held
             .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
+    }
+
+    /// A GetToken found no usable token in memory; `busy`: the tenant was
+    /// busy before the call (a relaxed add; counters looked up at start-up).
+    pub fn get_token_cache_miss(&self, busy: bool) {
+        self.cache_misses[usize::from(!busy)].inc();
     }
 
     /// The levels the next scrape shows.

@@ -1,8 +1,9 @@
 //! Proactive renewal: the persistent job queue in SQLite is read by one
 //! scheduler that hands due jobs to workers under a global and a per-host
 //! concurrency limit (the per-host request rate is the PBX limiter's job).
-//! Also: host capacity warnings (`capacity`) and cron maintenance
-//! (`maintenance`).
+//! Also: host capacity warnings (`capacity`), renewal demand per host and
+//! the busy/idle rule's scheduling side when it exceeds the budget
+//! (`demand`, `parking`), and cron maintenance (`maintenance`).
 //!
 //! Does not: talk to the PBX or write tokens itself; a worker asks the
 //! broker to renew, and the broker records the outcome and the next due time.
@@ -10,6 +11,8 @@
 //! too), re-exported here as `renewal::policy`.
 
 pub mod capacity;
+pub mod demand;
 pub mod maintenance;
+pub mod parking;
 pub use crate::policy;
 pub mod scheduler;

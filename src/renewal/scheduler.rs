@@ -21,6 +21,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::demand::HostDemand;
+use super::parking::Parking;
 use crate::broker::{Broker, Jitter};
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
@@ -40,6 +42,9 @@ const COALESCE: Duration = Duration::from_millis(5);
 pub struct SchedulerLimits {
     pub max_concurrent: u32,
     pub max_concurrent_per_host: u32,
+    /// `limits.per_host_requests_per_second`: the budget the hosts' renewal
+    /// demand is measured against (`demand.rs`).
+    pub per_host_rps: u32,
 }
 
 impl SchedulerLimits {
@@ -56,6 +61,7 @@ impl SchedulerLimits {
                 .refresh
                 .max_concurrent_per_host
                 .min(config.limits.per_host_concurrent),
+            per_host_rps: config.limits.per_host_requests_per_second,
         }
     }
 }
@@ -67,6 +73,23 @@ pub struct SchedulerStatus {
     pub heartbeat: AtomicI64,
     /// Renewals currently running.
     pub in_flight: AtomicI64,
+    /// Each host's renewal demand, from the last assessment (`demand.rs`).
+    demand: Mutex<Vec<HostDemand>>,
+}
+
+impl SchedulerStatus {
+    /// Each host's renewal demand as last assessed (every few seconds), in
+    /// host order; empty before the first pass.
+    pub fn demand(&self) -> Vec<HostDemand> {
+        self.demand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_demand(&self, hosts: Vec<HostDemand>) {
+        *self.demand.lock().unwrap_or_else(|p| p.into_inner()) = hosts;
+    }
 }
 
 pub struct Scheduler {
@@ -121,6 +144,7 @@ impl Scheduler {
         let in_flight: Arc<Mutex<HashSet<TenantId>>> = Arc::default();
         let clock = self.clock.clone();
         let store: Store = self.store.clone();
+        let mut parking = Parking::default();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -128,6 +152,9 @@ impl Scheduler {
             let now = clock.now();
             self.status.heartbeat.store(now.0, Ordering::Relaxed);
             let limits = self.limits();
+            parking
+                .before_pass(&self.broker, &store, &self.status, limits.per_host_rps, now)
+                .await;
             if limits.max_concurrent != applied.max_concurrent
                 || limits.max_concurrent_per_host != applied.max_concurrent_per_host
             {
@@ -161,6 +188,9 @@ impl Scheduler {
                     Ok(ready) => {
                         next_due = ready.next_due_at;
                         truncated = ready.due.len() >= limit as usize;
+                        // Idle tenants' due jobs on hosts whose budget is
+                        // short (parking.rs): moved ahead in one write.
+                        let mut to_park = Vec::new();
                         for job in ready.due {
                             if in_flight
                                 .lock()
@@ -179,6 +209,10 @@ impl Scheduler {
                                 .filter(|at| *at > now)
                             {
                                 next_due = Some(next_due.map_or(at, |n| n.min(at)));
+                                continue;
+                            }
+                            if parking.should_park(&self.broker, &job.host, &job.tenant_id, now) {
+                                to_park.push(job.tenant_id);
                                 continue;
                             }
                             let host_sem = per_host
@@ -218,6 +252,7 @@ impl Scheduler {
                                 done.notify_one();
                             });
                         }
+                        parking.park(&self.broker, &store, to_park, now).await;
                     }
                     Err(e) => {
                         tracing::error!("renewal scheduler cannot read the job queue: {e}");
@@ -427,6 +462,7 @@ mod tests {
         let limits = SchedulerLimits {
             max_concurrent: 4,
             max_concurrent_per_host: 2,
+            per_host_rps: 20,
         };
         let (pbx, _broker, _scheduler, shutdown, _dir) = start(tenants, limits).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -446,6 +482,7 @@ mod tests {
         let limits = SchedulerLimits {
             max_concurrent: 64,
             max_concurrent_per_host: 16,
+            per_host_rps: 20,
         };
         let (pbx, broker, scheduler, shutdown, _dir) = start(tenants, limits).await;
 

@@ -10,6 +10,7 @@ mod access;
 mod admin;
 mod backup;
 mod binary;
+mod busy_idle;
 mod canary;
 mod cli;
 mod credential;
