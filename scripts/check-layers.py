@@ -26,7 +26,7 @@ import sys
 LAYERS = [
     ("wiring", ["daemon", "engine", "rotation", "simulation"]),
     ("transports", ["api"]),
-    ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview"]),
+    ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview", "events"]),
     ("scheduler", ["renewal"]),
     ("broker", ["broker"]),
     ("store / pbx", ["store", "pbx", "crypto", "statedir"]),

@@ -413,6 +413,13 @@ async fn start_maintenance(
     metrics: &Arc<Metrics>,
 ) -> Result<Maintenance, MaintenanceError> {
     let maintenance = Maintenance::start(&config.maintenance, store.clone(), clock.clone()).await?;
+    let pruning = maintenance
+        .schedule_event_pruning(&config.events, store.clone(), clock.clone())
+        .await;
+    if let Err(e) = pruning {
+        maintenance.shutdown().await;
+        return Err(e);
+    }
     if config.store.backend == crate::config::StoreBackend::Postgres {
         // PostgreSQL is backed up by its own tools, not by `VACUUM INTO`.
         if !config.backup.cron.is_empty() {

@@ -23,6 +23,7 @@
 //! - `audit`      the audit log of admin mutations
 //! - `health`     grpc.health.v1 status from a database write probe
 //! - `overview`   operator numbers shared by metrics and GetServerStatus
+//! - `events`     tenant events: the stored log read in pages, counted
 //!
 //! scheduler
 //! - `renewal`    persistent renewal queue, workers, maintenance
@@ -57,6 +58,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -1,13 +1,15 @@
 //! The numbers an operator looks at first, gathered in one place so the
 //! Prometheus scrape and `AdminService.GetServerStatus` (`pbx-tokenctl
 //! status`) always agree: tenants by state, tokens near or past expiry, the
-//! renewal queue, limiter waits per host, database writability, backups.
+//! renewal queue, limiter waits and renewal demand (busy and idle tenants)
+//! per host, database writability, backups.
 //!
 //! Does not: change anything, or serve it (api/metrics_http.rs and api/admin.rs
 //! do). Reads go to the store's reader connections, never the writer.
 //! Its store, clock and limiter come in [`OverviewParts`], not through the
 //! broker (which it asks only for its own numbers: settings, unstored tokens).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::domain::{Tenant, TenantState};
 use crate::health::Health;
 use crate::metrics::ScrapeValues;
 use crate::pbx::limiter::HostLimiters;
+use crate::renewal::demand::HostDemand;
 use crate::renewal::duty::Duty;
 use crate::renewal::scheduler::SchedulerStatus;
 use crate::store::{QueueStats, Store, StoreError, TokenHealth};
@@ -53,12 +56,18 @@ pub struct Overview {
     duty: Option<Arc<Duty>>,
 }
 
-/// Per PBX host, from the limiter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Per PBX host, from the limiter and the scheduler's last demand
+/// assessment (renewal/demand.rs).
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostStatus {
     pub host: String,
     pub rate_limit_waits: u64,
     pub throttled_until: Option<UnixMs>,
+    /// Renewal demand / budget (0 before the first assessment).
+    pub demand_ratio: f64,
+    /// Renewing tenants asked for within idle_after (or streaming), and not.
+    pub busy: u64,
+    pub idle: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -142,13 +151,28 @@ impl Overview {
             Err(e) => return Err(e),
         };
         let limiter = &self.limiter;
-        let hosts = limiter
-            .hosts()
+        // Hosts the limiter has seen and hosts with renewing tenants (not
+        // asked since the start), in host order.
+        let demand: BTreeMap<String, HostDemand> = self
+            .scheduler
+            .demand()
             .into_iter()
-            .map(|host| HostStatus {
-                rate_limit_waits: limiter.waits_total(&host),
-                throttled_until: limiter.throttled_until(&host),
-                host,
+            .map(|d| (d.host.clone(), d))
+            .collect();
+        let mut names: BTreeSet<String> = limiter.hosts().into_iter().collect();
+        names.extend(demand.keys().cloned());
+        let hosts = names
+            .into_iter()
+            .map(|host| {
+                let d = demand.get(&host);
+                HostStatus {
+                    rate_limit_waits: limiter.waits_total(&host),
+                    throttled_until: limiter.throttled_until(&host),
+                    demand_ratio: d.map_or(0.0, |d| d.demand_ratio),
+                    busy: d.map_or(0, |d| d.busy),
+                    idle: d.map_or(0, |d| d.idle),
+                    host,
+                }
             })
             .collect();
         let last_backup = self.last_backup().await;
@@ -245,6 +269,21 @@ impl ServerOverview {
                 .hosts
                 .iter()
                 .map(|h| (h.host.clone(), u64::from(h.throttled_until.is_some())))
+                .collect(),
+            host_demand_ratio: self
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.demand_ratio))
+                .collect(),
+            tenants_busy: self
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.busy))
+                .collect(),
+            tenants_idle: self
+                .hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.idle))
                 .collect(),
             database_writable: self.database_writable,
             tokens_unstored: self.tokens_unstored,

@@ -426,7 +426,7 @@ impl Tenants {
 
     pub async fn delete(&self, tenant_id: &str) -> Result<(), AdminError> {
         let id = TenantId::parse(tenant_id)?;
-        self.store.delete_tenant(&id).await?;
+        self.store.delete_tenant(&id, self.clock.now()).await?;
         self.broker.remove_slot(&id);
         tracing::info!(tenant = %id, "tenant deleted; its credentials and tokens were wiped");
         Ok(())

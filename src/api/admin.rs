@@ -1,16 +1,24 @@
 //! AdminService: tenant management. Handlers translate proto to use-case
 //! input and back; the rules live in `tenants`. Every mutation is recorded
 //! in the audit log (`audited`); API clients and the audit log itself are
-//! handled in `access.rs`. Only ADMIN callers get here (see `auth.rs`).
+//! handled in `access.rs`. WatchTenantEvents streams tenant events
+//! (`tenant_events.rs`, over the `events` use case). Only ADMIN callers get
+//! here (see `auth.rs`).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::rpc_audit::audited;
+use super::streams::{StreamCaps, StreamKind};
+use super::tenant_events::{self, EventWatcher};
 use super::{access, auth, convert};
 use crate::access::Clients;
 use crate::audit::{action, Audit};
+use crate::events::TenantEvents;
 use crate::onboarding::{CompleteInput, Onboarding};
 use crate::overview::Overview;
 use crate::proto;
@@ -23,7 +31,18 @@ pub struct AdminApi {
     clients: Arc<Clients>,
     audit: Audit,
     overview: Option<Arc<Overview>>,
+    events: Option<EventsParts>,
 }
+
+/// What WatchTenantEvents needs.
+struct EventsParts {
+    events: TenantEvents,
+    streams: Arc<StreamCaps>,
+    shutdown: CancellationToken,
+}
+
+pub type TenantEventStream =
+    Pin<Box<dyn Stream<Item = Result<proto::TenantEvent, Status>> + Send + 'static>>;
 
 impl AdminApi {
     pub fn new(
@@ -38,7 +57,24 @@ impl AdminApi {
             clients,
             audit,
             overview: None,
+            events: None,
         }
+    }
+
+    /// Enables WatchTenantEvents: streams capped per connection by
+    /// `streams`, ended when `shutdown` fires.
+    pub fn with_events(
+        mut self,
+        events: TenantEvents,
+        streams: Arc<StreamCaps>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        self.events = Some(EventsParts {
+            events,
+            streams,
+            shutdown,
+        });
+        self
     }
 
     /// Enables GetServerStatus.
@@ -50,6 +86,44 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    type WatchTenantEventsStream = TenantEventStream;
+
+    async fn watch_tenant_events(
+        &self,
+        request: Request<proto::WatchTenantEventsRequest>,
+    ) -> Result<Response<Self::WatchTenantEventsStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let Some(parts) = &self.events else {
+            return Err(Status::unimplemented(
+                "WatchTenantEvents is not served by this listener",
+            ));
+        };
+        let permit = parts
+            .streams
+            .acquire(StreamKind::Events, request.extensions())?;
+        let r = request.into_inner();
+        let pattern =
+            crate::events::pattern(&r.tenant_pattern).map_err(super::error_map::invalid)?;
+        // Subscribe before the first read; refusals (bad cursor, pruned
+        // events) come back as the call's status, before any message.
+        let wake = parts.events.subscribe();
+        let first = parts.events.after(r.after_event_id).await?;
+        let cursor = first.last().map_or(r.after_event_id, |e| e.event_id);
+        let stream = tenant_events::stream(EventWatcher {
+            events: parts.events.clone(),
+            wake,
+            pattern,
+            caller,
+            clients: self.clients.clone(),
+            shutdown: parts.shutdown.clone(),
+            first,
+            cursor,
+            stop_at_end: r.stop_at_end,
+            permit,
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn create_tenant(
         &self,
         request: Request<proto::CreateTenantRequest>,

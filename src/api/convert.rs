@@ -34,6 +34,29 @@ pub fn state_to_proto(s: TenantState) -> proto::TenantState {
     }
 }
 
+/// A stored tenant event (its message is secret-free by construction).
+pub fn tenant_event(e: &crate::store::TenantEvent) -> proto::TenantEvent {
+    use crate::store::TenantEventKind as K;
+    let kind = match e.kind {
+        K::Created => proto::TenantEventKind::Created,
+        K::Updated => proto::TenantEventKind::Updated,
+        K::Deleted => proto::TenantEventKind::Deleted,
+        K::StateChanged => proto::TenantEventKind::StateChanged,
+        K::AuthorizationCompleted => proto::TenantEventKind::AuthorizationCompleted,
+    };
+    let state =
+        |s: Option<TenantState>| s.map_or(proto::TenantState::Unspecified, state_to_proto) as i32;
+    proto::TenantEvent {
+        event_id: e.event_id,
+        tenant_id: e.tenant_id.as_str().to_owned(),
+        kind: kind as i32,
+        previous_state: state(e.previous_state),
+        state: state(e.state),
+        message: e.message.clone(),
+        at: Some(timestamp(e.at)),
+    }
+}
+
 /// `None` for UNSPECIFIED (meaning "any"); an error for unknown numbers.
 pub fn state_from_proto(v: i32) -> Result<Option<TenantState>, domain::ValidationError> {
     let s = proto::TenantState::try_from(v).map_err(|_| {

@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 use crate::access::ClientError;
 use crate::broker::TokenError;
 use crate::domain::ValidationError;
+use crate::events::EventsError;
 use crate::onboarding::OnboardingError;
 use crate::store::StoreError;
 use crate::tenants::AdminError;
@@ -134,6 +135,18 @@ impl From<ClientError> for Status {
                 tracing::error!("{e}");
                 Status::internal(format!("{e}; see the daemon log"))
             }
+        }
+    }
+}
+
+impl From<EventsError> for Status {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::InvalidArgument(v) => invalid(v),
+            // The caller asked for events that are gone: it must decide
+            // whether to accept the gap (the message says how).
+            e @ EventsError::Pruned { .. } => Status::failed_precondition(e.to_string()),
+            EventsError::Store(s) => store(s),
         }
     }
 }

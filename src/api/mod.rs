@@ -28,6 +28,7 @@ pub mod rpc_audit;
 pub mod serve;
 pub mod server_status;
 pub mod streams;
+pub mod tenant_events;
 pub mod tls;
 pub mod token;
 pub mod watch;

@@ -64,6 +64,7 @@ pub async fn get(
                 host: h.host.clone(),
                 rate_limit_waits: h.rate_limit_waits,
                 throttled_until: h.throttled_until.map(timestamp),
+                demand_ratio: h.demand_ratio,
             })
             .collect(),
         last_backup_file: o

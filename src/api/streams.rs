@@ -45,6 +45,9 @@ const WARN_INTERVAL_MS: i64 = 60_000;
 pub enum StreamKind {
     /// TokenService.WatchToken (per connection).
     Watch,
+    /// AdminService.WatchTenantEvents (per connection; the same cap as
+    /// WatchToken, counted apart).
+    Events,
     /// Health Watch and reflection: no API key needed (per connection and
     /// in total).
     Unauthenticated,
@@ -54,6 +57,7 @@ impl StreamKind {
     fn label(self) -> &'static str {
         match self {
             StreamKind::Watch => "watch_token",
+            StreamKind::Events => "watch_tenant_events",
             StreamKind::Unauthenticated => "unauthenticated",
         }
     }
@@ -61,6 +65,7 @@ impl StreamKind {
     fn what(self) -> &'static str {
         match self {
             StreamKind::Watch => "WatchToken streams",
+            StreamKind::Events => "WatchTenantEvents streams",
             StreamKind::Unauthenticated => "health Watch / reflection streams",
         }
     }
@@ -157,6 +162,7 @@ impl Drop for StreamPermit {
 #[derive(Debug)]
 pub struct StreamCaps {
     watch: Arc<Class>,
+    events: Arc<Class>,
     unauthenticated: Arc<Class>,
     metrics: Option<Arc<Metrics>>,
     clock: SharedClock,
@@ -186,6 +192,14 @@ impl StreamCaps {
         Self {
             watch: class(
                 StreamKind::Watch,
+                (
+                    limits.max_watch_streams_per_connection,
+                    "grpc.max_watch_streams_per_connection",
+                ),
+                None,
+            ),
+            events: class(
+                StreamKind::Events,
                 (
                     limits.max_watch_streams_per_connection,
                     "grpc.max_watch_streams_per_connection",
@@ -222,6 +236,7 @@ impl StreamCaps {
     pub fn acquire(&self, kind: StreamKind, ext: &Extensions) -> Result<StreamPermit, Status> {
         let class = match kind {
             StreamKind::Watch => &self.watch,
+            StreamKind::Events => &self.events,
             StreamKind::Unauthenticated => &self.unauthenticated,
         };
         let conn = conn_key(ext);

@@ -6,6 +6,9 @@
 //! cargo run --release --features simulation --bin pbx-simulate -- \
 //!     --tenants 100000 --hosts 20 --hours 24 --seeds 100
 //! cargo run --release --features simulation --bin pbx-simulate -- --seed 17   # replay one
+//! # demand above the budget: every tenant on one host, 20 % busy
+//! cargo run --release --features simulation --bin pbx-simulate -- \
+//!     --busy-share 0.2 --tenants 100000 --hours 3 --seeds 1
 //! ```
 
 use std::path::PathBuf;
@@ -14,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use pbx_tokend::simulation::analysis::Watch;
+use pbx_tokend::simulation::budget::{self, BudgetSpec};
 use pbx_tokend::simulation::{plan_for, run_seed, SeedReport, SimSpec};
 
 #[derive(Parser, Debug)]
@@ -74,6 +78,24 @@ struct Args {
     /// Step of the timeline in seconds.
     #[arg(long, default_value_t = 60.0)]
     watch_step: f64,
+    /// Run the short-budget scenario instead of the fault campaign: every
+    /// tenant on one host, this share of them busy (asked every
+    /// --ask-every-secs), the rest idle until a random first use.
+    #[arg(long)]
+    busy_share: Option<f64>,
+    /// Short-budget scenario: how often each busy tenant is asked for.
+    #[arg(long, default_value_t = 300)]
+    ask_every_secs: u64,
+    /// Short-budget scenario: idle tenants' first uses per simulated second.
+    #[arg(long, default_value_t = 1.0)]
+    first_uses_per_sec: f64,
+    /// Short-budget scenario: [refresh] idle_after_seconds.
+    #[arg(long, default_value_t = 900)]
+    idle_after_secs: u64,
+    /// Short-budget scenario: [limits] per_host_requests_per_second (the
+    /// provider model enforces the same).
+    #[arg(long, default_value_t = 20)]
+    per_host_rps: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         }),
         ..SimSpec::small()
     };
+    if let Some(share) = args.busy_share {
+        return run_budget(&args, spec, share);
+    }
     spec.probes_per_sec =
         args.probes_per_sec
             .unwrap_or(if args.tenants >= 50_000 { 20.0 } else { 5.0 });
@@ -249,4 +274,51 @@ fn summary(reports: &[SeedReport]) {
         unfinished,
         wall
     );
+}
+
+/// The short-budget scenario (`--busy-share`), one seed after the other.
+fn run_budget(args: &Args, mut spec: SimSpec, busy_share: f64) -> anyhow::Result<()> {
+    spec.config.refresh.idle_after_seconds = args.idle_after_secs;
+    spec.config.limits.per_host_requests_per_second = args.per_host_rps;
+    spec.config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--idle-after-secs or --per-host-rps: {e}"))?;
+    let budget = BudgetSpec {
+        busy_share,
+        ask_every_s: args.ask_every_secs,
+        first_uses_per_sec: args.first_uses_per_sec,
+    };
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.first_seed..args.first_seed + args.seeds).collect(),
+    };
+    eprintln!(
+        "short budget: {} tenants on one host for {} h, token lifetime {} s, {:.0} % busy (asked every {} s), idle_after_seconds {}, {} seed(s)",
+        spec.tenants,
+        spec.hours,
+        spec.lifetime_secs,
+        busy_share * 100.0,
+        args.ask_every_secs,
+        args.idle_after_secs,
+        seeds.len()
+    );
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let r = budget::run_seed(&spec, budget, seed)?;
+        println!("{}", r.line());
+        if r.violation_total() > 0 {
+            for (kind, n) in &r.violation_counts {
+                println!("  {kind}: {n}");
+            }
+            for v in r.violations.iter().take(if args.verbose { 20 } else { 3 }) {
+                println!("  {v}");
+            }
+            failed.push(seed);
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("seeds with violations: {failed:?}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@
 //! input (tenants), take limiter slots (pbx::gated), or know protobuf (api/).
 
 mod abandoned;
+mod activity;
 mod jitter;
 mod min_valid;
 mod record;
@@ -26,7 +27,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
@@ -35,10 +36,12 @@ use crate::config::Config;
 use crate::domain::{AccessToken, TenantId, TenantState, ValidationError};
 use crate::metrics::Metrics;
 use crate::pbx::gated::GatedPbx;
+use crate::pbx::limiter::Lane;
 use crate::pbx::TokenGrant;
 use crate::policy::RenewalPolicy;
 use crate::store::{CachedTenant, Store, StoreError, WriteFence};
 
+pub use activity::{HostActivity, OpenStream};
 pub use jitter::Jitter;
 pub use slot::Slot;
 pub use watch::{TokenWatch, WatchEnd};
@@ -102,6 +105,8 @@ pub struct BrokerSettings {
     /// interval; a report of the current token in between waits for the
     /// interval's end or is answered UNAVAILABLE (`report.rs`).
     pub report_rejected_interval_ms: i64,
+    /// `[refresh] idle_after_seconds` in ms: busy or idle (activity/mod.rs).
+    pub idle_after_ms: i64,
 }
 
 impl BrokerSettings {
@@ -115,6 +120,9 @@ impl BrokerSettings {
             on_demand_retry_ms: 1000,
             report_rejected_interval_ms: i64::try_from(c.token.report_rejected_interval_ms)
                 .unwrap_or(i64::MAX),
+            idle_after_ms: i64::try_from(c.refresh.idle_after_seconds)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
         }
     }
 }
@@ -154,6 +162,11 @@ pub struct Broker {
     /// (by the lease epoch, or on demand by the token held before the
     /// fetch). Off on one node (SQLite), where nothing else writes.
     fence_writes: bool,
+    /// When this broker was built: every tenant counts as asked for then
+    /// (busy-ness is not persisted; activity/mod.rs).
+    started_at: UnixMs,
+    /// Parked tenants asked for again, for the scheduler (activity/mod.rs).
+    woken: Mutex<Vec<TenantId>>,
 }
 
 impl Broker {
@@ -163,6 +176,7 @@ impl Broker {
         pbx: Arc<GatedPbx>,
         settings: BrokerSettings,
     ) -> Self {
+        let started_at = clock.now();
         Self {
             clock,
             store,
@@ -176,6 +190,8 @@ impl Broker {
             unstored_tenants: AtomicI64::new(0),
             unstored_tokens: AtomicI64::new(0),
             fence_writes: false,
+            started_at,
+            woken: Mutex::new(Vec::new()),
         }
     }
 
@@ -254,7 +270,10 @@ impl Broker {
                 existing.reset(cached)
             }
             None => {
-                slots.insert(cached.id.clone(), Arc::new(Slot::from_cached(cached)));
+                let slot = Slot::from_cached(cached);
+                // A tenant just registered is about to be used: busy.
+                slot.mark_asked(self.clock.now());
+                slots.insert(slot.id().clone(), Arc::new(slot));
             }
         }
         drop(slots);
@@ -316,9 +335,15 @@ impl Broker {
             i64::from(min_valid_secs) * 1000
         };
         let now = self.clock.now();
+        let last_asked = slot.last_asked();
+        self.note_asked(&slot, now);
         if let Some(token) = slot.servable_token(now, min_valid_ms) {
             return Ok(token);
         }
+        // Busy or idle as it was before this call.
+        let idle_after_ms = self.settings().idle_after_ms;
+        let was_busy = self.busy_if_asked_at(&slot, last_asked, now, idle_after_ms);
+        self.metrics.get_token_cache_miss(was_busy);
         // An ask no token can satisfy is refused, not fetched for (min_valid.rs).
         min_valid::check(slot.id(), min_valid_secs, slot.token().as_deref())?;
         let token = self
@@ -363,9 +388,11 @@ impl Broker {
     pub fn watch(&self, tenant: &str) -> Result<TokenWatch, TokenError> {
         let slot = self.slot(tenant)?;
         slot.check_servable_state()?;
+        self.note_asked(&slot, self.clock.now());
         Ok(TokenWatch {
             tokens: slot.subscribe(),
             end: slot.subscribe_end(),
+            _open: OpenStream::new(slot),
         })
     }
 
@@ -442,7 +469,13 @@ impl Broker {
             }
             Need::Forced => {}
         }
-        match self.fetch_locked(slot, now, duty).await {
+        // Scheduled renewals stand aside in the limiter for requests a
+        // caller waits for.
+        let lane = match need {
+            Need::Scheduled => Lane::Proactive,
+            Need::MinValid(_) | Need::Forced => Lane::Demand,
+        };
+        match self.fetch_locked(slot, now, lane, duty).await {
             Ok(t) => Ok(t),
             Err(e) => {
                 if let Need::MinValid(_) = need {
@@ -468,6 +501,7 @@ impl Broker {
         &self,
         slot: &Arc<Slot>,
         now: UnixMs,
+        lane: Lane,
         duty: Option<&DutyFence>,
     ) -> Result<Arc<AccessToken>, TokenError> {
         if let Some(d) = duty {
@@ -511,7 +545,7 @@ impl Broker {
         slot.wait_provider_done().await;
         let mark = abandoned::TenantMark::new(slot, grace);
         let started = tokio::time::Instant::now();
-        let outcome = self.pbx.client_credentials(&base, &creds).await;
+        let outcome = self.pbx.client_credentials_in(&base, &creds, lane).await;
         mark.finish(abandoned::timed_out(&outcome, started.elapsed(), grace));
         self.record_outcome(slot, now, outcome, started.elapsed(), fence)
             .await

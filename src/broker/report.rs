@@ -27,6 +27,7 @@ use std::time::Duration;
 use super::{Broker, Slot, TokenError, REJECTED_HINT};
 use crate::clock::UnixMs;
 use crate::domain::{AccessToken, TenantState};
+use crate::pbx::limiter::Lane;
 
 /// Room a wait must leave before the caller's deadline for the PBX round
 /// trip itself: a token request usually takes well under a second, and a
@@ -52,6 +53,7 @@ impl Broker {
         budget: Option<Duration>,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot(tenant)?;
+        self.note_asked(&slot, self.clock.now());
         let interval = self.settings().report_rejected_interval_ms;
         let budget_ms = match budget {
             Some(b) => i64::try_from(b.as_millis()).unwrap_or(i64::MAX),
@@ -132,7 +134,9 @@ impl Broker {
             }
         }
         slot.mark_report_refresh(now);
-        self.fetch_locked(slot, now, None).await.map(Ok)
+        self.fetch_locked(slot, now, Lane::Demand, None)
+            .await
+            .map(Ok)
     }
 }
 

@@ -7,6 +7,7 @@
 //! held across `.await`; the fetch lock is a tokio mutex because it is held
 //! for the whole PBX round trip.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -63,7 +64,21 @@ pub struct Slot {
     /// A token request of this tenant our side gave up on may be open at
     /// the provider until then (broker/abandoned/mod.rs).
     provider_busy: Mutex<Option<tokio::time::Instant>>,
+    /// When a caller last asked for the token (Unix ms; 0: not since the
+    /// slot was made). Written on the GetToken path, so a relaxed atomic,
+    /// at most once a second (see `mark_asked`). Not persisted.
+    last_asked: AtomicI64,
+    /// WatchToken streams open now.
+    streams: AtomicU32,
+    /// The scheduler left this tenant's due renewal for later: it was idle
+    /// while its host's budget was short (`broker/activity/mod.rs`).
+    parked: AtomicBool,
 }
+
+/// `last_asked` is kept to this resolution: a tenant asked thousands of
+/// times a second writes the shared cache line once a second, not on every
+/// call (idleness is measured in minutes).
+const ASKED_RESOLUTION_MS: i64 = 1000;
 
 /// What a caller is told when a tenant in `state` hands out no tokens.
 fn not_servable_hint(state: TenantState) -> Option<&'static str> {
@@ -111,6 +126,9 @@ impl Slot {
             end,
             fetch: tokio::sync::Mutex::new(()),
             provider_busy: Mutex::new(None),
+            last_asked: AtomicI64::new(0),
+            streams: AtomicU32::new(0),
+            parked: AtomicBool::new(false),
         }
     }
 
@@ -332,5 +350,52 @@ impl Slot {
         }
         m.failures = m.failures.saturating_add(1);
         m.last_error = Some(error);
+    }
+}
+
+/// Busy or idle (see `broker/activity/mod.rs`): lock-free, read and written
+/// with relaxed atomics.
+impl Slot {
+    /// A caller asked for the token at `now`; returns whether the tenant
+    /// was parked (its renewal left for later), which this ask ends. A load
+    /// and at most one store per second, no read-modify-write: this runs on
+    /// every GetToken.
+    pub fn mark_asked(&self, now: UnixMs) -> bool {
+        if now.0 - self.last_asked.load(Ordering::Relaxed) >= ASKED_RESOLUTION_MS {
+            self.last_asked.store(now.0, Ordering::Relaxed);
+        }
+        self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::Relaxed)
+    }
+
+    /// When a caller last asked (0: not since the slot was made).
+    pub fn last_asked(&self) -> UnixMs {
+        UnixMs(self.last_asked.load(Ordering::Relaxed))
+    }
+
+    pub fn open_streams(&self) -> u32 {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    pub fn stream_opened(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_closed(&self) {
+        let _ = self
+            .streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    pub fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Relaxed);
+    }
+
+    /// Clears the mark; returns whether it was set.
+    pub fn take_parked(&self) -> bool {
+        self.parked.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
     }
 }

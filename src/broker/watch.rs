@@ -45,6 +45,8 @@ impl WatchEnd {
 pub struct TokenWatch {
     pub tokens: watch::Receiver<Option<Arc<AccessToken>>>,
     pub end: watch::Receiver<Option<WatchEnd>>,
+    /// Keeps the tenant busy while the stream lives (activity/mod.rs).
+    pub(super) _open: super::OpenStream,
 }
 
 #[cfg(test)]

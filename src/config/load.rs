@@ -44,7 +44,7 @@ impl Config {
 
     /// `text` (the file's content, if any; `origin` names it in errors),
     /// overlaid by `env`, then validated.
-    fn parse_with_env(
+    pub(super) fn parse_with_env(
         text: Option<&str>,
         origin: &Path,
         env: impl IntoIterator<Item = (String, String)>,
@@ -113,6 +113,7 @@ fn apply_env(
         "backup",
         "store",
         "cluster",
+        "events",
     ]
     .iter()
     .map(|s| s.to_string())

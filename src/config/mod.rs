@@ -6,7 +6,7 @@
 //!
 //! Files: here the top-level `Config` and `ConfigError`; `sections.rs` the
 //! section structs and their defaults (`ops.rs`: `[metrics]`, `[health]`,
-//! `[backup]`); `load.rs` file + environment; `validate.rs` the rules
+//! `[backup]`; `events.rs`: `[events]`); `load.rs` file + environment; `validate.rs` the rules
 //! (`grpc.rs`: the `[grpc]` ones; `logfilter.rs`: the `[log] level` parser).
 
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 mod cluster;
+mod events;
 mod grpc;
 mod load;
 pub mod logfilter;
@@ -24,6 +25,7 @@ mod store;
 mod tests;
 mod validate;
 pub use cluster::ClusterConfig;
+pub use events::EventsConfig;
 pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
 pub use sections::{
     CallbackConfig, GrpcConfig, LimitsConfig, LogConfig, MaintenanceConfig, OnboardingConfig,
@@ -77,6 +79,7 @@ pub struct Config {
     pub backup: BackupConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             backup: BackupConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -121,6 +121,11 @@ pub struct RefreshConfig {
     pub backoff_max_ms: u64,
     /// Retry interval while the PBX rejects the credentials.
     pub rejected_retry_seconds: u64,
+    /// A tenant asked for (GetToken, ReportRejectedToken) within this many
+    /// seconds, or with an open WatchToken stream, is busy; otherwise idle.
+    /// Only matters while a host's renewal demand exceeds its budget: then
+    /// idle tenants are renewed on demand instead of ahead of expiry.
+    pub idle_after_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -256,6 +261,7 @@ impl Default for RefreshConfig {
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
             rejected_retry_seconds: 900,
+            idle_after_seconds: 3600,
         }
     }
 }

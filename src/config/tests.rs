@@ -183,3 +183,19 @@ fn unknown_file_key_is_refused() {
         .to_string();
     assert!(err.contains("listn"), "{err}");
 }
+
+#[test]
+fn idle_after_seconds_defaults_reads_env_and_is_checked() {
+    let c = Config::load_with_env(None, env(&[])).unwrap();
+    assert_eq!(c.refresh.idle_after_seconds, 3600);
+    let c = Config::load_with_env(
+        None,
+        env(&[("PBX_TOKEND_REFRESH_IDLE_AFTER_SECONDS", "60")]),
+    )
+    .unwrap();
+    assert_eq!(c.refresh.idle_after_seconds, 60);
+    let e = Config::load_with_env(None, env(&[("PBX_TOKEND_REFRESH_IDLE_AFTER_SECONDS", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refresh.idle_after_seconds"), "{e}");
+}

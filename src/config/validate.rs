@@ -47,6 +47,7 @@ impl Config {
         self.validate_grpc()?;
         self.validate_store()?;
         self.validate_cluster()?;
+        self.validate_events()?;
         if logfilter::parse_filter(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",
@@ -162,6 +163,12 @@ impl Config {
             self.refresh.rejected_retry_seconds,
             1,
             86_400,
+        )?;
+        range_u64(
+            "refresh.idle_after_seconds",
+            self.refresh.idle_after_seconds,
+            1,
+            7 * 86_400,
         )?;
         range_u64(
             "shutdown.drain_timeout_ms",

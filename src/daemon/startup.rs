@@ -24,6 +24,7 @@ use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::events::{self, TenantEvents};
 use crate::health::{Health, HealthGrpc};
 use crate::metrics::Metrics;
 use crate::onboarding::{CrashHook, Onboarding, OnboardingParts, OnboardingSettings};
@@ -104,7 +105,12 @@ pub(super) async fn serve(
                 clients.clone(),
                 audit.clone(),
             )
-            .with_overview(overview.clone()),
+            .with_overview(overview.clone())
+            .with_events(
+                TenantEvents::new(engine.store().clone()),
+                streams.clone(),
+                serving.clone(),
+            ),
         ),
         clients: clients.clone(),
         health: health_service,
@@ -112,6 +118,17 @@ pub(super) async fn serve(
         drain: drain.clone(),
     };
     serve_grpc(config, &services, listeners, metrics, serving, transports)?;
+    transports.push(Transport::spawned(
+        "tenant event counter",
+        tokio::spawn({
+            let counting =
+                events::count_events(engine.store().clone(), metrics.clone(), serving.clone());
+            async move {
+                counting.await;
+                Ok(())
+            }
+        }),
+    ));
     let callback_addr =
         match transports::serve_callback(config, &onboarding, &audit, serving).await? {
             Some((at, t)) => {

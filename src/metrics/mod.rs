@@ -86,6 +86,9 @@ pub struct Metrics {
     fenced_writes: Counter,
     database_reachable: Gauge<i64, AtomicI64>,
     lease_held: Family<Labels, Gauge<i64, AtomicI64>>,
+    tenant_events: Family<Labels, Counter>,
+    /// GetToken misses (no token valid for min_valid in memory): [busy, idle].
+    cache_misses: [Counter; 2],
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
 }
 
@@ -148,8 +151,14 @@ impl Metrics {
         let streams_refused = Family::<Labels, Counter>::default();
         registry.register(
             "streams_refused",
-            "Streams refused with RESOURCE_EXHAUSTED by a [grpc] stream cap, by kind (watch_token, unauthenticated: health Watch and reflection) and limit (per_connection, total)",
+            "Streams refused with RESOURCE_EXHAUSTED by a [grpc] stream cap, by kind (watch_token, watch_tenant_events, unauthenticated: health Watch and reflection) and limit (per_connection, total)",
             streams_refused.clone(),
+        );
+        let tenant_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "tenant_events",
+            "Tenant events committed, by kind (created, updated, deleted, state_changed, authorization_completed)",
+            tenant_events.clone(),
         );
         let backup_last_success = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -207,6 +216,17 @@ impl Metrics {
             "1 while this replica holds the renewal duty (lease) of the PBX host, 0 otherwise (PostgreSQL only)",
             lease_held.clone(),
         );
+        let misses = Family::<Labels, Counter>::default();
+        registry.register(
+            "get_token_cache_misses",
+            "GetToken calls that found no token valid for min_valid_seconds in memory and fetched on demand (single-flight), by whether the tenant was busy or idle before the call ([refresh] idle_after_seconds)",
+            misses.clone(),
+        );
+        let cache_misses = ["busy", "idle"].map(|a| {
+            misses
+                .get_or_create(&vec![("activity", a.to_owned())])
+                .clone()
+        });
         registry.register(
             "build",
             "Build of the running daemon",
@@ -235,6 +255,8 @@ impl Metrics {
             fenced_writes,
             database_reachable,
             lease_held,
+            tenant_events,
+            cache_misses,
             scrape,
         }
     }
@@ -288,6 +310,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A tenant event was committed (`events::count_events`; not a hot
+    /// path).
+    pub fn tenant_event(&self, kind: &'static str) {
+        self.tenant_events
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+
     /// A refresh outcome could not be written to the database.
     pub fn token_store_failed(&self) {
         self.token_store_failures.inc();
@@ -338,6 +368,12 @@ impl Metrics {
         self.lease_held
             .get_or_create(&vec![("host", host.to_owned())])
             .set(i64::from(held));
+    }
+
+    /// A GetToken found no usable token in memory; `busy`: the tenant was
+    /// busy before the call (a relaxed add; counters looked up at start-up).
+    pub fn get_token_cache_miss(&self, busy: bool) {
+        self.cache_misses[usize::from(!busy)].inc();
     }
 
     /// The levels the next scrape shows.

@@ -27,6 +27,11 @@ pub struct ScrapeValues {
     pub rate_limit_waits: Vec<(String, u64)>,
     /// (host, 1 while throttled after a 429).
     pub hosts_throttled: Vec<(String, u64)>,
+    /// (host, renewal demand / budget), per host with renewing tenants.
+    pub host_demand_ratio: Vec<(String, f64)>,
+    /// (host, renewing tenants busy / idle), same hosts.
+    pub tenants_busy: Vec<(String, u64)>,
+    pub tenants_idle: Vec<(String, u64)>,
     pub database_writable: bool,
     /// Tokens fetched but not yet written (held only in memory).
     pub tokens_unstored: u64,
@@ -155,6 +160,32 @@ impl Collector for ScrapeCollector {
             MetricType::Gauge,
             "host",
             &v.hosts_throttled,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "host_demand_ratio",
+            "Proactive renewals per second a PBX host's renewing tenants need, divided by the requests per second its limiter sustains (limits.per_host_requests_per_second); above 1 idle tenants are renewed on demand only",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (host, ratio) in &v.host_demand_ratio {
+            let labels = [("host", host.as_str())];
+            ConstGauge::new(*ratio).encode(family.encode_family(&labels)?)?;
+        }
+        labelled(
+            &mut encoder,
+            "tenants_busy",
+            "Renewing tenants asked for (GetToken, ReportRejectedToken) within refresh.idle_after_seconds or with a WatchToken stream open, per PBX host",
+            MetricType::Gauge,
+            "host",
+            &v.tenants_busy,
+        )?;
+        labelled(
+            &mut encoder,
+            "tenants_idle",
+            "Renewing tenants not asked for within refresh.idle_after_seconds and without a stream, per PBX host",
+            MetricType::Gauge,
+            "host",
+            &v.tenants_idle,
         )?;
         gauge(
             &mut encoder,

@@ -2,7 +2,8 @@
 //! `tokio-cron-scheduler`: the overdue-job sweep (says loudly when renewals
 //! fall behind), WAL checkpoints, `PRAGMA optimize`, and database backups
 //! (`[backup]`: a `VACUUM INTO` snapshot into `<state_dir>/backups`,
-//! keeping the last `keep`).
+//! keeping the last `keep`), and pruning tenant events older than
+//! `[events] retention_days` (on `[events] prune_cron`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::clock::SharedClock;
-use crate::config::{BackupConfig, MaintenanceConfig};
+use crate::clock::UnixMs;
+use crate::config::{BackupConfig, EventsConfig, MaintenanceConfig};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -106,6 +108,29 @@ impl Maintenance {
         .await
     }
 
+    /// Adds the event pruning job (nothing when events are kept forever).
+    pub async fn schedule_event_pruning(
+        &self,
+        config: &EventsConfig,
+        store: Store,
+        clock: SharedClock,
+    ) -> Result<(), MaintenanceError> {
+        if config.retention_days == 0 {
+            return Ok(());
+        }
+        let days = config.retention_days;
+        add(
+            &self.scheduler,
+            "prune_events",
+            &config.prune_cron,
+            move || {
+                let (store, clock) = (store.clone(), clock.clone());
+                Box::pin(async move { prune_events(&store, &clock, days).await })
+            },
+        )
+        .await
+    }
+
     pub async fn shutdown(mut self) {
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::warn!("maintenance scheduler did not stop cleanly: {e}");
@@ -160,6 +185,24 @@ pub async fn backup(
     }
 }
 
+/// Events at or after this time are kept (`None`: keep forever).
+pub fn retention_cutoff(now: UnixMs, retention_days: u32) -> Option<UnixMs> {
+    const DAY_MS: i64 = 86_400_000;
+    (retention_days > 0).then(|| now.plus_ms(-(i64::from(retention_days) * DAY_MS)))
+}
+
+/// One pruning run; a failure is logged and retried at the next run.
+pub async fn prune_events(store: &Store, clock: &SharedClock, retention_days: u32) {
+    let Some(cutoff) = retention_cutoff(clock.now(), retention_days) else {
+        return;
+    };
+    match store.prune_events(cutoff).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pruned = n, retention_days, "old tenant events pruned"),
+        Err(e) => tracing::warn!("pruning tenant events failed (retried at the next run): {e}"),
+    }
+}
+
 /// Counts jobs far past their due time and says so.
 async fn overdue_sweep(store: &Store, clock: &SharedClock) {
     let now = clock.now();
@@ -174,5 +217,17 @@ async fn overdue_sweep(store: &Store, clock: &SharedClock) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("overdue sweep cannot read the job queue: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cutoff_is_retention_days_before_now_and_zero_keeps_all() {
+        let now = UnixMs(100 * 86_400_000);
+        assert_eq!(retention_cutoff(now, 0), None);
+        assert_eq!(retention_cutoff(now, 30), Some(UnixMs(70 * 86_400_000)));
     }
 }

@@ -3,8 +3,9 @@
 //! concurrency limit (the per-host request rate is the PBX limiter's job).
 //! With several replicas on PostgreSQL, `duty` holds a lease per PBX host
 //! and the scheduler renews only the hosts it holds.
-//! Also: host capacity warnings (`capacity`) and cron maintenance
-//! (`maintenance`).
+//! Also: host capacity warnings (`capacity`), renewal demand per host and
+//! the busy/idle rule's scheduling side when it exceeds the budget
+//! (`demand`, `parking`), and cron maintenance (`maintenance`).
 //!
 //! Does not: talk to the PBX or write tokens itself; a worker asks the
 //! broker to renew, and the broker records the outcome and the next due time.
@@ -13,7 +14,9 @@
 
 pub mod budget;
 pub mod capacity;
+pub mod demand;
 pub mod duty;
 pub mod maintenance;
+pub mod parking;
 pub use crate::policy;
 pub mod scheduler;

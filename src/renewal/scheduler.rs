@@ -21,7 +21,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::demand::HostDemand;
 use super::duty::Duty;
+use super::parking::Parking;
 use crate::broker::{Broker, Jitter};
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
@@ -41,6 +43,9 @@ const COALESCE: Duration = Duration::from_millis(5);
 pub struct SchedulerLimits {
     pub max_concurrent: u32,
     pub max_concurrent_per_host: u32,
+    /// `limits.per_host_requests_per_second`: the budget the hosts' renewal
+    /// demand is measured against (`demand.rs`).
+    pub per_host_rps: u32,
 }
 
 impl SchedulerLimits {
@@ -57,6 +62,7 @@ impl SchedulerLimits {
                 .refresh
                 .max_concurrent_per_host
                 .min(config.limits.per_host_concurrent),
+            per_host_rps: config.limits.per_host_requests_per_second,
         }
     }
 }
@@ -68,6 +74,23 @@ pub struct SchedulerStatus {
     pub heartbeat: AtomicI64,
     /// Renewals currently running.
     pub in_flight: AtomicI64,
+    /// Each host's renewal demand, from the last assessment (`demand.rs`).
+    demand: Mutex<Vec<HostDemand>>,
+}
+
+impl SchedulerStatus {
+    /// Each host's renewal demand as last assessed (every few seconds), in
+    /// host order; empty before the first pass.
+    pub fn demand(&self) -> Vec<HostDemand> {
+        self.demand
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_demand(&self, hosts: Vec<HostDemand>) {
+        *self.demand.lock().unwrap_or_else(|p| p.into_inner()) = hosts;
+    }
 }
 
 pub struct Scheduler {
@@ -132,6 +155,7 @@ impl Scheduler {
         let in_flight: Arc<Mutex<HashSet<TenantId>>> = Arc::default();
         let clock = self.clock.clone();
         let store: Store = self.store.clone();
+        let mut parking = Parking::default();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -139,6 +163,9 @@ impl Scheduler {
             let now = clock.now();
             self.status.heartbeat.store(now.0, Ordering::Relaxed);
             let limits = self.limits();
+            parking
+                .before_pass(&self.broker, &store, &self.status, limits.per_host_rps, now)
+                .await;
             if limits.max_concurrent != applied.max_concurrent
                 || limits.max_concurrent_per_host != applied.max_concurrent_per_host
             {
@@ -177,6 +204,9 @@ impl Scheduler {
                     Ok(ready) => {
                         next_due = ready.next_due_at;
                         truncated = ready.due.len() >= limit as usize;
+                        // Idle tenants' due jobs on hosts whose budget is
+                        // short (parking.rs): moved ahead in one write.
+                        let mut to_park = Vec::new();
                         for job in ready.due {
                             if in_flight
                                 .lock()
@@ -212,6 +242,12 @@ impl Scheduler {
                                 },
                                 None => None,
                             };
+                            // Parked only by the host's duty holder (the
+                            // one that would renew it).
+                            if parking.should_park(&self.broker, &job.host, &job.tenant_id, now) {
+                                to_park.push(job.tenant_id);
+                                continue;
+                            }
                             let host_sem = per_host
                                 .entry(job.host.clone())
                                 .or_insert_with(|| {
@@ -249,6 +285,7 @@ impl Scheduler {
                                 done.notify_one();
                             });
                         }
+                        parking.park(&self.broker, &store, to_park, now).await;
                     }
                     Err(e) => {
                         tracing::error!("renewal scheduler cannot read the job queue: {e}");
@@ -459,6 +496,7 @@ mod tests {
         let limits = SchedulerLimits {
             max_concurrent: 4,
             max_concurrent_per_host: 2,
+            per_host_rps: 20,
         };
         let (pbx, _broker, _scheduler, shutdown, _dir) = start(tenants, limits).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -478,6 +516,7 @@ mod tests {
         let limits = SchedulerLimits {
             max_concurrent: 64,
             max_concurrent_per_host: 16,
+            per_host_rps: 20,
         };
         let (pbx, broker, scheduler, shutdown, _dir) = start(tenants, limits).await;
 

@@ -26,6 +26,7 @@
 //! Does not: run the gRPC server or the cron jobs; `tests/e2e` covers them.
 
 pub mod analysis;
+pub mod budget;
 pub mod checker;
 pub mod plan;
 pub mod process;

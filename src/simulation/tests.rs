@@ -274,3 +274,34 @@ async fn a_slow_failed_fetch_never_serves_the_token_that_expired_meanwhile() {
         Err(e) => assert!(e.to_string().contains("no valid token"), "{e}"),
     }
 }
+
+/// Demand above the budget (issue 29), small: 1,000 tenants on one host
+/// needing 4.2 renewals/s of a 2/s budget, 20 % busy. Busy tenants are
+/// always answered from memory after the warm-up, idle ones get a valid
+/// token on first use, the PBX never sees more than 2 requests a second,
+/// and the run replays to the same digest.
+#[test]
+fn short_budget_keeps_busy_tenants_warm_and_serves_idle_ones_on_first_use() {
+    let mut spec = SimSpec {
+        tenants: 1_000,
+        hours: 0.5,
+        lifetime_secs: 300,
+        ..tiny()
+    };
+    spec.config.limits.per_host_requests_per_second = 2;
+    spec.config.refresh.idle_after_seconds = 150;
+    let budget = super::budget::BudgetSpec {
+        busy_share: 0.2,
+        ask_every_s: 60,
+        first_uses_per_sec: 0.2,
+    };
+    let r = super::budget::run_seed(&spec, budget, 7).unwrap();
+    assert_eq!(r.violation_total(), 0, "{}\n{:?}", r.line(), r.violations);
+    assert!(r.demand_ratio > 2.0, "{}", r.line());
+    assert_eq!(r.busy, 200);
+    assert_eq!(r.busy_misses_after_warmup, 0, "{}", r.line());
+    assert!(r.idle_first_uses > 100, "{}", r.line());
+    assert!(r.max_per_second <= 2, "{}", r.line());
+    let again = super::budget::run_seed(&spec, budget, 7).unwrap();
+    assert_eq!(again.digest, r.digest);
+}

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::events::{EventPage, EventSettings, OutboxEntry};
 use super::flow::{Flow, FlowCompletion, FlowUpdate};
 use super::records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
@@ -69,8 +70,9 @@ pub trait TenantRepo: Send + Sync {
     ) -> Result<Tenant, StoreError>;
 
     /// Deletes the tenant, its credentials, token, job and flow (bytes
-    /// overwritten where the backend can). `TenantNotFound` if missing.
-    async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError>;
+    /// overwritten where the backend can), recording a DELETED event at
+    /// `now`. `TenantNotFound` if missing.
+    async fn delete_tenant(&self, id: &TenantId, now: UnixMs) -> Result<(), StoreError>;
 
     /// Records the PBX user the trusted app acts for. `TenantNotFound` if
     /// missing. Leaves updated_at alone (this is observed, not edited).
@@ -314,6 +316,56 @@ pub trait AuditLog: Send + Sync {
     async fn list_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// Tenant events and the webhook outbox. Events are not written through
+/// this trait: every change of the other traits writes its own events in
+/// its own transaction (insert -> CREATED; update -> UPDATED, plus
+/// STATE_CHANGED when the state differs; delete -> DELETED; a refresh
+/// outcome, credential fault, failed or discarded flow that changes the
+/// state -> STATE_CHANGED; a completed flow -> AUTHORIZATION_COMPLETED,
+/// plus STATE_CHANGED when the state differs). Nothing changed, no event:
+/// a renewal of an ACTIVE tenant that stays ACTIVE writes none. With
+/// [`EventSettings::outbox`] each event also gets an outbox row in that
+/// transaction.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// How events are written from now on (this handle only).
+    fn set_event_settings(&self, settings: EventSettings);
+
+    /// Wakes when this handle committed an event: the value is the highest
+    /// event id it committed (a hint; readers re-read `events_after`).
+    /// Events committed by another handle (replica) do not wake it.
+    fn subscribe_events(&self) -> tokio::sync::watch::Receiver<i64>;
+
+    /// Up to `limit` events with an id above `after`, ascending, and how
+    /// far retention has pruned.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<EventPage, StoreError>;
+
+    /// The highest event id committed (0 if none ever was).
+    async fn latest_event_id(&self) -> Result<i64, StoreError>;
+
+    /// Deletes events older than `older_than`, except those still in the
+    /// outbox; returns how many went.
+    async fn prune_events(&self, older_than: UnixMs) -> Result<u64, StoreError>;
+
+    /// Outbox entries due at `now`, oldest event first, at most one per
+    /// tenant (its oldest), so a tenant's events go out in order.
+    async fn outbox_due(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// The event was delivered: its outbox row goes (no error if gone).
+    async fn outbox_delivered(&self, event_id: i64) -> Result<(), StoreError>;
+
+    /// A delivery failed: attempts + 1, retry at `next_attempt_at`.
+    async fn outbox_failed(
+        &self,
+        event_id: i64,
+        next_attempt_at: UnixMs,
+        error: String,
+    ) -> Result<(), StoreError>;
+
+    /// Outbox rows waiting.
+    async fn outbox_depth(&self) -> Result<u64, StoreError>;
+}
+
 /// Figures for operators (metrics, `GetServerStatus`), read-only.
 #[async_trait]
 pub trait StoreStats: Send + Sync {
@@ -380,6 +432,7 @@ pub trait Storage:
     + FlowRepo
     + ClientRepo
     + AuditLog
+    + EventLog
     + StoreStats
     + Lifecycle
 {
@@ -395,6 +448,7 @@ impl<T> Storage for T where
         + FlowRepo
         + ClientRepo
         + AuditLog
+        + EventLog
         + StoreStats
         + Lifecycle
 {

@@ -1,19 +1,23 @@
 //! Storage: the daemon's durable state (tenants, sealed credentials,
-//! tokens, the renewal queue, host leases, authorization flows, API
-//! clients, the audit log) behind a narrow async interface
-//! (`interface.rs`), with SQLite as the embedded backend (`sqlite/`).
+//! tokens, the renewal queue, host leases, authorization flows, tenant
+//! events and the webhook outbox, API clients, the audit log) behind a
+//! narrow async interface (`interface.rs`), with SQLite as the embedded
+//! backend (`sqlite/`) and PostgreSQL for several replicas (`postgres/`).
 //! The only module that knows SQL.
 //!
 //! Files: `interface.rs` (the traits and the [`Store`] handle),
-//! `records.rs` and `flow.rs` (the plain data they take and return),
-//! `error.rs` (one error type for every backend), `sqlite/` (the SQLite
-//! backend, its migrations runner, backups and master key rotation),
+//! `records.rs`, `flow.rs` and `events.rs` (the plain data they take and
+//! return), `error.rs` (one error type for every backend), `seal/`
+//! (sealing, alike for every backend), `rows.rs` (checks on rows read
+//! back), `sqlite/` (the SQLite backend, its migrations runner, backups
+//! and master key rotation), `postgres/` (the PostgreSQL backend),
 //! `conformance/` (test-only: the suite every backend must pass).
 //!
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
 
 mod error;
+mod events;
 mod flow;
 mod interface;
 pub mod postgres;
@@ -29,10 +33,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::StoreError;
+pub(crate) use events::messages as event_messages;
+pub use events::{EventPage, EventSettings, OutboxEntry, TenantEvent, TenantEventKind};
 pub use flow::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 pub use interface::{
-    AuditLog, ClientRepo, CredentialRepo, FlowRepo, HostBudget, JobQueue, LeaseTable, Lifecycle,
-    Storage, Store, StoreStats, TenantRepo, TokenRepo,
+    AuditLog, ClientRepo, CredentialRepo, EventLog, FlowRepo, HostBudget, JobQueue, LeaseTable,
+    Lifecycle, Storage, Store, StoreStats, TenantRepo, TokenRepo,
 };
 pub use postgres::PgStore;
 pub use records::{

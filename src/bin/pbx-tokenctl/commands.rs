@@ -44,6 +44,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
             ClientCommand::Revoke(a) => client_revoke(ctx, a).await,
         },
         Command::Audit(a) => crate::audit_command::audit(ctx, a).await,
+        Command::Events(a) => crate::events_command::events(ctx, a).await,
         Command::Status(a) => crate::status::run(ctx, a).await,
         Command::Completions(a) => completions(a.shell),
     }

@@ -168,6 +168,14 @@ pub fn state_name(state: i32) -> String {
     }
 }
 
+/// Lowercase event kind: `state_changed`.
+pub fn event_kind_name(kind: i32) -> String {
+    match proto::TenantEventKind::try_from(kind) {
+        Ok(k) => enum_suffix(k.as_str_name(), "TENANT_EVENT_KIND_"),
+        Err(_) => format!("unknown({kind})"),
+    }
+}
+
 /// Lowercase role name: `admin`, `reader`.
 pub fn role_name(role: i32) -> String {
     match proto::ClientRole::try_from(role) {

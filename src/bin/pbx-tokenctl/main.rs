@@ -2,6 +2,7 @@
 //!
 //! - `cli/mod.rs`  the clap definition (every flag documented there)
 //! - `audit_command.rs` the `audit` command (the daemon's audit log)
+//! - `events_command.rs` the `events` command (tenant events, --follow)
 //! - `commands.rs` one function per command
 //! - `display.rs`  proto <-> tables / JSON / times
 //! - `secrets.rs`  reading secrets and the API key (never from argv)
@@ -14,6 +15,7 @@ mod cli;
 mod codes;
 mod commands;
 mod display;
+mod events_command;
 mod import;
 mod secrets;
 mod status;

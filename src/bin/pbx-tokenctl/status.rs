@@ -55,12 +55,24 @@ pub fn status_json(s: &proto::ServerStatus) -> Value {
             "host": h.host,
             "rate_limit_waits": h.rate_limit_waits,
             "throttled_until": ts_json(h.throttled_until.as_ref()),
+            "demand_ratio": h.demand_ratio,
         })).collect::<Vec<_>>(),
         "last_backup_file": if s.last_backup_file.is_empty() { Value::Null } else { json!(s.last_backup_file) },
         "last_backup_at": ts_json(s.last_backup_at.as_ref()),
         "warnings": s.warnings,
         "tokens_unstored": s.tokens_unstored,
     })
+}
+
+/// The host's renewal demand against its budget, with what it means.
+fn demand_text(ratio: f64) -> String {
+    if ratio > 1.0 {
+        format!("{ratio:.2} (short: idle tenants renewed on demand)")
+    } else if ratio > 0.8 {
+        format!("{ratio:.2} (near the budget)")
+    } else {
+        format!("{ratio:.2}")
+    }
 }
 
 fn ago(now: i64, ts: Option<&prost_types::Timestamp>) -> String {
@@ -148,11 +160,12 @@ pub fn render(now: i64, s: &proto::ServerStatus) -> String {
                     format!("  {}", h.host),
                     h.rate_limit_waits.to_string(),
                     time_with_hint(now, h.throttled_until.as_ref()),
+                    demand_text(h.demand_ratio),
                 ]
             })
             .collect();
         out.push_str(&render_table(
-            &["  HOST", "RATE-LIMIT WAITS", "THROTTLED UNTIL"],
+            &["  HOST", "RATE-LIMIT WAITS", "THROTTLED UNTIL", "DEMAND"],
             &rows,
         ));
     }
@@ -244,6 +257,7 @@ mod tests {
                 host: "pbx.example.com".into(),
                 rate_limit_waits: 7,
                 throttled_until: None,
+                demand_ratio: 1.5,
             }],
             ..Default::default()
         };
@@ -258,6 +272,7 @@ mod tests {
             "Expiring soon:",
             "4 due, 0 overdue",
             "pbx.example.com",
+            "1.50 (short: idle tenants renewed on demand)",
             "Failing tenants (1 of 2)",
             "connection refused",
         ] {
@@ -268,5 +283,6 @@ mod tests {
         assert_eq!(v["tenants_total"], json!(100));
         assert_eq!(v["failing_tenants"][0]["tenant_id"], json!("acme"));
         assert_eq!(v["last_backup_file"], Value::Null);
+        assert_eq!(v["hosts"][0]["demand_ratio"], json!(1.5));
     }
 }

@@ -18,6 +18,9 @@
 //! its host slot stays taken for one more timeout. A request that got an
 //! answer, or failed fast, frees it at once.
 //!
+//! Scheduled renewals ask for [`Lane::Proactive`]; everything else is a
+//! demand request that goes first (see `pbx::limiter`).
+//!
 //! Application creation and the user lookup (onboarding steps 2 and 5) are
 //! not token requests: they pass through [`GatedOnboardingPbx`] unlimited,
 //! as they always did, so onboarding needs no second handle on the PBX.
@@ -36,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::limiter::{HostLimiters, RequestPermit};
+use super::limiter::{HostLimiters, Lane, RequestPermit};
 use super::{PbxApi, PbxError, PbxOnboardingApi, TokenGrant};
 use crate::clock::UnixMs;
 use crate::domain::{AppCredentials, PbxBaseUrl, PbxUser};
@@ -125,13 +128,25 @@ impl GatedPbx {
         Duration::from_millis(self.request_timeout_ms.load(Ordering::Relaxed))
     }
 
-    /// `grant_type=client_credentials` for a trusted app, gated.
+    /// `grant_type=client_credentials` for a trusted app, gated, in the
+    /// demand lane (somebody waits for the token).
     pub async fn client_credentials(
         &self,
         base: &PbxBaseUrl,
         creds: &AppCredentials,
     ) -> Result<TokenGrant, FetchFailure> {
-        self.through(base, || self.api.client_credentials(base, creds))
+        self.client_credentials_in(base, creds, Lane::Demand).await
+    }
+
+    /// [`Self::client_credentials`] in `lane`: scheduled renewals use
+    /// [`Lane::Proactive`] and stand aside for demand requests.
+    pub async fn client_credentials_in(
+        &self,
+        base: &PbxBaseUrl,
+        creds: &AppCredentials,
+        lane: Lane,
+    ) -> Result<TokenGrant, FetchFailure> {
+        self.through(base, lane, || self.api.client_credentials(base, creds))
             .await
     }
 
@@ -139,12 +154,17 @@ impl GatedPbx {
     /// waits for a slot and the window, refuses while the host is
     /// throttled, and throttles the whole host on a 429. Private: callers
     /// name the request they make, never the limiter.
-    async fn through<T, F, Fut>(&self, base: &PbxBaseUrl, call: F) -> Result<T, FetchFailure>
+    async fn through<T, F, Fut>(
+        &self,
+        base: &PbxBaseUrl,
+        lane: Lane,
+        call: F,
+    ) -> Result<T, FetchFailure>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, PbxError>>,
     {
-        let permit = match self.limiter.acquire(base.host()).await {
+        let permit = match self.limiter.acquire_in(base.host(), lane).await {
             Ok(p) => p,
             Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
         };
@@ -201,7 +221,7 @@ impl GatedOnboardingPbx {
         redirect_uri: &str,
     ) -> Result<TokenGrant, FetchFailure> {
         self.tokens
-            .through(base, || {
+            .through(base, Lane::Demand, || {
                 self.api
                     .authorization_code(base, public_app, code, redirect_uri)
             })

@@ -1,7 +1,10 @@
 //! Per-PBX-host request limiter, shared by scheduled renewals and on-demand
 //! fetches: at most `max_concurrent` requests in flight per host, at most
 //! `requests_per_second` request *starts* in any sliding 1000 ms window, and
-//! no request at all while the host is throttled (after a 429).
+//! no request at all while the host is throttled (after a 429). Two lanes
+//! ([`Lane`]): a request somebody waits for goes before scheduled renewals,
+//! so when a host's budget is short an idle tenant's first GetToken is not
+//! stuck behind the proactive backlog.
 //!
 //! Does not: send requests, decide throttle durations (the caller turns a
 //! [`crate::pbx::PbxError::Throttled`] into [`HostLimiters::throttle`]), or
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::{SharedClock, UnixMs};
 
@@ -64,6 +67,44 @@ struct Host {
     /// Unix ms; 0 when never throttled.
     throttled_until: AtomicI64,
     waits: AtomicU64,
+    /// [`Lane::Demand`] acquisitions in progress; proactive ones stand
+    /// aside while it is above 0.
+    demand_waiting: AtomicU32,
+    /// Told whenever `demand_waiting` rises, and when it falls to 0.
+    demand_changed: Notify,
+}
+
+/// Which queue a token request waits in. Demand requests (a caller waits
+/// for the token: GetToken of a tenant without a valid one, a report, a
+/// forced refresh, onboarding) go before proactive ones (scheduled
+/// renewals), which can wait: the token they replace is still valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Demand,
+    Proactive,
+}
+
+/// One demand acquisition in progress (see `Host::demand_waiting`).
+struct DemandMark {
+    host: Arc<Host>,
+}
+
+impl DemandMark {
+    fn new(host: &Arc<Host>) -> Self {
+        host.demand_waiting.fetch_add(1, Ordering::SeqCst);
+        host.demand_changed.notify_waiters();
+        Self {
+            host: Arc::clone(host),
+        }
+    }
+}
+
+impl Drop for DemandMark {
+    fn drop(&mut self) {
+        if self.host.demand_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.host.demand_changed.notify_waiters();
+        }
+    }
 }
 
 /// One admitted request. Dropping it frees the concurrency slot; drop it
@@ -121,20 +162,56 @@ impl HostLimiters {
     }
 
     /// Waits for a concurrency slot, then for room in the sliding window,
-    /// and records the start. Returns [`Throttled`] at once (no waiting)
-    /// when the host is throttled, before or after the wait. Waiters are
-    /// served in FIFO order. Cancel-safe: a dropped call records nothing.
+    /// and records the start, in the [`Lane::Demand`] lane (a caller is
+    /// waiting). Returns [`Throttled`] at once (no waiting) when the host is
+    /// throttled, before or after the wait. Waiters of a lane are served in
+    /// FIFO order. Cancel-safe: a dropped call records nothing.
     pub async fn acquire(&self, host: &str) -> Result<RequestPermit, Throttled> {
+        self.acquire_in(host, Lane::Demand).await
+    }
+
+    /// [`Self::acquire`] in `lane`. A [`Lane::Proactive`] acquisition yields
+    /// to every [`Lane::Demand`] one waiting for the same host: it does not
+    /// start while one waits, and gives back the concurrency slot and its
+    /// place in the window queue when one arrives while it waits. Requests
+    /// already sent are never cut short, so a demand request may still wait
+    /// for one of them to finish (at most `max_concurrent` are out).
+    pub async fn acquire_in(&self, host: &str, lane: Lane) -> Result<RequestPermit, Throttled> {
         let h = self.host(host);
         self.check_throttle(&h)?;
+        // Held until this call returns (or is dropped): proactive callers
+        // stand aside meanwhile.
+        let _demand = (lane == Lane::Demand).then(|| DemandMark::new(&h));
         // Counted once per acquisition, however many times it waits.
         let mut waited = false;
+        loop {
+            if lane == Lane::Proactive {
+                h.wait_no_demand(&mut waited).await;
+            }
+            if let Some(permit) = self.admit(&h, lane, &mut waited).await? {
+                return Ok(permit);
+            }
+        }
+    }
+
+    /// One attempt: a concurrency slot, then room in the window. `None`: a
+    /// proactive attempt stood aside for a demand request (try again).
+    async fn admit(
+        &self,
+        h: &Arc<Host>,
+        lane: Lane,
+        waited: &mut bool,
+    ) -> Result<Option<RequestPermit>, Throttled> {
         let permit = match Arc::clone(&h.slots).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                waited = true;
-                h.waits.fetch_add(1, Ordering::Relaxed);
-                match Arc::clone(&h.slots).acquire_owned().await {
+                h.count_wait(waited);
+                let acquired = tokio::select! {
+                    biased;
+                    p = Arc::clone(&h.slots).acquire_owned() => p,
+                    () = h.demand_arrives(lane) => return Ok(None),
+                };
+                match acquired {
                     Ok(p) => p,
                     // The semaphore is never closed; treat it as a full host.
                     Err(_) => {
@@ -147,12 +224,19 @@ impl HostLimiters {
         };
         // Wrapped at once so an early return or a cancel settles any debt.
         let permit = RequestPermit {
-            host: Arc::clone(&h),
+            host: Arc::clone(h),
             permit: Some(permit),
         };
-        let mut starts = h.starts.lock().await;
+        let mut starts = tokio::select! {
+            biased;
+            g = h.starts.lock() => g,
+            () = h.demand_arrives(lane) => return Ok(None),
+        };
         loop {
-            self.check_throttle(&h)?;
+            self.check_throttle(h)?;
+            if lane == Lane::Proactive && h.demand_waiting.load(Ordering::SeqCst) > 0 {
+                return Ok(None);
+            }
             let now = self.clock.now();
             while starts.front().is_some_and(|t| now.0 - t.0 >= WINDOW_MS) {
                 starts.pop_front();
@@ -160,18 +244,19 @@ impl HostLimiters {
             let rps = self.rps.load(Ordering::Relaxed) as usize;
             if starts.len() < rps {
                 starts.push_back(now);
-                return Ok(permit);
+                return Ok(Some(permit));
             }
-            if !waited {
-                waited = true;
-                h.waits.fetch_add(1, Ordering::Relaxed);
-            }
+            h.count_wait(waited);
             // The (len - rps + 1)-th oldest start must leave the window; the
             // extra length only exists after `reconfigure` lowered the rate.
             let idx = starts.len() - rps;
             let free_at = starts.get(idx).map_or(now, |t| t.plus_ms(WINDOW_MS));
             let nap = now.until(free_at).max(Duration::from_millis(1));
-            tokio::time::sleep(nap).await;
+            tokio::select! {
+                biased;
+                () = h.demand_arrives(lane) => return Ok(None),
+                () = tokio::time::sleep(nap) => {}
+            }
         }
     }
 
@@ -186,6 +271,12 @@ impl HostLimiters {
     /// The window request starts are counted in (ms), guard included.
     pub const fn window_ms() -> i64 {
         WINDOW_MS
+    }
+
+    /// Demand requests waiting for `host` now (tests, status).
+    pub fn demand_waiting(&self, host: &str) -> u32 {
+        self.existing(host)
+            .map_or(0, |h| h.demand_waiting.load(Ordering::SeqCst))
     }
 
     /// No request to `host` before `until`. A shorter throttle never
@@ -283,6 +374,8 @@ impl HostLimiters {
             starts: tokio::sync::Mutex::new(VecDeque::new()),
             throttled_until: AtomicI64::new(0),
             waits: AtomicU64::new(0),
+            demand_waiting: AtomicU32::new(0),
+            demand_changed: Notify::new(),
         });
         hosts.insert(host.to_owned(), Arc::clone(&h));
         h
@@ -290,6 +383,44 @@ impl HostLimiters {
 }
 
 impl Host {
+    fn count_wait(&self, waited: &mut bool) {
+        if !*waited {
+            *waited = true;
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns once a demand request waits (never, for the demand lane).
+    async fn demand_arrives(&self, lane: Lane) {
+        if lane == Lane::Demand {
+            return std::future::pending().await;
+        }
+        loop {
+            // Registered before the check, so a rise in between is not missed.
+            let changed = self.demand_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.demand_waiting.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Returns once no demand request waits.
+    async fn wait_no_demand(&self, waited: &mut bool) {
+        loop {
+            let changed = self.demand_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.demand_waiting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            self.count_wait(waited);
+            changed.await;
+        }
+    }
+
     fn resize(&self, target: u32) {
         let mut cap = self.capacity.lock().unwrap_or_else(|e| e.into_inner());
         if target > *cap {

@@ -234,3 +234,77 @@ async fn cancelled_acquire_records_nothing() {
         Duration::from_millis(990 + super::WINDOW_GUARD_MS as u64)
     );
 }
+
+/// Spawns one acquisition in `lane` that holds its permit for `hold` and
+/// returns its start time.
+fn spawn_in(
+    lim: &Arc<HostLimiters>,
+    clock: &SharedClock,
+    lane: Lane,
+    hold: Duration,
+) -> tokio::task::JoinHandle<UnixMs> {
+    let (lim, clock) = (Arc::clone(lim), Arc::clone(clock));
+    tokio::spawn(async move {
+        let permit = lim.acquire_in("h", lane).await.unwrap();
+        let started = clock.now();
+        tokio::time::sleep(hold).await;
+        drop(permit);
+        started
+    })
+}
+
+/// A demand request that arrives behind a proactive backlog takes the next
+/// free place in the window; the window still holds for both lanes.
+#[tokio::test(start_paused = true)]
+async fn demand_goes_before_a_queued_proactive_backlog() {
+    let (lim, clock) = limiters(2, 6);
+    let hold = Duration::from_millis(50);
+    let proactive: Vec<_> = (0..10)
+        .map(|_| spawn_in(&lim, &clock, Lane::Proactive, hold))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let demand = spawn_in(&lim, &clock, Lane::Demand, hold);
+    let demand_start = demand.await.unwrap();
+    let mut starts = vec![demand_start];
+    for p in proactive {
+        starts.push(p.await.unwrap());
+    }
+    starts.sort();
+    assert_eq!(demand_start, T0.plus_ms(WINDOW_MS), "{starts:?}");
+    let before = starts.iter().filter(|s| **s < demand_start).count();
+    assert_eq!(before, 2, "only the two that started at once went first");
+    assert!(max_in_window(&starts) <= 2, "{starts:?}");
+    assert_eq!(lim.demand_waiting("h"), 0);
+}
+
+/// Proactive requests that hold every concurrency slot while they wait for
+/// the window give their slots up to a demand request; one already sent
+/// keeps its slot.
+#[tokio::test(start_paused = true)]
+async fn proactive_waiters_give_their_slots_to_demand() {
+    let (lim, clock) = limiters(1, 2);
+    // Sent at T0 and in flight for 5 s: keeps its slot.
+    let sent = spawn_in(&lim, &clock, Lane::Proactive, Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Takes the second slot and waits for the window.
+    let waiting = spawn_in(&lim, &clock, Lane::Proactive, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(lim.in_flight("h"), 2);
+    let demand = spawn_in(&lim, &clock, Lane::Demand, Duration::from_millis(10));
+    let demand_start = demand.await.unwrap();
+    assert_eq!(sent.await.unwrap(), T0);
+    assert_eq!(demand_start, T0.plus_ms(WINDOW_MS));
+    assert!(waiting.await.unwrap() >= demand_start.plus_ms(WINDOW_MS));
+}
+
+/// `acquire` is the demand lane; a proactive acquisition with no demand
+/// waiting behaves as before.
+#[tokio::test(start_paused = true)]
+async fn proactive_alone_is_not_slowed() {
+    let (lim, clock) = limiters(2, 6);
+    let a = spawn_in(&lim, &clock, Lane::Proactive, Duration::ZERO);
+    let b = spawn_in(&lim, &clock, Lane::Proactive, Duration::ZERO);
+    assert_eq!(a.await.unwrap(), T0);
+    assert_eq!(b.await.unwrap(), T0);
+    assert_eq!(lim.waits_total("h"), 0);
+}

@@ -199,7 +199,7 @@ pub(crate) async fn orphans_survive_a_new_begin_and_failure_wipes_secrets<H: Har
     assert_eq!(f.orphaned_apps, vec!["a1".to_string(), "a2".to_string()]);
     assert_eq!(f.error.as_deref(), Some("403"));
     // Deleting the tenant takes the flow with it.
-    store.delete_tenant(&id).await.unwrap();
+    store.delete_tenant(&id, T0).await.unwrap();
     assert_eq!(
         h.query_i64("SELECT count(*) FROM onboarding_flows WHERE tenant_id = 'acme'")
             .await,

@@ -211,7 +211,7 @@ pub(crate) async fn reschedule_many_skips_deleted_tenants<H: Harness>(h: &H) {
             .await
             .unwrap();
     }
-    store.delete_tenant(&tid("gone")).await.unwrap();
+    store.delete_tenant(&tid("gone"), T0).await.unwrap();
     store
         .reschedule_many(vec![
             (tid("a"), T0.plus_ms(3)),

@@ -35,7 +35,7 @@ pub(crate) async fn check_master_key_initializes_then_verifies<H: Harness>(h: &H
     assert_eq!(again.check_master_key().await.unwrap(), KeyCheck::Verified);
     // A wrong key on an initialized, empty-of-tenants database is refused
     // as well (the check value, not a tenant's secret, finds it).
-    again.delete_tenant(&tid("acme")).await.unwrap();
+    again.delete_tenant(&tid("acme"), T0).await.unwrap();
     again.close().await.unwrap();
     let wrong = h.open(other_keys()).await.unwrap();
     assert!(matches!(
@@ -53,7 +53,7 @@ pub(crate) async fn a_closed_store_refuses_work<H: Harness>(h: &H) {
     let clone = store.clone();
     store.close().await.unwrap();
     assert!(clone.get_tenant(&tid("acme")).await.is_err());
-    assert!(clone.delete_tenant(&tid("acme")).await.is_err());
+    assert!(clone.delete_tenant(&tid("acme"), T0).await.is_err());
     assert!(clone.heartbeat(T0).await.is_err());
     // What was written before closing is there.
     let again = open_store(h).await;

@@ -17,7 +17,8 @@
 //! clear columns; the master key), `tokens.rs` (TokenRepo and group
 //! commit), `jobs.rs` (JobQueue), `leases.rs` (LeaseTable), `flows.rs`
 //! (FlowRepo), `flow_commits.rs` (each onboarding step's transaction),
-//! `clients.rs` (ClientRepo), `audit.rs` (AuditLog), `stats.rs`
+//! `clients.rs` (ClientRepo), `audit.rs` (AuditLog), `events.rs` (EventLog
+//! and the events every change writes), `stats.rs`
 //! (StoreStats), `lifecycle.rs` (heartbeat, master key check, close,
 //! schema refusal, housekeeping), `replicas.rs` (two handles on one database);
 //! `fixtures.rs` holds the sample tenants, tokens and times they share.
@@ -25,6 +26,7 @@
 pub(crate) mod audit;
 pub(crate) mod clients;
 pub(crate) mod credentials;
+pub(crate) mod events;
 pub(crate) mod fences;
 pub(crate) mod fixtures;
 pub(crate) mod flow_commits;
@@ -158,6 +160,15 @@ macro_rules! conformance_tests {
         $crate::store::conformance::conformance_tests!(@area $harness; audit [
             append_and_page_newest_first,
             pages_have_no_gaps_or_repeats_under_filters,
+        ]);
+        $crate::store::conformance::conformance_tests!(@area $harness; events [
+            every_change_writes_its_events_and_no_change_none,
+            credential_faults_and_flows_write_state_changes,
+            the_event_and_the_change_commit_together,
+            the_outbox_is_written_when_enabled_and_kept_in_order_per_tenant,
+            retention_prunes_old_events_but_not_undelivered_ones,
+            pages_resume_without_gaps_or_repeats_on_any_handle,
+            a_commit_wakes_the_handles_subscribers,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; stats [
             count_by_state_counts_every_state,

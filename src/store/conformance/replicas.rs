@@ -28,7 +28,7 @@ pub(crate) async fn a_tenant_created_on_one_handle_is_read_on_the_other<H: Harne
         .insert_tenant(new_tenant("acme", TenantState::Active))
         .await
         .is_err());
-    two.delete_tenant(&tid("acme")).await.unwrap();
+    two.delete_tenant(&tid("acme"), T0).await.unwrap();
     assert!(one.get_tenant(&tid("acme")).await.unwrap().is_none());
 }
 

@@ -232,7 +232,7 @@ pub(crate) async fn delete_removes_everything_of_the_tenant<H: Harness>(h: &H) {
         .await
     };
     assert_eq!(count("credentials", "acme").await, 2);
-    store.delete_tenant(&tid("acme")).await.unwrap();
+    store.delete_tenant(&tid("acme"), T0).await.unwrap();
     for table in [
         "tenants",
         "credentials",
@@ -251,7 +251,7 @@ pub(crate) async fn delete_removes_everything_of_the_tenant<H: Harness>(h: &H) {
     let cache = store.load_cache().await.unwrap();
     assert_eq!(cache.len(), 1);
     assert!(matches!(
-        store.delete_tenant(&tid("acme")).await,
+        store.delete_tenant(&tid("acme"), T0).await,
         Err(StoreError::TenantNotFound(_))
     ));
     // The id is free again.

@@ -111,7 +111,7 @@ pub(crate) async fn record_refresh_of_a_deleted_tenant_is_refused<H: Harness>(h:
         .insert_tenant(new_tenant("gone", TenantState::Active))
         .await
         .unwrap();
-    store.delete_tenant(&tid("gone")).await.unwrap();
+    store.delete_tenant(&tid("gone"), T0).await.unwrap();
     for record in [
         failure(TenantState::RenewalFailing, 3),
         RefreshRecord::Success {
@@ -280,7 +280,7 @@ pub(crate) async fn a_bad_record_does_not_undo_the_others_in_its_batch<H: Harnes
     store.insert_tenants(ts).await.unwrap();
     for i in (0..60).step_by(6) {
         store
-            .delete_tenant(&tid(&format!("t{i:03}")))
+            .delete_tenant(&tid(&format!("t{i:03}")), T0)
             .await
             .unwrap();
     }

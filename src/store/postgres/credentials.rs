@@ -148,10 +148,11 @@ impl CredentialRepo for PgStore {
         now: UnixMs,
     ) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, _| {
+        self.write_ev(move |tx, _, ev| {
             Box::pin(async move {
                 super::tenant_writes::record_credential_fault(
                     tx,
+                    ev,
                     id.as_str(),
                     &message,
                     retry_at,

@@ -27,8 +27,13 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "0002_host_budget",
-        sql: include_str!("../../../migrations/postgres/0002_host_budget.sql"),
+        name: "0002_tenant_events",
+        sql: include_str!("../../../migrations/postgres/0002_tenant_events.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_host_budget",
+        sql: include_str!("../../../migrations/postgres/0003_host_budget.sql"),
     },
 ];
 

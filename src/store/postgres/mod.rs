@@ -18,7 +18,8 @@
 //! advisory lock), and one file per table family as in `sqlite/`:
 //! `tenants.rs` (reads), `tenant_writes.rs`, `credentials.rs`, `tokens.rs`,
 //! `jobs.rs`, `leases.rs`, `onboarding.rs`, `clients.rs`,
-//! `audit_events.rs`, `stats.rs`, `lifecycle.rs` (master key check,
+//! `audit_events.rs`, `events.rs` (tenant events, webhook outbox),
+//! `stats.rs`, `lifecycle.rs` (master key check,
 //! heartbeat, housekeeping); `testdb.rs` (tests only: a real PostgreSQL
 //! server for the test process).
 //!
@@ -33,6 +34,7 @@ mod conformance_tests;
 mod connect;
 mod credentials;
 mod error;
+mod events;
 mod jobs;
 mod leases;
 mod lifecycle;
@@ -87,6 +89,8 @@ struct Inner {
     keyring: Arc<Keyring>,
     /// Hosts and database, for logs (never the URL: it may hold a password).
     target: String,
+    /// Event settings and the "events committed" channel.
+    events: events::EventHub,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -134,6 +138,7 @@ impl PgStore {
                 pool,
                 keyring,
                 target,
+                events: events::EventHub::default(),
             }),
             caller_lease_clock: false,
         })
@@ -164,20 +169,34 @@ impl PgStore {
         T: Send,
         F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring) -> TxFuture<'a, T> + Send,
     {
+        self.write_ev(move |tx, keys, _| f(tx, keys)).await
+    }
+
+    /// As [`PgStore::write`], with the context `f` appends events through;
+    /// this handle's streams are woken after the commit. A connection that
+    /// failed in a way that leaves it useless is taken out of the pool.
+    async fn write_ev<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring, &'a events::EventCx) -> TxFuture<'a, T> + Send,
+    {
+        let cx = self.inner.events.begin();
         let mut client = self.client().await?;
         let out = async {
             let tx = client.transaction().await?;
-            let out = f(&tx, &self.inner.keyring).await?;
+            let out = f(&tx, &self.inner.keyring, &cx).await?;
             tx.commit().await?;
             Ok(out)
         }
         .await;
-        if let Err(e) = &out {
-            if error::breaks_connection(e) {
+        match &out {
+            Ok(_) => self.inner.events.committed(&cx),
+            Err(e) if error::breaks_connection(e) => {
                 // Detached from the pool and dropped: the next call connects
                 // afresh (and a multi-host URL finds the writable server).
                 drop(Object::take(client));
             }
+            Err(_) => {}
         }
         out
     }
@@ -242,17 +261,17 @@ pub(super) fn limit(n: u32) -> i64 {
 #[async_trait]
 impl TenantRepo for PgStore {
     async fn insert_tenant(&self, t: NewTenant) -> Result<(), StoreError> {
-        self.write(move |tx, keys| {
-            Box::pin(async move { tenant_writes::insert(tx, keys, &t).await })
+        self.write_ev(move |tx, keys, ev| {
+            Box::pin(async move { tenant_writes::insert(tx, keys, ev, &t).await })
         })
         .await
     }
 
     async fn insert_tenants(&self, ts: Vec<NewTenant>) -> Result<(), StoreError> {
-        self.write(move |tx, keys| {
+        self.write_ev(move |tx, keys, ev| {
             Box::pin(async move {
                 for t in &ts {
-                    tenant_writes::insert(tx, keys, t).await?;
+                    tenant_writes::insert(tx, keys, ev, t).await?;
                 }
                 Ok(())
             })
@@ -285,18 +304,18 @@ impl TenantRepo for PgStore {
         now: UnixMs,
     ) -> Result<Tenant, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| {
-            Box::pin(
-                async move { tenant_writes::update(tx, keys, id.as_str(), &changes, now).await },
-            )
+        self.write_ev(move |tx, keys, ev| {
+            Box::pin(async move {
+                tenant_writes::update_by_operator(tx, keys, ev, id.as_str(), &changes, now).await
+            })
         })
         .await
     }
 
-    async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
+    async fn delete_tenant(&self, id: &TenantId, now: UnixMs) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, _| {
-            Box::pin(async move { tenant_writes::delete(tx, id.as_str()).await })
+        self.write_ev(move |tx, _, ev| {
+            Box::pin(async move { tenant_writes::delete(tx, ev, id.as_str(), now).await })
         })
         .await
     }
@@ -328,10 +347,10 @@ impl TokenRepo for PgStore {
         now: UnixMs,
     ) -> Result<u32, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| {
+        self.write_ev(move |tx, keys, ev| {
             Box::pin(async move {
                 tokens::check_fence(tx, id.as_str(), &fence).await?;
-                tokens::record_refresh(tx, keys, id.as_str(), &record, now).await
+                tokens::record_refresh(tx, keys, ev, id.as_str(), &record, now).await
             })
         })
         .await

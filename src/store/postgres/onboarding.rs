@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use tokio_postgres::Row;
 
+use super::events::{state_event, state_of, NewEvent};
 use super::tenants::get;
 use super::{execute, query, query_opt, tenant_writes, PgStore, Tx};
 use crate::clock::UnixMs;
@@ -16,6 +17,7 @@ use crate::crypto::Keyring;
 use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
 use crate::store::rows::parse_id;
 use crate::store::seal::flow::{self as flow_seal, Dest, FlowSecret};
+use crate::store::{event_messages, TenantEventKind};
 use crate::store::{
     Flow, FlowCompletion, FlowRepo, FlowStep, FlowUpdate, StoreError, TenantChanges,
 };
@@ -126,8 +128,16 @@ impl FlowRepo for PgStore {
         now: UnixMs,
     ) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| {
-            Box::pin(async move { advance(tx, keys, id.as_str(), &update, now).await })
+        self.write_ev(move |tx, keys, ev| {
+            Box::pin(async move {
+                let id = id.as_str();
+                let before = state_of(tx, id).await?;
+                advance(tx, keys, id, &update, now).await?;
+                if let FlowUpdate::Failed { error, .. } = &update {
+                    state_event(tx, ev, id, before, error, now).await?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -139,8 +149,13 @@ impl FlowRepo for PgStore {
         now: UnixMs,
     ) -> Result<String, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| {
-            Box::pin(async move { discard_flow(tx, keys, id.as_str(), &error, now).await })
+        self.write_ev(move |tx, keys, ev| {
+            Box::pin(async move {
+                let before = state_of(tx, id.as_str()).await?;
+                let said = discard_flow(tx, keys, id.as_str(), &error, now).await?;
+                state_event(tx, ev, id.as_str(), before, &said, now).await?;
+                Ok(said)
+            })
         })
         .await
     }
@@ -152,9 +167,10 @@ impl FlowRepo for PgStore {
         now: UnixMs,
     ) -> Result<Tenant, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| {
+        self.write_ev(move |tx, keys, ev| {
             Box::pin(async move {
                 let id = id.as_str();
+                let before = state_of(tx, id).await?;
                 let changes = TenantChanges {
                     state: Some(c.state),
                     trusted_app: Some(c.app.clone()),
@@ -184,9 +200,21 @@ impl FlowRepo for PgStore {
                 if n == 0 {
                     return Err(StoreError::TenantNotFound(id.to_owned()));
                 }
-                get(tx, id)
+                let tenant = get(tx, id)
                     .await?
-                    .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))
+                    .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+                let e = NewEvent {
+                    tenant_id: id,
+                    kind: TenantEventKind::AuthorizationCompleted,
+                    previous_state: None,
+                    state: Some(tenant.state),
+                    message: event_messages::AUTHORIZED,
+                    at: now,
+                };
+                ev.append(tx, &e).await?;
+                let said = c.note.as_deref().unwrap_or(event_messages::AUTHORIZED);
+                state_event(tx, ev, id, before, said, now).await?;
+                Ok(tenant)
             })
         })
         .await

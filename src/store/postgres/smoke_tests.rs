@@ -277,9 +277,9 @@ async fn every_call_runs_and_round_trips() {
     )
     .await
     .unwrap();
-    s.delete_tenant(&tid("B3")).await.unwrap();
+    s.delete_tenant(&tid("B3"), T0).await.unwrap();
     assert!(matches!(
-        s.delete_tenant(&tid("B3")).await,
+        s.delete_tenant(&tid("B3"), T0).await,
         Err(StoreError::TenantNotFound(_))
     ));
 }

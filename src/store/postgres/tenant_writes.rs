@@ -6,15 +6,22 @@
 //!
 //! Does not: decide which state a tenant should be in.
 
+use super::events::{state_of, EventCx, NewEvent};
 use super::tenants::get;
 use super::{credentials, execute, jobs, query_opt, tokens, Tx};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
-use crate::domain::{PbxUser, Tenant};
+use crate::domain::{PbxUser, Tenant, TenantState};
+use crate::store::rows::parse_state;
 use crate::store::seal::credentials::Kind;
-use crate::store::{NewTenant, StoreError, TenantChanges};
+use crate::store::{event_messages, NewTenant, StoreError, TenantChanges, TenantEventKind};
 
-pub(super) async fn insert(tx: &Tx<'_>, keys: &Keyring, t: &NewTenant) -> Result<(), StoreError> {
+pub(super) async fn insert(
+    tx: &Tx<'_>,
+    keys: &Keyring,
+    ev: &EventCx,
+    t: &NewTenant,
+) -> Result<(), StoreError> {
     let id = t.id.as_str();
     let issued = t.token.as_ref().map(|k| k.issued_at.0);
     let inserted = execute(
@@ -57,7 +64,45 @@ pub(super) async fn insert(tx: &Tx<'_>, keys: &Keyring, t: &NewTenant) -> Result
     if let Some(due_at) = t.renew_at {
         jobs::upsert(tx, id, t.base_url.host(), due_at, jobs::Attempts::Reset).await?;
     }
+    let e = NewEvent {
+        tenant_id: id,
+        kind: TenantEventKind::Created,
+        previous_state: None,
+        state: Some(t.state),
+        message: event_messages::CREATED,
+        at: t.now,
+    };
+    ev.append(tx, &e).await?;
     Ok(())
+}
+
+/// UpdateTenant's change: [`update`] with an UPDATED event, and a
+/// STATE_CHANGED one when the state differs.
+pub(super) async fn update_by_operator(
+    tx: &Tx<'_>,
+    keys: &Keyring,
+    ev: &EventCx,
+    id: &str,
+    ch: &TenantChanges,
+    now: UnixMs,
+) -> Result<Tenant, StoreError> {
+    let before = state_of(tx, id)
+        .await?
+        .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    let tenant = update(tx, keys, id, ch, now).await?;
+    let e = NewEvent {
+        tenant_id: id,
+        kind: TenantEventKind::Updated,
+        previous_state: None,
+        state: Some(tenant.state),
+        message: event_messages::UPDATED,
+        at: now,
+    };
+    ev.append(tx, &e).await?;
+    let said = event_messages::BY_OPERATOR;
+    ev.state_change(tx, id, before, tenant.state, said, now)
+        .await?;
+    Ok(tenant)
 }
 
 pub(super) async fn update(
@@ -165,22 +210,44 @@ pub(super) async fn update(
 /// Credentials, token, job and flow go with the tenant (ON DELETE CASCADE).
 /// PostgreSQL leaves dead row versions until VACUUM; they hold sealed
 /// values only, never a secret in clear.
-pub(super) async fn delete(tx: &Tx<'_>, id: &str) -> Result<(), StoreError> {
-    match execute(tx, "DELETE FROM tenants WHERE tenant_id = $1", &[&id]).await? {
-        0 => Err(StoreError::TenantNotFound(id.to_owned())),
-        _ => Ok(()),
-    }
+pub(super) async fn delete(
+    tx: &Tx<'_>,
+    ev: &EventCx,
+    id: &str,
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let row = query_opt(
+        tx,
+        "DELETE FROM tenants WHERE tenant_id = $1 RETURNING state",
+        &[&id],
+    )
+    .await?
+    .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    let e = NewEvent {
+        tenant_id: id,
+        kind: TenantEventKind::Deleted,
+        previous_state: None,
+        state: Some(parse_state(id, &row.try_get::<_, String>(0)?)?),
+        message: event_messages::DELETED,
+        at: now,
+    };
+    ev.append(tx, &e).await?;
+    Ok(())
 }
 
 /// A renewing tenant becomes CREDENTIALS_REJECTED (an operator's DISABLED
 /// or PENDING_AUTHORIZATION stays), its job moves to `retry_at`.
 pub(super) async fn record_credential_fault(
     tx: &Tx<'_>,
+    ev: &EventCx,
     id: &str,
     message: &str,
     retry_at: UnixMs,
     now: UnixMs,
 ) -> Result<(), StoreError> {
+    let before = state_of(tx, id)
+        .await?
+        .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
     let row = query_opt(
         tx,
         "UPDATE tenants SET \
@@ -201,6 +268,8 @@ pub(super) async fn record_credential_fault(
             &[&id, &retry_at.0],
         )
         .await?;
+        let after = TenantState::CredentialsRejected;
+        ev.state_change(tx, id, before, after, message, now).await?;
     }
     Ok(())
 }

@@ -17,13 +17,16 @@
 //!
 //! Does not: decide when to refresh or what a failure means.
 
+use super::events::{state_of, EventCx};
 use super::{execute, jobs, query, query_opt, Tx};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AccessToken;
 use crate::store::rows::{parse_base_url, parse_id, parse_state};
 use crate::store::seal::{self, Field};
-use crate::store::{CacheLoad, CachedTenant, RefreshRecord, StoreError, WriteFence};
+use crate::store::{
+    event_messages, CacheLoad, CachedTenant, RefreshRecord, StoreError, WriteFence,
+};
 
 /// Replaces the tenant's token.
 pub(super) async fn upsert(
@@ -183,10 +186,14 @@ pub(super) async fn check_fence(
 pub(super) async fn record_refresh(
     tx: &Tx<'_>,
     keys: &Keyring,
+    ev: &EventCx,
     tenant_id: &str,
     record: &RefreshRecord,
     now: UnixMs,
 ) -> Result<u32, StoreError> {
+    // Locks the row first (as the update would); a renewal that changes
+    // nothing writes no event and takes no event lock.
+    let before = state_of(tx, tenant_id).await?;
     // A tenant an operator disabled, or sent back to authorization, while
     // this refresh was in flight keeps that state.
     let row = match record {
@@ -198,7 +205,7 @@ pub(super) async fn record_refresh(
                                   THEN state ELSE 'active' END, \
                      consecutive_failures = 0, last_error = NULL, \
                      last_refresh_at = $2, updated_at = $3 \
-                 WHERE tenant_id = $1 RETURNING pbx_host, consecutive_failures",
+                 WHERE tenant_id = $1 RETURNING pbx_host, consecutive_failures, state",
                 &[&tenant_id, &token.issued_at.0, &now.0],
             )
             .await?
@@ -211,24 +218,32 @@ pub(super) async fn record_refresh(
                                   THEN state ELSE $2 END, \
                      consecutive_failures = consecutive_failures + 1, last_error = $3, \
                      updated_at = $4 \
-                 WHERE tenant_id = $1 RETURNING pbx_host, consecutive_failures",
+                 WHERE tenant_id = $1 RETURNING pbx_host, consecutive_failures, state",
                 &[&tenant_id, &state.as_str(), error, &now.0],
             )
             .await?
         }
     };
-    let Some(row) = row else {
+    let (Some(before), Some(row)) = (before, row) else {
         return Err(StoreError::TenantNotFound(tenant_id.to_owned()));
     };
     let host: String = row.try_get(0)?;
     let failures: i64 = row.try_get(1)?;
+    let after = parse_state(tenant_id, &row.try_get::<_, String>(2)?)?;
     match record {
         RefreshRecord::Success { token, renew_at } => {
             upsert(tx, keys, tenant_id, token).await?;
             jobs::upsert(tx, tenant_id, &host, *renew_at, jobs::Attempts::Reset).await?;
+            let said = event_messages::RECOVERED;
+            ev.state_change(tx, tenant_id, before, after, said, now)
+                .await?;
         }
-        RefreshRecord::Failure { retry_at, .. } => {
+        RefreshRecord::Failure {
+            retry_at, error, ..
+        } => {
             jobs::upsert(tx, tenant_id, &host, *retry_at, jobs::Attempts::Increment).await?;
+            ev.state_change(tx, tenant_id, before, after, error, now)
+                .await?;
         }
     }
     u32::try_from(failures).map_err(|_| {

@@ -308,7 +308,9 @@ mod tests {
             Err(StoreError::Task(_))
         ));
         assert!(matches!(
-            clone.delete_tenant(&tid("t000001")).await,
+            clone
+                .delete_tenant(&tid("t000001"), crate::clock::UnixMs(1))
+                .await,
             Err(StoreError::Task(_))
         ));
         // Closing twice is harmless.

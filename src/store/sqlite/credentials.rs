@@ -124,8 +124,15 @@ impl CredentialRepo for SqliteStore {
         now: UnixMs,
     ) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, _| {
-            super::tenant_writes::record_credential_fault(tx, id.as_str(), &message, retry_at, now)
+        self.write_ev(move |tx, _, ev| {
+            super::tenant_writes::record_credential_fault(
+                tx,
+                ev,
+                id.as_str(),
+                &message,
+                retry_at,
+                now,
+            )
         })
         .await
     }

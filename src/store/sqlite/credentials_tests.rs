@@ -68,7 +68,11 @@ fn make_legacy(t: &TestStore) {
     )
     .unwrap();
     // What migrations after 6 added is not there yet either.
-    raw.execute_batch("DROP TABLE host_leases").unwrap();
+    raw.execute_batch(
+        "DROP TABLE host_leases; DROP TABLE webhook_outbox; DROP TABLE tenant_events; \
+         DROP TABLE event_retention",
+    )
+    .unwrap();
     raw.pragma_update(None, "user_version", 5).unwrap();
 }
 

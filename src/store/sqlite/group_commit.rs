@@ -101,12 +101,13 @@ fn commit_batch(inner: &Inner, batch: Vec<Pending>) {
         return;
     };
     let mut results: Vec<Result<u32, StoreError>> = Vec::with_capacity(batch.len());
+    let ev = inner.events.begin();
     let outcome = (|| -> Result<(), StoreError> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for p in &batch {
             let sp = tx.savepoint()?;
             let r = tokens::check_fence(&sp, p.id.as_str(), &p.fence).and_then(|()| {
-                tokens::record_refresh(&sp, &inner.keyring, p.id.as_str(), &p.record, p.now)
+                tokens::record_refresh(&sp, &inner.keyring, &ev, p.id.as_str(), &p.record, p.now)
             });
             if r.is_ok() {
                 sp.commit()?;
@@ -119,6 +120,7 @@ fn commit_batch(inner: &Inner, batch: Vec<Pending>) {
     })();
     match outcome {
         Ok(()) => {
+            inner.events.committed(&ev);
             for (p, r) in batch.into_iter().zip(results) {
                 let _ = p.reply.send(r);
             }

@@ -19,7 +19,8 @@
 //! `credentials.rs`, `tokens.rs` (with `group_commit.rs`), `jobs.rs`,
 //! `leases.rs`, `onboarding.rs` (the authorization flow's committed steps;
 //! `flow_seal.rs`), `clients.rs` (API clients), `audit_events.rs` (the
-//! audit log table); `masterkey.rs` (key check value, re-sealing for master
+//! audit log table), `events.rs` (tenant events, the webhook outbox, and
+//! waking streams after a commit); `masterkey.rs` (key check value, re-sealing for master
 //! key rotation); `stats.rs` (aggregates for operators); `lifecycle.rs`
 //! (heartbeat, checkpoints, close) and `backup.rs` (VACUUM INTO snapshots,
 //! restore).
@@ -31,6 +32,7 @@ mod clients;
 mod conformance_tests;
 mod connection;
 mod credentials;
+mod events;
 mod flow_seal;
 mod group_commit;
 mod jobs;
@@ -97,6 +99,8 @@ struct Inner {
     /// Run SQL on the calling thread instead of the blocking pool; see
     /// [`SqliteStore::open_inline`].
     inline: bool,
+    /// Event settings and the "events committed" channel.
+    events: events::EventHub,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -152,6 +156,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 refresh_queue: group_commit::Queue::default(),
                 inline,
+                events: events::EventHub::default(),
             }),
         })
     }
@@ -207,6 +212,29 @@ impl SqliteStore {
         .await
     }
 
+    /// As [`SqliteStore::write`], with the context `f` appends events
+    /// through; streams are woken after the commit.
+    async fn write_ev<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &Keyring, &events::EventCx) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        self.run(move || {
+            let mut guard = lock(&inner.writer);
+            let conn = guard.as_mut().ok_or_else(connection::closed)?;
+            let cx = inner.events.begin();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx, &inner.keyring, &cx)?;
+            tx.commit()?;
+            inner.events.committed(&cx);
+            Ok(out)
+        })
+        .await
+    }
+
     /// Runs `f` on a reader connection, on the blocking pool.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -224,16 +252,16 @@ impl TenantRepo for SqliteStore {
     /// Inserts the tenant with its credentials, first token and job, all or
     /// nothing. `TenantExists` if the id is taken.
     async fn insert_tenant(&self, t: NewTenant) -> Result<(), StoreError> {
-        self.write(move |tx, keys| tenant_writes::insert(tx, keys, &t))
+        self.write_ev(move |tx, keys, ev| tenant_writes::insert(tx, keys, ev, &t))
             .await
     }
 
     /// Inserts many tenants in one transaction (bulk import, load tests):
     /// all or nothing, `TenantExists` names the first duplicate.
     async fn insert_tenants(&self, ts: Vec<NewTenant>) -> Result<(), StoreError> {
-        self.write(move |tx, keys| {
+        self.write_ev(move |tx, keys, ev| {
             ts.iter()
-                .try_for_each(|t| tenant_writes::insert(tx, keys, t))
+                .try_for_each(|t| tenant_writes::insert(tx, keys, ev, t))
         })
         .await
     }
@@ -267,14 +295,17 @@ impl TenantRepo for SqliteStore {
         now: UnixMs,
     ) -> Result<Tenant, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| tenant_writes::update(tx, keys, id.as_str(), &changes, now))
-            .await
+        self.write_ev(move |tx, keys, ev| {
+            tenant_writes::update_by_operator(tx, keys, ev, id.as_str(), &changes, now)
+        })
+        .await
     }
 
-    /// Deletes the tenant, its credentials, token and jobs (bytes overwritten).
-    async fn delete_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
+    /// Deletes the tenant, its credentials, token and jobs (bytes
+    /// overwritten), with a DELETED event.
+    async fn delete_tenant(&self, id: &TenantId, now: UnixMs) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, _| tenant_writes::delete(tx, id.as_str()))
+        self.write_ev(move |tx, _, ev| tenant_writes::delete(tx, ev, id.as_str(), now))
             .await
     }
 

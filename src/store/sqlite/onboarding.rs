@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use crate::store::FlowRepo;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::events::{state_of, NewEvent};
 use super::flow_seal::{self, Dest, FlowSecret};
 use super::tenants::{get, parse_id};
 use super::{tenant_writes, SqliteStore, StoreError, TenantChanges};
@@ -22,6 +23,7 @@ use super::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
+use crate::store::{event_messages, TenantEventKind};
 
 const SELECT_FLOW: &str = "SELECT tenant_id, step, state_expires_at, \
         public_token_sealed, public_token_type, public_token_issued_at, public_token_expires_at, \
@@ -119,8 +121,20 @@ impl FlowRepo for SqliteStore {
         now: UnixMs,
     ) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| advance(tx, keys, id.as_str(), &update, now))
-            .await
+        self.write_ev(move |tx, keys, ev| {
+            let id = id.as_str();
+            // Only a failed flow may leave the tenant in another state.
+            let FlowUpdate::Failed { error, .. } = &update else {
+                return advance(tx, keys, id, &update, now);
+            };
+            let before = state_of(tx, id)?;
+            advance(tx, keys, id, &update, now)?;
+            if let (Some(before), Some(after)) = (before, state_of(tx, id)?) {
+                ev.state_change(tx, id, before, after, error, now)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Ends the tenant's flow without reading its sealed values (they do
@@ -134,8 +148,16 @@ impl FlowRepo for SqliteStore {
         now: UnixMs,
     ) -> Result<String, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| discard_flow(tx, keys, id.as_str(), &error, now))
-            .await
+        self.write_ev(move |tx, keys, ev| {
+            let id = id.as_str();
+            let before = state_of(tx, id)?;
+            let said = discard_flow(tx, keys, id, &error, now)?;
+            if let (Some(before), Some(after)) = (before, state_of(tx, id)?) {
+                ev.state_change(tx, id, before, after, &said, now)?;
+            }
+            Ok(said)
+        })
+        .await
     }
 
     /// Step 6 in one transaction: the tenant gets the new credentials, the
@@ -149,8 +171,10 @@ impl FlowRepo for SqliteStore {
         now: UnixMs,
     ) -> Result<Tenant, StoreError> {
         let id = id.clone();
-        self.write(move |tx, keys| {
+        self.write_ev(move |tx, keys, ev| {
             let id = id.as_str();
+            let before =
+                state_of(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
             let changes = TenantChanges {
                 state: Some(c.state),
                 trusted_app: Some(c.app.clone()),
@@ -176,7 +200,21 @@ impl FlowRepo for SqliteStore {
             if n == 0 {
                 return Err(StoreError::TenantNotFound(id.to_owned()));
             }
-            get(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))
+            let tenant = get(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+            ev.append(
+                tx,
+                &NewEvent {
+                    tenant_id: id,
+                    kind: TenantEventKind::AuthorizationCompleted,
+                    previous_state: None,
+                    state: Some(tenant.state),
+                    message: event_messages::AUTHORIZED,
+                    at: now,
+                },
+            )?;
+            let said = c.note.as_deref().unwrap_or(event_messages::AUTHORIZED);
+            ev.state_change(tx, id, before, tenant.state, said, now)?;
+            Ok(tenant)
         })
         .await
     }

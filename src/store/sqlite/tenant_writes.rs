@@ -1,19 +1,27 @@
 //! Changing tenants: insert (with the credentials, first token and job
-//! that come with a new tenant), update, delete, PBX user. Each function
-//! runs inside the caller's transaction.
+//! that come with a new tenant), update, delete, PBX user, each with the
+//! tenant events it causes. Each function runs inside the caller's
+//! transaction.
 //!
 //! Does not: decide which state a tenant should be in, or read rows back
 //! beyond returning the updated tenant (`tenants.rs` maps rows).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::tenants::get;
+use super::events::{state_of, EventCx, NewEvent};
+use super::tenants::{get, parse_state};
 use super::{credentials, jobs, tokens, NewTenant, StoreError, TenantChanges};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::{PbxUser, Tenant};
+use crate::store::{event_messages, TenantEventKind};
 
-pub(super) fn insert(tx: &Connection, keys: &Keyring, t: &NewTenant) -> Result<(), StoreError> {
+pub(super) fn insert(
+    tx: &Connection,
+    keys: &Keyring,
+    ev: &EventCx,
+    t: &NewTenant,
+) -> Result<(), StoreError> {
     let id = t.id.as_str();
     let inserted = tx
         .prepare_cached(
@@ -64,7 +72,52 @@ pub(super) fn insert(tx: &Connection, keys: &Keyring, t: &NewTenant) -> Result<(
     if let Some(due_at) = t.renew_at {
         jobs::upsert(tx, id, t.base_url.host(), due_at, jobs::Attempts::Reset)?;
     }
+    ev.append(
+        tx,
+        &NewEvent {
+            tenant_id: id,
+            kind: TenantEventKind::Created,
+            previous_state: None,
+            state: Some(t.state),
+            message: event_messages::CREATED,
+            at: t.now,
+        },
+    )?;
     Ok(())
+}
+
+/// UpdateTenant's change: [`update`] with an UPDATED event, and a
+/// STATE_CHANGED one when the state differs.
+pub(super) fn update_by_operator(
+    tx: &Connection,
+    keys: &Keyring,
+    ev: &EventCx,
+    id: &str,
+    ch: &TenantChanges,
+    now: UnixMs,
+) -> Result<Tenant, StoreError> {
+    let before = state_of(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    let tenant = update(tx, keys, id, ch, now)?;
+    ev.append(
+        tx,
+        &NewEvent {
+            tenant_id: id,
+            kind: TenantEventKind::Updated,
+            previous_state: None,
+            state: Some(tenant.state),
+            message: event_messages::UPDATED,
+            at: now,
+        },
+    )?;
+    ev.state_change(
+        tx,
+        id,
+        before,
+        tenant.state,
+        event_messages::BY_OPERATOR,
+        now,
+    )?;
+    Ok(tenant)
 }
 
 pub(super) fn update(
@@ -156,23 +209,44 @@ pub(super) fn update(
 }
 
 /// Credentials, token and job go with the tenant (ON DELETE CASCADE), and
-/// `secure_delete` overwrites their bytes.
-pub(super) fn delete(tx: &Connection, id: &str) -> Result<(), StoreError> {
-    match tx.execute("DELETE FROM tenants WHERE tenant_id = ?1", [id])? {
-        0 => Err(StoreError::TenantNotFound(id.to_owned())),
-        _ => Ok(()),
-    }
+/// `secure_delete` overwrites their bytes. The DELETED event keeps the
+/// state the tenant had.
+pub(super) fn delete(
+    tx: &Connection,
+    ev: &EventCx,
+    id: &str,
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let state: String = tx
+        .prepare_cached("DELETE FROM tenants WHERE tenant_id = ?1 RETURNING state")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    ev.append(
+        tx,
+        &NewEvent {
+            tenant_id: id,
+            kind: TenantEventKind::Deleted,
+            previous_state: None,
+            state: Some(parse_state(id, &state)?),
+            message: event_messages::DELETED,
+            at: now,
+        },
+    )?;
+    Ok(())
 }
 
 /// See `SqliteStore::record_credential_fault`. The state change mirrors a
 /// refresh failure (an operator's DISABLED or PENDING_AUTHORIZATION stays).
 pub(super) fn record_credential_fault(
     tx: &Connection,
+    ev: &EventCx,
     id: &str,
     message: &str,
     retry_at: UnixMs,
     now: UnixMs,
 ) -> Result<(), StoreError> {
+    let before = state_of(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
     let renewing: bool = tx
         .prepare_cached(
             "UPDATE tenants SET \
@@ -190,6 +264,8 @@ pub(super) fn record_credential_fault(
             "UPDATE renewal_jobs SET due_at = ?2, attempts = attempts + 1 WHERE tenant_id = ?1",
             params![id, retry_at.0],
         )?;
+        let after = crate::domain::TenantState::CredentialsRejected;
+        ev.state_change(tx, id, before, after, message, now)?;
     }
     Ok(())
 }

@@ -8,12 +8,14 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::events::{state_of, EventCx};
 use super::sealed::{self, Field};
 use super::tenants::{parse_base_url, parse_id, parse_state};
 use super::{jobs, CacheLoad, CachedTenant, RefreshRecord, StoreError, WriteFence};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::AccessToken;
+use crate::store::event_messages;
 
 /// Replaces the tenant's token; the old sealed bytes are overwritten in
 /// place (`secure_delete`).
@@ -168,13 +170,17 @@ pub(super) fn check_fence(
 pub(super) fn record_refresh(
     tx: &Connection,
     keys: &Keyring,
+    ev: &EventCx,
     tenant_id: &str,
     record: &RefreshRecord,
     now: UnixMs,
 ) -> Result<u32, StoreError> {
+    // One primary-key read, so that a renewal that changes nothing (the
+    // common case) writes no event.
+    let before = state_of(tx, tenant_id)?;
     // A tenant an operator disabled, or sent back to authorization, while
     // this refresh was in flight keeps that state.
-    let row: Option<(String, i64)> = match record {
+    let row: Option<(String, i64, String)> = match record {
         RefreshRecord::Success { token, .. } => tx
             .prepare_cached(
                 "UPDATE tenants SET \
@@ -182,10 +188,10 @@ pub(super) fn record_refresh(
                                   THEN state ELSE 'active' END, \
                      consecutive_failures = 0, last_error = NULL, \
                      last_refresh_at = ?2, updated_at = ?3 \
-                 WHERE tenant_id = ?1 RETURNING pbx_host, consecutive_failures",
+                 WHERE tenant_id = ?1 RETURNING pbx_host, consecutive_failures, state",
             )?
             .query_row(params![tenant_id, token.issued_at.0, now.0], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?,
         RefreshRecord::Failure { state, error, .. } => tx
@@ -195,23 +201,28 @@ pub(super) fn record_refresh(
                                   THEN state ELSE ?2 END, \
                      consecutive_failures = consecutive_failures + 1, last_error = ?3, \
                      updated_at = ?4 \
-                 WHERE tenant_id = ?1 RETURNING pbx_host, consecutive_failures",
+                 WHERE tenant_id = ?1 RETURNING pbx_host, consecutive_failures, state",
             )?
             .query_row(params![tenant_id, state.as_str(), error, now.0], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?,
     };
-    let Some((host, failures)) = row else {
+    let (Some(before), Some((host, failures, after))) = (before, row) else {
         return Err(StoreError::TenantNotFound(tenant_id.to_owned()));
     };
+    let after = parse_state(tenant_id, &after)?;
     match record {
         RefreshRecord::Success { token, renew_at } => {
             upsert(tx, keys, tenant_id, token)?;
             jobs::upsert(tx, tenant_id, &host, *renew_at, jobs::Attempts::Reset)?;
+            ev.state_change(tx, tenant_id, before, after, event_messages::RECOVERED, now)?;
         }
-        RefreshRecord::Failure { retry_at, .. } => {
+        RefreshRecord::Failure {
+            retry_at, error, ..
+        } => {
             jobs::upsert(tx, tenant_id, &host, *retry_at, jobs::Attempts::Increment)?;
+            ev.state_change(tx, tenant_id, before, after, error, now)?;
         }
     }
     u32::try_from(failures).map_err(|_| {

@@ -156,6 +156,10 @@ pub enum Command {
     Client(ClientCommand),
     /// Show the audit log of admin mutations, newest first.
     Audit(AuditArgs),
+    /// Show tenant events (created, updated, deleted, state changed,
+    /// authorization completed), oldest first; with --follow, keep
+    /// printing new ones as they happen.
+    Events(EventsArgs),
     /// One screen for operators: tenants by state, tokens expiring soon, the
     /// renewal queue, PBX hosts, failing tenants with their last error.
     Status(StatusArgs),
@@ -186,6 +190,23 @@ pub struct AuditArgs {
     /// Follow next_page_token and list every event.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only tenants matching this glob (`*` any run, `?` one character),
+    /// e.g. `acme-*`.
+    #[arg(long, value_name = "PATTERN")]
+    pub tenant: Option<String>,
+
+    /// Only events after this event id (0: from the oldest one kept).
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub after: i64,
+
+    /// Keep streaming new events (Ctrl-C to stop); reconnects after a
+    /// dropped connection from the last event seen.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
