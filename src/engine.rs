@@ -332,7 +332,10 @@ fn build_broker(
             BrokerSettings::from_config(config),
         )
         .with_jitter(jitter)
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        // Several replicas share a networked database: a tenant created on
+        // another one is served at once, read through on the first miss.
+        .with_read_through(store.backend_name() != "sqlite"),
     )
 }
 

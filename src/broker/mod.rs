@@ -18,6 +18,7 @@ mod abandoned;
 mod jitter;
 mod min_valid;
 mod record;
+mod remote;
 mod report;
 mod slot;
 mod startup;
@@ -25,7 +26,7 @@ pub mod unstored;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
@@ -140,6 +141,9 @@ pub struct Broker {
     /// hold a token only in memory (kept in step by `set_unstored`).
     unstored_tenants: AtomicI64,
     unstored_tokens: AtomicI64,
+    /// A cache miss reads the database (several replicas share it;
+    /// `remote.rs`).
+    read_through: AtomicBool,
 }
 
 impl Broker {
@@ -161,6 +165,7 @@ impl Broker {
             jitter: Jitter::entropy(),
             unstored_tenants: AtomicI64::new(0),
             unstored_tokens: AtomicI64::new(0),
+            read_through: AtomicBool::new(false),
         }
     }
 
@@ -281,7 +286,7 @@ impl Broker {
         tenant: &str,
         min_valid_secs: u32,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
+        let slot = self.slot_or_load(tenant).await?;
         let min_valid_ms = if min_valid_secs == 0 {
             self.default_min_valid_ms.load(Ordering::Relaxed)
         } else {
@@ -300,7 +305,7 @@ impl Broker {
 
     /// Operator-forced refresh.
     pub async fn force_refresh(&self, tenant: &str) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
+        let slot = self.slot_or_load(tenant).await?;
         self.refresh(&slot, Need::Forced).await
     }
 

@@ -14,6 +14,7 @@
 //! HTTP, or know protobuf.
 
 mod error;
+mod feed;
 mod flow;
 mod interface;
 pub mod postgres;
@@ -29,6 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::StoreError;
+pub use feed::{Change, ChangeFeed, ChangeKind, Hint, ReplicaRow};
 pub use flow::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 pub use interface::{
     AuditLog, ClientRepo, CredentialRepo, FlowRepo, JobQueue, LeaseTable, Lifecycle, Storage,

@@ -19,11 +19,18 @@ pub(super) struct Migration {
 }
 
 /// Append only: never edit a released migration, add the next file instead.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_change_feed",
+        sql: include_str!("../../../migrations/postgres/0002_change_feed.sql"),
+    },
+];
 
 /// The advisory lock key every replica takes while migrating (an arbitrary
 /// constant: "pbxtoknd" in ASCII).

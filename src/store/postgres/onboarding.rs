@@ -65,12 +65,44 @@ impl FlowRepo for PgStore {
                          ON CONFLICT (tenant_id) DO UPDATE SET state_hash = excluded.state_hash, \
                              state_expires_at = excluded.state_expires_at, step = 'issued', {WIPE}, \
                              app_name = NULL, app_client_id = NULL, pbx_user = NULL, error = NULL, \
+                             exchange_claimed_until = NULL, \
                              created_at = excluded.created_at, updated_at = excluded.updated_at"
                     ),
                     &[&id.as_str(), &hash, &state_expires_at.0, &now.0],
                 )
                 .await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    /// One `UPDATE ... RETURNING` (it locks the row: a second replica's
+    /// claim waits, then finds it taken), then the flow in the same
+    /// transaction.
+    async fn consume_state(
+        &self,
+        state_hash: [u8; 32],
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<Option<Flow>, StoreError> {
+        self.write(move |tx, keys| {
+            Box::pin(async move {
+                let hash: &[u8] = &state_hash;
+                let claimed = query_opt(
+                    tx,
+                    "UPDATE onboarding_flows SET exchange_claimed_until = $3 \
+                     WHERE state_hash = $1 AND step = 'issued' AND state_expires_at > $2 \
+                       AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= $2) \
+                     RETURNING tenant_id",
+                    &[&hash, &now.0, &until.0],
+                )
+                .await?;
+                let Some(row) = claimed else { return Ok(None) };
+                let id: String = row.try_get(0)?;
+                let sql = format!("{SELECT_FLOW}WHERE f.tenant_id = $1");
+                let row = query_opt(tx, &sql, &[&id]).await?;
+                row.map(|r| flow_from_row(&r, keys)).transpose()
             })
         })
         .await
@@ -329,7 +361,8 @@ async fn advance(
             set_tenant_error(tx, id, error).await?;
             execute(
                 tx,
-                "UPDATE onboarding_flows SET error = $2, updated_at = $3 WHERE tenant_id = $1",
+                "UPDATE onboarding_flows SET error = $2, updated_at = $3, \
+                 exchange_claimed_until = NULL WHERE tenant_id = $1",
                 &[&id, error, &now.0],
             )
             .await?

@@ -55,6 +55,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0007_host_leases",
         sql: include_str!("../../../migrations/0007_host_leases.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_state_claim",
+        sql: include_str!("../../../migrations/0008_state_claim.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

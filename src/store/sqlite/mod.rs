@@ -33,6 +33,7 @@ mod connection;
 mod credentials;
 mod flow_seal;
 mod group_commit;
+mod feed;
 mod jobs;
 mod leases;
 mod lifecycle;
