@@ -26,8 +26,8 @@ import sys
 LAYERS = [
     ("wiring", ["daemon", "engine", "rotation", "simulation"]),
     ("transports", ["api"]),
-    ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview"]),
-    ("scheduler", ["renewal"]),
+    ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview", "cluster"]),
+    ("scheduler", ["renewal", "replicas"]),
     ("broker", ["broker"]),
     ("store / pbx", ["store", "pbx", "crypto", "statedir"]),
     (

@@ -52,6 +52,7 @@ pub mod api;
 pub mod audit;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
@@ -65,6 +66,7 @@ pub mod overview;
 pub mod pbx;
 pub mod policy;
 pub mod renewal;
+pub mod replicas;
 pub mod rotation;
 pub mod secret;
 #[cfg(any(test, feature = "simulation"))]

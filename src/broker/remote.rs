@@ -24,11 +24,7 @@ impl Broker {
         match self.slot(tenant) {
             Err(TokenError::NotFound(_)) if self.read_through.load(Ordering::Relaxed) => {
                 let id = TenantId::parse(tenant)?;
-                let stored = self
-                    .store
-                    .cached_tenant(&id)
-                    .await
-                    ?;
+                let stored = self.store.cached_tenant(&id).await?;
                 match stored {
                     Some(t) => {
                         self.apply_stored(&id, Some(t));
@@ -86,6 +82,28 @@ impl Slot {
             if newer {
                 self.replace_token(Arc::new(token));
             }
+        }
+    }
+}
+
+impl Broker {
+    /// The whole cache brought in line with `stored` (a replica that fell
+    /// behind the change feed): tenants not in it are forgotten.
+    pub fn resync(&self, stored: Vec<CachedTenant>) {
+        let keep: std::collections::HashSet<TenantId> =
+            stored.iter().map(|t| t.id.clone()).collect();
+        for t in stored {
+            let id = t.id.clone();
+            self.apply_stored(&id, Some(t));
+        }
+        let gone: Vec<TenantId> = self
+            .slots_read()
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove_slot(&id);
         }
     }
 }

@@ -32,6 +32,7 @@ mod outbound_guard;
 mod pause;
 mod postgres;
 mod renewal;
+mod replicas;
 mod report_rejected;
 mod secrecy;
 mod streams;

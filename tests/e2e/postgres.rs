@@ -9,7 +9,7 @@ use crate::harness::*;
 
 #[path = "../../src/store/postgres/testdb.rs"]
 #[allow(dead_code)]
-mod testdb;
+pub mod testdb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_on_postgres_serves_its_tokens_across_a_restart() {

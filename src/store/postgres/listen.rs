@@ -59,8 +59,8 @@ async fn session(lc: &ListenConfig, tx: &mpsc::Sender<Hint>) -> Result<(), Strin
     let mut cfg = lc.cfg.clone();
     cfg.application_name("pbx-tokend-listen");
     if lc.tls {
-        let tls = super::connect::rustls_config(lc.root_cert.as_deref())
-            .map_err(|e| e.to_string())?;
+        let tls =
+            super::connect::rustls_config(lc.root_cert.as_deref()).map_err(|e| e.to_string())?;
         let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
         let (client, conn) = cfg.connect(connector).await.map_err(|e| e.to_string())?;
         run(client, conn, tx).await
