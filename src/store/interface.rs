@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::feed::ChangeFeed;
-use super::flow::{Flow, FlowCompletion, FlowUpdate};
+use super::flow::{Flow, FlowCompletion, FlowKey, FlowUpdate};
 use super::records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,
@@ -213,7 +213,7 @@ pub trait FlowRepo: Send + Sync {
         now: UnixMs,
     ) -> Result<(), StoreError>;
 
-    /// Claims the `state` for one code exchange, in ONE atomic statement
+    /// Claims the `state` (named by its hash, or by its tenant) for one code exchange, in ONE atomic statement
     /// (cluster-wide: two replicas completing the same state at once, one
     /// gets it): the flow if it is at `Issued`, unexpired at `now` and not
     /// claimed by another exchange until after `now`; the claim lasts until
@@ -222,7 +222,7 @@ pub trait FlowRepo: Send + Sync {
     /// retryable failure's `FlowUpdate::Error` releases the claim.
     async fn consume_state(
         &self,
-        state_hash: [u8; 32],
+        key: FlowKey,
         now: UnixMs,
         until: UnixMs,
     ) -> Result<Option<Flow>, StoreError>;

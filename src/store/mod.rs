@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use feed::{Change, ChangeFeed, ChangeKind, Hint, ReplicaRow};
-pub use flow::{Flow, FlowCompletion, FlowStep, FlowUpdate};
+pub use flow::{Flow, FlowCompletion, FlowKey, FlowStep, FlowUpdate};
 pub use interface::{
     AuditLog, ClientRepo, CredentialRepo, FlowRepo, JobQueue, LeaseTable, Lifecycle, Storage,
     Store, StoreStats, TenantRepo, TokenRepo,

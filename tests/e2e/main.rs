@@ -33,6 +33,7 @@ mod pause;
 mod postgres;
 mod renewal;
 mod replicas;
+mod replicas_onboarding;
 mod report_rejected;
 mod secrecy;
 mod streams;

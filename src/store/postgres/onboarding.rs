@@ -17,7 +17,7 @@ use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
 use crate::store::rows::parse_id;
 use crate::store::seal::flow::{self as flow_seal, Dest, FlowSecret};
 use crate::store::{
-    Flow, FlowCompletion, FlowRepo, FlowStep, FlowUpdate, StoreError, TenantChanges,
+    Flow, FlowCompletion, FlowKey, FlowRepo, FlowStep, FlowUpdate, StoreError, TenantChanges,
 };
 
 const SELECT_FLOW: &str = "SELECT f.tenant_id, f.step, f.state_expires_at, \
@@ -82,22 +82,30 @@ impl FlowRepo for PgStore {
     /// transaction.
     async fn consume_state(
         &self,
-        state_hash: [u8; 32],
+        key: FlowKey,
         now: UnixMs,
         until: UnixMs,
     ) -> Result<Option<Flow>, StoreError> {
         self.write(move |tx, keys| {
             Box::pin(async move {
-                let hash: &[u8] = &state_hash;
-                let claimed = query_opt(
-                    tx,
-                    "UPDATE onboarding_flows SET exchange_claimed_until = $3 \
-                     WHERE state_hash = $1 AND step = 'issued' AND state_expires_at > $2 \
-                       AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= $2) \
-                     RETURNING tenant_id",
-                    &[&hash, &now.0, &until.0],
-                )
-                .await?;
+                let claim = |column: &str| {
+                    format!(
+                        "UPDATE onboarding_flows SET exchange_claimed_until = $3 \
+                         WHERE {column} = $1 AND step = 'issued' AND state_expires_at > $2 \
+                           AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= $2) \
+                         RETURNING tenant_id"
+                    )
+                };
+                let claimed = match &key {
+                    FlowKey::State(hash) => {
+                        let hash: &[u8] = hash;
+                        query_opt(tx, &claim("state_hash"), &[&hash, &now.0, &until.0]).await?
+                    }
+                    FlowKey::Tenant(id) => {
+                        query_opt(tx, &claim("tenant_id"), &[&id.as_str(), &now.0, &until.0])
+                            .await?
+                    }
+                };
                 let Some(row) = claimed else { return Ok(None) };
                 let id: String = row.try_get(0)?;
                 let sql = format!("{SELECT_FLOW}WHERE f.tenant_id = $1");

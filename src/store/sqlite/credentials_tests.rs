@@ -68,7 +68,10 @@ fn make_legacy(t: &TestStore) {
     )
     .unwrap();
     // What migrations after 6 added is not there yet either.
-    raw.execute_batch("DROP TABLE host_leases").unwrap();
+    raw.execute_batch(
+        "DROP TABLE host_leases; ALTER TABLE onboarding_flows DROP COLUMN exchange_claimed_until",
+    )
+    .unwrap();
     raw.pragma_update(None, "user_version", 5).unwrap();
 }
 

@@ -22,6 +22,7 @@ use super::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
+use crate::store::FlowKey;
 
 const SELECT_FLOW: &str = "SELECT tenant_id, step, state_expires_at, \
         public_token_sealed, public_token_type, public_token_issued_at, public_token_expires_at, \
@@ -79,20 +80,26 @@ impl FlowRepo for SqliteStore {
     /// One `UPDATE ... RETURNING`: the claim and the check are one step.
     async fn consume_state(
         &self,
-        state_hash: [u8; 32],
+        key: FlowKey,
         now: UnixMs,
         until: UnixMs,
     ) -> Result<Option<Flow>, StoreError> {
         self.write(move |tx, keys| {
-            let claimed: Option<String> = tx
-                .prepare_cached(
-                    "UPDATE onboarding_flows SET exchange_claimed_until = ?3 \
-                     WHERE state_hash = ?1 AND step = 'issued' AND state_expires_at > ?2 \
+            let claim =
+                |column: &str, value: &dyn rusqlite::ToSql| -> rusqlite::Result<Option<String>> {
+                    tx.prepare_cached(&format!(
+                        "UPDATE onboarding_flows SET exchange_claimed_until = ?3 \
+                     WHERE {column} = ?1 AND step = 'issued' AND state_expires_at > ?2 \
                        AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= ?2) \
-                     RETURNING tenant_id",
-                )?
-                .query_row(params![&state_hash[..], now.0, until.0], |r| r.get(0))
-                .optional()?;
+                     RETURNING tenant_id"
+                    ))?
+                    .query_row(params![value, now.0, until.0], |r| r.get(0))
+                    .optional()
+                };
+            let claimed = match &key {
+                FlowKey::State(hash) => claim("state_hash", &&hash[..])?,
+                FlowKey::Tenant(id) => claim("tenant_id", &id.as_str())?,
+            };
             match claimed {
                 None => Ok(None),
                 Some(id) => {
