@@ -91,6 +91,7 @@ pub(super) async fn serve(
         scheduler: engine.scheduler().status(),
         health: health.clone(),
         backup_dir: config.backup_dir(),
+        replica_name: replica.clone(),
     }));
     let streams = Arc::new(StreamCaps::new(
         &config.grpc,

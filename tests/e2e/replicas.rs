@@ -291,3 +291,65 @@ async fn the_listen_connection_terminated_by_the_server_reconnects_and_catches_u
     })
     .await;
 }
+
+async fn status(d: &TestDaemon) -> proto::ServerStatus {
+    d.admin()
+        .get_server_status(proto::GetServerStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_status_lists_the_replicas_and_the_backend() {
+    let cluster = Cluster::new().await;
+    let (a, _b) = cluster.pair().await;
+    // Renewal duty is taken by the scheduler; a lease row stands for it.
+    cluster
+        .db
+        .client()
+        .await
+        .batch_execute(
+            "INSERT INTO host_leases (pbx_host, holder, epoch, expires_at) VALUES \
+             ('pbx-b.example.com', 'replica-b', 1, \
+              (extract(epoch FROM now()) * 1000)::bigint + 600000), \
+             ('pbx-old.example.com', 'replica-b', 1, 0)",
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "both replicas listed", || {
+        let a = &a;
+        async move { status(a).await.replicas.len() == 2 }
+    })
+    .await;
+    let s = status(&a).await;
+    assert_eq!(s.backend, "postgres");
+    assert!(s.database_reachable);
+    let names: Vec<&str> = s.replicas.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["replica-a", "replica-b"]);
+    assert!(s.replicas.iter().all(|r| r.live));
+    assert!(s.replicas[0].renewing_hosts.is_empty());
+    assert_eq!(
+        s.replicas[1].renewing_hosts,
+        ["pbx-b.example.com"],
+        "unexpired leases only"
+    );
+    let beat = ts_ms(&s.replicas[1].last_heartbeat);
+    assert!((now_ms() - beat).abs() < 60_000, "{beat}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_daemon_is_one_replica_renewing_every_host() {
+    let sim = sim_with_lifetime(3600).await;
+    let d = TestDaemon::start(|c| c.cluster.replica_name = "solo".into()).await;
+    d.add_tenant(&sim, "acme").await;
+    let s = status(&d).await;
+    assert_eq!(s.backend, "sqlite");
+    assert!(s.database_reachable);
+    assert_eq!(s.replicas.len(), 1);
+    let me = &s.replicas[0];
+    assert_eq!(me.name, "solo");
+    assert!(me.live);
+    let host = sim.base_url.trim_start_matches("http://");
+    assert_eq!(me.renewing_hosts, [host]);
+}
