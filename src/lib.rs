@@ -61,6 +61,7 @@ pub mod engine;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod migrate_store;
 pub mod onboarding;
 pub mod overview;
 pub mod pbx;

@@ -13,6 +13,7 @@
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
 
+mod copy;
 mod error;
 mod feed;
 mod flow;
@@ -29,6 +30,7 @@ mod conformance;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use copy::{sqlite_to_postgres, CopyReport};
 pub use error::StoreError;
 pub use feed::{Change, ChangeFeed, ChangeKind, Hint, ReplicaRow};
 pub use flow::{Flow, FlowCompletion, FlowKey, FlowStep, FlowUpdate};

@@ -25,6 +25,7 @@ mod kill9;
 mod limits;
 mod masterkey;
 mod metrics;
+mod migrate_store;
 mod onboarding;
 mod onboarding_callback;
 mod onboarding_crash;

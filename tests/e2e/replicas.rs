@@ -33,6 +33,11 @@ impl Cluster {
         Cluster { db, key_dir }
     }
 
+    /// The master key file every replica uses.
+    pub fn key_file(&self) -> std::path::PathBuf {
+        self.key_dir.path().join("master.key")
+    }
+
     /// A replica named `name`. The first one writes the bootstrap admin
     /// key; later ones are given it (`admin_key`).
     pub async fn replica(&self, name: &str, admin_key: Option<&str>) -> TestDaemon {

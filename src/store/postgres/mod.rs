@@ -35,6 +35,7 @@ mod connect;
 mod credentials;
 mod error;
 mod feed;
+mod import;
 mod jobs;
 mod leases;
 mod lifecycle;

@@ -31,6 +31,7 @@ mod clients;
 mod conformance_tests;
 mod connection;
 mod credentials;
+mod export;
 mod feed;
 mod flow_seal;
 mod group_commit;
@@ -57,6 +58,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use connection::{lock, ReadPool};
 
 pub use backup::{BackupCheck, RestoreReport};
+pub(crate) use export::export;
 pub use masterkey::{has_sealed_data, RotationReport};
 
 // The interface's vocabulary, named here so the files below say `super::X`.
