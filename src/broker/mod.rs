@@ -19,6 +19,8 @@ mod jitter;
 mod min_valid;
 mod record;
 mod remote;
+#[cfg(test)]
+mod remote_tests;
 mod report;
 mod slot;
 mod startup;

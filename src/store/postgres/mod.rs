@@ -35,6 +35,8 @@ mod connect;
 mod credentials;
 mod error;
 mod feed;
+#[cfg(test)]
+mod feed_tests;
 mod import;
 mod jobs;
 mod leases;
