@@ -47,6 +47,9 @@ impl Cluster {
         c.store.postgres_url = Some(self.db.url.clone());
         c.master_key_file = Some(self.key_dir.path().join("master.key"));
         c.cluster.replica_name = name.into();
+        // The shortest allowed: admin calls wait at most this long for a
+        // replica that does not confirm.
+        c.cluster.lease_ttl_ms = 3_000;
         c.validate().unwrap();
         let listener = tokio::net::TcpListener::bind(&c.grpc.listen).await.unwrap();
         let daemon = pbx_tokend::daemon::Daemon::start(
@@ -357,4 +360,41 @@ async fn a_sqlite_daemon_is_one_replica_renewing_every_host() {
     assert!(me.live);
     let host = sim.base_url.trim_start_matches("http://");
     assert_eq!(me.renewing_hosts, [host]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_a_live_replica_never_confirms_returns_after_lease_ttl() {
+    let cluster = Cluster::new().await;
+    let sim = sim_with_lifetime(3600).await;
+    let a = cluster.replica("replica-a", None).await;
+    a.add_tenant(&sim, "acme").await;
+    // A replica that heartbeats (its row stays fresh) but applies nothing.
+    cluster
+        .db
+        .client()
+        .await
+        .batch_execute(
+            "INSERT INTO replicas (name, last_heartbeat, applied_change_id, started_at) VALUES \
+             ('ghost', (extract(epoch FROM now()) * 1000)::bigint + 600000, 0, 0)",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let t = a
+        .admin()
+        .update_tenant(proto::UpdateTenantRequest {
+            tenant_id: "acme".into(),
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .expect("committed: the call succeeds, the warning names the replica")
+        .into_inner();
+    assert_eq!(t.state, proto::TenantState::Disabled as i32);
+    // Waited for the ghost until [cluster] lease_ttl_ms (3 s here), not
+    // forever.
+    eprintln!(
+        "UpdateTenant with an unconfirming replica returned after {:?}",
+        started.elapsed()
+    );
 }
