@@ -37,6 +37,13 @@ impl Broker {
         }
     }
 
+    /// [`Broker::watch`], reading a tenant the cache does not hold yet
+    /// through to the database (when read-through is on).
+    pub async fn watch_or_load(&self, tenant: &str) -> Result<super::TokenWatch, TokenError> {
+        self.slot_or_load(tenant).await?;
+        self.watch(tenant)
+    }
+
     /// Brings one tenant's cache entry in line with the database (`None`:
     /// the tenant is gone; its streams end).
     pub fn apply_stored(&self, id: &TenantId, stored: Option<CachedTenant>) {

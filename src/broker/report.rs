@@ -51,7 +51,7 @@ impl Broker {
         rejected: &str,
         budget: Option<Duration>,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
+        let slot = self.slot_or_load(tenant).await?;
         let interval = self.settings().report_rejected_interval_ms;
         let budget_ms = match budget {
             Some(b) => i64::try_from(b.as_millis()).unwrap_or(i64::MAX),

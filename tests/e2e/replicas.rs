@@ -122,6 +122,21 @@ async fn a_tenant_created_on_one_replica_is_served_by_another_at_once() {
         1,
         "B serves A's token, it does not fetch its own"
     );
+    // A WatchToken stream on B, opened the moment A created the tenant.
+    a.add_tenant(&sim, "beta").await;
+    let mut stream = b
+        .tokens()
+        .watch_token(proto::WatchTokenRequest {
+            tenant_id: "beta".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        first.access_token,
+        a.get_token("beta").await.unwrap().access_token
+    );
     let missing = b.get_token("nobody").await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
