@@ -38,14 +38,21 @@ impl Cluster {
         self.key_dir.path().join("master.key")
     }
 
-    /// A replica named `name`. The first one writes the bootstrap admin
-    /// key; later ones are given it (`admin_key`).
-    pub async fn replica(&self, name: &str, admin_key: Option<&str>) -> TestDaemon {
+    /// A daemon on the cluster's database named `name`, with its own
+    /// state dir.
+    pub async fn start_daemon(
+        &self,
+        name: &str,
+    ) -> (
+        pbx_tokend::daemon::Daemon,
+        pbx_tokend::config::Config,
+        Arc<tempfile::TempDir>,
+    ) {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut c = test_config(&dir);
         c.store.backend = pbx_tokend::config::StoreBackend::Postgres;
         c.store.postgres_url = Some(self.db.url.clone());
-        c.master_key_file = Some(self.key_dir.path().join("master.key"));
+        c.master_key_file = Some(self.key_file());
         c.cluster.replica_name = name.into();
         // The shortest allowed: admin calls wait at most this long for a
         // replica that does not confirm.
@@ -59,6 +66,13 @@ impl Cluster {
         )
         .await
         .unwrap();
+        (daemon, c, dir)
+    }
+
+    /// A replica named `name`. The first one writes the bootstrap admin
+    /// key; later ones are given it (`admin_key`).
+    pub async fn replica(&self, name: &str, admin_key: Option<&str>) -> TestDaemon {
+        let (daemon, c, dir) = self.start_daemon(name).await;
         let url = format!("http://{}", daemon.local_addr());
         let channel = tonic::transport::Channel::from_shared(url)
             .unwrap()
@@ -412,4 +426,30 @@ async fn an_update_a_live_replica_never_confirms_returns_after_lease_ttl() {
         "UpdateTenant with an unconfirming replica returned after {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_bootstrap_exactly_one_admin_key() {
+    let cluster = Cluster::new().await;
+    let ((d1, c1, _t1), (d2, c2, _t2)) =
+        tokio::join!(cluster.start_daemon("one"), cluster.start_daemon("two"));
+    let keys: Vec<bool> = [&c1, &c2]
+        .iter()
+        .map(|c| c.state_dir.join("admin.key").exists())
+        .collect();
+    assert_eq!(keys.iter().filter(|k| **k).count(), 1, "{keys:?}");
+    let admins: i64 = cluster
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM api_clients WHERE role = 'admin' AND revoked_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(admins, 1);
+    d1.shutdown().await.unwrap();
+    d2.shutdown().await.unwrap();
 }

@@ -34,16 +34,18 @@ pub(super) fn spawn(lc: Arc<ListenConfig>) -> mpsc::Receiver<Hint> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
         loop {
-            match session(&lc, &tx).await {
+            match session(&lc, &tx, &mut failures).await {
                 Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "the change-feed listener lost its PostgreSQL connection ({e}); replicas' changes are read by polling until it is back"
-                    );
-                }
+                // Once per outage: a database that is gone for a while
+                // would otherwise log every few seconds.
+                Err(e) if failures == 0 => tracing::warn!(
+                    "the change-feed listener lost its PostgreSQL connection ({e}); changes made on other replicas are read by polling until it is back"
+                ),
+                Err(e) => tracing::debug!(failures, "change-feed listener still down: {e}"),
             }
+            failures += 1;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = tx.closed() => return,
@@ -55,7 +57,11 @@ pub(super) fn spawn(lc: Arc<ListenConfig>) -> mpsc::Receiver<Hint> {
 }
 
 /// One connection's life. `Ok` when the receiver went away.
-async fn session(lc: &ListenConfig, tx: &mpsc::Sender<Hint>) -> Result<(), String> {
+async fn session(
+    lc: &ListenConfig,
+    tx: &mpsc::Sender<Hint>,
+    failures: &mut u32,
+) -> Result<(), String> {
     let mut cfg = lc.cfg.clone();
     cfg.application_name("pbx-tokend-listen");
     if lc.tls {
@@ -63,13 +69,13 @@ async fn session(lc: &ListenConfig, tx: &mpsc::Sender<Hint>) -> Result<(), Strin
             super::connect::rustls_config(lc.root_cert.as_deref()).map_err(|e| e.to_string())?;
         let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
         let (client, conn) = cfg.connect(connector).await.map_err(|e| e.to_string())?;
-        run(client, conn, tx).await
+        run(client, conn, tx, failures).await
     } else {
         let (client, conn) = cfg
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| e.to_string())?;
-        run(client, conn, tx).await
+        run(client, conn, tx, failures).await
     }
 }
 
@@ -77,6 +83,7 @@ async fn run<S, T>(
     client: Client,
     mut conn: Connection<S, T>,
     tx: &mpsc::Sender<Hint>,
+    failures: &mut u32,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -107,6 +114,11 @@ where
         driver.abort();
         return Err(e);
     }
+    if *failures > 0 {
+        tracing::info!("the change-feed listener is connected again");
+    }
+    // Connected and listening: the next loss is a new outage.
+    *failures = 0;
     if tx.send(Hint::Connected).await.is_err() {
         driver.abort();
         return Ok(());
