@@ -353,7 +353,10 @@ async fn a_database_sealed_before_schema_6_is_upgraded_and_then_bound() {
     db.execute("UPDATE master_key_check SET sealed = ?1", [check])
         .unwrap();
     // What migrations after 6 added is not there yet either.
-    db.execute_batch("DROP TABLE host_leases").unwrap();
+    db.execute_batch(
+        "DROP TABLE host_leases; ALTER TABLE onboarding_flows DROP COLUMN exchange_claimed_until",
+    )
+    .unwrap();
     db.pragma_update(None, "user_version", 5).unwrap();
     drop(db);
 
