@@ -24,10 +24,10 @@ import sys
 
 # Top to bottom. A module may import modules in its own layer or below.
 LAYERS = [
-    ("wiring", ["daemon", "engine", "rotation", "simulation"]),
+    ("wiring", ["daemon", "engine", "rotation", "simulation", "migrate_store"]),
     ("transports", ["api"]),
-    ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview", "events"]),
-    ("scheduler", ["renewal"]),
+    ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview", "events", "cluster"]),
+    ("scheduler", ["renewal", "replicas"]),
     ("broker", ["broker"]),
     ("store / pbx", ["store", "pbx", "crypto", "statedir"]),
     (

@@ -129,6 +129,8 @@ pub struct Engine {
     maintenance: Option<Maintenance>,
     drain_timeout: Duration,
     tenants_loaded: usize,
+    /// The change feed's last id when the cache was filled.
+    change_position: i64,
 }
 
 impl Engine {
@@ -151,6 +153,9 @@ impl Engine {
         store.check_master_key().await?;
         let (limiter, pbx) = build_gated_pbx(config, &clock, pbx, &store);
         let broker = build_broker(config, &clock, &store, &pbx, broker_jitter, &metrics);
+        // Read before the cache is filled: a change committed meanwhile is
+        // read again by the cache sync (`cluster/`), never missed.
+        let change_position = store.latest_change_id().await?;
         let tenants_loaded = broker.load().await?;
         spread_overdue(config, &clock, &store, &spread_jitter).await?;
         let maintenance = match cron {
@@ -191,6 +196,7 @@ impl Engine {
             maintenance,
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
             tenants_loaded,
+            change_position,
         };
         let run = engine
             .scheduler
@@ -213,6 +219,12 @@ impl Engine {
     /// How many tenants the cache was filled with at start.
     pub fn tenants_loaded(&self) -> usize {
         self.tenants_loaded
+    }
+
+    /// The change feed's last id read before the cache was filled (0 on a
+    /// backend without a feed).
+    pub fn change_position(&self) -> i64 {
+        self.change_position
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -378,7 +390,10 @@ fn build_broker(
         .with_jitter(jitter)
         .with_metrics(metrics.clone())
         // Several replicas write tokens to one database: fence every write.
-        .with_fenced_writes(store.backend_name() == "postgres"),
+        .with_fenced_writes(store.backend_name() == "postgres")
+        // Several replicas share a networked database: a tenant created on
+        // another one is served at once, read through on the first miss.
+        .with_read_through(store.backend_name() != "sqlite"),
     )
 }
 

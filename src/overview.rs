@@ -42,6 +42,8 @@ pub struct OverviewParts {
     /// Several replicas on PostgreSQL: the lease rounds say whether the
     /// database is reachable. `None` on one node.
     pub duty: Option<Arc<Duty>>,
+    /// This replica's name (`[cluster] replica_name` or host:port).
+    pub replica_name: String,
 }
 
 pub struct Overview {
@@ -54,7 +56,25 @@ pub struct Overview {
     started_at: UnixMs,
     backup_dir: PathBuf,
     duty: Option<Arc<Duty>>,
+    replica_name: String,
 }
+
+/// One replica as `GetServerStatus` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub name: String,
+    pub last_heartbeat: UnixMs,
+    /// Hosts whose renewal duty (lease) it holds.
+    pub renewing_hosts: Vec<String>,
+    /// Heartbeat within the last [`REPLICA_LIVE_MS`].
+    pub live: bool,
+}
+
+/// A replica whose heartbeat is older than this is shown as not live.
+pub const REPLICA_LIVE_MS: i64 = 5_000;
+
+/// Replicas silent for longer than this are no longer listed.
+pub const REPLICA_KEEP_MS: i64 = 24 * 3_600_000;
 
 /// Per PBX host, from the limiter and the scheduler's last demand
 /// assessment (renewal/demand.rs).
@@ -101,6 +121,7 @@ impl Overview {
             health,
             backup_dir,
             duty,
+            replica_name,
         } = parts;
         let started_at = clock.now();
         Self {
@@ -113,6 +134,7 @@ impl Overview {
             started_at,
             backup_dir,
             duty,
+            replica_name,
         }
     }
 
@@ -123,6 +145,43 @@ impl Overview {
             Some(duty) => duty.database_reachable() && self.health.db_writable(),
             None => true,
         }
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        self.store.backend_name()
+    }
+
+    /// Every replica seen in the last day, by name (not part of
+    /// [`Overview::collect`]: the metrics scrape does not need it). A
+    /// single SQLite node is one replica, itself, renewing every host.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaView>, StoreError> {
+        let rows = self
+            .store
+            .replicas(REPLICA_LIVE_MS, REPLICA_KEEP_MS)
+            .await?;
+        if rows.is_empty() && self.store.backend_name() == "sqlite" {
+            let hosts = self.store.host_loads().await?;
+            return Ok(vec![ReplicaView {
+                name: self.replica_name.clone(),
+                last_heartbeat: self.clock.now(),
+                renewing_hosts: hosts
+                    .into_iter()
+                    .filter(|h| h.renewing_tenants > 0)
+                    .map(|h| h.host)
+                    .collect(),
+                live: true,
+            }]);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| ReplicaView {
+                name: r.name,
+                last_heartbeat: r.last_heartbeat,
+                renewing_hosts: r.renewing_hosts,
+                live: r.live,
+            })
+            .collect())
     }
 
     pub async fn collect(&self) -> Result<ServerOverview, StoreError> {

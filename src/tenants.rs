@@ -17,6 +17,7 @@ use crate::domain::{
 use crate::pbx::gated::{FetchFailure, GatedPbx};
 use crate::pbx::PbxError;
 use crate::renewal::capacity;
+use crate::replicas::ReplicaConfirm;
 use crate::store::{CachedTenant, NewTenant, Store, StoreError, TenantChanges};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,9 @@ pub struct Tenants {
     capacity: std::sync::RwLock<CapacitySettings>,
     /// `[pbx] allowed_hosts`; empty allows every host. Replaced on SIGHUP.
     allowed_hosts: std::sync::RwLock<Arc<Vec<HostPattern>>>,
+    /// Several replicas: updates and deletes return once the others
+    /// applied them (`crate::replicas`). Unset: nothing to wait for.
+    confirm: std::sync::OnceLock<ReplicaConfirm>,
 }
 
 const MAX_PAGE: u32 = 1000;
@@ -130,6 +134,7 @@ impl Tenants {
             url_policy,
             capacity: std::sync::RwLock::new(capacity),
             allowed_hosts: std::sync::RwLock::new(Arc::new(Vec::new())),
+            confirm: std::sync::OnceLock::new(),
         }
     }
 
@@ -338,6 +343,17 @@ impl Tenants {
         ))
     }
 
+    /// Makes updates and deletes wait for the other replicas.
+    pub fn set_confirm(&self, confirm: ReplicaConfirm) {
+        let _ = self.confirm.set(confirm);
+    }
+
+    async fn confirmed(&self, what: &str) {
+        if let Some(c) = self.confirm.get() {
+            c.after_write(what).await;
+        }
+    }
+
     pub async fn update(&self, input: UpdateTenantInput) -> Result<Tenant, AdminError> {
         let id = TenantId::parse(&input.tenant_id)?;
         let current = self
@@ -407,6 +423,7 @@ impl Tenants {
             token: new_token,
         });
         tracing::info!(tenant = %id, state = %updated.state, "tenant updated");
+        self.confirmed(&format!("UpdateTenant {id}")).await;
         Ok(updated)
     }
 
@@ -429,6 +446,7 @@ impl Tenants {
         self.store.delete_tenant(&id, self.clock.now()).await?;
         self.broker.remove_slot(&id);
         tracing::info!(tenant = %id, "tenant deleted; its credentials and tokens were wiped");
+        self.confirmed(&format!("DeleteTenant {id}")).await;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use super::{
 use crate::audit::{self, Audit};
 use crate::clock::SharedClock;
 use crate::domain::ValidationError;
+use crate::replicas::ReplicaConfirm;
 use crate::secret::Secret;
 use crate::store::{NewClientRow, Store, StoreError};
 
@@ -86,6 +87,7 @@ pub struct Clients {
     /// Bumped after every reload, so open streams re-check their caller at
     /// once instead of waiting for their next message.
     changes: watch::Sender<u64>,
+    confirm: std::sync::OnceLock<ReplicaConfirm>,
 }
 
 const MAX_NAME_LEN: usize = 128;
@@ -101,6 +103,7 @@ impl Clients {
             table: RwLock::new(Arc::new(Table::default())),
             reloading: tokio::sync::Mutex::new(()),
             changes: watch::channel(0).0,
+            confirm: std::sync::OnceLock::new(),
         };
         clients.reload().await?;
         Ok(clients)
@@ -139,12 +142,18 @@ impl Clients {
         }
     }
 
+    /// Several replicas: a revoke returns once the others applied it
+    /// (`crate::replicas`). Unset: nothing to wait for.
+    pub fn set_confirm(&self, confirm: ReplicaConfirm) {
+        let _ = self.confirm.set(confirm);
+    }
+
     /// Changes whenever a client is created or revoked.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    async fn reload(&self) -> Result<(), StoreError> {
+    pub async fn reload(&self) -> Result<(), StoreError> {
         let _one = self.reloading.lock().await;
         let rows = self.store.active_client_keys().await?;
         let mut table = Table {
@@ -214,6 +223,10 @@ impl Clients {
             .ok_or_else(|| ClientError::NotFound(client_id.to_owned()))?;
         self.reload().await?;
         tracing::info!(client = %info.client_id, "API client revoked");
+        if let Some(c) = self.confirm.get() {
+            c.after_write(&format!("RevokeClient {}", info.client_id))
+                .await;
+        }
         Ok(info)
     }
 
@@ -239,12 +252,27 @@ impl Clients {
             created_by: BOOTSTRAP.into(),
             revoked_at: None,
         };
-        self.store
-            .insert_client(NewClientRow {
+        // Atomic cluster-wide: replicas starting together on an empty
+        // database race here, and exactly one inserts; the others drop the
+        // key file they wrote (its key was never stored).
+        let inserted = self
+            .store
+            .insert_first_admin(NewClientRow {
                 info: info.clone(),
                 key_hash: hash_key(key.expose()),
             })
-            .await?;
+            .await;
+        match inserted {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = std::fs::remove_file(&path);
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into());
+            }
+        }
         self.reload().await?;
         self.audit
             .record(

@@ -34,6 +34,7 @@ pub async fn get(
         ],
         Err(e) => return Err(e.into()),
     };
+    let replicas = overview.replicas().await.map_err(store_status)?;
     Ok(proto::ServerStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(timestamp(o.started_at)),
@@ -75,6 +76,16 @@ pub async fn get(
         last_backup_at: o.last_backup.as_ref().map(|(_, at)| timestamp(*at)),
         warnings,
         tokens_unstored: o.tokens_unstored,
+        backend: overview.backend().to_owned(),
+        replicas: replicas
+            .into_iter()
+            .map(|r| proto::ReplicaStatus {
+                name: r.name,
+                last_heartbeat: Some(timestamp(r.last_heartbeat)),
+                renewing_hosts: r.renewing_hosts,
+                live: r.live,
+            })
+            .collect(),
     })
 }
 

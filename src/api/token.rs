@@ -140,7 +140,7 @@ impl TokenService for TokenApi {
             .streams
             .acquire(StreamKind::Watch, request.extensions())?;
         let tenant = request.into_inner().tenant_id;
-        let watch = self.broker.watch(&tenant)?;
+        let watch = self.broker.watch_or_load(&tenant).await?;
         let stream = watch::stream(Watcher {
             tenant,
             caller,

@@ -58,6 +58,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Copy this node's SQLite state (tenants, sealed secrets, tokens, jobs,
+    /// authorization flows, API clients, audit log) into an EMPTY
+    /// PostgreSQL database and verify it, with the daemon stopped (refused
+    /// while one holds the state dir). The SQLite file is left untouched;
+    /// the replicas must use the same master key. See README "Running
+    /// several replicas".
+    MigrateStore {
+        /// The target database, e.g.
+        /// postgresql://pbx@db1:5432/pbxtokend (no password in it).
+        #[arg(long, value_name = "URL")]
+        to_postgres: String,
+        /// File holding the database password (mode 0600); default
+        /// [store] postgres_password_file.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
     /// Replace the database with a backup, after checking it (PRAGMA
     /// integrity_check, schema version). The daemon must be stopped: refused
     /// (exit code 3) while a daemon holds <state_dir>/pbx-tokend.lock. The
@@ -118,6 +134,10 @@ fn main() -> std::process::ExitCode {
         Some(Command::Backup { output }) => return backup(&config, output.as_deref()),
         Some(Command::Restore { file }) => return restore(&config, file),
         Some(Command::RotateMasterKey { new_key_file }) => return rotate(&config, new_key_file),
+        Some(Command::MigrateStore {
+            to_postgres,
+            password_file,
+        }) => return migrate_store(&config, to_postgres, password_file.as_deref()),
         None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -178,6 +198,54 @@ fn rotate(config: &Config, new_key_file: &std::path::Path) -> std::process::Exit
         }
         Err(e) => {
             eprintln!("pbx-tokend: master key rotation failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate_store(
+    config: &Config,
+    url: &str,
+    password_file: Option<&std::path::Path>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pbx-tokend: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(pbx_tokend::migrate_store::migrate_store(
+        config,
+        url,
+        password_file,
+    ));
+    match result {
+        Ok(report) => {
+            println!(
+                "copied {} into PostgreSQL at {} and verified it (row counts equal, every sealed value opens):",
+                config.database_path().display(),
+                report.target
+            );
+            for (table, rows) in &report.tables {
+                println!("  {table:<18} {rows:>10} rows");
+            }
+            println!("the SQLite state is unchanged; set [store] backend = \"postgres\" and postgres_url in the config, with the same master key, to start replicas on it");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(
+            e @ pbx_tokend::migrate_store::MigrateStoreError::StateDir(
+                pbx_tokend::statedir::StateDirError::Busy { .. },
+            ),
+        ) => {
+            eprintln!("pbx-tokend: migrate-store refused: {e}");
+            std::process::ExitCode::from(EXIT_DAEMON_RUNNING)
+        }
+        Err(e) => {
+            eprintln!("pbx-tokend: migrate-store failed: {e}");
             std::process::ExitCode::FAILURE
         }
     }

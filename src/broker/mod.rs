@@ -19,6 +19,9 @@ mod activity;
 mod jitter;
 mod min_valid;
 mod record;
+mod remote;
+#[cfg(test)]
+mod remote_tests;
 mod report;
 mod slot;
 mod startup;
@@ -26,7 +29,7 @@ pub mod unstored;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -167,6 +170,9 @@ pub struct Broker {
     started_at: UnixMs,
     /// Parked tenants asked for again, for the scheduler (activity/mod.rs).
     woken: Mutex<Vec<TenantId>>,
+    /// A cache miss reads the database (several replicas share it;
+    /// `remote.rs`).
+    read_through: AtomicBool,
 }
 
 impl Broker {
@@ -192,6 +198,7 @@ impl Broker {
             fence_writes: false,
             started_at,
             woken: Mutex::new(Vec::new()),
+            read_through: AtomicBool::new(false),
         }
     }
 
@@ -328,7 +335,7 @@ impl Broker {
         tenant: &str,
         min_valid_secs: u32,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
+        let slot = self.slot_or_load(tenant).await?;
         let min_valid_ms = if min_valid_secs == 0 {
             self.default_min_valid_ms.load(Ordering::Relaxed)
         } else {
@@ -355,7 +362,7 @@ impl Broker {
 
     /// Operator-forced refresh.
     pub async fn force_refresh(&self, tenant: &str) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
+        let slot = self.slot_or_load(tenant).await?;
         self.refresh(&slot, Need::Forced, None).await
     }
 

@@ -52,7 +52,7 @@ impl Broker {
         rejected: &str,
         budget: Option<Duration>,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let slot = self.slot(tenant)?;
+        let slot = self.slot_or_load(tenant).await?;
         self.note_asked(&slot, self.clock.now());
         let interval = self.settings().report_rejected_interval_ms;
         let budget_ms = match budget {

@@ -188,6 +188,16 @@ impl Slot {
         self.set_end(end_for(state));
     }
 
+    pub fn set_base_url(&self, url: PbxBaseUrl) {
+        self.meta().base_url = url;
+    }
+
+    /// A newer token stored by another replica: watchers are told; state
+    /// and failures are the database's business (set apart).
+    pub fn replace_token(&self, token: Arc<AccessToken>) {
+        self.token.send_replace(Some(token));
+    }
+
     pub fn base_url(&self) -> PbxBaseUrl {
         self.meta().base_url.clone()
     }

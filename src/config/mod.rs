@@ -31,7 +31,7 @@ pub use sections::{
     CallbackConfig, GrpcConfig, LimitsConfig, LogConfig, MaintenanceConfig, OnboardingConfig,
     PbxConfig, RefreshConfig, ShutdownConfig, TokenConfig,
 };
-pub use store::{StoreBackend, StoreConfig};
+pub use store::{has_password, StoreBackend, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

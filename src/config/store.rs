@@ -53,7 +53,7 @@ pub struct StoreConfig {
 const MAX_PASSWORD_FILE: u64 = 4096;
 
 /// Whether a PostgreSQL URL or key=value string carries a password.
-fn has_password(url: &str) -> bool {
+pub fn has_password(url: &str) -> bool {
     let lower = url.to_ascii_lowercase();
     if let Some(rest) = lower
         .strip_prefix("postgresql://")

@@ -22,6 +22,7 @@ use crate::api::tls::ReloadableTls;
 use crate::api::token::TokenApi;
 use crate::audit::Audit;
 use crate::clock::SharedClock;
+use crate::cluster::ChangeSync;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::events::{self, TenantEvents};
@@ -31,6 +32,7 @@ use crate::onboarding::{CrashHook, Onboarding, OnboardingParts, OnboardingSettin
 use crate::overview::{Overview, OverviewParts};
 use crate::pbx::gated::GatedOnboardingPbx;
 use crate::pbx::PbxOnboardingApi;
+use crate::replicas::ReplicaConfirm;
 use crate::tenants::{Tenants, TenantsParts};
 
 /// The use cases and transports, built over a running engine.
@@ -67,7 +69,19 @@ pub(super) async fn serve(
 ) -> Result<Serving, DaemonError> {
     let audit = Audit::new(engine.store().clone(), clock.clone());
     let clients = load_clients(config, engine, clock, &audit).await?;
+    let replica = replica_name(config, &listeners.grpc);
+    start_cache_sync(engine, clock, &clients, replica.clone());
     let tenants = build_tenants(config, engine).await;
+    let confirm = || {
+        ReplicaConfirm::new(
+            engine.store().clone(),
+            clock.clone(),
+            replica.clone(),
+            config.cluster.lease_ttl_ms,
+        )
+    };
+    tenants.set_confirm(confirm());
+    clients.set_confirm(confirm());
     let onboarding = start_onboarding(config, engine, onboarding_pbx);
     let (health, health_service) = start_health(config, engine, clock, serving).await;
     let overview = Arc::new(Overview::new(OverviewParts {
@@ -79,6 +93,7 @@ pub(super) async fn serve(
         health: health.clone(),
         backup_dir: config.backup_dir(),
         duty: engine.duty().cloned(),
+        replica_name: replica.clone(),
     }));
     let streams = Arc::new(StreamCaps::new(
         &config.grpc,
@@ -154,6 +169,38 @@ pub(super) async fn serve(
         callback_addr,
         metrics_addr,
     })
+}
+
+/// This replica's name: `[cluster] replica_name`, or host name and the
+/// port actually bound.
+pub(super) fn replica_name(config: &Config, grpc: &TcpListener) -> String {
+    let listen = grpc
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.grpc.listen.clone());
+    config.cluster.replica_name(&listen)
+}
+
+/// Several replicas on one database: this one's caches follow the change
+/// feed (`cluster/`). Nothing on SQLite.
+fn start_cache_sync(
+    engine: &mut Engine,
+    clock: &SharedClock,
+    clients: &Arc<Clients>,
+    name: String,
+) {
+    let sync = ChangeSync::new(
+        engine.store().clone(),
+        engine.broker().clone(),
+        clients.clone(),
+        clock.clone(),
+        name,
+        engine.change_position(),
+    );
+    if let Some((sync, hints)) = sync {
+        let cancel = engine.background().clone();
+        engine.spawn("replica cache sync", sync.run(hints, cancel));
+    }
 }
 
 /// The write probe, once now and then every `health.probe_interval_ms`.

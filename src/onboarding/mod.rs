@@ -33,7 +33,7 @@ use crate::config::OnboardingConfig;
 use crate::domain::{Tenant, TenantId, TenantState, ValidationError};
 use crate::pbx::gated::GatedOnboardingPbx;
 use crate::secret::Secret;
-use crate::store::{Flow, FlowStep, FlowUpdate, Store, StoreError};
+use crate::store::{Flow, FlowKey, FlowStep, FlowUpdate, Store, StoreError};
 
 pub use authorize::{authorization_url, state_hash};
 pub use crash_hook::{CrashHook, CRASH_HOOK_VAR, CRASH_MARKER};
@@ -146,6 +146,10 @@ pub struct Onboarding {
     /// between the PBX's answer and its commit.
     tasks: TaskTracker,
 }
+
+/// How long a code exchange holds its claim on the state: longer than a
+/// PBX request may take; a crash mid-exchange frees the state after it.
+const EXCHANGE_CLAIM_MS: i64 = 30_000;
 
 const UNKNOWN_STATE: &str = "this authorization state is not known: it was never issued, a later BeginAuthorization replaced it, or its tenant was deleted; run BeginAuthorization for a new authorization URL";
 
@@ -357,6 +361,23 @@ impl Onboarding {
                     )));
                 }
                 authorize::validate_code(&input.code)?;
+                // The per-tenant lock guards this process only: the claim
+                // is the one cluster-wide guard, taken in one statement
+                // before the code goes to the PBX.
+                let key = match by_state {
+                    Some(hash) => FlowKey::State(hash),
+                    None => FlowKey::Tenant(id.clone()),
+                };
+                let until = now.plus_ms(EXCHANGE_CLAIM_MS);
+                let flow = self
+                    .store
+                    .consume_state(key, now, until)
+                    .await?
+                    .ok_or_else(|| {
+                        OnboardingError::FailedPrecondition(format!(
+                            "{via}: the code of tenant {id}'s authorization is being exchanged by another call (on this or another replica); wait a few seconds and check the tenant's state"
+                        ))
+                    })?;
                 self.exchange_code(&tenant, flow, &input.code).await?
             }
             _ => {

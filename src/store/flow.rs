@@ -100,6 +100,14 @@ pub struct Flow {
     pub base_url: String,
 }
 
+/// Which flow a claim names: by its `state` (SHA-256), or by its tenant
+/// (CompleteAuthorization given only the tenant id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowKey {
+    State([u8; 32]),
+    Tenant(TenantId),
+}
+
 /// One step's outcome, committed in one transaction.
 #[derive(Clone, Debug)]
 pub enum FlowUpdate {

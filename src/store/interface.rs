@@ -23,7 +23,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::events::{EventPage, EventSettings, OutboxEntry};
-use super::flow::{Flow, FlowCompletion, FlowUpdate};
+use super::feed::ChangeFeed;
+use super::flow::{Flow, FlowCompletion, FlowKey, FlowUpdate};
 use super::records::{
     AuditEntry, AuditQuery, BackupInfo, CacheLoad, CachedTenant, CredentialFault, DueJob, HostLoad,
     KeyCheck, Lease, LeaseClaim, NewAuditEvent, NewClientRow, NewTenant, QueueStats, ReadyJobs,
@@ -247,6 +248,20 @@ pub trait FlowRepo: Send + Sync {
         now: UnixMs,
     ) -> Result<(), StoreError>;
 
+    /// Claims the `state` (named by its hash, or by its tenant) for one code exchange, in ONE atomic statement
+    /// (cluster-wide: two replicas completing the same state at once, one
+    /// gets it): the flow if it is at `Issued`, unexpired at `now` and not
+    /// claimed by another exchange until after `now`; the claim lasts until
+    /// `until` (a crash lets it lapse). `None` otherwise (unknown, used,
+    /// expired or being exchanged: `flow_by_state` says which). A
+    /// retryable failure's `FlowUpdate::Error` releases the claim.
+    async fn consume_state(
+        &self,
+        key: FlowKey,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<Option<Flow>, StoreError>;
+
     /// The flow a `state` belongs to, if any (consumed or not).
     async fn flow_by_state(&self, state_hash: [u8; 32]) -> Result<Option<Flow>, StoreError>;
 
@@ -305,6 +320,11 @@ pub trait ClientRepo: Send + Sync {
     ) -> Result<Option<ClientInfo>, StoreError>;
 
     async fn has_active_admin(&self) -> Result<bool, StoreError>;
+
+    /// Inserts `row` (an admin) only if no unrevoked admin exists, as one
+    /// atomic step cluster-wide; `true` if inserted. Replicas starting
+    /// together on an empty database bootstrap exactly one admin.
+    async fn insert_first_admin(&self, row: NewClientRow) -> Result<bool, StoreError>;
 }
 
 /// The append-only audit log, paged newest first by id.
@@ -435,6 +455,7 @@ pub trait Storage:
     + EventLog
     + StoreStats
     + Lifecycle
+    + ChangeFeed
 {
 }
 
@@ -451,6 +472,7 @@ impl<T> Storage for T where
         + EventLog
         + StoreStats
         + Lifecycle
+        + ChangeFeed
 {
 }
 

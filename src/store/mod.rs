@@ -16,8 +16,10 @@
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
 
+mod copy;
 mod error;
 mod events;
+mod feed;
 mod flow;
 mod interface;
 pub mod postgres;
@@ -32,10 +34,12 @@ pub(crate) mod conformance;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use copy::{sqlite_to_postgres, CopyReport};
 pub use error::StoreError;
 pub(crate) use events::messages as event_messages;
 pub use events::{EventPage, EventSettings, OutboxEntry, TenantEvent, TenantEventKind};
-pub use flow::{Flow, FlowCompletion, FlowStep, FlowUpdate};
+pub use feed::{Change, ChangeFeed, ChangeKind, Hint, ReplicaRow};
+pub use flow::{Flow, FlowCompletion, FlowKey, FlowStep, FlowUpdate};
 pub use interface::{
     AuditLog, ClientRepo, CredentialRepo, EventLog, FlowRepo, HostBudget, JobQueue, LeaseTable,
     Lifecycle, Storage, Store, StoreStats, TenantRepo, TokenRepo,

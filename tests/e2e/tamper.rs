@@ -355,7 +355,8 @@ async fn a_database_sealed_before_schema_6_is_upgraded_and_then_bound() {
     // What migrations after 6 added is not there yet either.
     db.execute_batch(
         "DROP TABLE host_leases; DROP TABLE webhook_outbox; DROP TABLE tenant_events; \
-         DROP TABLE event_retention",
+         DROP TABLE event_retention; \
+         ALTER TABLE onboarding_flows DROP COLUMN exchange_claimed_until",
     )
     .unwrap();
     db.pragma_update(None, "user_version", 5).unwrap();

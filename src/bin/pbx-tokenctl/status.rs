@@ -61,6 +61,14 @@ pub fn status_json(s: &proto::ServerStatus) -> Value {
         "last_backup_at": ts_json(s.last_backup_at.as_ref()),
         "warnings": s.warnings,
         "tokens_unstored": s.tokens_unstored,
+        "backend": s.backend,
+        "database_reachable": s.database_reachable,
+        "replicas": s.replicas.iter().map(|r| json!({
+            "name": r.name,
+            "last_heartbeat": ts_json(r.last_heartbeat.as_ref()),
+            "renewing_hosts": r.renewing_hosts,
+            "live": r.live,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -115,6 +123,38 @@ pub fn render(now: i64, s: &proto::ServerStatus) -> String {
         ),
         ("Last backup", backup),
     ]));
+
+    if !s.replicas.is_empty() {
+        out.push_str(&format!(
+            "\nReplicas ({} backend{})\n",
+            or_dash(&s.backend),
+            if s.database_reachable {
+                ""
+            } else {
+                ", DATABASE NOT REACHABLE from this replica"
+            }
+        ));
+        let rows: Vec<Vec<String>> = s
+            .replicas
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("  {}", r.name),
+                    format!("{} ago", ago(now, r.last_heartbeat.as_ref())),
+                    if r.live { "yes" } else { "NO" }.into(),
+                    if r.renewing_hosts.is_empty() {
+                        "-".into()
+                    } else {
+                        r.renewing_hosts.join(", ")
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&render_table(
+            &["  NAME", "HEARTBEAT", "LIVE", "RENEWS FOR"],
+            &rows,
+        ));
+    }
 
     out.push_str("\nTenants\n");
     let mut rows: Vec<Vec<String>> = s
@@ -284,5 +324,47 @@ mod tests {
         assert_eq!(v["failing_tenants"][0]["tenant_id"], json!("acme"));
         assert_eq!(v["last_backup_file"], Value::Null);
         assert_eq!(v["hosts"][0]["demand_ratio"], json!(1.5));
+    }
+
+    #[test]
+    fn renders_the_replicas() {
+        let now = 1_700_000_000_000;
+        let s = proto::ServerStatus {
+            backend: "postgres".into(),
+            database_reachable: true,
+            replicas: vec![
+                proto::ReplicaStatus {
+                    name: "db-a:50051".into(),
+                    last_heartbeat: ts(now - 1_000),
+                    renewing_hosts: vec!["pbx1.example.com".into(), "pbx2.example.com".into()],
+                    live: true,
+                },
+                proto::ReplicaStatus {
+                    name: "db-b:50051".into(),
+                    last_heartbeat: ts(now - 120_000),
+                    renewing_hosts: vec![],
+                    live: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let text = render(now, &s);
+        for needle in [
+            "Replicas (postgres backend)",
+            "db-a:50051",
+            "pbx1.example.com, pbx2.example.com",
+            "db-b:50051",
+            "2m ago",
+            "NO",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        let v = status_json(&s);
+        assert_eq!(v["backend"], json!("postgres"));
+        assert_eq!(
+            v["replicas"][0]["renewing_hosts"][1],
+            json!("pbx2.example.com")
+        );
+        assert_eq!(v["replicas"][1]["live"], json!(false));
     }
 }

@@ -20,10 +20,12 @@
 //! `clients.rs` (ClientRepo), `audit.rs` (AuditLog), `events.rs` (EventLog
 //! and the events every change writes), `stats.rs`
 //! (StoreStats), `lifecycle.rs` (heartbeat, master key check, close,
-//! schema refusal, housekeeping), `replicas.rs` (two handles on one database);
+//! schema refusal, housekeeping), `replicas.rs` (two handles on one database),
+//! `claims.rs` (atomic claims: a state's code exchange, the first admin);
 //! `fixtures.rs` holds the sample tenants, tokens and times they share.
 
 pub(crate) mod audit;
+pub(crate) mod claims;
 pub(crate) mod clients;
 pub(crate) mod credentials;
 pub(crate) mod events;
@@ -146,6 +148,13 @@ macro_rules! conformance_tests {
             a_url_change_through_update_tenant_rebinds_the_flow,
             discarding_a_missing_flow_changes_nothing,
             a_state_is_single_use,
+        ]);
+        $crate::store::conformance::conformance_tests!(@area $harness; claims [
+            a_state_is_claimed_once_until_released_or_lapsed,
+            a_new_begin_clears_the_claim,
+            two_handles_claiming_one_state_at_once_one_wins,
+            the_first_admin_is_inserted_once,
+            cached_tenant_reads_one_tenant_with_its_token,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flow_commits [
             each_step_is_committed_on_its_own,

@@ -38,29 +38,23 @@ fn row_to_info(r: &Row) -> Result<(ClientInfo, Vec<u8>), StoreError> {
 #[async_trait]
 impl ClientRepo for PgStore {
     async fn insert_client(&self, row: NewClientRow) -> Result<(), StoreError> {
+        self.write(move |tx, _| Box::pin(async move { insert(tx, &row).await }))
+            .await
+    }
+
+    /// Under a transaction-level advisory lock, so replicas starting
+    /// together on an empty database see each other's admin: exactly one
+    /// inserts.
+    async fn insert_first_admin(&self, row: NewClientRow) -> Result<bool, StoreError> {
         self.write(move |tx, _| {
             Box::pin(async move {
-                let patterns = serde_json::to_string(&row.info.tenant_patterns)
-                    .map_err(|e| StoreError::Corrupt(format!("tenant patterns: {e}")))?;
-                let hash: &[u8] = row.key_hash.as_slice();
-                execute(
-                    tx,
-                    "INSERT INTO api_clients (client_id, name, role, tenant_patterns, key_hash, \
-                         created_at, created_by, revoked_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &row.info.client_id,
-                        &row.info.name,
-                        &row.info.role.as_str(),
-                        &patterns,
-                        &hash,
-                        &row.info.created_at.0,
-                        &row.info.created_by,
-                        &row.info.revoked_at.map(|t| t.0),
-                    ],
-                )
-                .await?;
-                Ok(())
+                execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK]).await?;
+                let exists: bool = query_one(tx, ACTIVE_ADMIN_EXISTS, &[]).await?.try_get(0)?;
+                if exists {
+                    return Ok(false);
+                }
+                insert(tx, &row).await?;
+                Ok(true)
             })
         })
         .await
@@ -133,17 +127,38 @@ impl ClientRepo for PgStore {
 
     async fn has_active_admin(&self) -> Result<bool, StoreError> {
         self.read(|tx, _| {
-            Box::pin(async move {
-                Ok(query_one(
-                    tx,
-                    "SELECT EXISTS (SELECT 1 FROM api_clients \
-                     WHERE role = 'admin' AND revoked_at IS NULL)",
-                    &[],
-                )
-                .await?
-                .try_get(0)?)
-            })
+            Box::pin(async move { Ok(query_one(tx, ACTIVE_ADMIN_EXISTS, &[]).await?.try_get(0)?) })
         })
         .await
     }
+}
+
+const ACTIVE_ADMIN_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM api_clients WHERE role = 'admin' AND revoked_at IS NULL)";
+
+/// The advisory lock of the bootstrap admin ("pbxadmin" in ASCII).
+const BOOTSTRAP_LOCK: i64 = 0x7062_7861_646d_696e;
+
+async fn insert(tx: &super::Tx<'_>, row: &NewClientRow) -> Result<(), StoreError> {
+    let patterns = serde_json::to_string(&row.info.tenant_patterns)
+        .map_err(|e| StoreError::Corrupt(format!("tenant patterns: {e}")))?;
+    let hash: &[u8] = row.key_hash.as_slice();
+    execute(
+        tx,
+        "INSERT INTO api_clients (client_id, name, role, tenant_patterns, key_hash, \
+             created_at, created_by, revoked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &row.info.client_id,
+            &row.info.name,
+            &row.info.role.as_str(),
+            &patterns,
+            &hash,
+            &row.info.created_at.0,
+            &row.info.created_by,
+            &row.info.revoked_at.map(|t| t.0),
+        ],
+    )
+    .await?;
+    Ok(())
 }

@@ -145,7 +145,7 @@ pub(super) fn describe(cfg: &Config) -> String {
     )
 }
 
-fn rustls_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, StoreError> {
+pub(super) fn rustls_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, StoreError> {
     let mut roots = rustls::RootCertStore::empty();
     match root_cert {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

@@ -35,6 +35,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0003_host_budget",
         sql: include_str!("../../../migrations/postgres/0003_host_budget.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_change_feed",
+        sql: include_str!("../../../migrations/postgres/0004_change_feed.sql"),
+    },
 ];
 
 /// The advisory lock key every replica takes while migrating (an arbitrary

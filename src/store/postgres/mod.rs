@@ -23,8 +23,10 @@
 //! heartbeat, housekeeping); `testdb.rs` (tests only: a real PostgreSQL
 //! server for the test process).
 //!
-//! Does not: hold a session advisory lock or LISTEN (cluster work builds on
-//! this), or back itself up (that is pg_dump's and the base backups' job).
+//! `feed.rs` (the change feed and replicas table) and `listen.rs` (the
+//! LISTEN connection of its own) serve the cluster's cache sync.
+//!
+//! Does not: hold a session advisory lock, or back itself up (that is pg_dump's and the base backups' job).
 
 mod audit_events;
 mod budget;
@@ -35,9 +37,15 @@ mod connect;
 mod credentials;
 mod error;
 mod events;
+mod feed;
+#[cfg(test)]
+mod feed_tests;
+mod flow_rebind;
+mod import;
 mod jobs;
 mod leases;
 mod lifecycle;
+mod listen;
 mod migrate;
 mod onboarding;
 #[cfg(test)]
@@ -91,6 +99,8 @@ struct Inner {
     target: String,
     /// Event settings and the "events committed" channel.
     events: events::EventHub,
+    /// What the change-feed listener connects with (`listen.rs`).
+    listen: Arc<listen::ListenConfig>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -114,6 +124,11 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let (cfg, tls, root_cert) = connect::config(url, password)?;
         let target = connect::describe(&cfg);
+        let listen = Arc::new(listen::ListenConfig {
+            cfg: cfg.clone(),
+            tls,
+            root_cert: root_cert.clone(),
+        });
         let pool = connect::pool(cfg, tls, root_cert.as_deref())?;
         let mut client = pool.get().await.map_err(|e| {
             let e = error::pool_error(e);
@@ -139,6 +154,7 @@ impl PgStore {
                 keyring,
                 target,
                 events: events::EventHub::default(),
+                listen,
             }),
             caller_lease_clock: false,
         })

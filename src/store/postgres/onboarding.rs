@@ -19,7 +19,7 @@ use crate::store::rows::parse_id;
 use crate::store::seal::flow::{self as flow_seal, Dest, FlowSecret};
 use crate::store::{event_messages, TenantEventKind};
 use crate::store::{
-    Flow, FlowCompletion, FlowRepo, FlowStep, FlowUpdate, StoreError, TenantChanges,
+    Flow, FlowCompletion, FlowKey, FlowRepo, FlowStep, FlowUpdate, StoreError, TenantChanges,
 };
 
 const SELECT_FLOW: &str = "SELECT f.tenant_id, f.step, f.state_expires_at, \
@@ -67,12 +67,52 @@ impl FlowRepo for PgStore {
                          ON CONFLICT (tenant_id) DO UPDATE SET state_hash = excluded.state_hash, \
                              state_expires_at = excluded.state_expires_at, step = 'issued', {WIPE}, \
                              app_name = NULL, app_client_id = NULL, pbx_user = NULL, error = NULL, \
+                             exchange_claimed_until = NULL, \
                              created_at = excluded.created_at, updated_at = excluded.updated_at"
                     ),
                     &[&id.as_str(), &hash, &state_expires_at.0, &now.0],
                 )
                 .await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    /// One `UPDATE ... RETURNING` (it locks the row: a second replica's
+    /// claim waits, then finds it taken), then the flow in the same
+    /// transaction.
+    async fn consume_state(
+        &self,
+        key: FlowKey,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<Option<Flow>, StoreError> {
+        self.write(move |tx, keys| {
+            Box::pin(async move {
+                let claim = |column: &str| {
+                    format!(
+                        "UPDATE onboarding_flows SET exchange_claimed_until = $3 \
+                         WHERE {column} = $1 AND step = 'issued' AND state_expires_at > $2 \
+                           AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= $2) \
+                         RETURNING tenant_id"
+                    )
+                };
+                let claimed = match &key {
+                    FlowKey::State(hash) => {
+                        let hash: &[u8] = hash;
+                        query_opt(tx, &claim("state_hash"), &[&hash, &now.0, &until.0]).await?
+                    }
+                    FlowKey::Tenant(id) => {
+                        query_opt(tx, &claim("tenant_id"), &[&id.as_str(), &now.0, &until.0])
+                            .await?
+                    }
+                };
+                let Some(row) = claimed else { return Ok(None) };
+                let id: String = row.try_get(0)?;
+                let sql = format!("{SELECT_FLOW}WHERE f.tenant_id = $1");
+                let row = query_opt(tx, &sql, &[&id]).await?;
+                row.map(|r| flow_from_row(&r, keys)).transpose()
             })
         })
         .await
@@ -357,7 +397,8 @@ async fn advance(
             set_tenant_error(tx, id, error).await?;
             execute(
                 tx,
-                "UPDATE onboarding_flows SET error = $2, updated_at = $3 WHERE tenant_id = $1",
+                "UPDATE onboarding_flows SET error = $2, updated_at = $3, \
+                 exchange_claimed_until = NULL WHERE tenant_id = $1",
                 &[&id, error, &now.0],
             )
             .await?
@@ -457,53 +498,6 @@ async fn add_orphan(tx: &Tx<'_>, id: &str, name: &str) -> Result<(), StoreError>
 fn parse_orphans(id: &str, json: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("orphaned_apps of tenant {id}: {e}")))
-}
-
-/// UpdateTenant moved the tenant to `new_url`: the flow's values are sealed
-/// again bound to it; a value that does not open or whose client id does
-/// not match is left as it is.
-pub(super) async fn rebind_url(
-    tx: &Tx<'_>,
-    keys: &Keyring,
-    tenant_id: &str,
-    new_url: &str,
-) -> Result<(), StoreError> {
-    let Some(row) = query_opt(
-        tx,
-        "SELECT app_client_id, public_token_sealed, app_secret_sealed, token_sealed \
-         FROM onboarding_flows WHERE tenant_id = $1",
-        &[&tenant_id],
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let client_id: Option<String> = row.try_get(0)?;
-    for (i, which) in FlowSecret::ALL.into_iter().enumerate() {
-        let Some(value) = row.try_get::<_, Option<Vec<u8>>>(1 + i)? else {
-            continue;
-        };
-        let dest = Dest {
-            base_url: new_url,
-            client_id: match which {
-                FlowSecret::AppSecret => client_id.as_deref().unwrap_or(""),
-                _ => "",
-            },
-        };
-        let Some(resealed) = flow_seal::rebound(keys, tenant_id, which, &value, &dest)? else {
-            continue;
-        };
-        execute(
-            tx,
-            &format!(
-                "UPDATE onboarding_flows SET {} = $2 WHERE tenant_id = $1",
-                which.column()
-            ),
-            &[&tenant_id, &resealed],
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 fn flow_from_row(r: &Row, keys: &Keyring) -> Result<Flow, StoreError> {

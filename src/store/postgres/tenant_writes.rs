@@ -150,7 +150,7 @@ pub(super) async fn update(
         // The secrets are sealed together with the URL they may be sent to.
         let replaced = ch.trusted_app.as_ref().map(|_| Kind::Trusted);
         credentials::rebind_url(tx, keys, id, &base_url, replaced).await?;
-        super::onboarding::rebind_url(tx, keys, id, &base_url).await?;
+        super::flow_rebind::rebind_url(tx, keys, id, &base_url).await?;
     }
     if let Some(state) = ch.state {
         execute(

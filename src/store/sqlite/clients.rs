@@ -46,6 +46,18 @@ impl ClientRepo for SqliteStore {
     async fn has_active_admin(&self) -> Result<bool, StoreError> {
         self.with_writer(|conn, _| has_active_admin(conn)).await
     }
+
+    /// The check and the insert in one write transaction (the one writer).
+    async fn insert_first_admin(&self, row: NewClientRow) -> Result<bool, StoreError> {
+        self.write(move |tx, _| {
+            if has_active_admin(tx)? {
+                return Ok(false);
+            }
+            insert(tx, &row)?;
+            Ok(true)
+        })
+        .await
+    }
 }
 
 fn insert(tx: &Connection, row: &NewClientRow) -> Result<(), StoreError> {

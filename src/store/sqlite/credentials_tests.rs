@@ -70,7 +70,8 @@ fn make_legacy(t: &TestStore) {
     // What migrations after 6 added is not there yet either.
     raw.execute_batch(
         "DROP TABLE host_leases; DROP TABLE webhook_outbox; DROP TABLE tenant_events; \
-         DROP TABLE event_retention",
+         DROP TABLE event_retention; \
+         ALTER TABLE onboarding_flows DROP COLUMN exchange_claimed_until",
     )
     .unwrap();
     raw.pragma_update(None, "user_version", 5).unwrap();

@@ -60,6 +60,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0008_tenant_events",
         sql: include_str!("../../../migrations/0008_tenant_events.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_state_claim",
+        sql: include_str!("../../../migrations/0009_state_claim.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

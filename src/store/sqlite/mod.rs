@@ -33,6 +33,8 @@ mod conformance_tests;
 mod connection;
 mod credentials;
 mod events;
+mod export;
+mod feed;
 mod flow_seal;
 mod group_commit;
 mod jobs;
@@ -58,6 +60,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use connection::{lock, ReadPool};
 
 pub use backup::{BackupCheck, RestoreReport};
+pub(crate) use export::export;
 pub use masterkey::{has_sealed_data, RotationReport};
 
 // The interface's vocabulary, named here so the files below say `super::X`.

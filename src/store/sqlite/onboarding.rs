@@ -23,7 +23,7 @@ use super::{Flow, FlowCompletion, FlowStep, FlowUpdate};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::{AccessToken, AppCredentials, Tenant, TenantId};
-use crate::store::{event_messages, TenantEventKind};
+use crate::store::{event_messages, FlowKey, TenantEventKind};
 
 const SELECT_FLOW: &str = "SELECT tenant_id, step, state_expires_at, \
         public_token_sealed, public_token_type, public_token_issued_at, public_token_expires_at, \
@@ -68,11 +68,46 @@ impl FlowRepo for SqliteStore {
                      ON CONFLICT (tenant_id) DO UPDATE SET state_hash = excluded.state_hash, \
                          state_expires_at = excluded.state_expires_at, step = 'issued', {WIPE}, \
                          app_name = NULL, app_client_id = NULL, pbx_user = NULL, error = NULL, \
+                         exchange_claimed_until = NULL, \
                          created_at = excluded.created_at, updated_at = excluded.updated_at"
                 ),
                 params![id.as_str(), &state_hash[..], state_expires_at.0, now.0],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// One `UPDATE ... RETURNING`: the claim and the check are one step.
+    async fn consume_state(
+        &self,
+        key: FlowKey,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<Option<Flow>, StoreError> {
+        self.write(move |tx, keys| {
+            let claim =
+                |column: &str, value: &dyn rusqlite::ToSql| -> rusqlite::Result<Option<String>> {
+                    tx.prepare_cached(&format!(
+                        "UPDATE onboarding_flows SET exchange_claimed_until = ?3 \
+                     WHERE {column} = ?1 AND step = 'issued' AND state_expires_at > ?2 \
+                       AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= ?2) \
+                     RETURNING tenant_id"
+                    ))?
+                    .query_row(params![value, now.0, until.0], |r| r.get(0))
+                    .optional()
+                };
+            let claimed = match &key {
+                FlowKey::State(hash) => claim("state_hash", &&hash[..])?,
+                FlowKey::Tenant(id) => claim("tenant_id", &id.as_str())?,
+            };
+            match claimed {
+                None => Ok(None),
+                Some(id) => {
+                    let sql = format!("{SELECT_FLOW}WHERE tenant_id = ?1");
+                    query_flow(tx, keys, &sql, id)
+                }
+            }
         })
         .await
     }
@@ -326,7 +361,8 @@ fn advance(
         FlowUpdate::Error { error } => {
             set_tenant_error(tx, id, error)?;
             tx.execute(
-                "UPDATE onboarding_flows SET error = ?2, updated_at = ?3 WHERE tenant_id = ?1",
+                "UPDATE onboarding_flows SET error = ?2, updated_at = ?3, \
+                 exchange_claimed_until = NULL WHERE tenant_id = ?1",
                 params![id, error, now.0],
             )?
         }

@@ -51,15 +51,35 @@ pub(super) fn upsert(
 /// out with a warning naming the tenant: it is only a cached copy the PBX
 /// gives again, and refusing the load would stop every tenant for one row.
 pub(super) fn load_cache(conn: &Connection, keys: &Keyring) -> Result<CacheLoad, StoreError> {
-    let total: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))?;
+    load_cache_of(conn, keys, None)
+}
+
+/// As [`load_cache`], every tenant or the one named.
+pub(super) fn load_cache_of(
+    conn: &Connection,
+    keys: &Keyring,
+    only: Option<&str>,
+) -> Result<CacheLoad, StoreError> {
+    const SELECT: &str = "SELECT t.tenant_id, t.pbx_base_url, t.state, \
+                k.token_sealed, k.token_type, k.issued_at, k.expires_at \
+         FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id";
+    let total: i64 = match only {
+        None => conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))?,
+        Some(_) => 1,
+    };
     let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut dropped_tokens = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT t.tenant_id, t.pbx_base_url, t.state, \
-                k.token_sealed, k.token_type, k.issued_at, k.expires_at \
-         FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id",
-    )?;
-    let mut rows = stmt.query([])?;
+    let mut stmt;
+    let mut rows = match only {
+        None => {
+            stmt = conn.prepare(SELECT)?;
+            stmt.query([])?
+        }
+        Some(id) => {
+            stmt = conn.prepare(&format!("{SELECT} WHERE t.tenant_id = ?1"))?;
+            stmt.query([id])?
+        }
+    };
     while let Some(r) = rows.next()? {
         let id: String = r.get(0)?;
         let base_url: String = r.get(1)?;

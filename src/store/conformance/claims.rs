@@ -1,0 +1,171 @@
+//! Atomic claims several replicas race for: a `state` claimed once for its
+//! code exchange (released by a retryable error, lapsed after its time,
+//! never past the state's expiry), the first admin inserted once, and the
+//! one-tenant cache read the change feed and read-through use.
+
+use super::fixtures::*;
+use super::{open_store, Harness};
+use crate::domain::clients::Role;
+use crate::domain::TenantState;
+use crate::store::{FlowKey, FlowStep, FlowUpdate};
+
+const CLAIM: i64 = 30 * SECOND;
+
+pub(crate) async fn a_state_is_claimed_once_until_released_or_lapsed<H: Harness>(h: &H) {
+    let store = open_store(h).await;
+    store.insert_tenant(pending_tenant("acme")).await.unwrap();
+    let acme = tid("acme");
+    let expires = T0.plus_ms(HOUR);
+    store.begin_flow(&acme, hash(1), expires, T0).await.unwrap();
+    let by_state = FlowKey::State(hash(1));
+    let f = store
+        .consume_state(by_state.clone(), T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .expect("a fresh state is claimed");
+    assert_eq!(
+        (f.tenant_id.clone(), f.step),
+        (acme.clone(), FlowStep::Issued)
+    );
+    // Claimed: neither by state nor by tenant until released or lapsed.
+    let t1 = T0.plus_ms(1);
+    assert!(store
+        .consume_state(by_state.clone(), t1, t1.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .consume_state(FlowKey::Tenant(acme.clone()), t1, t1.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_none());
+    // A retryable error releases it.
+    store
+        .advance_flow(
+            &acme,
+            FlowUpdate::Error {
+                error: "busy".into(),
+            },
+            t1,
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .consume_state(FlowKey::Tenant(acme.clone()), t1, t1.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_some());
+    // A claimant that crashed: the claim lapses.
+    let later = t1.plus_ms(CLAIM);
+    assert!(store
+        .consume_state(by_state.clone(), later, later.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_some());
+    // Expired, unknown or past Issued: nothing to claim.
+    let f = store.flow_by_state(hash(1)).await.unwrap().unwrap();
+    assert_eq!(f.step, FlowStep::Issued);
+    assert!(store
+        .consume_state(by_state.clone(), expires, expires.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .consume_state(FlowKey::State(hash(9)), T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_none());
+    store.begin_flow(&acme, hash(2), expires, T0).await.unwrap();
+    super::flows::advance(&store, &acme, 1).await;
+    assert!(store
+        .consume_state(FlowKey::State(hash(2)), T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub(crate) async fn a_new_begin_clears_the_claim<H: Harness>(h: &H) {
+    let store = open_store(h).await;
+    store.insert_tenant(pending_tenant("acme")).await.unwrap();
+    let acme = tid("acme");
+    let expires = T0.plus_ms(HOUR);
+    store.begin_flow(&acme, hash(1), expires, T0).await.unwrap();
+    let key = FlowKey::Tenant(acme.clone());
+    assert!(store
+        .consume_state(key.clone(), T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_some());
+    store.begin_flow(&acme, hash(2), expires, T0).await.unwrap();
+    assert!(store
+        .consume_state(FlowKey::State(hash(2)), T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+pub(crate) async fn two_handles_claiming_one_state_at_once_one_wins<H: Harness>(h: &H) {
+    let one = open_store(h).await;
+    let two = open_store(h).await;
+    one.insert_tenant(pending_tenant("acme")).await.unwrap();
+    let acme = tid("acme");
+    for round in 0..10u8 {
+        let expires = T0.plus_ms(HOUR);
+        one.begin_flow(&acme, hash(round), expires, T0)
+            .await
+            .unwrap();
+        let key = FlowKey::State(hash(round));
+        let (a, b) = tokio::join!(
+            one.consume_state(key.clone(), T0, T0.plus_ms(CLAIM)),
+            two.consume_state(key.clone(), T0, T0.plus_ms(CLAIM)),
+        );
+        let won = [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        assert_eq!(won, 1, "round {round}: exactly one claim wins");
+    }
+}
+
+pub(crate) async fn the_first_admin_is_inserted_once<H: Harness>(h: &H) {
+    let one = open_store(h).await;
+    let two = open_store(h).await;
+    let (a, b) = tokio::join!(
+        one.insert_first_admin(super::clients::row("cl_a", Role::Admin, &[])),
+        two.insert_first_admin(super::clients::row("cl_b", Role::Admin, &[])),
+    );
+    assert_eq!(
+        [a.unwrap(), b.unwrap()].iter().filter(|x| **x).count(),
+        1,
+        "exactly one bootstrap admin"
+    );
+    assert_eq!(one.list_clients().await.unwrap().len(), 1);
+    let admin = one.list_clients().await.unwrap().remove(0).client_id;
+    one.revoke_client(&admin, T0).await.unwrap();
+    // A reader is not an admin; with the admin revoked there is none.
+    one.insert_client(super::clients::row("cl_r", Role::Reader, &[]))
+        .await
+        .unwrap();
+    assert!(two
+        .insert_first_admin(super::clients::row("cl_c", Role::Admin, &[]))
+        .await
+        .unwrap());
+}
+
+pub(crate) async fn cached_tenant_reads_one_tenant_with_its_token<H: Harness>(h: &H) {
+    let store = open_store(h).await;
+    store
+        .insert_tenant(new_tenant("acme", TenantState::Active))
+        .await
+        .unwrap();
+    store.insert_tenant(pending_tenant("beta")).await.unwrap();
+    let acme = store.cached_tenant(&tid("acme")).await.unwrap().unwrap();
+    assert_eq!(acme.state, TenantState::Active);
+    assert_eq!(acme.token.unwrap().value.expose(), "token-acme");
+    let beta = store.cached_tenant(&tid("beta")).await.unwrap().unwrap();
+    assert_eq!(
+        (beta.state, beta.token.is_none()),
+        (TenantState::PendingAuthorization, true)
+    );
+    assert!(store.cached_tenant(&tid("nobody")).await.unwrap().is_none());
+}
