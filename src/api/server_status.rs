@@ -34,7 +34,12 @@ pub async fn get(
         ],
         Err(e) => return Err(e.into()),
     };
-    let replicas = overview.replicas().await.map_err(store_status)?;
+    // Cut off from the database: no list rather than no answer.
+    let replicas = match overview.replicas().await {
+        Ok(r) => r,
+        Err(e) if e.is_transient() || !o.database_reachable => Vec::new(),
+        Err(e) => return Err(store_status(e)),
+    };
     Ok(proto::ServerStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(timestamp(o.started_at)),

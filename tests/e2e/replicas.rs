@@ -57,6 +57,8 @@ impl Cluster {
         // The shortest allowed: admin calls wait at most this long for a
         // replica that does not confirm.
         c.cluster.lease_ttl_ms = 3_000;
+        // Every PBX call must end well inside a lease (at most 2/3 of it).
+        c.pbx.request_timeout_ms = 1_000;
         c.validate().unwrap();
         let listener = tokio::net::TcpListener::bind(&c.grpc.listen).await.unwrap();
         let daemon = pbx_tokend::daemon::Daemon::start(
