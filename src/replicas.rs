@@ -5,10 +5,13 @@
 //! `cluster/`), or after `[cluster] lease_ttl_ms`, logging a warning that
 //! names the replicas that did not confirm.
 //!
-//! Live: a heartbeat within a third of `lease_ttl_ms` (heartbeats come
-//! every second), on the database's clock. A replica that stopped
-//! heartbeating is not waited for; when it comes back it reads the feed
-//! before anything else it does with the change (its first pass).
+//! Live: a heartbeat within `lease_ttl_ms` (heartbeats come every second),
+//! on the database's clock: the same span after which its renewal duty may
+//! be taken over. A shorter span let a replica whose heartbeat was merely
+//! late (a loaded machine) go unwaited-for and serve a disabled tenant's
+//! token after the call returned. A replica silent for longer is presumed
+//! dead; when it comes back it reads the feed within its next sync pass
+//! (at most 2 s).
 //!
 //! On SQLite (one process) there is nothing to wait for.
 
@@ -65,7 +68,7 @@ impl ReplicaConfirm {
             }
         };
         let started = self.clock.now();
-        let live_ms = (self.wait_ms / 3).max(1_000);
+        let live_ms = self.wait_ms.max(1_000);
         loop {
             let behind = match self.store.replicas(live_ms, live_ms).await {
                 Ok(rows) => rows

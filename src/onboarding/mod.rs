@@ -381,6 +381,7 @@ impl Onboarding {
                 self.exchange_code(&tenant, flow, &input.code).await?
             }
             _ => {
+                self.claim_resumption(&id).await?;
                 tracing::info!(tenant = %id, step = %flow.step, "resuming an interrupted authorization");
                 flow
             }
@@ -525,7 +526,31 @@ impl Onboarding {
                 )));
             }
         }
+        self.claim_resumption(id).await?;
         let tenant = self.tenant(id).await?;
         self.drive(&tenant, flow).await
+    }
+
+    /// With several replicas, a flow in progress is driven on by one call
+    /// at a time cluster-wide (the per-tenant lock guards this process
+    /// only): the replica that exchanged the code holds the claim while it
+    /// works, so another one resuming the same flow would create a second
+    /// app. One process on SQLite needs no claim (and a stale one left by a
+    /// crash must not hold up the resumption at start-up).
+    async fn claim_resumption(&self, id: &TenantId) -> Result<(), OnboardingError> {
+        if self.store.backend_name() == "sqlite" {
+            return Ok(());
+        }
+        let now = self.now();
+        if self
+            .store
+            .claim_flow(id, now, now.plus_ms(EXCHANGE_CLAIM_MS))
+            .await?
+        {
+            return Ok(());
+        }
+        Err(OnboardingError::FailedPrecondition(format!(
+            "the authorization of tenant {id} is being completed by another call (on this or another replica); wait a few seconds and check the tenant's state"
+        )))
     }
 }

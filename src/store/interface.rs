@@ -262,6 +262,19 @@ pub trait FlowRepo: Send + Sync {
         until: UnixMs,
     ) -> Result<Option<Flow>, StoreError>;
 
+    /// Claims a flow that is in progress (after the code exchange, before
+    /// the end) for one resumption, in ONE atomic statement: `true` if it
+    /// was unclaimed or its claim lapsed at `now` (it then lasts until
+    /// `until`), `false` if another call (on any replica) holds it. With
+    /// several replicas, only the holder drives the flow on, so a flow is
+    /// never resumed twice at once (two apps created).
+    async fn claim_flow(
+        &self,
+        id: &TenantId,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<bool, StoreError>;
+
     /// The flow a `state` belongs to, if any (consumed or not).
     async fn flow_by_state(&self, state_hash: [u8; 32]) -> Result<Option<Flow>, StoreError>;
 

@@ -169,3 +169,45 @@ pub(crate) async fn cached_tenant_reads_one_tenant_with_its_token<H: Harness>(h:
     );
     assert!(store.cached_tenant(&tid("nobody")).await.unwrap().is_none());
 }
+
+pub(crate) async fn a_flow_in_progress_is_resumed_by_one_claimant<H: Harness>(h: &H) {
+    let store = open_store(h).await;
+    store.insert_tenant(pending_tenant("acme")).await.unwrap();
+    let acme = tid("acme");
+    store
+        .begin_flow(&acme, hash(1), T0.plus_ms(HOUR), T0)
+        .await
+        .unwrap();
+    // At Issued there is nothing to resume: the code exchange claims it.
+    assert!(!store
+        .claim_flow(&acme, T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap());
+    store
+        .consume_state(FlowKey::State(hash(1)), T0, T0.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .expect("claimed for the exchange");
+    super::flows::advance(&store, &acme, 1).await;
+    // The exchanger still holds it while it drives the flow on.
+    let t1 = T0.plus_ms(1);
+    assert!(!store
+        .claim_flow(&acme, t1, t1.plus_ms(CLAIM))
+        .await
+        .unwrap());
+    // Lapsed (the exchanger crashed): one resumption gets it, not two.
+    let later = T0.plus_ms(CLAIM);
+    assert!(store
+        .claim_flow(&acme, later, later.plus_ms(CLAIM))
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_flow(&acme, later, later.plus_ms(CLAIM))
+        .await
+        .unwrap());
+    // Unknown tenant: nothing to claim.
+    assert!(!store
+        .claim_flow(&tid("nobody"), later, later.plus_ms(CLAIM))
+        .await
+        .unwrap());
+}

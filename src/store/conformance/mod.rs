@@ -155,6 +155,7 @@ macro_rules! conformance_tests {
             two_handles_claiming_one_state_at_once_one_wins,
             the_first_admin_is_inserted_once,
             cached_tenant_reads_one_tenant_with_its_token,
+            a_flow_in_progress_is_resumed_by_one_claimant,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flow_commits [
             each_step_is_committed_on_its_own,

@@ -82,6 +82,29 @@ impl FlowRepo for PgStore {
     /// One `UPDATE ... RETURNING` (it locks the row: a second replica's
     /// claim waits, then finds it taken), then the flow in the same
     /// transaction.
+    async fn claim_flow(
+        &self,
+        id: &TenantId,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx, _| {
+            Box::pin(async move {
+                let n = execute(
+                    tx,
+                    "UPDATE onboarding_flows SET exchange_claimed_until = $3 \
+                     WHERE tenant_id = $1 AND step IN ('code_exchanged', 'creating_app', 'app_stored', 'token_obtained', 'user_verified') \
+                       AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= $2)",
+                    &[&id, &now.0, &until.0],
+                )
+                .await?;
+                Ok(n == 1)
+            })
+        })
+        .await
+    }
+
     async fn consume_state(
         &self,
         key: FlowKey,

@@ -112,6 +112,26 @@ impl FlowRepo for SqliteStore {
         .await
     }
 
+    async fn claim_flow(
+        &self,
+        id: &TenantId,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(move |tx, _| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE onboarding_flows SET exchange_claimed_until = ?3 \
+                     WHERE tenant_id = ?1 AND step IN ('code_exchanged', 'creating_app', 'app_stored', 'token_obtained', 'user_verified') \
+                       AND (exchange_claimed_until IS NULL OR exchange_claimed_until <= ?2)",
+                )?
+                .execute(params![id.as_str(), now.0, until.0])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     /// The flow whose state hashes to `state_hash`.
     async fn flow_by_state(&self, state_hash: [u8; 32]) -> Result<Option<Flow>, StoreError> {
         self.read(move |conn, keys| {
