@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::harness::*;
 
 /// Every metric name docs/alerts.yml and the README rely on.
-const METRICS: [&str; 17] = [
+const METRICS: [&str; 19] = [
     "pbx_tokend_get_token_requests_total",
     "pbx_tokend_token_age_served_seconds_bucket",
     "pbx_tokend_renewals_total",
@@ -22,6 +22,8 @@ const METRICS: [&str; 17] = [
     "pbx_tokend_renewals_in_flight",
     "pbx_tokend_rate_limit_waits_total",
     "pbx_tokend_database_writable",
+    "pbx_tokend_database_reachable",
+    "pbx_tokend_host_demand_ratio",
     "pbx_tokend_backups_total",
     "pbx_tokend_build_info",
 ];
