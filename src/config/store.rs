@@ -119,8 +119,21 @@ impl StoreConfig {
 }
 
 fn read_password_file(path: &Path) -> Result<Secret<String>, ConfigError> {
+    read_secret_file(path, "store.postgres_password_file", "password")
+}
+
+/// A one-line secret from the file named by config key `key`: the file
+/// must be a regular file readable by its owner only; one trailing newline
+/// is dropped. `what` names the secret in messages ("password"). Errors
+/// name the key and the file, never the content. Shared by every
+/// `*_file` secret key so they keep one rule.
+pub(super) fn read_secret_file(
+    path: &Path,
+    key: &str,
+    what: &str,
+) -> Result<Secret<String>, ConfigError> {
     let bad = |message: String| ConfigError::Invalid {
-        key: "store.postgres_password_file".into(),
+        key: key.into(),
         message: format!("{}: {message}", path.display()),
     };
     let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
@@ -132,13 +145,13 @@ fn read_password_file(path: &Path) -> Result<Secret<String>, ConfigError> {
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(bad(format!(
-            "has mode {mode:04o}; it holds a password, so only its owner may read it: chmod 600 {}",
+            "has mode {mode:04o}; it holds a {what}, so only its owner may read it: chmod 600 {}",
             path.display()
         )));
     }
     if meta.len() > MAX_PASSWORD_FILE {
         return Err(bad(format!(
-            "holds {} bytes; expected the password alone on one line",
+            "holds {} bytes; expected the {what} alone on one line",
             meta.len()
         )));
     }
@@ -160,9 +173,9 @@ fn read_password_file(path: &Path) -> Result<Secret<String>, ConfigError> {
         .map(|p| p.strip_suffix('\r').unwrap_or(p))
         .unwrap_or(text.expose());
     if password.is_empty() || password.contains('\n') {
-        return Err(bad(
-            "must hold the password alone on one line (it is empty or has several lines)".into(),
-        ));
+        return Err(bad(format!(
+            "must hold the {what} alone on one line (it is empty or has several lines)"
+        )));
     }
     Ok(Secret::new(password.to_owned()))
 }
