@@ -19,6 +19,11 @@
 //! to `daemon/startup.rs`, which hands the use cases theirs. Nothing reaches
 //! them through the broker.
 //!
+//! Webhooks: with `[events] webhook_url` set, the engine turns the store's
+//! outbox on before anything can write an event and runs the deliverer
+//! (`events::deliver`) as a named task; SIGHUP does not change them (a
+//! restart does).
+//!
 //! [`Engine::shutdown`] drains the named background tasks in one loop, then
 //! the renewal workers (bounded by `shutdown.drain_timeout_ms`), the cron
 //! jobs, and closes the database. [`Engine::abort`] is kill -9 for the
@@ -38,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Broker, BrokerSettings, Jitter};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::events::deliver::{Deliverer, WebhookError};
 use crate::metrics::Metrics;
 use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::HostLimiters;
@@ -46,7 +52,7 @@ use crate::renewal::budget::StoreBudget;
 use crate::renewal::duty::Duty;
 use crate::renewal::maintenance::{Maintenance, MaintenanceError};
 use crate::renewal::scheduler::{spread_overdue_with, Scheduler, SchedulerLimits};
-use crate::store::{Store, StoreError};
+use crate::store::{EventSettings, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -54,6 +60,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Maintenance(#[from] MaintenanceError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
 }
 
 /// Where the engine's random numbers come from.
@@ -151,6 +159,7 @@ impl Engine {
         let (broker_jitter, spread_jitter) = jitter.split();
         // A wrong key stops here, before the cache or anything else is read.
         store.check_master_key().await?;
+        let webhooks = start_webhooks(config, &clock, &store, &metrics).await?;
         let (limiter, pbx) = build_gated_pbx(config, &clock, pbx, &store);
         let broker = build_broker(config, &clock, &store, &pbx, broker_jitter, &metrics);
         // Read before the cache is filled: a change committed meanwhile is
@@ -212,6 +221,10 @@ impl Engine {
                 name: "renewal duty",
                 task: tokio::spawn(run),
             });
+        }
+        if let Some(deliverer) = webhooks {
+            let run = deliverer.run(engine.background.clone());
+            engine.spawn("webhook deliverer", run);
         }
         Ok(engine)
     }
@@ -345,6 +358,40 @@ impl Engine {
             tracing::warn!("closing the killed engine's store: {e}");
         }
     }
+}
+
+/// The webhook deliverer when `[events] webhook_url` is set, with the
+/// outbox turned on before any event can be written (so none is missed);
+/// otherwise the outbox stays off, and rows left from an earlier
+/// configuration are reported (they are kept, and delivered once webhooks
+/// are on again).
+async fn start_webhooks(
+    config: &Config,
+    clock: &SharedClock,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Deliverer>, EngineError> {
+    let deliverer = Deliverer::from_config(
+        config,
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+        store.backend_name() == "postgres",
+    )?;
+    store.set_event_settings(EventSettings {
+        outbox: deliverer.is_some(),
+    });
+    if deliverer.is_none() {
+        match store.outbox_depth().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                undelivered = n,
+                "webhook events from an earlier configuration wait in the outbox and are kept; set [events] webhook_url to deliver them"
+            ),
+            Err(e) => tracing::debug!("reading the webhook outbox: {e}"),
+        }
+    }
+    Ok(deliverer)
 }
 
 /// The per-host limiter and the one client that passes it.

@@ -112,6 +112,7 @@ impl From<EngineError> for DaemonError {
         match e {
             EngineError::Store(e) => Self::Store(e),
             EngineError::Maintenance(e) => Self::Maintenance(e),
+            e @ EngineError::Webhook(_) => Self::Engine(e),
         }
     }
 }

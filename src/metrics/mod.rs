@@ -87,6 +87,9 @@ pub struct Metrics {
     database_reachable: Gauge<i64, AtomicI64>,
     lease_held: Family<Labels, Gauge<i64, AtomicI64>>,
     tenant_events: Family<Labels, Counter>,
+    webhook_deliveries: Family<Labels, Counter>,
+    webhook_outbox_depth: Gauge<i64, AtomicI64>,
+    webhook_oldest_undelivered: Gauge<i64, AtomicI64>,
     /// GetToken misses (no token valid for min_valid in memory): [busy, idle].
     cache_misses: [Counter; 2],
     scrape: std::sync::Arc<scrape::ScrapeCollector>,
@@ -227,6 +230,28 @@ impl Metrics {
                 .get_or_create(&vec![("activity", a.to_owned())])
                 .clone()
         });
+        let webhook_deliveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook POSTs by outcome: delivered (2xx) or failed (any other status, a timeout or a connection error; retried with backoff)",
+            webhook_deliveries.clone(),
+        );
+        // Both series exist from the start, so alerts on increase() see 0.
+        for outcome in ["delivered", "failed"] {
+            drop(webhook_deliveries.get_or_create(&vec![("outcome", outcome.to_owned())]));
+        }
+        let webhook_outbox_depth = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "webhook_outbox_depth",
+            "Tenant events waiting in the durable outbox for webhook delivery (0 while webhooks are off; on PostgreSQL set by the replica that delivers)",
+            webhook_outbox_depth.clone(),
+        );
+        let webhook_oldest_undelivered = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "webhook_oldest_undelivered_seconds",
+            "Age of the oldest tenant event not yet delivered to the webhook (0 when none waits)",
+            webhook_oldest_undelivered.clone(),
+        );
         registry.register(
             "build",
             "Build of the running daemon",
@@ -256,6 +281,9 @@ impl Metrics {
             database_reachable,
             lease_held,
             tenant_events,
+            webhook_deliveries,
+            webhook_outbox_depth,
+            webhook_oldest_undelivered,
             cache_misses,
             scrape,
         }
@@ -316,6 +344,21 @@ impl Metrics {
         self.tenant_events
             .get_or_create(&vec![("kind", kind.to_owned())])
             .inc();
+    }
+
+    /// One webhook POST ended: `outcome` is "delivered" or "failed".
+    pub fn webhook_delivery(&self, outcome: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// The webhook outbox as last read: rows waiting, and the age of the
+    /// oldest waiting event in seconds.
+    pub fn set_webhook_outbox(&self, depth: u64, oldest_age_secs: i64) {
+        self.webhook_outbox_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.webhook_oldest_undelivered.set(oldest_age_secs.max(0));
     }
 
     /// A refresh outcome could not be written to the database.

@@ -44,3 +44,4 @@ mod streams;
 mod tamper;
 mod tokens;
 mod transport;
+mod webhooks;

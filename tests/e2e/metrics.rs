@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::harness::*;
 
 /// Every metric name docs/alerts.yml and the README rely on.
-const METRICS: [&str; 19] = [
+const METRICS: [&str; 22] = [
     "pbx_tokend_get_token_requests_total",
     "pbx_tokend_token_age_served_seconds_bucket",
     "pbx_tokend_renewals_total",
@@ -26,6 +26,9 @@ const METRICS: [&str; 19] = [
     "pbx_tokend_host_demand_ratio",
     "pbx_tokend_backups_total",
     "pbx_tokend_build_info",
+    "pbx_tokend_webhook_outbox_depth",
+    "pbx_tokend_webhook_deliveries_total",
+    "pbx_tokend_webhook_oldest_undelivered_seconds",
 ];
 
 async fn scrape(addr: std::net::SocketAddr) -> (String, String) {

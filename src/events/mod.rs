@@ -9,8 +9,15 @@
 //! if it accepts the gap. A cursor of 0 means "from the oldest held" and
 //! is never refused.
 //!
-//! Does not: write events (the store does, with the change), stream them
-//! (`api/tenant_events.rs`) or deliver webhooks.
+//! `webhook.rs` (the body, signature and retry delay of a webhook request)
+//! and `deliver.rs` (the task that POSTs the outbox to `[events]
+//! webhook_url`) deliver the same events to the CRM.
+//!
+//! Does not: write events (the store does, with the change) or stream them
+//! (`api/tenant_events.rs`).
+
+pub mod deliver;
+pub mod webhook;
 
 use std::time::Duration;
 
