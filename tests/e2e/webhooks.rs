@@ -32,16 +32,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_pbx-tokend");
 const SECRET: &str = "whsec-9f3a-do-not-log-me";
 
 /// What the receiver saw: every request's raw body, signature and content
-/// type, and whether it was answered 200.
+/// type, and whether it was answered 200. `accept` false: 503 to all;
+/// tenants in `refuse` get 503, in `redirect` a 307 to `/elsewhere`.
 #[derive(Default)]
 struct Seen {
     accept: bool,
+    refuse: BTreeSet<String>,
+    redirect: BTreeSet<String>,
     requests: Vec<(Bytes, String, String, bool)>,
+    elsewhere: usize,
 }
 
 type Receiver = Arc<Mutex<Seen>>;
 
-async fn hook(State(seen): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn hook(
+    State(seen): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let header = |name: &str| {
         headers
             .get(name)
@@ -49,25 +58,42 @@ async fn hook(State(seen): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             .unwrap_or_default()
             .to_owned()
     };
+    let tenant = serde_json::from_slice::<Value>(&body).unwrap_or_default()["tenant_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let mut seen = seen.lock().unwrap();
-    let accept = seen.accept;
+    let moved = seen.accept && seen.redirect.contains(&tenant);
+    let accept = seen.accept && !seen.refuse.contains(&tenant) && !moved;
     seen.requests.push((
         body,
         header("x-pbx-tokend-signature"),
         header("content-type"),
         accept,
     ));
-    if accept {
-        StatusCode::OK
+    if moved {
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, "/elsewhere")],
+        )
+            .into_response()
+    } else if accept {
+        StatusCode::OK.into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
     }
+}
+
+async fn elsewhere(State(seen): State<Receiver>) -> StatusCode {
+    seen.lock().unwrap().elsewhere += 1;
+    StatusCode::OK
 }
 
 async fn receiver() -> (Receiver, std::net::SocketAddr) {
     let seen: Receiver = Arc::default();
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
+        .route("/elsewhere", axum::routing::post(elsewhere))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -353,4 +379,99 @@ fn start_up_is_refused_naming_the_webhook_key() {
     assert!(err.contains("events.webhook_secret_file"), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
     assert!(!err.contains(SECRET), "{err}");
+}
+
+/// Ids of the events the receiver answered 200 for `tenant`, in order.
+fn accepted(seen: &Receiver, tenant: &str) -> Vec<i64> {
+    seen.lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|r| r.3)
+        .map(|r| serde_json::from_slice::<Value>(&r.0).unwrap())
+        .filter(|v| v["tenant_id"] == tenant)
+        .map(|v| v["event_id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Ids of every event the receiver was sent for `tenant`, answered or not.
+fn sent(seen: &Receiver, tenant: &str) -> BTreeSet<i64> {
+    seen.lock()
+        .unwrap()
+        .requests
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.0).unwrap())
+        .filter(|v| v["tenant_id"] == tenant)
+        .map(|v| v["event_id"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tenant_holds_up_only_itself_and_redirects_are_not_followed() {
+    let sim = sim_with_lifetime(3600).await;
+    let (seen, addr) = receiver().await;
+    {
+        let mut s = seen.lock().unwrap();
+        s.accept = true;
+        s.refuse.insert("stuck".into());
+        s.redirect.insert("moved".into());
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = write_secret(secrets.path(), 0o600);
+    let d = TestDaemon::start(|c| {
+        c.events.webhook_url = format!("http://{addr}/hook");
+        c.events.webhook_secret_file = Some(secret.clone());
+    })
+    .await;
+    for t in ["stuck", "moved", "fine"] {
+        d.add_tenant(&sim, t).await;
+    }
+    let mut a = d.admin();
+    for t in ["stuck", "moved", "fine"] {
+        disable(&mut a, t).await;
+    }
+    // "fine" gets all three (created, updated, state changed), in order,
+    // while the other two keep failing on their first event.
+    eventually(Duration::from_secs(10), "fine's events delivered", || {
+        let n = accepted(&seen, "fine").len();
+        async move { n >= 3 }
+    })
+    .await;
+    let fine = accepted(&seen, "fine");
+    assert!(fine.windows(2).all(|w| w[0] < w[1]), "{fine:?}");
+    // The failing tenants were tried, and never past their first event.
+    eventually(Duration::from_secs(10), "the failing tenants tried", || {
+        let tried = !sent(&seen, "stuck").is_empty() && !sent(&seen, "moved").is_empty();
+        async move { tried }
+    })
+    .await;
+    assert_eq!(
+        sent(&seen, "stuck").len(),
+        1,
+        "stuck's later events were sent early"
+    );
+    assert_eq!(
+        sent(&seen, "moved").len(),
+        1,
+        "moved's later events were sent early"
+    );
+    assert!(accepted(&seen, "stuck").is_empty());
+    assert_eq!(seen.lock().unwrap().elsewhere, 0, "a redirect was followed");
+    // Once the receiver takes them, the held-up events follow in order.
+    {
+        let mut s = seen.lock().unwrap();
+        s.refuse.clear();
+        s.redirect.clear();
+    }
+    eventually(Duration::from_secs(15), "held-up events delivered", || {
+        let n = accepted(&seen, "stuck")
+            .len()
+            .min(accepted(&seen, "moved").len());
+        async move { n >= 3 }
+    })
+    .await;
+    for t in ["stuck", "moved"] {
+        let ids = accepted(&seen, t);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{t}: {ids:?}");
+    }
 }
