@@ -351,3 +351,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     cur.to_string()
 }
+
+#[cfg(test)]
+#[path = "deliver_tests.rs"]
+mod tests;
