@@ -169,6 +169,11 @@ impl Deliverer {
                     self.levels().await;
                     levels_at = Some(Instant::now());
                 }
+            } else {
+                // Another replica delivers and reports the outbox: this
+                // one's gauges must not keep a stale backlog alive.
+                self.metrics.set_webhook_outbox(0, 0);
+                levels_at = None;
             }
             if delivered > 0 {
                 continue;

@@ -421,8 +421,10 @@ async fn a_failing_tenant_holds_up_only_itself_and_redirects_are_not_followed() 
     let d = TestDaemon::start(|c| {
         c.events.webhook_url = format!("http://{addr}/hook");
         c.events.webhook_secret_file = Some(secret.clone());
+        c.metrics.listen = Some("127.0.0.1:0".into());
     })
     .await;
+    let metrics_at = d.daemon.as_ref().unwrap().metrics_addr().unwrap();
     for t in ["stuck", "moved", "fine"] {
         d.add_tenant(&sim, t).await;
     }
@@ -457,6 +459,24 @@ async fn a_failing_tenant_holds_up_only_itself_and_redirects_are_not_followed() 
     );
     assert!(accepted(&seen, "stuck").is_empty());
     assert_eq!(seen.lock().unwrap().elsewhere, 0, "a redirect was followed");
+    // The operator sees it: failures counted, the held-up events waiting.
+    eventually(Duration::from_secs(10), "webhook metrics", || async move {
+        let text = reqwest::get(format!("http://{metrics_at}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or(-1.0)
+        };
+        value("pbx_tokend_webhook_deliveries_total{outcome=\"failed\"}") >= 2.0
+            && value("pbx_tokend_webhook_deliveries_total{outcome=\"delivered\"}") >= 3.0
+            && value("pbx_tokend_webhook_outbox_depth") == 6.0
+    })
+    .await;
     // Once the receiver takes them, the held-up events follow in order.
     {
         let mut s = seen.lock().unwrap();
