@@ -73,6 +73,12 @@ pub struct ReplicaView {
 /// A replica whose heartbeat is older than this is shown as not live.
 pub const REPLICA_LIVE_MS: i64 = 5_000;
 
+/// How long the figures read for status and metrics may take on a
+/// networked database before this replica counts as cut off: a database
+/// that accepts connections but never answers (a blackholed link that
+/// keeps TCP alive) must not hang GetServerStatus or a scrape.
+const READS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Replicas silent for longer than this are no longer listed.
 pub const REPLICA_KEEP_MS: i64 = 24 * 3_600_000;
 
@@ -198,6 +204,23 @@ impl Overview {
             ))
         };
         let mut database_reachable = self.database_reachable();
+        let reads = async {
+            // Known to be cut off (the lease rounds, bounded, failed): no
+            // read that would wait on the database; figures empty.
+            if self.duty.is_some() && !database_reachable {
+                return Err(StoreError::Unavailable("cut off from the database".into()));
+            }
+            match self.duty {
+                Some(_) => tokio::time::timeout(READS_WAIT, reads)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "no answer within {READS_WAIT:?}"
+                        )))
+                    }),
+                None => reads.await,
+            }
+        };
         let (tenants_by_state, tokens, queue) = match reads.await {
             Ok(r) => r,
             // A replica cut off from a networked database still answers

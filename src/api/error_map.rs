@@ -34,6 +34,15 @@ fn store(e: StoreError) -> Status {
         e @ StoreError::Fenced { .. } => Status::unavailable(format!(
             "{e}; another replica renewed this tenant's token meanwhile: retry the call"
         )),
+        // A replica cut off from its database (or a failover under way):
+        // nothing was written, and the same call works later or on another
+        // replica. UNAVAILABLE is what retrying clients retry.
+        e @ StoreError::Unavailable(_) => {
+            tracing::warn!("storage unavailable: {e}");
+            Status::unavailable(format!(
+                "{e}; nothing was written: retry later (another replica may answer now)"
+            ))
+        }
         other => {
             // Details go to the log; the caller learns it is on our side.
             tracing::error!("storage error: {other}");
@@ -97,7 +106,8 @@ pub fn onboarding_code(e: &OnboardingError) -> Code {
             Code::NotFound
         }
         OnboardingError::FailedPrecondition(_) => Code::FailedPrecondition,
-        OnboardingError::Unavailable { .. } => Code::Unavailable,
+        OnboardingError::Unavailable { .. }
+        | OnboardingError::Store(StoreError::Unavailable(_)) => Code::Unavailable,
         OnboardingError::Store(StoreError::TenantExists(_)) => Code::AlreadyExists,
         OnboardingError::Store(_) | OnboardingError::Internal(_) => Code::Internal,
     }
@@ -173,11 +183,21 @@ mod tests {
                 },
                 OnboardingError::Store(StoreError::TenantExists("acme".into())),
                 OnboardingError::Store(StoreError::TenantNotFound("acme".into())),
+                OnboardingError::Store(StoreError::Unavailable("reset".into())),
                 OnboardingError::Internal("bug".into()),
             ]
         };
         for (by_ref, by_value) in samples().iter().zip(samples()) {
             assert_eq!(onboarding_code(by_ref), Status::from(by_value).code());
         }
+    }
+
+    #[test]
+    fn a_database_out_of_reach_is_unavailable_not_internal() {
+        let s = storage(StoreError::Unavailable("connection reset".into()));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("retry"), "{}", s.message());
+        let s = Status::from(AdminError::Store(StoreError::Unavailable("gone".into())));
+        assert_eq!(s.code(), Code::Unavailable);
     }
 }

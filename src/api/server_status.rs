@@ -4,7 +4,8 @@
 use tonic::Status;
 
 use super::convert::{state_to_proto, tenant, timestamp};
-use crate::overview::Overview;
+use crate::domain::Tenant;
+use crate::overview::{Overview, ReplicaView, ServerOverview};
 use crate::proto;
 use crate::store::StoreError;
 use crate::tenants::{AdminError, Tenants};
@@ -22,25 +23,52 @@ pub async fn get(
         n => n.min(MAX_FAILING),
     };
     let o = overview.collect().await.map_err(store_status)?;
+    let cut_off = "the database cannot be reached: tokens are served from memory while valid, nothing is renewed until it returns";
+    // Cut off from a networked database: answer at once from memory (no
+    // read that could wait on a database that does not answer) and say so.
+    if !o.database_reachable {
+        let backend = overview.backend();
+        return Ok(message(
+            o,
+            backend,
+            (Vec::new(), 0),
+            vec![cut_off.into()],
+            Vec::new(),
+        ));
+    }
     let (failing, failing_total) = overview
         .failing_tenants(limit)
         .await
         .map_err(store_status)?;
     let warnings = match tenants.capacity_warnings().await {
         Ok(w) => w,
-        // Cut off from a networked database: say so instead of failing.
-        Err(_) if !o.database_reachable => vec![
-            "the database cannot be reached: tokens are served from memory while valid, nothing is renewed until it returns".into(),
-        ],
+        Err(AdminError::Store(e)) if e.is_transient() => vec![cut_off.into()],
         Err(e) => return Err(e.into()),
     };
     // Cut off from the database: no list rather than no answer.
     let replicas = match overview.replicas().await {
         Ok(r) => r,
-        Err(e) if e.is_transient() || !o.database_reachable => Vec::new(),
+        Err(e) if e.is_transient() => Vec::new(),
         Err(e) => return Err(store_status(e)),
     };
-    Ok(proto::ServerStatus {
+    let backend = overview.backend();
+    Ok(message(
+        o,
+        backend,
+        (failing, failing_total),
+        warnings,
+        replicas,
+    ))
+}
+
+fn message(
+    o: ServerOverview,
+    backend: &str,
+    (failing, failing_total): (Vec<Tenant>, u64),
+    warnings: Vec<String>,
+    replicas: Vec<ReplicaView>,
+) -> proto::ServerStatus {
+    proto::ServerStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(timestamp(o.started_at)),
         now: Some(timestamp(o.now)),
@@ -81,7 +109,7 @@ pub async fn get(
         last_backup_at: o.last_backup.as_ref().map(|(_, at)| timestamp(*at)),
         warnings,
         tokens_unstored: o.tokens_unstored,
-        backend: overview.backend().to_owned(),
+        backend: backend.to_owned(),
         replicas: replicas
             .into_iter()
             .map(|r| proto::ReplicaStatus {
@@ -91,7 +119,7 @@ pub async fn get(
                 live: r.live,
             })
             .collect(),
-    })
+    }
 }
 
 fn store_status(e: StoreError) -> Status {

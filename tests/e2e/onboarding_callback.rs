@@ -36,7 +36,7 @@ async fn with_callback() -> (TestDaemon, String) {
 
 /// What the PBX user's browser does: open the URL, then click a button on
 /// the consent page; redirects are followed to the callback.
-async fn decide(
+pub(crate) async fn decide(
     sim: &RunningSim,
     url: &str,
     client_id: &str,

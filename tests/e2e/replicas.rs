@@ -48,6 +48,20 @@ impl Cluster {
         pbx_tokend::config::Config,
         Arc<tempfile::TempDir>,
     ) {
+        self.start_daemon_with(name, |_| {}).await
+    }
+
+    /// `start_daemon`, with `configure` run last (another database URL,
+    /// a metrics or callback listener).
+    pub async fn start_daemon_with(
+        &self,
+        name: &str,
+        configure: impl FnOnce(&mut pbx_tokend::config::Config),
+    ) -> (
+        pbx_tokend::daemon::Daemon,
+        pbx_tokend::config::Config,
+        Arc<tempfile::TempDir>,
+    ) {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut c = test_config(&dir);
         c.store.backend = pbx_tokend::config::StoreBackend::Postgres;
@@ -59,6 +73,7 @@ impl Cluster {
         c.cluster.lease_ttl_ms = 3_000;
         // Every PBX call must end well inside a lease (at most 2/3 of it).
         c.pbx.request_timeout_ms = 1_000;
+        configure(&mut c);
         c.validate().unwrap();
         let listener = tokio::net::TcpListener::bind(&c.grpc.listen).await.unwrap();
         let daemon = pbx_tokend::daemon::Daemon::start(
@@ -74,7 +89,17 @@ impl Cluster {
     /// A replica named `name`. The first one writes the bootstrap admin
     /// key; later ones are given it (`admin_key`).
     pub async fn replica(&self, name: &str, admin_key: Option<&str>) -> TestDaemon {
-        let (daemon, c, dir) = self.start_daemon(name).await;
+        self.replica_with(name, admin_key, |_| {}).await
+    }
+
+    /// `replica`, configured as in `start_daemon_with`.
+    pub async fn replica_with(
+        &self,
+        name: &str,
+        admin_key: Option<&str>,
+        configure: impl FnOnce(&mut pbx_tokend::config::Config),
+    ) -> TestDaemon {
+        let (daemon, c, dir) = self.start_daemon_with(name, configure).await;
         let url = format!("http://{}", daemon.local_addr());
         let channel = tonic::transport::Channel::from_shared(url)
             .unwrap()
@@ -100,9 +125,32 @@ impl Cluster {
 
     /// Two replicas, A (wrote admin.key) and B.
     pub async fn pair(&self) -> (TestDaemon, TestDaemon) {
-        let a = self.replica("replica-a", None).await;
-        let b = self.replica("replica-b", Some(&a.admin_key)).await;
-        (a, b)
+        let mut two = self.replicas(2).await.into_iter();
+        (two.next().unwrap(), two.next().unwrap())
+    }
+
+    /// `n` replicas named replica-a, replica-b, ...; the first wrote
+    /// admin.key.
+    pub async fn replicas(&self, n: usize) -> Vec<TestDaemon> {
+        self.replicas_with(n, |_, _| {}).await
+    }
+
+    /// `replicas`, with `configure(index, config)` for each.
+    pub async fn replicas_with(
+        &self,
+        n: usize,
+        configure: impl Fn(usize, &mut pbx_tokend::config::Config),
+    ) -> Vec<TestDaemon> {
+        let mut all: Vec<TestDaemon> = Vec::new();
+        for i in 0..n {
+            let name = format!("replica-{}", char::from(b'a' + i as u8));
+            let key = all.first().map(|a| a.admin_key.clone());
+            let d = self
+                .replica_with(&name, key.as_deref(), |c| configure(i, c))
+                .await;
+            all.push(d);
+        }
+        all
     }
 }
 

@@ -1,7 +1,8 @@
-//! Two real daemon processes (the binary) on one PostgreSQL database (the
-//! test server of `src/store/postgres/testdb.rs`) and the simulator:
-//! renewal duty by lease (exactly one replica renews the host; kill -9 of
-//! the holder hands duty over within the lease), and fencing (a replica
+//! Real daemon processes (the binary, `cluster/procs.rs`) on one
+//! PostgreSQL database (the test server of `src/store/postgres/testdb.rs`)
+//! and the simulator: renewal duty by lease (of three replicas exactly one
+//! renews the host, each tenant once per interval; kill -9 of the holder
+//! hands duty to exactly one other within the lease), and fencing (a replica
 //! paused with SIGSTOP past its lease, then resumed, writes nothing stale).
 //! A third test runs one in-process daemon against a private server that
 //! is stopped and started again (partition: tokens served, nothing
@@ -9,154 +10,15 @@
 //! whose primary fails over to a promoted standby (a multi-host URL).
 //! Every process started here is killed on drop.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pbx_sim::RunningSim;
 use pbx_tokend::proto;
-use tonic::transport::Channel;
 
+use crate::cluster::procs::{admin, replicas, signal, tokens, Replica, Started, TTL_MS};
+use crate::cluster::{holder, wait_holder};
 use crate::harness::*;
 use crate::postgres::testdb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pbx-tokend");
-const TTL_MS: u64 = 3_000;
-
-/// One daemon process; killed (SIGKILL) when dropped.
-struct Replica {
-    child: Child,
-    channel: Channel,
-    state: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = signal(&self.child, "-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(child: &Child, sig: &str) -> bool {
-    Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Starts replica `name` on `db_url`. `key_from`: the state dir whose
-/// master.key this one shares (every replica must use the same key).
-async fn replica(name: &str, db_url: &str, key_from: Option<&Replica>) -> Replica {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    if let Some(first) = key_from {
-        std::fs::copy(first.state.join("master.key"), state.join("master.key")).unwrap();
-    }
-    let port = free_port();
-    let config = dir.path().join("pbx-tokend.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n\
-             [pbx]\nallow_insecure_http = true\nallow_private_addresses = true\nrequest_timeout_ms = 2000\n\
-             [refresh]\nbackoff_initial_ms = 200\nbackoff_max_ms = 1000\n\
-             [store]\nbackend = \"postgres\"\npostgres_url = \"{db_url}\"\n\
-             [cluster]\nreplica_name = \"{name}\"\nlease_ttl_ms = {TTL_MS}\n\
-             [log]\nformat = \"json\"\nlevel = \"info\"\n",
-            state.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut child = Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let channel = connect_when_listening(port, &mut child).await;
-    Replica {
-        child,
-        channel,
-        state,
-        log,
-        _dir: dir,
-    }
-}
-
-fn admin(channel: &Channel, key: &str) -> AdminClient {
-    proto::admin_service_client::AdminServiceClient::with_interceptor(
-        channel.clone(),
-        Bearer::new(Some(key)),
-    )
-}
-
-fn tokens(channel: &Channel, key: &str) -> TokenClient {
-    proto::token_service_client::TokenServiceClient::with_interceptor(
-        channel.clone(),
-        Bearer::new(Some(key)),
-    )
-}
-
-/// Two replicas ("a" first, so it writes the bootstrap admin key) and a
-/// tenant created through "a" before "b" starts (so "b" loads it: keeping
-/// every replica's cache current is the cache-sync work, not this test's);
-/// returns them and the admin key.
-async fn two_replicas(db: &testdb::TestDb, sim: &RunningSim) -> (Replica, Replica, String) {
-    let a = replica("a", &db.url, None).await;
-    let key = wait_for_admin_key(&a.state, &a.channel).await;
-    let app = sim.sim.add_trusted_app(None, None).unwrap();
-    admin(&a.channel, &key)
-        .create_tenant(proto::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            pbx_base_url: sim.base_url.clone(),
-            trusted_app: Some(proto::AppCredentials {
-                client_id: app.client_id,
-                client_secret: app.client_secret,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let b = replica("b", &db.url, Some(&a)).await;
-    (a, b, key)
-}
-
-/// The live holder of the simulator host's lease, if any.
-async fn holder(db: &testdb::TestDb) -> Option<(String, i64)> {
-    let row = db
-        .client()
-        .await
-        .query_opt(
-            "SELECT holder, epoch FROM host_leases \
-             WHERE expires_at > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-            &[],
-        )
-        .await
-        .unwrap()?;
-    Some((row.get(0), row.get(1)))
-}
-
-/// Waits up to `timeout` for a live holder other than `not`.
-async fn wait_holder(db: &testdb::TestDb, timeout: Duration, not: Option<&str>) -> (String, i64) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(h) = holder(db).await.filter(|h| Some(h.0.as_str()) != not) {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no lease holder (other than {not:?}) within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn stored_issued_at(db: &testdb::TestDb) -> i64 {
     db.client()
@@ -167,50 +29,101 @@ async fn stored_issued_at(db: &testdb::TestDb) -> i64 {
         .get(0)
 }
 
+/// Token requests per tenant (by its trusted app) over `window`.
+async fn requests_over(sim: &RunningSim, apps: &[String], window: Duration) -> Vec<u64> {
+    let before: Vec<u64> = apps.iter().map(|a| sim.sim.token_requests_for(a)).collect();
+    tokio::time::sleep(window).await;
+    apps.iter()
+        .zip(before)
+        .map(|(a, b)| sim.sim.token_requests_for(a) - b)
+        .collect()
+}
+
+/// Renewals over a window of 1.5 renewal intervals (80 % of a 6 s
+/// token): one or two per tenant from the one holder; every replica
+/// renewing would make three times as many.
+fn assert_once_per_interval(counts: &[u64], when: &str) {
+    let total: u64 = counts.iter().sum();
+    let tenants = counts.len() as u64;
+    assert!(
+        counts.iter().all(|c| (1..=3).contains(c)) && total <= 2 * tenants + 2,
+        "{when}: renewals per tenant over 1.5 intervals {counts:?} (total {total}): \
+         each tenant about once per interval, not once per replica"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_renews_a_host_and_another_takes_over_after_kill9() {
+async fn one_of_three_replicas_renews_a_host_and_one_other_takes_over_after_kill9() {
     let db = testdb::TestDb::create().await;
     let sim = sim_with_lifetime(6).await;
-    let (a, b, key) = two_replicas(&db, &sim).await;
+    let tenants = ["t0", "t1", "t2", "t3", "t4", "t5"];
+    let Started {
+        replicas: mut three,
+        admin_key: key,
+        apps,
+    } = replicas(&db.url, &sim, &["a", "b", "c"], &tenants).await;
     let (first, epoch) = wait_holder(&db, Duration::from_secs(10), None).await;
-    // Both up for 9 s: renewals about every 4.8 s (80 % of 6 s) from the
-    // holder alone; two replicas renewing would make about twice as many.
-    let before = sim.sim.stats().token_requests_total;
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    let renewed = sim.sim.stats().token_requests_total - before;
-    assert!((1..=3).contains(&renewed), "{renewed} renewals in 9 s");
+    let window = Duration::from_millis(7_200);
+    let counts = requests_over(&sim, &apps, window).await;
+    assert_once_per_interval(&counts, "three replicas up");
     assert_eq!(holder(&db).await.map(|h| h.0), Some(first.clone()));
 
-    let (mut dead, survivor) = if first == "a" { (a, b) } else { (b, a) };
+    let dead = three.iter().position(|r| r.name == first).unwrap();
+    let mut dead = three.remove(dead);
     let killed_at = Instant::now();
     assert!(signal(&dead.child, "-KILL"));
     let _ = dead.child.wait();
-    let (_, new_epoch) =
+    let (second, new_epoch) =
         wait_holder(&db, Duration::from_millis(TTL_MS + 5_000), Some(&first)).await;
-    assert!(new_epoch > epoch);
     assert!(killed_at.elapsed() <= Duration::from_millis(TTL_MS + 5_000));
-    // And renews: a new token within one renewal interval, served by it.
-    let at_takeover = sim.sim.stats().token_requests_total;
-    eventually(Duration::from_secs(10), "the survivor renews", || async {
-        sim.sim.stats().token_requests_total > at_takeover
-    })
-    .await;
-    let token = tokens(&survivor.channel, &key)
-        .get_token(proto::GetTokenRequest {
-            tenant_id: "acme".into(),
-            min_valid_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(sim.sim.issued_token_valid(&token.access_token));
+    assert!(new_epoch > epoch);
+    assert!(three.iter().any(|r| r.name == second), "{second}");
+    eprintln!(
+        "duty {first} (epoch {epoch}) -> {second} (epoch {new_epoch}) {:?} after kill -9",
+        killed_at.elapsed()
+    );
+    // Exactly one of the two survivors renews: still once per interval.
+    let counts = requests_over(&sim, &apps, window).await;
+    assert_once_per_interval(&counts, "after the takeover");
+    assert_eq!(
+        holder(&db).await.map(|h| h.0),
+        Some(second),
+        "the duty stays with the one that took it"
+    );
+    assert!(
+        sim.sim.stats().max_concurrent_token_requests_per_client <= 1,
+        "two replicas asked for one tenant's token at once"
+    );
+    // No survivor serves an expired token; none lapsed.
+    for r in &three {
+        for t in tenants {
+            let token = tokens(&r.channel, &key)
+                .get_token(proto::GetTokenRequest {
+                    tenant_id: t.into(),
+                    min_valid_seconds: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                sim.sim.issued_token_valid(&token.access_token),
+                "{t} on {}",
+                r.name
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_writes_nothing_stale() {
     let db = testdb::TestDb::create().await;
     let sim = sim_with_lifetime(3600).await;
-    let (a, b, key) = two_replicas(&db, &sim).await;
+    let Started {
+        replicas: two,
+        admin_key: key,
+        ..
+    } = replicas(&db.url, &sim, &["a", "b"], &["acme"]).await;
+    let [a, b]: [Replica; 2] = two.try_into().ok().unwrap();
     let created = stored_issued_at(&db).await;
     // "a" asks for a new token; the PBX answers slowly, and "a" is
     // paused while the request is out.

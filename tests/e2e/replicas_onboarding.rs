@@ -2,7 +2,8 @@
 //! on one replica, CompleteAuthorization on another; the same `state`
 //! completed on both at once: exactly one wins (the claim is one atomic
 //! statement in the database, not the per-process tenant lock), and the
-//! code goes to the PBX once.
+//! code goes to the PBX once. Across three: BeginAuthorization on A, the
+//! browser's callback on B, the same `state` replayed on C refused.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tonic::Code;
 
 use crate::harness::*;
 use crate::onboarding::{add_pending, begin, complete, REDIRECT};
+use crate::onboarding_callback::decide;
 use crate::replicas::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,4 +66,65 @@ async fn the_same_state_completed_on_two_replicas_at_once_is_used_once() {
             "one trusted app per authorization"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_on_a_callback_on_b_and_the_state_replayed_on_c_is_refused() {
+    let cluster = Cluster::new().await;
+    let sim = sim_with_lifetime(3600).await;
+    let three = cluster
+        .replicas_with(3, |i, c| {
+            if i == 1 {
+                c.callback.listen = Some("127.0.0.1:0".into());
+            }
+        })
+        .await;
+    let [a, b, c] = &three[..] else {
+        unreachable!()
+    };
+    let on_b = b.daemon.as_ref().unwrap().callback_addr().unwrap();
+    let redirect = format!("http://{on_b}/oauth/callback");
+    let public = add_pending(a, &sim, "acme", &redirect).await;
+    let started = begin(a, "acme").await;
+    // The user's browser: the consent page, then B's callback.
+    let (status, page) = decide(
+        &sim,
+        &started.authorization_url,
+        &public.client_id,
+        &redirect,
+        &started.state,
+        "allow",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let token = b.get_token("acme").await.unwrap();
+    // C serves it at once (read-through or the change feed)...
+    eventually(Duration::from_secs(5), "C to serve B's token", || async {
+        c.get_token("acme")
+            .await
+            .is_ok_and(|t| t.access_token == token.access_token)
+    })
+    .await;
+    // ...and refuses the used state, with or without a code of its own.
+    let replay = complete(c, &started.state, "", "any-code")
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::FailedPrecondition, "{replay:?}");
+    let fresh = sim.sim.approve(&public.client_id, &redirect).unwrap();
+    let replay = complete(c, &started.state, "acme", &fresh)
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::FailedPrecondition, "{replay:?}");
+    assert!(!replay.message().contains(&started.state), "{replay:?}");
+    assert_eq!(sim.sim.created_apps().len(), 1);
+    let grants = sim.sim.stats().token_requests_by_grant_type;
+    assert_eq!(
+        grants.get("authorization_code"),
+        Some(&1),
+        "one code exchange in the cluster: {grants:?}"
+    );
+    assert_eq!(
+        c.tenant("acme").await.state,
+        pbx_tokend::proto::TenantState::Active as i32
+    );
 }

@@ -33,6 +33,10 @@ pub(super) const POOL_SIZE: usize = 16;
 /// it answers `Unavailable`.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the server keeps a session idle inside a transaction (see
+/// `config`).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
 /// The parts of a URL that decide TLS, taken out before tokio-postgres
 /// parses it (it knows neither `verify-*` nor `sslrootcert`).
 struct TlsWish {
@@ -110,6 +114,18 @@ pub(super) fn config(
     }
     if cfg.get_application_name().is_none() {
         cfg.application_name("pbx-tokend");
+    }
+    // A replica frozen (SIGSTOP, a VM pause) or cut off in the middle of a
+    // write transaction keeps its row locks (a tenant row, a host's
+    // budget row) until the server drops the session: without this, every
+    // other replica's refresh of that tenant or host waits for it, for as
+    // long as the pause lasts (or the server's keepalive, two hours by
+    // default). The daemon never waits on anything else inside a
+    // transaction, so the server may end one that went quiet.
+    let options = cfg.get_options().unwrap_or_default();
+    if !options.contains("idle_in_transaction_session_timeout") {
+        let ms = IDLE_IN_TRANSACTION.as_millis();
+        cfg.options(format!("{options} -c idle_in_transaction_session_timeout={ms}").trim());
     }
     let tls = wish.verify || cfg.get_ssl_mode() == SslMode::Require;
     if !tls {
@@ -219,6 +235,34 @@ mod tests {
         assert!(
             !tls,
             "prefer (the default) runs without TLS, never unverified TLS"
+        );
+    }
+
+    #[test]
+    fn a_session_idle_in_a_transaction_is_ended_by_the_server() {
+        let (cfg, _, _) = config("postgresql://pbx@db1/pbx", None).unwrap();
+        assert_eq!(
+            cfg.get_options(),
+            Some("-c idle_in_transaction_session_timeout=5000")
+        );
+        // The URL's own options are kept; its own value wins.
+        let (cfg, _, _) = config(
+            "postgresql://pbx@db1/pbx?options=-c%20search_path%3Dx",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.get_options(),
+            Some("-c search_path=x -c idle_in_transaction_session_timeout=5000")
+        );
+        let (cfg, _, _) = config(
+            "postgresql://pbx@db1/pbx?options=-c%20idle_in_transaction_session_timeout%3D0",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.get_options(),
+            Some("-c idle_in_transaction_session_timeout=0")
         );
     }
 

@@ -27,6 +27,9 @@ fn transient_code(code: &SqlState) -> bool {
                 | SqlState::CANNOT_CONNECT_NOW
                 // read_only_sql_transaction: a standby, or a primary demoted by a failover
                 | SqlState::READ_ONLY_SQL_TRANSACTION
+                // The server ended a session left idle inside a transaction
+                // (its replica was paused): nothing was committed.
+                | SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
                 | SqlState::TOO_MANY_CONNECTIONS
                 // Two transactions crossed; the loser may simply run again.
                 | SqlState::T_R_SERIALIZATION_FAILURE
