@@ -219,7 +219,7 @@ impl Slot {
     /// copying the URL. The scan runs on a runtime worker every 5 s, in
     /// the way of GetToken calls queued there; copying the URL and the
     /// host cost two allocations per tenant (605 instructions per tenant
-    /// and scan under callgrind, 264 without them: docs/BENCHMARKS.md).
+    /// and scan under callgrind, 267 without them: docs/BENCHMARKS.md).
     pub fn with_renewing_host<R>(&self, f: impl FnOnce(&str) -> R) -> Option<R> {
         let meta = self.meta();
         meta.state.is_renewing().then(|| f(meta.base_url.host()))
