@@ -9,13 +9,18 @@
 #        OUT (target/soak) SIM_PORT DAEMON_PORT
 #        STOP_AFTER_RENEW_ONLY=1: stop after phase 4 (a quick CPU-per-renewal
 #        measurement; prints that window and no summary)
+#        STOP_AFTER_SOAK=1: stop after phase 2 (the drift investigation:
+#        timeline.csv and soak-rate.json's p99 series only)
+#        SAMPLE (10): seconds between timeline.csv rows
 # Needs: cargo build --release --bins; python3.
 #
 # Phases:
 #  1 seed: tenants registered through CreateTenant at TENANTS/(0.8*LIFETIME)
 #    per second, so their renewals come evenly spread (~8 min for 100,000);
-#  2 soak: GetToken at RATE for SOAK; every 30 s the simulator's renewal
-#    count, the daemon's CPU time, RSS and database size (timeline.csv);
+#  2 soak: GetToken at RATE for SOAK; every SAMPLE s the simulator's
+#    renewal count, the daemon's CPU time, RSS, database and WAL size,
+#    threads, context switches and read/write syscalls (timeline.csv); the
+#    client's p50/p99 per 10 s is the `series` of soak-rate.json;
 #  3 GetToken closed loop at concurrency 50 for 30 s, renewals running;
 #  4 60 s with renewals and no GetToken load (CPU per renewal);
 #  5 the simulator's token lifetime set to 2 h; wait until every tenant has
@@ -70,6 +75,7 @@ wait_port $SIM_PORT
 "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/daemon.log" 2>&1 &
 DPID=$!; pids+=($DPID)
 wait_port $DAEMON_PORT
+log "daemon pid $DPID, state $WORK/state"
 sleep 0.5
 KEY_ARGS=()
 [ -f "$WORK/state/admin.key" ] && KEY_ARGS=(--api-key "$(cat "$WORK/state/admin.key")")
@@ -78,6 +84,16 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$DPID/stat"; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$DPID/status"; }
 hwm_kb() { awk '/VmHWM/{print $2}' "/proc/$DPID/status"; }
 db_kb() { du -k -c "$WORK/state"/pbx-tokend.db* | tail -1 | cut -f1; }
+wal_kb() { du -k "$WORK/state/pbx-tokend.db-wal" 2>/dev/null | cut -f1 || echo 0; }
+# threads, voluntary and involuntary context switches (all threads), read and
+# write syscalls: csv fields.
+proc_counts() {
+  local th vol inv
+  th=$(awk '/^Threads/{print $2}' "/proc/$DPID/status")
+  vol=$(cat /proc/$DPID/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/{s+=$2} END{print s+0}')
+  inv=$(cat /proc/$DPID/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt/{s+=$2} END{print s+0}')
+  echo "$th,$vol,$inv,$(awk '/^syscr/{r=$2} /^syscw/{w=$2} END{print r","w}' "/proc/$DPID/io")"
+}
 renewals() { curl -s "$SIM/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_requests_by_grant_type"].get("client_credentials",0))'; }
 # A window's figures as JSON: seconds, renewals, daemon CPU ms.
 window() { # name seconds [command...]
@@ -98,12 +114,16 @@ log "phase 1: seeding at $SEED_RATE tenants/s"
 log "seeded: $(tail -1 "$OUT/seed.txt")"
 
 log "phase 2: soak, GetToken at $RATE/s for $SOAK"
-echo "t_s,renewals_total,cpu_ms_total,rss_kb,db_kb" >"$OUT/timeline.csv"
+echo "t_s,renewals_total,cpu_ms_total,rss_kb,db_kb,wal_kb,threads,ctx_vol,ctx_invol,syscr,syscw,load1" >"$OUT/timeline.csv"
 ( s0=$(date +%s); while kill -0 $DPID 2>/dev/null; do
-    echo "$(( $(date +%s) - s0 )),$(renewals),$(( $(cpu_ticks) * 1000 / TCK )),$(rss_kb),$(db_kb)" >>"$OUT/timeline.csv"; sleep 30; done ) &
+    echo "$(( $(date +%s) - s0 )),$(renewals),$(( $(cpu_ticks) * 1000 / TCK )),$(rss_kb),$(db_kb),$(wal_kb),$(proc_counts),$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/timeline.csv"; sleep "${SAMPLE:-10}"; done ) &
 SAMPLER=$!; pids+=($SAMPLER)
 run_soak() { loadgen --rate "$RATE" --concurrency 50 --warmup 5s --duration "$SOAK" >"$OUT/soak-rate.json"; }
 window soak 0 run_soak
+if [ "${STOP_AFTER_SOAK:-0}" = 1 ]; then
+  log "stopping after the soak (STOP_AFTER_SOAK=1): $OUT/timeline.csv, $OUT/soak-rate.json"
+  exit 0
+fi
 log "phase 3: closed loop, concurrency 50, 30 s, renewals running"
 c50() { loadgen --concurrency 50 --warmup 2s --duration 30s >"$OUT/$1.json"; }
 window c50-renewing 0 c50 c50-renewing

@@ -19,6 +19,7 @@ use pbx_tokend::proto::token_service_client::TokenServiceClient;
 use pbx_tokend::proto::GetTokenRequest;
 
 use crate::codes::code_name;
+use crate::series::{Series, TaskSlice};
 use crate::{rate, short_duration, tenant_id, Args};
 
 fn latency_histogram() -> Result<Histogram<u64>> {
@@ -45,6 +46,8 @@ pub struct Plan {
     tasks: u64,
     measure_start: Instant,
     end: Instant,
+    /// p99 per slice of the measured window.
+    series: Series,
 }
 
 /// One task's counts for the measured window.
@@ -107,6 +110,19 @@ async fn worker(
     slot: u64,
 ) -> Result<Tally> {
     let mut tally = Tally::new()?;
+    let mut slice = TaskSlice::new()?;
+    let result = calls(&mut client, &plan, slot, &mut tally, &mut slice).await;
+    slice.flush(&plan.series)?;
+    result.map(|()| tally)
+}
+
+async fn calls(
+    client: &mut TokenServiceClient<Channel>,
+    plan: &Plan,
+    slot: u64,
+    tally: &mut Tally,
+    slice: &mut TaskSlice,
+) -> Result<()> {
     let mut rng = StdRng::from_entropy();
     let mut next = slot;
     loop {
@@ -115,7 +131,7 @@ async fn worker(
                 let due = rate::due(plan.start, r, next);
                 next += plan.tasks;
                 if due >= plan.end {
-                    return Ok(tally);
+                    return Ok(());
                 }
                 tokio::time::sleep_until(due).await;
                 Some(due)
@@ -133,7 +149,7 @@ async fn worker(
         req.set_timeout(plan.timeout);
         let start = Instant::now();
         if start >= plan.end {
-            return Ok(tally);
+            return Ok(());
         }
         let sent_at = wall_ms();
         let result = tokio::time::timeout(plan.timeout, client.get_token(req)).await;
@@ -158,9 +174,13 @@ async fn worker(
         };
         if code == Code::Ok {
             tally.ok += 1;
-            tally
-                .latency
-                .saturating_record(micros(done - origin).max(1));
+            let us = micros(done - origin).max(1);
+            tally.latency.saturating_record(us);
+            slice.record(
+                &plan.series,
+                plan.series.slice_of(origin - plan.measure_start),
+                us,
+            )?;
         } else {
             *tally.errors.entry(code_name(code)).or_default() += 1;
         }
@@ -184,7 +204,8 @@ pub async fn connect(endpoint: &str, n: u32) -> Result<Vec<Channel>> {
     Ok(channels)
 }
 
-pub async fn run_load(args: &Args) -> Result<Tally> {
+/// The merged tally and the latency series (`series.rs`) as JSON.
+pub async fn run_load(args: &Args) -> Result<(Tally, serde_json::Value)> {
     let auth = match &args.api_key {
         Some(key) => {
             let mut v = MetadataValue::try_from(format!("Bearer {}", key.trim()))
@@ -210,6 +231,7 @@ pub async fn run_load(args: &Args) -> Result<Tally> {
         tasks: u64::from(args.concurrency),
         measure_start,
         end: measure_start + args.duration,
+        series: Series::new(args.series_interval),
     });
     if !args.json {
         eprintln!(
@@ -240,7 +262,7 @@ pub async fn run_load(args: &Args) -> Result<Tally> {
     while let Some(joined) = tasks.join_next().await {
         total.merge(joined??)?;
     }
-    Ok(total)
+    Ok((total, plan.series.to_json()?))
 }
 
 #[cfg(test)]

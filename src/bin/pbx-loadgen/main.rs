@@ -19,6 +19,7 @@ mod baseline;
 mod load;
 mod rate;
 mod seed;
+mod series;
 
 #[path = "../pbx-tokenctl/codes.rs"]
 mod codes;
@@ -124,6 +125,11 @@ struct Args {
     /// --seed-from-sim: register N tenants/s.
     #[arg(long, value_name = "N")]
     rate: Option<f64>,
+
+    /// Length of the slices of the latency series (`series` in the JSON
+    /// output: p50/p99/max per slice), e.g. 10s.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    series_interval: Duration,
 
     /// GetTokenRequest.min_valid_seconds (0 = the daemon's default).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
@@ -239,7 +245,7 @@ fn percentiles(h: &Histogram<u64>) -> [(&'static str, u64); 5] {
     ]
 }
 
-fn report_json(args: &Args, t: &Tally) -> Value {
+fn report_json(args: &Args, t: &Tally, series: Value) -> Value {
     let requests = t.ok + t.error_total();
     let latency: serde_json::Map<String, Value> = percentiles(&t.latency)
         .iter()
@@ -267,6 +273,8 @@ fn report_json(args: &Args, t: &Tally) -> Value {
         "requests_per_second": per_second(requests, args.duration),
         "ok_per_second": per_second(t.ok, args.duration),
         "latency_us": latency,
+        "series_interval_seconds": args.series_interval.as_secs_f64(),
+        "series": series,
     })
 }
 
@@ -395,12 +403,15 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
+    if args.series_interval.is_zero() {
+        bail!("--series-interval must be more than 0");
+    }
     let runtime = runtime(&args)?;
-    let tally = runtime.block_on(run_load(&args))?;
+    let (tally, series) = runtime.block_on(run_load(&args))?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&args, &tally))?
+            serde_json::to_string_pretty(&report_json(&args, &tally, series))?
         );
     } else {
         print!("{}", report_text(&args, &tally));

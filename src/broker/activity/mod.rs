@@ -146,17 +146,22 @@ impl Broker {
         let slots: Vec<Arc<Slot>> = self.slots_read().values().cloned().collect();
         let mut hosts: BTreeMap<String, HostActivity> = BTreeMap::new();
         for slot in slots {
-            if !slot.state().is_renewing() {
+            // The host is looked up by reference: a new String only for
+            // the first tenant of each host.
+            let hosts = &mut hosts;
+            let Some(a) = slot.with_renewing_host(move |host| {
+                if !hosts.contains_key(host) {
+                    hosts.insert(host.to_owned(), HostActivity::default());
+                }
+                hosts.get_mut(host)
+            }) else {
                 continue;
-            }
-            let host = slot.base_url().host().to_owned();
-            let a = hosts.entry(host).or_default();
+            };
+            let Some(a) = a else { continue };
             a.renewing += 1;
-            if let Some(t) = slot.token() {
+            if let Some(lifetime) = slot.token_lifetime_ms() {
                 a.with_token += 1;
-                a.lifetime_ms_sum = a
-                    .lifetime_ms_sum
-                    .saturating_add(t.expires_at.0 - t.issued_at.0);
+                a.lifetime_ms_sum = a.lifetime_ms_sum.saturating_add(lifetime);
             }
             if self.busy_at(&slot, now, idle_after_ms) {
                 a.busy += 1;

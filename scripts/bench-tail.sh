@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# GetToken's tail, as one routine command (issue 30): pbx-tokend against a
+# bare tonic server (pbx-loadgen --serve-baseline, a HashMap), both running
+# side by side and measured in alternating rounds with the same client, so
+# both see the same machine; then a short soak for GetToken's p99 at a
+# steady rate with renewals against the same load without them.
+#
+# Usage: scripts/bench-tail.sh [TENANTS] [SOAK]     e.g. scripts/bench-tail.sh 20000 3m
+#   TENANTS (20000) for the side-by-side part; SOAK (3m) the soak's length
+#   (the lead's full run: scripts/bench-tail.sh 100000 30m with
+#   SOAK_TENANTS=100000 LIFETIME=600 BASELINE=5m).
+# Env: BIN (target/release) OUT (target/bench-tail) ROUNDS (3) DUR (10s)
+#      SOAK_TENANTS (20000) LIFETIME (120) RATE (2000) BASELINE (= SOAK, at
+#      most 5m) SKIP_SOAK=1 (ratios only) SKIP_RATIOS=1 (soak only)
+# Needs: cargo build --release --bins; python3; h2load (Debian
+# nghttp2-client) for the throughput row when present, else pbx-loadgen.
+#
+# Prints (and writes $OUT/ratios.json, $OUT/soak-ratio.json): throughput
+# ratio at c=200, p99 ratios at c=8 and c=200 (median over ROUNDS), the
+# soak's p99 with and without renewals and their ratio, the load average
+# beside each; then one line per goal of issue 30.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-20000}
+SOAK=${2:-3m}
+BIN=${BIN:-target/release}
+OUT=${OUT:-target/bench-tail}
+ROUNDS=${ROUNDS:-3}
+DUR=${DUR:-10s}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.txt
+SIM_PORT=18180 DAEMON_PORT=15151 BASE_PORT=15152
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+wait_port() { for _ in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+if [ "${SKIP_RATIOS:-0}" != 1 ]; then
+  echo "== side by side: $N tenants, $ROUNDS rounds of $DUR per server and concurrency; load $(load)"
+  "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime 7200 --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
+  pids+=($!)
+  cat >"$WORK/d.toml" <<TOML
+state_dir = "$WORK/state"
+[grpc]
+listen = "127.0.0.1:$DAEMON_PORT"
+[log]
+level = "warn"
+[pbx]
+allow_insecure_http = true
+allow_private_addresses = true
+[limits]
+per_host_requests_per_second = 100000
+per_host_concurrent = 64
+TOML
+  wait_port $SIM_PORT
+  "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/daemon.log" 2>&1 &
+  DPID=$!; pids+=($DPID)
+  wait_port $DAEMON_PORT
+  for _ in $(seq 1 100); do [ -s "$WORK/state/admin.key" ] && break; sleep 0.05; done
+  ADMIN=$(cat "$WORK/state/admin.key")
+  "$BIN/pbx-loadgen" --endpoint http://127.0.0.1:$DAEMON_PORT --api-key "$ADMIN" \
+    --tenants "$N" --concurrency 32 --connections 2 --seed-from-sim http://127.0.0.1:$SIM_PORT 2>"$OUT/seed.txt" \
+    || { cat "$OUT/seed.txt"; exit 1; }
+  # The daemon is measured as a READER scoped to bench-*: key hashing, the
+  # scope check and the metrics are part of GetToken.
+  READER=$("$BIN/pbx-tokenctl" --endpoint http://127.0.0.1:$DAEMON_PORT --api-key "$ADMIN" --json \
+      client create bench-reader --role reader --tenant-pattern 'bench-*' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  "$BIN/pbx-loadgen" --serve-baseline 127.0.0.1:$BASE_PORT --tenants "$N" >"$WORK/base.log" 2>&1 &
+  pids+=($!)
+  wait_port $BASE_PORT
+  run() { # name port c round [key]
+    local name=$1 port=$2 c=$3 r=$4; shift 4
+    "$BIN/pbx-loadgen" --endpoint "http://127.0.0.1:$port" "$@" --tenants "$N" \
+      --concurrency "$c" --connections 4 --duration "$DUR" --warmup 2s --json >"$OUT/$name-c$c-r$r.json"
+    python3 - "$OUT/$name-c$c-r$r.json" "$(load)" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); r["load"] = sys.argv[2].split()
+json.dump(r, open(sys.argv[1], "w"))
+print("   %-8s c=%-3s %9.0f calls/s  p99 %6d us  errors %d  load %s" % (
+    sys.argv[1].split("/")[-1].split("-c")[0], r["concurrency"], r["requests_per_second"],
+    r["latency_us"]["p99"], r["errors_total"], sys.argv[2]))
+PY
+  }
+  for r in $(seq 1 "$ROUNDS"); do
+    for c in 8 200; do
+      run daemon $DAEMON_PORT $c "$r" --api-key "$READER"
+      run baseline $BASE_PORT $c "$r"
+    done
+  done
+  H2=0
+  if command -v h2load >/dev/null; then
+    H2=1
+    "$BIN/pbx-loadgen" --make-h2load-body "$WORK/body.bin" --tenant bench-000042 2>/dev/null
+    for r in $(seq 1 "$ROUNDS"); do
+      for who in daemon baseline; do
+        port=$DAEMON_PORT; H=(-H 'content-type: application/grpc' -H 'te: trailers')
+        if [ $who = daemon ]; then H+=(-H "authorization: Bearer $READER"); else port=$BASE_PORT; fi
+        h2load -n 200000 -c 4 -m 50 "${H[@]}" -d "$WORK/body.bin" \
+          "http://127.0.0.1:$port/pbxtokend.v1.TokenService/GetToken" >"$OUT/h2load-$who-r$r.txt"
+        echo "   h2load $who: $(grep -Eo '[0-9.]+ req/s' "$OUT/h2load-$who-r$r.txt") load $(load)" | tee -a "$OUT/h2load-load.txt"
+      done
+    done
+  fi
+  python3 - "$OUT" "$ROUNDS" "$H2" <<'PY' | tee "$OUT/ratios.json"
+import json, re, statistics, sys
+out, rounds, h2 = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+j = lambda f: json.load(open(f"{out}/{f}"))
+res = {}
+for c in (8, 200):
+    d = [j(f"daemon-c{c}-r{r}.json") for r in range(1, rounds + 1)]
+    b = [j(f"baseline-c{c}-r{r}.json") for r in range(1, rounds + 1)]
+    res[f"c{c}"] = {
+        "daemon_rps": round(statistics.median(x["requests_per_second"] for x in d)),
+        "baseline_rps": round(statistics.median(x["requests_per_second"] for x in b)),
+        "daemon_p99_us": statistics.median(x["latency_us"]["p99"] for x in d),
+        "baseline_p99_us": statistics.median(x["latency_us"]["p99"] for x in b),
+        "throughput_ratio": round(statistics.median(x["requests_per_second"] / y["requests_per_second"] for x, y in zip(d, b)), 3),
+        "p99_ratio": round(statistics.median(x["latency_us"]["p99"] / y["latency_us"]["p99"] for x, y in zip(d, b)), 3),
+        "errors": sum(x["errors_total"] for x in d + b),
+        "load": [x["load"][0] for x in d],
+    }
+if h2:
+    rps = lambda f: float(re.search(r"([0-9.]+) req/s", open(f"{out}/{f}").read()).group(1))
+    ratios = [rps(f"h2load-daemon-r{r}.txt") / rps(f"h2load-baseline-r{r}.txt") for r in range(1, rounds + 1)]
+    res["h2load_c200_throughput_ratio"] = round(statistics.median(ratios), 3)
+res["throughput_ratio_c200"] = res.get("h2load_c200_throughput_ratio", res["c200"]["throughput_ratio"])
+res["throughput_ratio_c200_by"] = "h2load, 4 connections x 50 streams" if h2 else "pbx-loadgen, c=200"
+print(json.dumps(res, indent=1))
+PY
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+fi
+
+if [ "${SKIP_SOAK:-0}" != 1 ]; then
+  SOAK_N=${SOAK_TENANTS:-20000}
+  echo "== soak: $SOAK_N tenants, ${LIFETIME:-120}s tokens, GetToken at ${RATE:-2000}/s for $SOAK with renewals, then without; load $(load)"
+  # The baseline window: as long as the soak, at most 5 minutes.
+  base=${BASELINE:-$(python3 -c "
+import re,sys; s='$SOAK'; m=re.fullmatch(r'([0-9.]+)(ms|s|m|h)?', s)
+v=float(m.group(1))*{'ms':0.001,'s':1,'m':60,'h':3600,None:1}[m.group(2)]
+print('%ds' % min(v, 300))")}
+  OUT="$OUT/soak" LIFETIME=${LIFETIME:-120} BASELINE=$base SIM_PORT=18190 DAEMON_PORT=15161 \
+    scripts/soak.sh "$SOAK_N" "$SOAK" >"$OUT/soak.txt" 2>&1 || { tail -20 "$OUT/soak.txt"; exit 1; }
+  python3 - "$OUT/soak/summary.json" <<'PY' | tee "$OUT/soak-ratio.json"
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(json.dumps({
+  "soak_seconds": s["soak_seconds"], "renewals_per_s": s["renewals_per_s_soak"],
+  "p99_us_renewing": s["gettoken_at_rate_renewing_us"]["p99"],
+  "p99_us_quiet": s["gettoken_at_rate_quiet_us"]["p99"],
+  "p99_ratio_renewing_vs_quiet": s["p99_ratio_at_rate"],
+  "late_sends_soak": s["late_sends_soak"], "expired_served": s["expired_served"],
+  "cpu_ms_per_renewal_net_of_idle": s["cpu_ms_per_renewal_net_of_idle"],
+  "rss_mib_peak": s["rss_mib_peak"], "load": s["load_during"],
+}, indent=1))
+PY
+fi
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+rows = []
+if os.path.exists(f"{out}/ratios.json"):
+    r = json.load(open(f"{out}/ratios.json"))
+    rows += [("throughput at c=200, daemon / bare (%s)" % r["throughput_ratio_c200_by"], r["throughput_ratio_c200"], ">= 0.95", r["throughput_ratio_c200"] >= 0.95),
+             ("p99 at c=8, daemon / bare", r["c8"]["p99_ratio"], "<= 1.2", r["c8"]["p99_ratio"] <= 1.2),
+             ("p99 at c=200, daemon / bare", r["c200"]["p99_ratio"], "<= 1.2", r["c200"]["p99_ratio"] <= 1.2)]
+if os.path.exists(f"{out}/soak-ratio.json"):
+    s = json.load(open(f"{out}/soak-ratio.json"))
+    rows.append(("soak p99 with renewals / without", s["p99_ratio_renewing_vs_quiet"], "<= 2", s["p99_ratio_renewing_vs_quiet"] <= 2))
+print("== goals (load average now %s)" % " ".join(open("/proc/loadavg").read().split()[:3]))
+for name, v, goal, ok in rows:
+    print("   %-58s %6.2fx  goal %-7s %s" % (name, v, goal, "met" if ok else "MISSED"))
+PY
+echo "raw results in $OUT"
