@@ -83,6 +83,7 @@ pub(super) async fn serve(
     tenants.set_confirm(confirm());
     clients.set_confirm(confirm());
     let onboarding = start_onboarding(config, engine, onboarding_pbx);
+    onboarding.void_stale_claims().await;
     let (health, health_service) = start_health(config, engine, clock, serving).await;
     let overview = Arc::new(Overview::new(OverviewParts {
         broker: engine.broker().clone(),

@@ -158,6 +158,8 @@ macro_rules! conformance_tests {
             the_first_admin_is_inserted_once,
             cached_tenant_reads_one_tenant_with_its_token,
             a_flow_in_progress_is_resumed_by_one_claimant,
+            a_claim_is_extended_only_by_its_holder,
+            clearing_claims_frees_every_flow,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flow_commits [
             each_step_is_committed_on_its_own,
