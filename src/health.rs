@@ -3,6 +3,16 @@
 //! whole server ("") and per service (`pbxtokend.v1.TokenService`,
 //! `pbxtokend.v1.AdminService`).
 //!
+//! `pbxtokend.v1.Database` is a detail, not a service: SERVING while the
+//! database can be written, NOT_SERVING while it cannot, whatever else
+//! happens (a shutdown leaves it alone). grpc.health.v1 has no detail
+//! field, so a replica cut off from PostgreSQL says so under this name. The
+//! other names keep going NOT_SERVING with the database too: a cut-off
+//! replica still answers GetToken from memory, but it renews nothing and
+//! refuses admin writes, so a load balancer should prefer the replicas that
+//! can; calls that still reach it (clients with its address, a balancer
+//! failing open when every replica is out) are answered.
+//!
 //! A probe task writes the heartbeat row every `interval`; the first
 //! failure flips every status to NOT_SERVING, the next success flips it
 //! back. Shutdown flips it for good. Open `Watch` streams see the change
@@ -30,6 +40,9 @@ use crate::store::Store;
 
 /// The services whose status is reported (besides "" for the server).
 pub const SERVICES: [&str; 2] = ["pbxtokend.v1.TokenService", "pbxtokend.v1.AdminService"];
+
+/// The health name that reports the database alone (see the module doc).
+pub const DATABASE: &str = "pbxtokend.v1.Database";
 
 pub struct Health {
     reporter: HealthReporter,
@@ -132,6 +145,12 @@ impl Health {
         for service in SERVICES {
             self.reporter.set_service_status(service, status).await;
         }
+        let database = if self.db_writable() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(DATABASE, database).await;
     }
 }
 
@@ -202,17 +221,33 @@ mod tests {
         assert!(health.probe(&store, &clock).await);
         assert!(health.serving());
         assert_eq!(health.last_write_ok_ms(), 1_000);
-        for name in ["", SERVICES[0], SERVICES[1]] {
+        for name in ["", SERVICES[0], SERVICES[1], DATABASE] {
             assert_eq!(status(&health, name).await, SERVING, "{name}");
         }
         store.close().await.unwrap();
         assert!(!health.probe(&store, &clock).await);
         assert!(!health.serving() && !health.db_writable());
-        for name in ["", SERVICES[0], SERVICES[1]] {
+        for name in ["", SERVICES[0], SERVICES[1], DATABASE] {
             assert_eq!(status(&health, name).await, NOT_SERVING, "{name}");
         }
         health.begin_shutdown().await;
         assert!(!health.serving());
         assert_eq!(status(&health, "").await, NOT_SERVING);
+    }
+
+    #[tokio::test]
+    async fn the_database_detail_follows_the_database_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), Arc::new(Keyring::ephemeral())).unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(UnixMs(1_000)));
+        let (health, _svc) = Health::new(CancellationToken::new()).await;
+        assert!(health.probe(&store, &clock).await);
+        // A shutdown takes the services out, not the database detail.
+        health.begin_shutdown().await;
+        assert_eq!(status(&health, SERVICES[0]).await, NOT_SERVING);
+        assert_eq!(status(&health, DATABASE).await, SERVING);
+        store.close().await.unwrap();
+        assert!(!health.probe(&store, &clock).await);
+        assert_eq!(status(&health, DATABASE).await, NOT_SERVING);
     }
 }

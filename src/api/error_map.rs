@@ -29,10 +29,11 @@ fn store(e: StoreError) -> Status {
         e @ (StoreError::CredentialUnreadable { .. } | StoreError::CredentialTampered { .. }) => {
             Status::failed_precondition(e.to_string())
         }
-        // Another replica renewed meanwhile: nothing is wrong, the caller
-        // retries and gets the newer token.
+        // A newer token (or a completed flow) was stored meanwhile: nothing
+        // is wrong, the caller retries against what is stored now. The
+        // reason says what moved on.
         e @ StoreError::Fenced { .. } => Status::unavailable(format!(
-            "{e}; another replica renewed this tenant's token meanwhile: retry the call"
+            "{e}; nothing was changed: retry the call, it works from what is stored now"
         )),
         // A replica cut off from its database (or a failover under way):
         // nothing was written, and the same call works later or on another
@@ -109,6 +110,7 @@ pub fn onboarding_code(e: &OnboardingError) -> Code {
         OnboardingError::Unavailable { .. }
         | OnboardingError::Store(StoreError::Unavailable(_)) => Code::Unavailable,
         OnboardingError::Store(StoreError::TenantExists(_)) => Code::AlreadyExists,
+        OnboardingError::Store(StoreError::Fenced { .. }) => Code::Unavailable,
         OnboardingError::Store(_) | OnboardingError::Internal(_) => Code::Internal,
     }
 }

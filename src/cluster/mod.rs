@@ -13,7 +13,10 @@
 //! replica that fell behind the pruned feed (cut off for longer than
 //! [`KEEP_CHANGES_MS`]) reloads everything. Each pass ends with a
 //! heartbeat in the `replicas` table carrying the id applied, which admin
-//! calls wait on (`crate::replicas`).
+//! calls wait on (`crate::replicas`). It records the metrics
+//! `change_feed_listener_connected` (from the listener's hints) and
+//! `change_feed_lag_seconds` (each change's age on the database clock when
+//! read, plus the time this replica took to apply it: no clocks compared).
 //!
 //! On SQLite there is no feed (one process): nothing runs.
 //!
@@ -32,6 +35,7 @@ use crate::access::Clients;
 use crate::broker::Broker;
 use crate::clock::{SharedClock, UnixMs};
 use crate::domain::TenantId;
+use crate::metrics::Metrics;
 use crate::store::{ChangeKind, Hint, Store, StoreError};
 
 pub use position::Position;
@@ -61,6 +65,7 @@ pub struct ChangeSync {
     position: Position,
     last_prune: UnixMs,
     failing: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ChangeSync {
@@ -85,9 +90,16 @@ impl ChangeSync {
                 position: Position::at(start_at),
                 last_prune: UnixMs(0),
                 failing: false,
+                metrics: None,
             },
             hints,
         ))
+    }
+
+    /// Records the change-feed metrics into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `cancel`.
@@ -100,10 +112,16 @@ impl ChangeSync {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 hint = hints.recv() => {
-                    if hint.is_none() {
+                    match hint {
                         // The listener is gone for good (cannot happen
                         // while we hold the receiver): keep polling.
-                        hints = mpsc::channel(1).1;
+                        None => hints = mpsc::channel(1).1,
+                        Some(Hint::Disconnected) => {
+                            self.listener_connected(false);
+                            continue;
+                        }
+                        Some(Hint::Connected) => self.listener_connected(true),
+                        Some(Hint::Notified) => {}
                     }
                     self.pass().await;
                 }
@@ -113,6 +131,12 @@ impl ChangeSync {
                 }
                 _ = beat.tick() => self.heartbeat().await,
             }
+        }
+    }
+
+    fn listener_connected(&self, up: bool) {
+        if let Some(m) = &self.metrics {
+            m.set_change_feed_listener(up);
         }
     }
 
@@ -144,6 +168,7 @@ impl ChangeSync {
                 .store
                 .changes_after(after, self.position.gaps(), BATCH)
                 .await?;
+            let read_at = std::time::Instant::now();
             let first_new = batch.iter().map(|c| c.id).find(|id| *id > after);
             if let Some(first) = first_new {
                 if first > after + 1 && self.pruned_past(after).await? {
@@ -171,6 +196,15 @@ impl ChangeSync {
             }
             if clients {
                 self.clients.reload().await?;
+            }
+            if let Some(m) = &self.metrics {
+                // Every row read is new here (past the position, or a gap
+                // that just became visible), and now in the cache.
+                let applying = read_at.elapsed();
+                for c in &batch {
+                    let age = Duration::from_millis(u64::try_from(c.age_ms).unwrap_or(0));
+                    m.change_applied(age + applying);
+                }
             }
             let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
             let now = self.clock.now();
@@ -223,3 +257,6 @@ impl ChangeSync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -70,7 +70,7 @@ pub(super) async fn serve(
     let audit = Audit::new(engine.store().clone(), clock.clone());
     let clients = load_clients(config, engine, clock, &audit).await?;
     let replica = replica_name(config, &listeners.grpc);
-    start_cache_sync(engine, clock, &clients, replica.clone());
+    start_cache_sync(engine, clock, &clients, metrics, replica.clone());
     let tenants = build_tenants(config, engine).await;
     let confirm = || {
         ReplicaConfirm::new(
@@ -83,6 +83,7 @@ pub(super) async fn serve(
     tenants.set_confirm(confirm());
     clients.set_confirm(confirm());
     let onboarding = start_onboarding(config, engine, onboarding_pbx);
+    onboarding.void_stale_claims().await;
     let (health, health_service) = start_health(config, engine, clock, serving).await;
     let overview = Arc::new(Overview::new(OverviewParts {
         broker: engine.broker().clone(),
@@ -187,6 +188,7 @@ fn start_cache_sync(
     engine: &mut Engine,
     clock: &SharedClock,
     clients: &Arc<Clients>,
+    metrics: &Arc<Metrics>,
     name: String,
 ) {
     let sync = ChangeSync::new(
@@ -198,6 +200,7 @@ fn start_cache_sync(
         engine.change_position(),
     );
     if let Some((sync, hints)) = sync {
+        let sync = sync.with_metrics(metrics.clone());
         let cancel = engine.background().clone();
         engine.spawn("replica cache sync", sync.run(hints, cancel));
     }

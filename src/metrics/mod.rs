@@ -45,6 +45,13 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Upper bounds of the change-feed lag histogram, in seconds (a change
+/// committed on one replica until applied in this one's cache; the goal is
+/// under 1 s, the catch-up poll bounds it at about 2 s).
+const FEED_LAG_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 60.0,
+];
+
 /// GetToken results are labelled by gRPC code name in lower case.
 const CODE_LABELS: [&str; 17] = [
     "ok",
@@ -86,6 +93,8 @@ pub struct Metrics {
     fenced_writes: Counter,
     database_reachable: Gauge<i64, AtomicI64>,
     lease_held: Family<Labels, Gauge<i64, AtomicI64>>,
+    feed_listener_connected: Gauge<i64, AtomicI64>,
+    feed_lag: AtomicHistogram,
     tenant_events: Family<Labels, Counter>,
     webhook_deliveries: Family<Labels, Counter>,
     webhook_outbox_depth: Gauge<i64, AtomicI64>,
@@ -219,6 +228,18 @@ impl Metrics {
             "1 while this replica holds the renewal duty (lease) of the PBX host, 0 otherwise (PostgreSQL only)",
             lease_held.clone(),
         );
+        let feed_listener_connected = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "change_feed_listener_connected",
+            "1 while this replica's LISTEN connection for the change feed is up, 0 otherwise (PostgreSQL only; while 0, changes of other replicas arrive by the 2 s poll)",
+            feed_listener_connected.clone(),
+        );
+        let feed_lag = AtomicHistogram::new(&FEED_LAG_BUCKETS);
+        registry.register(
+            "change_feed_lag_seconds",
+            "Time from a change's write in the database (its row's time on the database clock) until this replica applied it to its cache (PostgreSQL only)",
+            feed_lag.clone(),
+        );
         let misses = Family::<Labels, Counter>::default();
         registry.register(
             "get_token_cache_misses",
@@ -280,6 +301,8 @@ impl Metrics {
             fenced_writes,
             database_reachable,
             lease_held,
+            feed_listener_connected,
+            feed_lag,
             tenant_events,
             webhook_deliveries,
             webhook_outbox_depth,
@@ -407,6 +430,16 @@ impl Metrics {
     }
 
     /// Whether this replica holds `host`'s renewal duty.
+    /// The change feed's LISTEN connection is up (or not).
+    pub fn set_change_feed_listener(&self, connected: bool) {
+        self.feed_listener_connected.set(i64::from(connected));
+    }
+
+    /// One change applied to the cache `lag` after it was written.
+    pub fn change_applied(&self, lag: Duration) {
+        self.feed_lag.observe(lag.as_secs_f64());
+    }
+
     pub fn set_lease_held(&self, host: &str, held: bool) {
         self.lease_held
             .get_or_create(&vec![("host", host.to_owned())])

@@ -17,6 +17,7 @@
 //! also brings the store and the clock (none is reached through the broker).
 
 mod authorize;
+mod claim;
 mod crash_hook;
 mod failures;
 mod steps;
@@ -149,6 +150,7 @@ pub struct Onboarding {
 
 /// How long a code exchange holds its claim on the state: longer than a
 /// PBX request may take; a crash mid-exchange frees the state after it.
+/// The call driving the flow extends it while it works (`claim.rs`).
 const EXCHANGE_CLAIM_MS: i64 = 30_000;
 
 const UNKNOWN_STATE: &str = "this authorization state is not known: it was never issued, a later BeginAuthorization replaced it, or its tenant was deleted; run BeginAuthorization for a new authorization URL";
@@ -338,6 +340,8 @@ impl Onboarding {
         } else {
             "no authorization of this tenant is in progress"
         };
+        // Kept for as long as this call drives the flow (`claim.rs`).
+        let mut _claim = None;
         let flow = match flow.step {
             FlowStep::Completed => {
                 return Err(OnboardingError::FailedPrecondition(format!(
@@ -378,10 +382,11 @@ impl Onboarding {
                             "{via}: the code of tenant {id}'s authorization is being exchanged by another call (on this or another replica); wait a few seconds and check the tenant's state"
                         ))
                     })?;
+                _claim = Some(self.hold_claim(&id, until));
                 self.exchange_code(&tenant, flow, &input.code).await?
             }
             _ => {
-                self.claim_resumption(&id).await?;
+                _claim = self.claim_resumption(&id).await?;
                 tracing::info!(tenant = %id, step = %flow.step, "resuming an interrupted authorization");
                 flow
             }
@@ -526,9 +531,28 @@ impl Onboarding {
                 )));
             }
         }
-        self.claim_resumption(id).await?;
+        let _claim = self.claim_resumption(id).await?;
         let tenant = self.tenant(id).await?;
         self.drive(&tenant, flow).await
+    }
+
+    fn hold_claim(&self, id: &TenantId, until: UnixMs) -> claim::ClaimHeartbeat {
+        let (store, clock) = (self.store.clone(), self.clock.clone());
+        claim::hold(store, clock, id.clone(), until, EXCHANGE_CLAIM_MS)
+    }
+
+    /// Start-up on SQLite (one process): claims left by a crash of an
+    /// earlier run hold nothing, and must not make a CompleteAuthorization
+    /// retry wait for them to lapse. Called before any call is served.
+    pub async fn void_stale_claims(&self) {
+        if self.store.backend_name() != "sqlite" {
+            return;
+        }
+        match self.store.clear_flow_claims().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(claims = n, "authorization claims left by the previous run were voided"),
+            Err(e) => tracing::warn!("cannot void the authorization claims left by the previous run ({e}); they lapse within {} s", EXCHANGE_CLAIM_MS / 1000),
+        }
     }
 
     /// With several replicas, a flow in progress is driven on by one call
@@ -537,17 +561,17 @@ impl Onboarding {
     /// works, so another one resuming the same flow would create a second
     /// app. One process on SQLite needs no claim (and a stale one left by a
     /// crash must not hold up the resumption at start-up).
-    async fn claim_resumption(&self, id: &TenantId) -> Result<(), OnboardingError> {
+    async fn claim_resumption(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<claim::ClaimHeartbeat>, OnboardingError> {
         if self.store.backend_name() == "sqlite" {
-            return Ok(());
+            return Ok(None);
         }
         let now = self.now();
-        if self
-            .store
-            .claim_flow(id, now, now.plus_ms(EXCHANGE_CLAIM_MS))
-            .await?
-        {
-            return Ok(());
+        let until = now.plus_ms(EXCHANGE_CLAIM_MS);
+        if self.store.claim_flow(id, now, until).await? {
+            return Ok(Some(self.hold_claim(id, until)));
         }
         Err(OnboardingError::FailedPrecondition(format!(
             "the authorization of tenant {id} is being completed by another call (on this or another replica); wait a few seconds and check the tenant's state"

@@ -18,12 +18,24 @@
 //!   still running then (config validation keeps the request timeout at
 //!   most two thirds of the TTL; rounds come more often than ttl / 3 when
 //!   the timeout is longer than ttl / 3, so duty has no gaps);
-//! - leases are released at shutdown, so another replica takes over at once.
+//! - leases are released at shutdown, so another replica takes over at once;
+//! - a replica holding more than its fair share (live replicas counted
+//!   from lease holders and from the `replicas` heartbeat table, so one
+//!   that just joined and holds nothing counts too) hands the excess over:
+//!   after [`HANDOVER_AFTER_ROUNDS`] rounds in a row over its share
+//!   (hysteresis: a heartbeat that flickers moves nothing), it stops
+//!   starting renewals on the excess hosts (the last ones by name), waits
+//!   out the margin so every call it started has ended, and releases them;
+//!   a replica under its share claims them at its next round. A hand-over
+//!   is called off if the share grows back (a replica went away), and a
+//!   host left without a holder for [`ORPHAN_ROUNDS`] rounds is claimed by
+//!   any replica, share or not (no host is ever left without duty because
+//!   a replica counted by its heartbeat does not claim).
 //!
 //! Does not: run renewals (the scheduler), or decide when a token is due.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +46,14 @@ use crate::broker::DutyFence;
 use crate::clock::UnixMs;
 use crate::metrics::Metrics;
 use crate::store::{LeaseClaim, Store, WriteFence};
+
+/// Rounds in a row over the fair share before excess leases are handed
+/// over.
+pub const HANDOVER_AFTER_ROUNDS: u32 = 2;
+
+/// Rounds in a row a host with renewing tenants may stay without a
+/// holder before a replica at or above its share claims it anyway.
+const ORPHAN_ROUNDS: u32 = 3;
 
 /// A lease this replica holds.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +77,17 @@ pub struct Duty {
     /// those it does not hold).
     hosts: Mutex<BTreeSet<String>>,
     reachable: AtomicBool,
+    /// Held hosts being handed over, with when no renewal started on them
+    /// any more (released once the margin has passed).
+    handing_over: Mutex<BTreeMap<String, Instant>>,
+    /// Rounds in a row this replica held more than its fair share.
+    over_share: AtomicU32,
+    /// Hosts seen without a live holder, and for how many rounds in a row.
+    free_rounds: Mutex<BTreeMap<String, u32>>,
+    /// Hosts taken beyond the share because nobody else took them, and the
+    /// live replica count then: not handed over again (that would cycle)
+    /// until the count changes.
+    orphans_taken: Mutex<(usize, BTreeSet<String>)>,
 }
 
 impl Duty {
@@ -81,7 +112,19 @@ impl Duty {
             held: Mutex::new(BTreeMap::new()),
             hosts: Mutex::new(BTreeSet::new()),
             reachable: AtomicBool::new(true),
+            handing_over: Mutex::new(BTreeMap::new()),
+            over_share: AtomicU32::new(0),
+            free_rounds: Mutex::new(BTreeMap::new()),
+            orphans_taken: Mutex::new((0, BTreeSet::new())),
         }
+    }
+
+    fn free_rounds(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+        self.free_rounds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handing_over(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Instant>> {
+        self.handing_over.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
@@ -114,6 +157,9 @@ impl Duty {
     /// one now.
     pub fn fence(&self, host: &str) -> Option<DutyFence> {
         let held = *self.held().get(host)?;
+        if self.handing_over().contains_key(host) {
+            return None;
+        }
         let stop_at = self.stop_at(held.sent_at);
         (Instant::now() < stop_at).then(|| DutyFence {
             fence: WriteFence::Lease {
@@ -194,6 +240,9 @@ impl Duty {
         if reachable {
             reachable = self.claim_free(ttl_ms).await;
         }
+        if reachable {
+            self.release_handed_over().await;
+        }
         // Leases whose time is up are forgotten (the database agrees, or
         // will by the time another replica asks).
         let lapsed: Vec<String> = self
@@ -255,12 +304,20 @@ impl Duty {
             .map(|l| l.expires_at.0 - ttl)
             .max();
         let live = |expires_at: i64| db_now.is_none_or(|now| expires_at > now);
-        let mut replicas: BTreeSet<&str> = leases
+        let mut replicas: BTreeSet<String> = leases
             .iter()
             .filter(|l| live(l.expires_at.0))
-            .map(|l| l.holder.as_str())
+            .map(|l| l.holder.clone())
             .collect();
-        replicas.insert(&self.replica);
+        replicas.insert(self.replica.clone());
+        // Replicas alive by their heartbeat hold no lease yet when they
+        // just joined; without them nobody would make room. Unreadable:
+        // the lease holders alone (the share is only larger then).
+        if let Ok(Ok(rows)) =
+            tokio::time::timeout(self.round_every(), self.store.replicas(ttl, ttl)).await
+        {
+            replicas.extend(rows.into_iter().filter(|r| r.live).map(|r| r.name));
+        }
         let fair = hosts.len().div_ceil(replicas.len().max(1));
         let held: BTreeSet<String> = self.held().keys().cloned().collect();
         // Hosts with no renewing tenant left: give their duty back.
@@ -276,10 +333,28 @@ impl Duty {
             .filter(|l| l.holder != self.replica && live(l.expires_at.0) && db_now.is_some())
             .map(|l| l.host.as_str())
             .collect();
+        // Hosts nobody holds, and for how many rounds in a row: one left
+        // free that long (no replica under its share took it) is claimed
+        // beyond the share, so a hand-over never leaves a host without duty.
+        let orphans: BTreeSet<String> = {
+            let mut free = self.free_rounds();
+            free.retain(|h, _| hosts.contains(h));
+            for host in hosts.iter() {
+                if held.contains(host) || taken_by_others.contains(host.as_str()) {
+                    free.remove(host);
+                } else {
+                    *free.entry(host.clone()).or_insert(0) += 1;
+                }
+            }
+            free.iter()
+                .filter(|(_, n)| **n >= ORPHAN_ROUNDS)
+                .map(|(h, _)| h.clone())
+                .collect()
+        };
         let mut count = self.held().len();
         for host in hosts.iter() {
-            if count >= fair {
-                break;
+            if count >= fair && !orphans.contains(host) {
+                continue;
             }
             if held.contains(host) || taken_by_others.contains(host.as_str()) {
                 continue;
@@ -288,6 +363,13 @@ impl Duty {
             match self.claim(host, ttl_ms).await {
                 Ok(LeaseClaim::Granted(l)) => {
                     tracing::info!(host, epoch = l.epoch, "renewal duty taken");
+                    if count >= fair {
+                        self.orphans_taken
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .1
+                            .insert(host.clone());
+                    }
                     self.held().insert(
                         host.clone(),
                         Held {
@@ -304,7 +386,86 @@ impl Duty {
                 }
             }
         }
+        self.plan_handover(fair, replicas.len());
         true
+    }
+
+    /// Marks the hosts beyond `fair` for hand-over once this replica has
+    /// been over its share for [`HANDOVER_AFTER_ROUNDS`] rounds; calls a
+    /// hand-over off when it is not over its share any more.
+    fn plan_handover(&self, fair: usize, replicas: usize) {
+        let orphans = {
+            let mut o = self.orphans_taken.lock().unwrap_or_else(|p| p.into_inner());
+            if o.0 != replicas {
+                *o = (replicas, BTreeSet::new());
+            }
+            o.1.clone()
+        };
+        let held: Vec<String> = self
+            .held()
+            .keys()
+            .filter(|h| !orphans.contains(*h))
+            .cloned()
+            .collect();
+        if held.len() <= fair {
+            self.over_share.store(0, Ordering::Relaxed);
+            let called_off = std::mem::take(&mut *self.handing_over());
+            for host in called_off.into_keys() {
+                tracing::info!(
+                    host,
+                    "renewal duty hand-over called off: this replica's fair share grew"
+                );
+            }
+            return;
+        }
+        let rounds = self.over_share.fetch_add(1, Ordering::Relaxed) + 1;
+        if rounds < HANDOVER_AFTER_ROUNDS {
+            return;
+        }
+        let excess = held.len() - fair;
+        let mut handing = self.handing_over();
+        for host in held.iter().rev() {
+            if handing.len() >= excess {
+                break;
+            }
+            if !handing.contains_key(host) {
+                tracing::info!(
+                    host,
+                    fair_share = fair,
+                    held = held.len(),
+                    "handing renewal duty over to a replica below its fair share"
+                );
+                handing.insert(host.clone(), Instant::now());
+            }
+        }
+    }
+
+    /// Releases hosts marked for hand-over once no renewal started under
+    /// them can still be running (the margin covers a PBX request).
+    async fn release_handed_over(&self) {
+        let due: Vec<String> = self
+            .handing_over()
+            .iter()
+            .filter(|(_, since)| Instant::now() >= **since + self.margin)
+            .map(|(host, _)| host.clone())
+            .collect();
+        for host in due {
+            let epoch = self.held().get(&host).map(|h| h.epoch);
+            if let Some(epoch) = epoch {
+                match self.store.release_lease(&host, &self.replica, epoch).await {
+                    Ok(()) => tracing::info!(host, "renewal duty handed over (lease released)"),
+                    Err(e) => {
+                        tracing::warn!(
+                            host,
+                            "cannot release the renewal-duty lease for the hand-over: {e}"
+                        );
+                        continue;
+                    }
+                }
+            }
+            self.drop_host(&host);
+            self.over_share.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A lease claim, bounded: a database that does not answer (a
@@ -327,6 +488,10 @@ impl Duty {
 
     fn drop_host(&self, host: &str) {
         self.held().remove(host);
+        self.handing_over().remove(host);
+        let mut orphans = self.orphans_taken.lock().unwrap_or_else(|p| p.into_inner());
+        orphans.1.remove(host);
+        drop(orphans);
         self.metrics.set_lease_held(host, false);
     }
 

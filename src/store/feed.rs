@@ -36,6 +36,11 @@ pub struct Change {
     pub id: i64,
     pub kind: ChangeKind,
     pub key: String,
+    /// How old the change was when it was read, on the database's clock
+    /// (its row is stamped in the writing transaction), so no replica's
+    /// clock need agree with the database's: the first part of the
+    /// change-feed lag.
+    pub age_ms: i64,
 }
 
 /// A hint from the backend's listener.
@@ -46,6 +51,9 @@ pub enum Hint {
     Connected,
     /// Something committed: read the feed.
     Notified,
+    /// The listening connection was lost (once per outage): changes come
+    /// by polling only until the next [`Hint::Connected`].
+    Disconnected,
 }
 
 /// A replica as its heartbeat last wrote it.

@@ -3,6 +3,7 @@
 //! commit, and what completing a flow puts on the tenant. Every backend
 //! commits each step in one transaction (see `FlowRepo`).
 
+use super::StoreError;
 use crate::clock::UnixMs;
 use crate::domain::{AccessToken, AppCredentials, PbxUser, TenantId, TenantState};
 
@@ -152,4 +153,37 @@ pub struct FlowCompletion {
     pub renew_at: Option<UnixMs>,
     /// Becomes the tenant's last_error (e.g. apps to delete in the PBX).
     pub note: Option<String>,
+}
+
+/// The fence of `FlowRepo::complete_flow`, checked in its transaction on
+/// the flow row as stored (`step`, the first token's `issued_at`): a flow
+/// completes once, and only with the first token it holds. A replica
+/// paused or cut off in step 6 whose claim lapsed, while another one
+/// completed the flow (and renewals stored newer tokens since), or while
+/// the flow was restarted, must not put its older token and app back.
+/// Completing is not fenced by token age otherwise: during a
+/// re-authorization the old app's renewals go on and are newer than the
+/// flow's first token, yet the operator asked for the new app.
+pub(crate) fn completion_fence(
+    tenant_id: &str,
+    step: &str,
+    flow_token_issued_at: Option<i64>,
+    c: &FlowCompletion,
+) -> Result<(), StoreError> {
+    let reason = if step == "completed" || step == "failed" {
+        format!("the authorization flow was already {step} by another call (on this or another replica)")
+    } else {
+        match flow_token_issued_at {
+            Some(t) if t != c.token.issued_at.0 => format!(
+                "the authorization flow holds another first token (issued at {}) than this call (issued at {}): it was restarted or moved on meanwhile",
+                UnixMs(t),
+                c.token.issued_at
+            ),
+            _ => return Ok(()),
+        }
+    };
+    Err(StoreError::Fenced {
+        tenant: tenant_id.to_owned(),
+        reason,
+    })
 }

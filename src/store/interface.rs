@@ -312,6 +312,28 @@ pub trait FlowRepo: Send + Sync {
     ) -> Result<Tenant, StoreError>;
 }
 
+/// The life of a flow's claim (taken by `FlowRepo::consume_state` or
+/// `FlowRepo::claim_flow`) while its holder works on the flow.
+#[async_trait]
+pub trait FlowClaims: Send + Sync {
+    /// Moves the claim its caller holds on `id`'s flow, the one that lasts
+    /// until `held` (the value it was given: a claim's end is its identity),
+    /// to `until`, in one statement. `false` if the caller does not hold it
+    /// any more (it lapsed and another call took the flow, or the flow
+    /// ended): the caller should stop driving it.
+    async fn extend_flow_claim(
+        &self,
+        id: &TenantId,
+        held: UnixMs,
+        until: UnixMs,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends every claim; returns how many there were. Only for one process
+    /// starting on its own database (SQLite): a claim left by a crash of an
+    /// earlier run holds nothing any more and must not hold up a retry.
+    async fn clear_flow_claims(&self) -> Result<u64, StoreError>;
+}
+
 /// API clients: their role, patterns and the SHA-256 of their key.
 #[async_trait]
 pub trait ClientRepo: Send + Sync {
@@ -463,6 +485,7 @@ pub trait Storage:
     + LeaseTable
     + HostBudget
     + FlowRepo
+    + FlowClaims
     + ClientRepo
     + AuditLog
     + EventLog
@@ -480,6 +503,7 @@ impl<T> Storage for T where
         + LeaseTable
         + HostBudget
         + FlowRepo
+        + FlowClaims
         + ClientRepo
         + AuditLog
         + EventLog

@@ -41,8 +41,8 @@ pub use events::{EventPage, EventSettings, OutboxEntry, TenantEvent, TenantEvent
 pub use feed::{Change, ChangeFeed, ChangeKind, Hint, ReplicaRow};
 pub use flow::{Flow, FlowCompletion, FlowKey, FlowStep, FlowUpdate};
 pub use interface::{
-    AuditLog, ClientRepo, CredentialRepo, EventLog, FlowRepo, HostBudget, JobQueue, LeaseTable,
-    Lifecycle, Storage, Store, StoreStats, TenantRepo, TokenRepo,
+    AuditLog, ClientRepo, CredentialRepo, EventLog, FlowClaims, FlowRepo, HostBudget, JobQueue,
+    LeaseTable, Lifecycle, Storage, Store, StoreStats, TenantRepo, TokenRepo,
 };
 pub use postgres::PgStore;
 pub use records::{

@@ -31,6 +31,7 @@ mod metrics;
 mod migrate_store;
 mod onboarding;
 mod onboarding_callback;
+mod onboarding_claims;
 mod onboarding_crash;
 mod outbound_guard;
 mod pause;

@@ -175,3 +175,98 @@ async fn a_holder_cut_off_from_the_database_stops_in_time_and_resumes() {
     assert!(r1.database_reachable());
     drop(server);
 }
+
+/// Both replicas' heartbeats, as their cache sync writes them every second.
+async fn beat(s: &Store) {
+    for name in ["r1", "r2"] {
+        s.replica_heartbeat(name, 0).await.unwrap();
+    }
+}
+
+fn on_duty(d: &Duty) -> Vec<String> {
+    d.held_hosts()
+        .into_iter()
+        .filter(|h| d.fence(h).is_some())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_over_its_share_hands_the_excess_to_one_that_joined() {
+    let db = TestDb::create().await;
+    let (s1, s2) = (store(&db.url).await, store(&db.url).await);
+    for (i, host) in ["a", "b", "c", "d"].iter().enumerate() {
+        tenant(&s1, &format!("t{i}"), &format!("{host}.example.com")).await;
+    }
+    let (r1, r2) = (duty(&s1, "r1"), duty(&s2, "r2"));
+    r1.round().await;
+    assert_eq!(on_duty(&r1).len(), 4, "alone, r1 takes every host");
+    // r2 joins: alive by its heartbeat, holding nothing, everything taken.
+    beat(&s1).await;
+    r2.round().await;
+    assert!(r2.held_hosts().is_empty());
+    // Hysteresis: one round over the share moves nothing.
+    r1.round().await;
+    assert_eq!(on_duty(&r1).len(), 4);
+    // The next one stops renewals on the excess (the last hosts by name)...
+    beat(&s1).await;
+    r1.round().await;
+    assert_eq!(on_duty(&r1), vec!["a.example.com", "b.example.com"]);
+    assert_eq!(r1.held_hosts().len(), 4, "released before its calls ended");
+    // ...and once every call started under them has ended, releases them:
+    // r2 takes them at its next round.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    beat(&s1).await;
+    r1.round().await;
+    assert_eq!(r1.held_hosts(), vec!["a.example.com", "b.example.com"]);
+    r2.round().await;
+    assert_eq!(on_duty(&r2), vec!["c.example.com", "d.example.com"]);
+    // Settled: more rounds move nothing.
+    for _ in 0..3 {
+        beat(&s1).await;
+        r1.round().await;
+        r2.round().await;
+    }
+    assert_eq!(on_duty(&r1), vec!["a.example.com", "b.example.com"]);
+    assert_eq!(on_duty(&r2), vec!["c.example.com", "d.example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_is_called_off_when_the_share_grows_back_and_no_host_is_orphaned() {
+    let db = TestDb::create().await;
+    let s1 = store(&db.url).await;
+    for (i, host) in ["a", "b"].iter().enumerate() {
+        tenant(&s1, &format!("t{i}"), &format!("{host}.example.com")).await;
+    }
+    let r1 = duty(&s1, "r1");
+    r1.round().await;
+    // A replica r2 that beats but never claims (its duty is not running).
+    beat(&s1).await;
+    r1.round().await;
+    r1.round().await;
+    assert_eq!(
+        on_duty(&r1),
+        vec!["a.example.com"],
+        "b is being handed over"
+    );
+    // r2's heartbeat stops before the release: the share grows back and
+    // the hand-over is called off.
+    tokio::time::sleep(Duration::from_millis(TTL_MS + 100)).await;
+    r1.round().await;
+    assert_eq!(on_duty(&r1), vec!["a.example.com", "b.example.com"]);
+    // r2 beats again; this time b is released...
+    for _ in 0..2 {
+        beat(&s1).await;
+        r1.round().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    beat(&s1).await;
+    r1.round().await;
+    assert_eq!(r1.held_hosts(), vec!["a.example.com"]);
+    // ...nobody takes it: a few rounds later r1 takes it back, share or
+    // not, and keeps it (no cycle of hand-overs while r2 only beats).
+    for _ in 0..7 {
+        beat(&s1).await;
+        r1.round().await;
+    }
+    assert_eq!(on_duty(&r1), vec!["a.example.com", "b.example.com"]);
+}

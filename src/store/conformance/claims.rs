@@ -211,3 +211,76 @@ pub(crate) async fn a_flow_in_progress_is_resumed_by_one_claimant<H: Harness>(h:
         .await
         .unwrap());
 }
+
+/// A claim is moved on only by its holder (named by the end it was given):
+/// a holder still at work keeps the flow past the first claim's length,
+/// and one whose claim lapsed and was taken over learns it.
+pub(crate) async fn a_claim_is_extended_only_by_its_holder<H: Harness>(h: &H) {
+    let one = open_store(h).await;
+    let two = open_store(h).await;
+    one.insert_tenant(pending_tenant("acme")).await.unwrap();
+    let acme = tid("acme");
+    one.begin_flow(&acme, hash(1), T0.plus_ms(HOUR), T0)
+        .await
+        .unwrap();
+    let first = T0.plus_ms(CLAIM);
+    one.consume_state(FlowKey::State(hash(1)), T0, first)
+        .await
+        .unwrap()
+        .expect("claimed");
+    super::flows::advance(&one, &acme, 1).await;
+    let second = T0.plus_ms(2 * CLAIM);
+    assert!(one.extend_flow_claim(&acme, first, second).await.unwrap());
+    // Past the first claim's end, nobody else gets it.
+    let t = first.plus_ms(1);
+    assert!(!two.claim_flow(&acme, t, t.plus_ms(CLAIM)).await.unwrap());
+    // A stale end names no claim.
+    assert!(!two
+        .extend_flow_claim(&acme, first, t.plus_ms(CLAIM))
+        .await
+        .unwrap());
+    // Lapsed and taken over: the old holder cannot move it back.
+    let later = second.plus_ms(1);
+    assert!(two
+        .claim_flow(&acme, later, later.plus_ms(CLAIM))
+        .await
+        .unwrap());
+    assert!(!one
+        .extend_flow_claim(&acme, second, later.plus_ms(2 * CLAIM))
+        .await
+        .unwrap());
+    assert!(two
+        .extend_flow_claim(&acme, later.plus_ms(CLAIM), later.plus_ms(2 * CLAIM))
+        .await
+        .unwrap());
+}
+
+/// One process starting: every claim (left by a crash) is void at once, so
+/// a retry of the code exchange is not held up for the claim's length.
+pub(crate) async fn clearing_claims_frees_every_flow<H: Harness>(h: &H) {
+    let store = open_store(h).await;
+    for (id, n) in [("acme", 1u8), ("beta", 2)] {
+        store.insert_tenant(pending_tenant(id)).await.unwrap();
+        store
+            .begin_flow(&tid(id), hash(n), T0.plus_ms(HOUR), T0)
+            .await
+            .unwrap();
+        store
+            .consume_state(FlowKey::State(hash(n)), T0, T0.plus_ms(CLAIM))
+            .await
+            .unwrap()
+            .expect("claimed");
+    }
+    super::flows::advance(&store, &tid("beta"), 1).await;
+    let t1 = T0.plus_ms(1);
+    assert_eq!(store.clear_flow_claims().await.unwrap(), 2);
+    assert!(store
+        .consume_state(FlowKey::State(hash(1)), t1, t1.plus_ms(CLAIM))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .claim_flow(&tid("beta"), t1, t1.plus_ms(CLAIM))
+        .await
+        .unwrap());
+}

@@ -1,12 +1,16 @@
-//! Fenced token writes (`record_refresh_fenced`): a write made under a
-//! lease epoch that is no longer current, or on demand after another
-//! writer stored a newer token, is refused whole in its own transaction,
-//! so a replica paused or cut off can never overwrite a newer token.
+//! Fenced token writes: a write made under a lease epoch that is no longer
+//! current, or on demand after another writer stored a newer token
+//! (`record_refresh_fenced`), an UpdateTenant token older than the stored
+//! one, a second completion of a flow (`complete_flow`): each is refused
+//! whole in its own transaction, so a replica paused or cut off can never
+//! overwrite a newer token.
 
 use super::fixtures::*;
 use super::{open_store, Harness};
 use crate::domain::TenantState;
-use crate::store::{LeaseClaim, RefreshRecord, Store, StoreError, WriteFence};
+use crate::store::{
+    FlowUpdate, LeaseClaim, RefreshRecord, Store, StoreError, TenantChanges, WriteFence,
+};
 
 const HOST: &str = "pbx.example.com";
 
@@ -31,7 +35,7 @@ async fn stored_token(store: &Store) -> String {
     cache[0].token.as_ref().unwrap().value.expose().clone()
 }
 
-fn assert_fenced(r: Result<u32, StoreError>) {
+fn assert_fenced<T: std::fmt::Debug>(r: Result<T, StoreError>) {
     match r {
         Err(StoreError::Fenced { tenant, reason }) => {
             assert_eq!(tenant, "acme");
@@ -183,4 +187,124 @@ pub(crate) async fn an_on_demand_write_after_a_newer_token_is_refused<H: Harness
         .await
         .unwrap();
     assert_eq!(stored_token(&two).await, "plain");
+}
+
+fn new_app_update(token_value: &str, issued: i64) -> TenantChanges {
+    TenantChanges {
+        trusted_app: Some(app("rotated-app", "rotated-secret")),
+        token: Some(token(token_value, T0.plus_ms(issued))),
+        clear_failures: true,
+        ..TenantChanges::default()
+    }
+}
+
+/// UpdateTenant's first token with new credentials: a replica that fetched
+/// it before another write stored a newer token (a renewal, a second
+/// update) is refused whole, credentials included; an equal or newer one
+/// lands.
+pub(crate) async fn an_update_never_puts_an_older_token_back<H: Harness>(h: &H) {
+    let one = open_store(h).await;
+    let two = open_store(h).await;
+    one.insert_tenant(new_tenant("acme", TenantState::Active))
+        .await
+        .unwrap();
+    let id = tid("acme");
+    // `two` renews (issued at T0 + 2 s) while `one` held a token from T0 + 1 s.
+    two.record_refresh(&id, success("renewed", 2 * SECOND), T0)
+        .await
+        .unwrap();
+    let before = one.get_tenant(&id).await.unwrap().unwrap();
+    match one
+        .update_tenant(&id, new_app_update("stale", SECOND), T0.plus_ms(5))
+        .await
+    {
+        Err(StoreError::Fenced { tenant, reason }) => {
+            assert_eq!(tenant, "acme");
+            assert!(reason.contains("newer token"), "{reason}");
+        }
+        other => panic!("not fenced: {other:?}"),
+    }
+    assert_eq!(stored_token(&two).await, "renewed");
+    let after = two.get_tenant(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.updated_at,
+            after.trusted_client_id,
+            after.last_refresh_at
+        ),
+        (
+            before.updated_at,
+            before.trusted_client_id,
+            before.last_refresh_at
+        ),
+        "nothing of the update was written"
+    );
+    let creds = two.trusted_credentials(&id).await.unwrap().unwrap();
+    assert_eq!(creds.client_id, "app-acme");
+    // Same age and newer both land.
+    one.update_tenant(&id, new_app_update("same", 2 * SECOND), T0.plus_ms(6))
+        .await
+        .unwrap();
+    assert_eq!(stored_token(&two).await, "same");
+    two.update_tenant(&id, new_app_update("newer", 3 * SECOND), T0.plus_ms(7))
+        .await
+        .unwrap();
+    assert_eq!(stored_token(&one).await, "newer");
+    // An update without a token is not a token write: never fenced.
+    let rename = TenantChanges {
+        display_name: Some("Acme 2".into()),
+        ..TenantChanges::default()
+    };
+    one.update_tenant(&id, rename, T0.plus_ms(8)).await.unwrap();
+}
+
+/// `complete_flow` writes the flow's first token once: a second completion
+/// (a replica paused in step 6 while another completed the flow and
+/// renewals went on) and a completion of a flow restarted since are
+/// refused whole; a re-authorization completes although the old app's
+/// renewals stored newer tokens meanwhile.
+pub(crate) async fn a_flow_completes_once_with_its_own_first_token<H: Harness>(h: &H) {
+    use super::flows::{advance, completion};
+    let one = open_store(h).await;
+    let two = open_store(h).await;
+    // A re-authorization of an ACTIVE tenant whose old app renews meanwhile.
+    let mut t = new_tenant("acme", TenantState::Active);
+    t.public_app = Some((app("pub-id", "pub-secret"), "https://crm/cb".into()));
+    one.insert_tenant(t).await.unwrap();
+    let id = tid("acme");
+    one.begin_flow(&id, [1; 32], T0.plus_ms(HOUR), T0)
+        .await
+        .unwrap();
+    advance(&one, &id, 5).await;
+    two.record_refresh(&id, success("old-app", 2 * SECOND), T0)
+        .await
+        .unwrap();
+    two.complete_flow(&id, completion(), T0.plus_ms(10))
+        .await
+        .unwrap();
+    assert_eq!(stored_token(&one).await, super::flows::FIRST_TOKEN);
+    // Renewals of the new app go on; the paused replica's completion comes late.
+    two.record_refresh(&id, success("renewed", 3 * SECOND), T0)
+        .await
+        .unwrap();
+    assert_fenced(one.complete_flow(&id, completion(), T0.plus_ms(20)).await);
+    assert_eq!(stored_token(&two).await, "renewed");
+    // A flow restarted since holds another first token: the late
+    // completion of the old one is refused too.
+    one.begin_flow(&id, [2; 32], T0.plus_ms(HOUR), T0.plus_ms(30))
+        .await
+        .unwrap();
+    let mut steps = super::flows::five_steps();
+    steps[3] = FlowUpdate::TokenObtained {
+        token: token("second-flow", T0.plus_ms(4 * SECOND)),
+    };
+    for u in steps {
+        one.advance_flow(&id, u, T0.plus_ms(31)).await.unwrap();
+    }
+    assert_fenced(two.complete_flow(&id, completion(), T0.plus_ms(40)).await);
+    assert_eq!(stored_token(&one).await, "renewed");
+    let mut own = completion();
+    own.token = token("second-flow", T0.plus_ms(4 * SECOND));
+    one.complete_flow(&id, own, T0.plus_ms(41)).await.unwrap();
+    assert_eq!(stored_token(&two).await, "second-flow");
 }

@@ -138,6 +138,8 @@ macro_rules! conformance_tests {
             a_lease_fenced_write_lands_only_under_the_current_epoch,
             a_lease_fence_without_a_lease_or_on_another_host_is_refused,
             an_on_demand_write_after_a_newer_token_is_refused,
+            an_update_never_puts_an_older_token_back,
+            a_flow_completes_once_with_its_own_first_token,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flows [
             begin_finds_the_flow_by_state_hash_only,
@@ -156,6 +158,8 @@ macro_rules! conformance_tests {
             the_first_admin_is_inserted_once,
             cached_tenant_reads_one_tenant_with_its_token,
             a_flow_in_progress_is_resumed_by_one_claimant,
+            a_claim_is_extended_only_by_its_holder,
+            clearing_claims_frees_every_flow,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flow_commits [
             each_step_is_committed_on_its_own,

@@ -53,8 +53,10 @@ impl ChangeFeed for PgStore {
             Box::pin(async move {
                 let rows = query(
                     tx,
-                    "(SELECT id, kind, key FROM changes WHERE id > $1 ORDER BY id LIMIT $2) \
-                     UNION SELECT id, kind, key FROM changes WHERE id = ANY($3) ORDER BY id",
+                    "SELECT id, kind, key, \
+                         (extract(epoch FROM clock_timestamp()) * 1000)::bigint - at \
+                     FROM ((SELECT * FROM changes WHERE id > $1 ORDER BY id LIMIT $2) \
+                           UNION SELECT * FROM changes WHERE id = ANY($3)) c ORDER BY id",
                     &[&after, &super::limit(limit), &also],
                 )
                 .await?;
@@ -74,6 +76,7 @@ impl ChangeFeed for PgStore {
                             id: r.try_get(0)?,
                             kind,
                             key: r.try_get(2)?,
+                            age_ms: r.try_get::<_, i64>(3)?.max(0),
                         })
                     })
                     .collect()

@@ -136,6 +136,7 @@ async fn the_listener_hints_at_commit_and_after_a_reconnect() {
         )
         .await
         .unwrap();
+    assert_eq!(next(&mut hints).await, Hint::Disconnected);
     assert_eq!(next(&mut hints).await, Hint::Connected);
 }
 

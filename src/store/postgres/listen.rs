@@ -5,7 +5,9 @@
 //! with backoff. Every (re)connect is announced as [`Hint::Connected`]
 //! (notifications sent while it was down are gone: the reader must read
 //! the feed), every notification as [`Hint::Notified`] (coalesced when the
-//! reader is behind: a hint means "read the feed", not "one row").
+//! reader is behind: a hint means "read the feed", not "one row"), and the
+//! first failure of an outage as [`Hint::Disconnected`] (for the
+//! listener-connected metric).
 //!
 //! The connection names itself `pbx-tokend-listen` (application_name), so
 //! an operator, or a test, can find it in `pg_stat_activity`.
@@ -44,6 +46,9 @@ pub(super) fn spawn(lc: Arc<ListenConfig>) -> mpsc::Receiver<Hint> {
                     "the change-feed listener lost its PostgreSQL connection ({e}); changes made on other replicas are read by polling until it is back"
                 ),
                 Err(e) => tracing::debug!(failures, "change-feed listener still down: {e}"),
+            }
+            if failures == 0 && tx.send(Hint::Disconnected).await.is_err() {
+                return;
             }
             failures += 1;
             tokio::select! {

@@ -40,6 +40,7 @@ mod events;
 mod feed;
 #[cfg(test)]
 mod feed_tests;
+mod flow_claims;
 mod flow_rebind;
 mod import;
 mod jobs;

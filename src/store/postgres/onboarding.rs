@@ -234,6 +234,10 @@ impl FlowRepo for PgStore {
             Box::pin(async move {
                 let id = id.as_str();
                 let before = state_of(tx, id).await?;
+                const FLOW: &str = "SELECT step, token_issued_at FROM onboarding_flows WHERE tenant_id = $1 FOR UPDATE";
+                let f = query_opt(tx, FLOW, &[&id]).await?;
+                let f = f.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+                crate::store::flow::completion_fence(id, &f.try_get::<_, String>(0)?, f.try_get(1)?, &c)?;
                 let changes = TenantChanges {
                     state: Some(c.state),
                     trusted_app: Some(c.app.clone()),

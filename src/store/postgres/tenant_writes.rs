@@ -89,6 +89,10 @@ pub(super) async fn update_by_operator(
     let before = state_of(tx, id)
         .await?
         .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    // `state_of` locked the row: the check and the write see the same token.
+    if let Some(token) = &ch.token {
+        tokens::check_not_older(tx, id, token.issued_at).await?;
+    }
     let tenant = update(tx, keys, id, ch, now).await?;
     let e = NewEvent {
         tenant_id: id,

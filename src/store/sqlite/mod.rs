@@ -35,6 +35,7 @@ mod credentials;
 mod events;
 mod export;
 mod feed;
+mod flow_claims;
 mod flow_seal;
 mod group_commit;
 mod jobs;

@@ -230,6 +230,15 @@ impl FlowRepo for SqliteStore {
             let id = id.as_str();
             let before =
                 state_of(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+            let flow: Option<(String, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT step, token_issued_at FROM onboarding_flows WHERE tenant_id = ?1",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (step, flow_token) =
+                flow.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+            crate::store::flow::completion_fence(id, &step, flow_token, &c)?;
             let changes = TenantChanges {
                 state: Some(c.state),
                 trusted_app: Some(c.app.clone()),

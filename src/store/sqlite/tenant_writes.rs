@@ -97,6 +97,9 @@ pub(super) fn update_by_operator(
     now: UnixMs,
 ) -> Result<Tenant, StoreError> {
     let before = state_of(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
+    if let Some(token) = &ch.token {
+        tokens::check_not_older(tx, id, token.issued_at)?;
+    }
     let tenant = update(tx, keys, id, ch, now)?;
     ev.append(
         tx,
