@@ -184,16 +184,21 @@ pub async fn connect(endpoint: &str, n: u32) -> Result<Vec<Channel>> {
     Ok(channels)
 }
 
-pub async fn run_load(args: &Args) -> Result<Tally> {
-    let auth = match &args.api_key {
+/// `authorization: Bearer <key>`, marked sensitive (never logged).
+pub fn bearer(key: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
+    match key {
         Some(key) => {
             let mut v = MetadataValue::try_from(format!("Bearer {}", key.trim()))
                 .map_err(|_| anyhow!("the API key contains characters not allowed in a header"))?;
             v.set_sensitive(true);
-            Some(v)
+            Ok(Some(v))
         }
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+pub async fn run_load(args: &Args) -> Result<Tally> {
+    let auth = bearer(args.api_key.as_deref())?;
     let channels = connect(&args.endpoint, args.connections).await?;
     let now = Instant::now();
     let measure_start = now + args.warmup;
