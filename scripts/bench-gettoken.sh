@@ -15,6 +15,7 @@ DUR=${2:-10s}
 BIN=${BIN:-target/release}
 OUT=${OUT:-target/bench}
 WORK=$(mktemp -d)
+chmod 755 "$WORK"   # PostgreSQL (another user) lives under it
 mkdir -p "$OUT"
 SIM_PORT=18080 DAEMON_PORT=15051 BASE_PORT=15052
 BACKENDS=${BACKENDS:-sqlite}
@@ -58,6 +59,8 @@ TOML
 DPID=$!; pids+=($DPID)
 wait_port $DAEMON_PORT
 KEY_ARGS=()
+# On PostgreSQL the bootstrap key is written once the cluster checks ran.
+for _ in $(seq 1 100); do [ -s "$WORK/$B/state/admin.key" ] && break; sleep 0.05; done
 [ -f "$WORK/$B/state/admin.key" ] && KEY_ARGS=(--api-key "$(cat "$WORK/$B/state/admin.key")")
 echo "== seeding $N tenants"
 /usr/bin/time -v "$BIN/pbx-loadgen" --endpoint http://127.0.0.1:$DAEMON_PORT "${KEY_ARGS[@]}" \
@@ -105,6 +108,20 @@ if command -v h2load >/dev/null; then
 fi
 kill -TERM $DPID; wait $DPID || true
 done
+if [ "$(echo $BACKENDS | wc -w)" -gt 1 ]; then
+  echo "== side by side (calls/s, p50 / p99 / p99.9 µs)"
+  python3 - "$OUT" $BACKENDS <<'PY' | tee "$OUT/backends.txt"
+import json, sys
+out, backends = sys.argv[1], sys.argv[2:]
+for c in (8, 50, 200):
+    row = []
+    for b in backends:
+        r = json.load(open(f"{out}/{'' if b == 'sqlite' else b + '-'}daemon-c{c}.json"))
+        l = r["latency_us"]
+        row.append(f"{b} {r['requests_per_second']:.0f}/s {l['p50']} / {l['p99']} / {l['p99.9']}")
+    print(f"   c={c}: " + " | ".join(row))
+PY
+fi
 [ "${SKIP_BASELINE:-0}" = 1 ] && { echo "raw results in $OUT"; exit 0; }
 
 echo "== bare tonic baseline (HashMap), same client"

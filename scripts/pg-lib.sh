@@ -22,7 +22,8 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_init() {
   mkdir -p "$1"; chmod 755 "$1"; chown "$PG_OS_USER" "$1"
-  asuser "$PG_BIN/initdb" -D "$1/primary" -U postgres -A trust -E UTF8 --no-sync --no-instructions >"$1/initdb.log" 2>&1
+  asuser "$PG_BIN/initdb" -D "$1/primary" -U postgres -A trust -E UTF8 --no-sync --no-instructions >"$1/initdb.log" 2>&1 \
+    || { cat "$1/initdb.log" >&2; echo "initdb failed (every directory above $1 must be searchable by $PG_OS_USER)" >&2; return 1; }
 }
 pg_start() {
   asuser "$PG_BIN/pg_ctl" -D "$1/$2" -l "$1/$2.log" -w -t 60 \
