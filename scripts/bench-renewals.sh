@@ -3,8 +3,9 @@
 # daemon per backend (limits raised out of the way), TENANTS tenants on
 # LIFETIME-second tokens, so renewal demand (TENANTS / (0.8 x LIFETIME) per
 # second) is above what the daemon can do and the renewals it sustains are
-# its throughput. Daemon CPU per renewal, and PostgreSQL's own CPU (the
-# server's processes) for the postgres backend.
+# its throughput. Daemon CPU per renewal, and for the postgres backend the
+# server's own CPU (its processes), commits, WAL syncs and WAL bytes per
+# renewal (pg_stat_database, pg_stat_wal).
 #
 # Usage: scripts/bench-renewals.sh [TENANTS] [WINDOW]    e.g. 20000 60
 # Env:   BACKENDS ("sqlite postgres") LIFETIME (10) BIN (target/release)
@@ -30,6 +31,12 @@ cleanup() {
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 TCK=$(getconf CLK_TCK)
+# PostgreSQL's own counters: transactions committed, WAL syncs, WAL bytes.
+pg_counters() {
+  [ "$B" = postgres ] || { echo "0 0 0"; return; }
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atq -F' ' -c \
+    "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = 'pbxtokend'), wal_sync, wal_bytes FROM pg_stat_wal" postgres
+}
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 pg_ticks() { # the postmaster and its children
   local pm t=0 p; pm=$(head -1 "$WORK/pg/primary/postmaster.pid")
@@ -71,12 +78,13 @@ TOML
   "$BIN/pbx-loadgen" --endpoint "http://127.0.0.1:$PORT" --api-key "$(cat "$WORK/$B/state/admin.key")" \
     --tenants "$N" --concurrency 32 --connections 2 --seed-from-sim "$SIM" 2>"$OUT/$B-seed.txt" || { cat "$OUT/$B-seed.txt"; exit 1; }
   sleep "$LIFETIME"
-  r0=$(renewals); c0=$(ticks $DPID); g0=0; [ "$B" = postgres ] && g0=$(pg_ticks); t0=$(date +%s.%N)
+  r0=$(renewals); c0=$(ticks $DPID); g0=0; [ "$B" = postgres ] && g0=$(pg_ticks); q0=$(pg_counters); t0=$(date +%s.%N)
   sleep "$WINDOW"
-  r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); t1=$(date +%s.%N)
-  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" <<'PY' | tee "$OUT/$B.json"
+  r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); q1=$(pg_counters); t1=$(date +%s.%N)
+  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" "$q0" "$q1" <<'PY' | tee "$OUT/$B.json"
 import json, sys
-b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck = sys.argv[1:]
+b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck, q0, q1 = sys.argv[1:]
+q = [float(y) - float(x) for x, y in zip(q0.split(), q1.split())]
 secs = float(t1) - float(t0); ren = int(r1) - int(r0)
 cpu = (int(c1) - int(c0)) * 1000 / int(tck) / secs; pg = (int(g1) - int(g0)) * 1000 / int(tck) / secs
 rps = ren / secs
@@ -84,6 +92,9 @@ print(json.dumps({"backend": b, "tenants": int(n), "lifetime_s": int(life), "win
   "demand_per_s": round(int(n) / (0.8 * int(life))), "renewals_per_s": round(rps, 1),
   "daemon_cpu_ms_per_s": round(cpu, 1), "daemon_cpu_ms_per_renewal": round(cpu / rps, 3) if rps else None,
   "postgres_cpu_ms_per_s": round(pg, 1), "postgres_cpu_ms_per_renewal": round(pg / rps, 3) if rps else None,
+  "postgres_commits_per_renewal": round(q[0] / ren, 2) if ren else None,
+  "postgres_wal_syncs_per_renewal": round(q[1] / ren, 2) if ren else None,
+  "postgres_wal_bytes_per_renewal": round(q[2] / ren) if ren else None,
   "load": open('/proc/loadavg').read().split()[:3]}))
 PY
   kill -TERM $DPID; wait $DPID || true
