@@ -133,6 +133,8 @@ for _ in $(seq 1 100); do
   [ -n "$KEY" ] && break; sleep 0.1
 done
 [ -n "$KEY" ] || { echo "no replica wrote admin.key" >&2; exit 1; }
+# Through the environment, not the command line (which `ps` shows).
+export PBX_TOKEND_API_KEY=$KEY
 log "replicas r1 r2 r3 on ${PORTS[*]}"
 
 # ------------------------------------------------------------ seeding
@@ -142,14 +144,14 @@ seed_t0=$(now)
 spids=()
 for i in 1 2 3; do
   first=$(( (i - 1) * N / 3 )); count=$(( i * N / 3 - first ))
-  "$BIN/pbx-loadgen" --endpoint "${EPS[$((i-1))]}" --api-key "$KEY" --tenants "$count" --first-index "$first" \
+  "$BIN/pbx-loadgen" --endpoint "${EPS[$((i-1))]}" --tenants "$count" --first-index "$first" \
     --concurrency 16 --connections 1 --rate "$SEED_RATE" --seed-from-sim "$SIM" 2>"$OUT/seed-r$i.txt" &
   spids+=($!)
 done
 for p in "${spids[@]}"; do wait "$p" || { cat "$OUT"/seed-r*.txt; exit 1; }; done
 log "seeded in $(python3 -c "print(round($(now) - $seed_t0, 1))") s; load $(load)"
 stats >"$OUT/sim-stats-after-seed.json"
-"$BIN/pbx-tokenctl" --endpoint "${EPS[0]}" --api-key "$KEY" --json status >"$OUT/status-start.json" 2>&1 || true
+"$BIN/pbx-tokenctl" --endpoint "${EPS[0]}" --json status >"$OUT/status-start.json" 2>&1 || true
 
 # ------------------------------------------------------------ load, watch, sampler
 # The current duty holder of the (one) PBX host: its unexpired lease row.
@@ -163,7 +165,7 @@ segments() { # i
   local i=$1 k=0 s e rc
   while python3 -c "import sys; sys.exit(0 if $(now) + $SEG <= $END else 1)"; do
     s=$(now); rc=0
-    "$BIN/pbx-loadgen" --endpoint "${EPS[$((i-1))]}" --api-key "$KEY" --tenants "$N" --rate "$RATE" \
+    "$BIN/pbx-loadgen" --endpoint "${EPS[$((i-1))]}" --tenants "$N" --rate "$RATE" \
       --concurrency 32 --connections 1 --warmup 0s --duration "${SEG}s" --timeout 2s --json \
       >"$OUT/seg/r$i-$k.json" 2>"$OUT/seg/r$i-$k.err" || rc=$?
     e=$(now)
@@ -174,7 +176,7 @@ segments() { # i
 }
 segpids=()
 for i in 1 2 3; do segments "$i" & segpids+=($!); pids+=($!); done
-"$BIN/pbx-loadgen" --watch-propagation "$(IFS=,; echo "${EPS[*]}")" --api-key "$KEY" --tenants "$N" \
+"$BIN/pbx-loadgen" --watch-propagation "$(IFS=,; echo "${EPS[*]}")" --tenants "$N" \
   --watch-sample "$WATCH_SAMPLE" --duration "${RUN_S}s" >"$OUT/propagation.json" 2>"$OUT/propagation.err" &
 WATCH=$!; pids+=($WATCH)
 echo "t_s,renewals_total,repeats_within_${GAP}s,load1,cpu_ms_r1,cpu_ms_r2,cpu_ms_r3,holder" >"$OUT/timeline.csv"
@@ -244,7 +246,7 @@ log "waiting for the load to end; load $(load)"
 wait "$WATCH" || true
 for p in "${segpids[@]}"; do wait "$p" || true; done
 stats >"$OUT/sim-stats-end.json"
-"$BIN/pbx-tokenctl" --endpoint "${EPS[0]}" --api-key "$KEY" --json status >"$OUT/status-end.json" 2>&1 || true
+"$BIN/pbx-tokenctl" --endpoint "${EPS[0]}" --json status >"$OUT/status-end.json" 2>&1 || true
 printf '%s\n' "${events[@]}" >"$OUT/events.jsonl"
 for i in 1 2 3; do
   grep -c " ERROR " "$WORK/r$i/daemon.log" >"$OUT/r$i-error-lines" || true
