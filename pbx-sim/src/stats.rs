@@ -44,12 +44,23 @@ pub struct SimStats {
     /// once (above 1: a client's token requests overlapped).
     #[serde(default)]
     pub max_concurrent_token_requests_per_client: u64,
+    /// `/oauth/token` requests that came within N seconds of the same
+    /// `client_id`'s previous one, keyed by N (see [`REPEAT_GAPS_SECS`]):
+    /// a load test picks the gap below one renewal interval and counts
+    /// renewals beyond one per interval (duplicate renewals).
+    #[serde(default)]
+    pub token_requests_repeated_within_s: BTreeMap<u64, u64>,
 }
+
+/// The gaps (seconds) of [`SimStats::token_requests_repeated_within_s`].
+pub const REPEAT_GAPS_SECS: [u64; 8] = [1, 5, 10, 30, 60, 150, 300, 1800];
 
 #[derive(Default)]
 struct Inner {
     snap: SimStats,
     by_client: HashMap<String, u64>,
+    /// When each client's previous token request arrived.
+    last_arrival: HashMap<String, Instant>,
     window: VecDeque<Instant>,
 }
 
@@ -146,6 +157,17 @@ impl Collector {
             if *n == 1 {
                 g.snap.distinct_token_clients += 1;
             }
+            if let Some(prev) = g.last_arrival.insert(c.to_owned(), now) {
+                let gap = now.duration_since(prev);
+                for secs in REPEAT_GAPS_SECS {
+                    if gap < Duration::from_secs(secs) {
+                        *g.snap
+                            .token_requests_repeated_within_s
+                            .entry(secs)
+                            .or_default() += 1;
+                    }
+                }
+            }
         }
         Arrival {
             _guard: guard,
@@ -203,5 +225,6 @@ impl Collector {
         let mut g = self.lock();
         g.snap = SimStats::default();
         g.by_client.clear();
+        g.last_arrival.clear();
     }
 }

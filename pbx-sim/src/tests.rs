@@ -118,6 +118,9 @@ async fn client_credentials_happy_path_and_gzip() {
     assert_eq!(st.tokens_issued, 3);
     assert_eq!(e.sim().token_requests_for("app-1"), 3);
     assert_eq!(e.sim().token_requests_for("other"), 0);
+    // The second and third request of app-1 followed the one before it.
+    assert_eq!(st.token_requests_repeated_within_s[&1800], 2);
+    assert_eq!(st.token_requests_repeated_within_s[&30], 2);
     e.sim().reset_stats();
     assert_eq!(e.sim().stats(), SimStats::default());
 }

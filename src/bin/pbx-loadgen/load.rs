@@ -204,17 +204,22 @@ pub async fn connect(endpoint: &str, n: u32) -> Result<Vec<Channel>> {
     Ok(channels)
 }
 
-/// The merged tally and the latency series (`series.rs`) as JSON.
-pub async fn run_load(args: &Args) -> Result<(Tally, serde_json::Value)> {
-    let auth = match &args.api_key {
+/// `authorization: Bearer <key>`, marked sensitive (never logged).
+pub fn bearer(key: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
+    match key {
         Some(key) => {
             let mut v = MetadataValue::try_from(format!("Bearer {}", key.trim()))
                 .map_err(|_| anyhow!("the API key contains characters not allowed in a header"))?;
             v.set_sensitive(true);
-            Some(v)
+            Ok(Some(v))
         }
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+/// The merged tally and the latency series (`series.rs`) as JSON.
+pub async fn run_load(args: &Args) -> Result<(Tally, serde_json::Value)> {
+    let auth = bearer(args.api_key.as_deref())?;
     let channels = connect(&args.endpoint, args.connections).await?;
     let now = Instant::now();
     let measure_start = now + args.warmup;

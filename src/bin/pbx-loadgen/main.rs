@@ -12,11 +12,16 @@
 //! machine's clock: a token that had expired when the call was sent is
 //! counted as `expired_served` (the goal is zero).
 //!
+//! `--watch-propagation URL,URL,..` instead measures how long a renewed
+//! token takes to reach every replica's WatchToken streams
+//! (`propagation.rs`).
+//!
 //! `--make-h2load-body FILE --tenant ID` instead writes one pre-encoded gRPC
 //! request for driving the server with h2load (see `--help`).
 
 mod baseline;
 mod load;
+mod propagation;
 mod rate;
 mod seed;
 mod series;
@@ -166,6 +171,18 @@ struct Args {
     /// from a HashMap of --tenants tokens at ADDR (the comparison baseline).
     #[arg(long, value_name = "ADDR")]
     serve_baseline: Option<std::net::SocketAddr>,
+
+    /// Do not run load: for --duration, watch --watch-sample tenants
+    /// (spread over --tenants) on every replica in this comma-separated
+    /// list of endpoints and report how long each renewed token took to
+    /// reach all of them (JSON).
+    #[arg(long, value_name = "URL,URL,..", value_delimiter = ',')]
+    watch_propagation: Option<Vec<String>>,
+
+    /// Tenants watched by --watch-propagation.
+    #[arg(long, default_value_t = 200, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    watch_sample: u64,
 }
 
 // ---------------------------------------------------------------- helpers
@@ -193,6 +210,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `bench-000042`: prefix, then the index zero-padded to `width` digits.
 fn tenant_id(prefix: &str, index: u64, width: usize) -> String {
     format!("{prefix}{index:0width$}")
+}
+
+/// The tenants `--watch-propagation` watches: `--watch-sample` of them,
+/// evenly spread over `--tenants` (seeded in order, so neighbours renew
+/// at about the same time; spreading samples the whole renewal cycle).
+fn watch_sample(args: &Args) -> Vec<String> {
+    let k = args.watch_sample.min(args.tenants);
+    (0..k)
+        .map(|i| {
+            let index = args.first_index + i * args.tenants / k;
+            tenant_id(&args.tenants_prefix, index, args.id_width)
+        })
+        .collect()
 }
 
 /// A gRPC length-prefixed message: compressed flag 0, 4-byte big-endian
@@ -405,6 +435,17 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     if args.series_interval.is_zero() {
         bail!("--series-interval must be more than 0");
+    }
+    if let Some(endpoints) = &args.watch_propagation {
+        let plan = propagation::WatchPlan {
+            endpoints: endpoints.clone(),
+            tenants: watch_sample(&args),
+            auth: load::bearer(args.api_key.as_deref())?,
+            duration: args.duration,
+        };
+        let report = runtime(&args)?.block_on(propagation::run(plan))?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
     }
     let runtime = runtime(&args)?;
     let (tally, series) = runtime.block_on(run_load(&args))?;

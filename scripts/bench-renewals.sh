@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Renewal throughput per storage backend, side by side in one run: one
+# daemon per backend (limits raised out of the way), TENANTS tenants on
+# LIFETIME-second tokens, so renewal demand (TENANTS / (0.8 x LIFETIME) per
+# second) is above what the daemon can do and the renewals it sustains are
+# its throughput. Daemon CPU per renewal, and for the postgres backend the
+# server's own CPU (its processes), commits, WAL syncs and WAL bytes per
+# renewal (pg_stat_database, pg_stat_wal).
+#
+# Usage: scripts/bench-renewals.sh [TENANTS] [WINDOW]    e.g. 20000 60
+# Env:   BACKENDS ("sqlite postgres") LIFETIME (10) BIN (target/release)
+#        OUT (target/bench-renewals)
+# Writes $OUT/summary.json (one entry per backend) and prints it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-20000}
+WINDOW=${2:-60}
+LIFETIME=${LIFETIME:-10}
+BACKENDS=${BACKENDS:-sqlite postgres}
+BIN=${BIN:-target/release}
+OUT=${OUT:-target/bench-renewals}
+WORK=$(mktemp -d /tmp/bench-renewals.XXXXXX); chmod 755 "$WORK"
+mkdir -p "$OUT"; rm -f "$OUT"/*.json
+. scripts/pg-lib.sh
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  pg_stop "$WORK/pg" primary
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+TCK=$(getconf CLK_TCK)
+# PostgreSQL's own counters: transactions committed, WAL syncs, WAL bytes.
+pg_counters() {
+  [ "$B" = postgres ] || { echo "0 0 0"; return; }
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atq -F' ' -c \
+    "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = 'pbxtokend'), wal_sync, wal_bytes FROM pg_stat_wal" postgres
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_ticks() { # the postmaster and its children
+  local pm t=0 p; pm=$(head -1 "$WORK/pg/primary/postmaster.pid")
+  for p in $pm $(ps -o pid= --ppid "$pm"); do t=$((t + $(ticks "$p"))); done; echo $t
+}
+case " $BACKENDS " in *" postgres "*)
+  PG_PORT=$(free_port); pg_init "$WORK/pg"; pg_start "$WORK/pg" primary "$PG_PORT"
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE pbxtokend" postgres ;;
+esac
+SIM_PORT=$(free_port); SIM=http://127.0.0.1:$SIM_PORT
+"$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime "$LIFETIME" --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
+pids+=($!)
+wait_port "$SIM_PORT"
+renewals() { curl -s "$SIM/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_requests_by_grant_type"].get("client_credentials",0))'; }
+for B in $BACKENDS; do
+  PORT=$(free_port); mkdir -p "$WORK/$B/state"
+  cat >"$WORK/$B/d.toml" <<TOML
+state_dir = "$WORK/$B/state"
+[grpc]
+listen = "127.0.0.1:$PORT"
+[log]
+level = "error"
+[pbx]
+allow_insecure_http = true
+allow_private_addresses = true
+[limits]
+per_host_requests_per_second = 100000
+per_host_concurrent = 64
+[refresh]
+max_concurrent = 64
+max_concurrent_per_host = 64
+TOML
+  [ "$B" = postgres ] && printf '[store]\nbackend = "postgres"\npostgres_url = "postgresql://postgres@127.0.0.1:%s/pbxtokend"\n' "$PG_PORT" >>"$WORK/$B/d.toml"
+  "$BIN/pbx-tokend" --config "$WORK/$B/d.toml" >"$WORK/$B/daemon.log" 2>&1 &
+  DPID=$!; pids+=($DPID)
+  wait_port "$PORT"
+  for _ in $(seq 1 100); do [ -s "$WORK/$B/state/admin.key" ] && break; sleep 0.05; done
+  echo "== $B: seeding $N tenants (${LIFETIME}s tokens: they start renewing at once)"
+  "$BIN/pbx-loadgen" --endpoint "http://127.0.0.1:$PORT" --api-key "$(cat "$WORK/$B/state/admin.key")" \
+    --tenants "$N" --concurrency 32 --connections 2 --seed-from-sim "$SIM" 2>"$OUT/$B-seed.txt" || { cat "$OUT/$B-seed.txt"; exit 1; }
+  sleep "$LIFETIME"
+  r0=$(renewals); c0=$(ticks $DPID); g0=0; [ "$B" = postgres ] && g0=$(pg_ticks); q0=$(pg_counters); t0=$(date +%s.%N)
+  sleep "$WINDOW"
+  r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); q1=$(pg_counters); t1=$(date +%s.%N)
+  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" "$q0" "$q1" <<'PY' | tee "$OUT/$B.json"
+import json, sys
+b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck, q0, q1 = sys.argv[1:]
+q = [float(y) - float(x) for x, y in zip(q0.split(), q1.split())]
+secs = float(t1) - float(t0); ren = int(r1) - int(r0)
+cpu = (int(c1) - int(c0)) * 1000 / int(tck) / secs; pg = (int(g1) - int(g0)) * 1000 / int(tck) / secs
+rps = ren / secs
+print(json.dumps({"backend": b, "tenants": int(n), "lifetime_s": int(life), "window_s": round(secs, 1),
+  "demand_per_s": round(int(n) / (0.8 * int(life))), "renewals_per_s": round(rps, 1),
+  "daemon_cpu_ms_per_s": round(cpu, 1), "daemon_cpu_ms_per_renewal": round(cpu / rps, 3) if rps else None,
+  "postgres_cpu_ms_per_s": round(pg, 1), "postgres_cpu_ms_per_renewal": round(pg / rps, 3) if rps else None,
+  "postgres_commits_per_renewal": round(q[0] / ren, 2) if ren else None,
+  "postgres_wal_syncs_per_renewal": round(q[1] / ren, 2) if ren else None,
+  "postgres_wal_bytes_per_renewal": round(q[2] / ren) if ren else None,
+  "load": open('/proc/loadavg').read().split()[:3]}))
+PY
+  kill -TERM $DPID; wait $DPID || true
+done
+python3 -c "import json,sys; print(json.dumps([json.load(open(f'$OUT/{b}.json')) for b in '$BACKENDS'.split()], indent=1))" >"$OUT/summary.json"
