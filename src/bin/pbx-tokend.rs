@@ -160,16 +160,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn rotate(config: &Config, new_key_file: &std::path::Path) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime for the one-shot subcommands (rotate,
+/// migrate-store); the failure is already reported when it is `Err`.
+fn one_shot_runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("pbx-tokend: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+            std::process::ExitCode::FAILURE
+        })
+}
+
+fn rotate(config: &Config, new_key_file: &std::path::Path) -> std::process::ExitCode {
+    let runtime = match one_shot_runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     let result = runtime.block_on(pbx_tokend::rotation::rotate_master_key(
         config,
@@ -208,15 +214,9 @@ fn migrate_store(
     url: &str,
     password_file: Option<&std::path::Path>,
 ) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match one_shot_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("pbx-tokend: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(pbx_tokend::migrate_store::migrate_store(
         config,
