@@ -10,6 +10,7 @@
 # SKIP_BASELINE=1 leaves out the bare tonic server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 N=${1:-100000}
 DUR=${2:-10s}
 BIN=${BIN:-target/release}
@@ -35,25 +36,12 @@ esac
 
 "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime 7200 --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
 pids+=($!)
-wait_port() { for _ in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 wait_port $SIM_PORT
 for B in $BACKENDS; do
 P=""; [ "$B" = sqlite ] || P="$B-"
 mkdir -p "$WORK/$B/state"
 echo "=== backend $B"
-cat >"$WORK/d.toml" <<TOML
-state_dir = "$WORK/$B/state"
-[grpc]
-listen = "127.0.0.1:$DAEMON_PORT"
-[log]
-level = "warn"
-[pbx]
-allow_insecure_http = true
-allow_private_addresses = true
-[limits]
-per_host_requests_per_second = 100000
-per_host_concurrent = 64
-TOML
+bench_daemon_toml "$WORK/$B/state" "$DAEMON_PORT" 100000 >"$WORK/d.toml"
 [ "$B" = postgres ] && printf '[store]\nbackend = "postgres"\npostgres_url = "postgresql://postgres@127.0.0.1:%s/pbxtokend"\n' "$PG_PORT" >>"$WORK/d.toml"
 "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/d1.log" 2>&1 &
 DPID=$!; pids+=($DPID)

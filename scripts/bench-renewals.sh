@@ -13,6 +13,7 @@
 # Writes $OUT/summary.json (one entry per backend) and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 N=${1:-20000}
 WINDOW=${2:-60}
 LIFETIME=${LIFETIME:-10}
@@ -29,7 +30,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 TCK=$(getconf CLK_TCK)
 # PostgreSQL's own counters: transactions committed, WAL syncs, WAL bytes.
 pg_counters() {

@@ -21,6 +21,7 @@
 # beside each; then one line per goal of issue 30.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 N=${1:-20000}
 SOAK=${2:-3m}
 BIN=${BIN:-target/release}
@@ -35,25 +36,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-wait_port() { for _ in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 if [ "${SKIP_RATIOS:-0}" != 1 ]; then
   echo "== side by side: $N tenants, $ROUNDS rounds of $DUR per server and concurrency; load $(load)"
   "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime 7200 --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
   pids+=($!)
-  cat >"$WORK/d.toml" <<TOML
-state_dir = "$WORK/state"
-[grpc]
-listen = "127.0.0.1:$DAEMON_PORT"
-[log]
-level = "warn"
-[pbx]
-allow_insecure_http = true
-allow_private_addresses = true
-[limits]
-per_host_requests_per_second = 100000
-per_host_concurrent = 64
-TOML
+  bench_daemon_toml "$WORK/state" "$DAEMON_PORT" 100000 >"$WORK/d.toml"
   wait_port $SIM_PORT
   "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/daemon.log" 2>&1 &
   DPID=$!; pids+=($DPID)

@@ -23,6 +23,7 @@
 # the failover, the rest). Writes $OUT/summary.json and $OUT/summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 N=${1:-100000}
 RUN=${2:-30m}
 LIFETIME=${LIFETIME:-600}
@@ -63,7 +64,6 @@ trap cleanup EXIT
 log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$OUT/phases.txt"; }
 now() { date +%s.%N; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 # ------------------------------------------------------------ PostgreSQL
 P1=$(free_port); P2=$(free_port)

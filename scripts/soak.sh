@@ -31,6 +31,7 @@
 # Writes $OUT/summary.json and prints it; raw files stay in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 N=${1:-100000}
 SOAK=${2:-30m}
 LIFETIME=${LIFETIME:-600}
@@ -54,23 +55,12 @@ log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$OUT/phases.txt"; }
 log "soak: $N tenants, ${LIFETIME}s tokens, GetToken at $RATE/s for $SOAK; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime "$LIFETIME" --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
 pids+=($!)
-cat >"$WORK/d.toml" <<TOML
-state_dir = "$WORK/state"
-[grpc]
-listen = "127.0.0.1:$DAEMON_PORT"
-[log]
-level = "warn"
-[pbx]
-allow_insecure_http = true
-allow_private_addresses = true
-[limits]
-per_host_requests_per_second = 1000
-per_host_concurrent = 64
+{ bench_daemon_toml "$WORK/state" "$DAEMON_PORT" 1000; cat <<TOML
 [refresh]
 max_concurrent = 64
 max_concurrent_per_host = 64
 TOML
-wait_port() { for _ in $(seq 1 400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+} >"$WORK/d.toml"
 wait_port $SIM_PORT
 "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/daemon.log" 2>&1 &
 DPID=$!; pids+=($DPID)
