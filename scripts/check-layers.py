@@ -24,7 +24,7 @@ import sys
 
 # Top to bottom. A module may import modules in its own layer or below.
 LAYERS = [
-    ("wiring", ["daemon", "engine", "rotation", "simulation", "migrate_store"]),
+    ("wiring", ["daemon", "background", "engine", "rotation", "simulation", "migrate_store"]),
     ("transports", ["api"]),
     ("use cases", ["tenants", "onboarding", "access", "audit", "health", "overview", "events", "cluster"]),
     ("scheduler", ["renewal", "replicas"]),

@@ -36,10 +36,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::background::Background;
 use crate::broker::{Broker, BrokerSettings, Jitter};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -106,6 +108,8 @@ pub struct EngineParts<'a> {
     pub jitter: JitterSource,
     pub metrics: Arc<Metrics>,
     pub cron: Cron,
+    /// Where the scheduler, the duty and the named tasks run.
+    pub background: Background,
 }
 
 /// A background task the engine stops (by cancelling
@@ -134,6 +138,9 @@ pub struct Engine {
     /// database closes), waited for up to `drain_timeout`.
     workers: TaskTracker,
     tasks: Vec<NamedTask>,
+    /// The background runtime (`background.rs`) and a handle to spawn on it.
+    runtime: Background,
+    spawner: Handle,
     maintenance: Option<Maintenance>,
     drain_timeout: Duration,
     tenants_loaded: usize,
@@ -155,6 +162,7 @@ impl Engine {
             jitter,
             metrics,
             cron,
+            background,
         } = parts;
         let (broker_jitter, spread_jitter) = jitter.split();
         // A wrong key stops here, before the cache or anything else is read.
@@ -202,6 +210,8 @@ impl Engine {
             background: CancellationToken::new(),
             workers: TaskTracker::new(),
             tasks: Vec::new(),
+            spawner: background.handle(),
+            runtime: background,
             maintenance,
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
             tenants_loaded,
@@ -213,13 +223,13 @@ impl Engine {
             .run(engine.background.clone(), engine.workers.clone());
         engine.tasks.push(NamedTask {
             name: "renewal scheduler",
-            task: tokio::spawn(run),
+            task: engine.spawner.spawn(run),
         });
         if let Some(duty) = duty {
             let run = duty.run(engine.background.clone());
             engine.tasks.push(NamedTask {
                 name: "renewal duty",
-                task: tokio::spawn(run),
+                task: engine.spawner.spawn(run),
             });
         }
         if let Some(deliverer) = webhooks {
@@ -308,7 +318,7 @@ impl Engine {
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.push(NamedTask {
             name,
-            task: tokio::spawn(task),
+            task: self.spawner.spawn(task),
         });
     }
 
@@ -338,7 +348,9 @@ impl Engine {
         if let Some(maintenance) = self.maintenance {
             maintenance.shutdown().await;
         }
-        self.store.close().await
+        let closed = self.store.close().await;
+        drop(self.runtime);
+        closed
     }
 
     /// kill -9 (the simulation's restarts): nothing is waited for. The
@@ -357,6 +369,7 @@ impl Engine {
         if let Err(e) = self.store.close().await {
             tracing::warn!("closing the killed engine's store: {e}");
         }
+        drop(self.runtime);
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! wiring
 //! - `daemon`     wiring, start-up, signals, systemd notify, shutdown
+//! - `background` the background tasks' own runtime (threads, priority)
 //! - `engine`     the renewal engine (store, limiter, broker, scheduler,
 //!   maintenance) built once for the daemon and the simulation
 //! - `rotation`   re-sealing everything under a new master key (offline)
@@ -51,6 +52,7 @@
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod background;
 pub mod broker;
 pub mod clock;
 pub mod cluster;

@@ -104,6 +104,7 @@ fn apply_env(
         "token",
         "limits",
         "refresh",
+        "runtime",
         "maintenance",
         "shutdown",
         "onboarding",

@@ -29,7 +29,7 @@ pub use events::EventsConfig;
 pub use ops::{BackupConfig, HealthConfig, MetricsConfig};
 pub use sections::{
     CallbackConfig, GrpcConfig, LimitsConfig, LogConfig, MaintenanceConfig, OnboardingConfig,
-    PbxConfig, RefreshConfig, ShutdownConfig, TokenConfig,
+    PbxConfig, RefreshConfig, RuntimeConfig, ShutdownConfig, TokenConfig,
 };
 pub use store::{has_password, StoreBackend, StoreConfig};
 
@@ -70,6 +70,7 @@ pub struct Config {
     pub token: TokenConfig,
     pub limits: LimitsConfig,
     pub refresh: RefreshConfig,
+    pub runtime: RuntimeConfig,
     pub maintenance: MaintenanceConfig,
     pub shutdown: ShutdownConfig,
     pub onboarding: OnboardingConfig,
@@ -94,6 +95,7 @@ impl Default for Config {
             token: TokenConfig::default(),
             limits: LimitsConfig::default(),
             refresh: RefreshConfig::default(),
+            runtime: RuntimeConfig::default(),
             maintenance: MaintenanceConfig::default(),
             shutdown: ShutdownConfig::default(),
             onboarding: OnboardingConfig::default(),

@@ -128,6 +128,19 @@ pub struct RefreshConfig {
     pub idle_after_seconds: u64,
 }
 
+/// Where background work runs (`background.rs`): renewals, the duty, the
+/// replica cache sync, the health probe and webhooks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads of the background runtime; 0 runs the background on
+    /// the gRPC serving runtime.
+    pub background_threads: u32,
+    /// Nice value added to the background threads (0 to 19): a serving
+    /// thread that wakes takes a core from them at once.
+    pub background_nice: u32,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaintenanceConfig {
@@ -262,6 +275,15 @@ impl Default for RefreshConfig {
             backoff_max_ms: 300_000,
             rejected_retry_seconds: 900,
             idle_after_seconds: 3600,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            background_threads: 2,
+            background_nice: 5,
         }
     }
 }

@@ -171,6 +171,18 @@ impl Config {
             7 * 86_400,
         )?;
         range_u64(
+            "runtime.background_threads",
+            self.runtime.background_threads.into(),
+            0,
+            64,
+        )?;
+        range_u64(
+            "runtime.background_nice",
+            self.runtime.background_nice.into(),
+            0,
+            19,
+        )?;
+        range_u64(
             "shutdown.drain_timeout_ms",
             self.shutdown.drain_timeout_ms,
             0,

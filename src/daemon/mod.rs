@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use crate::access::{ClientError, Clients};
 use crate::api::drain::Drain;
 use crate::api::tls::{ReloadableTls, TlsError, TlsFiles};
+use crate::background::Background;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::{Config, StoreBackend};
@@ -72,6 +73,8 @@ pub enum DaemonError {
     Reflection(String),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
+    #[error("cannot start the background runtime ([runtime] background_threads): {0}")]
+    BackgroundRuntime(std::io::Error),
     #[error("cannot read the listener address: {0}")]
     Listener(std::io::Error),
     #[error("cannot listen on {addr} (callback.listen): {source}")]
@@ -217,6 +220,11 @@ impl Daemon {
             tls: load_tls(&config)?,
             admin_socket: transports::bind_admin_socket(&config)?,
         };
+        let background = Background::start(
+            config.runtime.background_threads as usize,
+            config.runtime.background_nice as i32,
+        )
+        .map_err(DaemonError::BackgroundRuntime)?;
         let store = open_store(&config).await?;
         let mut engine = Engine::start(EngineParts {
             config: &config,
@@ -226,6 +234,7 @@ impl Daemon {
             jitter: JitterSource::Entropy,
             metrics: metrics.clone(),
             cron: Cron::Run,
+            background,
         })
         .await?;
         let tls = listeners.tls.clone();

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use futures::future::BoxFuture;
 
 use super::provider_model::ProviderModel;
+use crate::background::Background;
 use crate::broker::Broker;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -55,6 +56,8 @@ impl Process {
             jitter: JitterSource::Seeded(seed),
             metrics: Arc::new(Metrics::new()),
             cron: Cron::Off,
+            // One runtime: the simulation's paused clock drives everything.
+            background: Background::current(),
         })
         .await?;
         Ok(Process {
