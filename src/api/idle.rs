@@ -29,7 +29,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,30 +43,26 @@ use tower::Layer;
 use super::streams::{conn_key, ConnKey, Held};
 use crate::metrics::Metrics;
 
-/// One connection's requests and streams in progress.
+/// One connection's requests and streams in progress. Atomics, not a
+/// lock: every request on the connection touches it, from whichever
+/// worker runs it, and a lock holder preempted by the kernel would stall
+/// the other workers' requests for a scheduler tick.
 #[derive(Debug)]
-struct Activity {
-    in_progress: u32,
-    /// When `in_progress` last became 0 (or the connection was opened).
-    idle_since: Instant,
+struct Entry {
+    in_progress: AtomicU32,
+    /// When `in_progress` last became 0 (or the connection was opened), in
+    /// ms since the registry's `epoch`.
+    idle_since_ms: AtomicU64,
 }
 
-#[derive(Debug)]
-struct Entry(Mutex<Activity>);
-
-impl Entry {
-    fn lock(&self) -> MutexGuard<'_, Activity> {
-        // Poisoning needs a panic between two integer updates.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The connections of the TCP listener and what is in progress on each.
 #[derive(Debug)]
 pub struct IdleConnections {
     /// `None`: idle connections are never closed (`idle_timeout_ms = 0`).
     timeout: Option<Duration>,
-    conns: Mutex<HashMap<ConnKey, Arc<Entry>>>,
+    /// Read on every request, written only when a connection opens or
+    /// closes.
+    conns: RwLock<HashMap<ConnKey, Arc<Entry>>>,
+    epoch: Instant,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -73,24 +70,29 @@ impl IdleConnections {
     pub fn new(idle_timeout_ms: u64, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             timeout: (idle_timeout_ms > 0).then(|| Duration::from_millis(idle_timeout_ms)),
-            conns: Mutex::new(HashMap::new()),
+            conns: RwLock::new(HashMap::new()),
+            epoch: Instant::now(),
             metrics,
         }
     }
 
-    fn conns(&self) -> MutexGuard<'_, HashMap<ConnKey, Arc<Entry>>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    fn conns_write(&self) -> RwLockWriteGuard<'_, HashMap<ConnKey, Arc<Entry>>> {
+        self.conns.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Registers a new connection from `peer`; `None` when idle closing is
     /// off. Dropping the timer forgets the connection.
     pub fn register(self: &Arc<Self>, peer: SocketAddr) -> Option<IdleTimer> {
         let timeout = self.timeout?;
-        let entry = Arc::new(Entry(Mutex::new(Activity {
-            in_progress: 0,
-            idle_since: Instant::now(),
-        })));
-        self.conns().insert(ConnKey::Tcp(peer), entry.clone());
+        let entry = Arc::new(Entry {
+            in_progress: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(self.ms_since_epoch(Instant::now())),
+        });
+        self.conns_write().insert(ConnKey::Tcp(peer), entry.clone());
         Some(IdleTimer {
             registry: self.clone(),
             key: ConnKey::Tcp(peer),
@@ -105,22 +107,37 @@ impl IdleConnections {
     /// `None` for connections that are not registered.
     fn busy(&self, ext: &Extensions) -> Option<Busy> {
         let key = conn_key(ext)?;
-        let entry = self.conns().get(&key)?.clone();
-        entry.lock().in_progress += 1;
-        Some(Busy(entry))
+        let entry = self
+            .conns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)?
+            .clone();
+        entry.in_progress.fetch_add(1, Ordering::SeqCst);
+        Some(Busy {
+            entry,
+            epoch: self.epoch,
+        })
     }
 }
 
 /// A request or stream in progress on a connection.
-struct Busy(Arc<Entry>);
+struct Busy {
+    entry: Arc<Entry>,
+    epoch: Instant,
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut a = self.0.lock();
-        a.in_progress = a.in_progress.saturating_sub(1);
-        if a.in_progress == 0 {
-            a.idle_since = Instant::now();
-        }
+        // The idle time is stamped before the count falls, so a timer that
+        // sees 0 in progress never reads an idle time older than this
+        // request's end (it would close the connection at once).
+        let now = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis();
+        let now = u64::try_from(now).unwrap_or(u64::MAX);
+        self.entry.idle_since_ms.fetch_max(now, Ordering::SeqCst);
+        self.entry.in_progress.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -145,15 +162,13 @@ impl IdleTimer {
         }
         while self.sleep.poll_unpin(cx).is_ready() {
             let now = Instant::now();
-            let next = {
-                let a = self.entry.lock();
-                if a.in_progress > 0 {
-                    // Busy: look again in a timeout; the idle time counts
-                    // from when the last request or stream ends.
-                    now + self.timeout
-                } else {
-                    a.idle_since + self.timeout
-                }
+            let next = if self.entry.in_progress.load(Ordering::SeqCst) > 0 {
+                // Busy: look again in a timeout; the idle time counts from
+                // when the last request or stream ends.
+                now + self.timeout
+            } else {
+                let idle_since = self.entry.idle_since_ms.load(Ordering::SeqCst);
+                self.registry.epoch + Duration::from_millis(idle_since) + self.timeout
             };
             if next <= now {
                 self.expired = true;
@@ -175,7 +190,7 @@ impl IdleTimer {
 
 impl Drop for IdleTimer {
     fn drop(&mut self) {
-        let mut conns = self.registry.conns();
+        let mut conns = self.registry.conns_write();
         // A new connection from the same address may have replaced ours.
         if conns
             .get(&self.key)
