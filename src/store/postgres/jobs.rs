@@ -25,7 +25,6 @@ pub(super) use renewing_states;
 pub(super) enum Attempts {
     Reset,
     Keep,
-    Increment,
 }
 
 pub(super) async fn upsert(
@@ -45,11 +44,6 @@ pub(super) async fn upsert(
             "INSERT INTO renewal_jobs (tenant_id, pbx_host, due_at, attempts) VALUES ($1, $2, $3, 0) \
              ON CONFLICT (tenant_id) DO UPDATE SET pbx_host = excluded.pbx_host, \
                  due_at = excluded.due_at"
-        }
-        Attempts::Increment => {
-            "INSERT INTO renewal_jobs (tenant_id, pbx_host, due_at, attempts) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (tenant_id) DO UPDATE SET pbx_host = excluded.pbx_host, \
-                 due_at = excluded.due_at, attempts = renewal_jobs.attempts + 1"
         }
     };
     execute(tx, sql, &[&tenant_id, &host, &due_at.0]).await?;

@@ -17,6 +17,7 @@
 //! (SQLSTATE -> `StoreError`), `migrate.rs` (embedded migrations under an
 //! advisory lock), and one file per table family as in `sqlite/`:
 //! `tenants.rs` (reads), `tenant_writes.rs`, `credentials.rs`, `tokens.rs`,
+//! `refresh_batch.rs` (refresh outcomes, group-committed),
 //! `jobs.rs`, `leases.rs`, `onboarding.rs`, `clients.rs`,
 //! `audit_events.rs`, `events.rs` (tenant events, webhook outbox),
 //! `stats.rs`, `lifecycle.rs` (master key check,
@@ -49,6 +50,7 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod onboarding;
+mod refresh_batch;
 #[cfg(test)]
 mod smoke_tests;
 mod stats;
@@ -102,6 +104,8 @@ struct Inner {
     events: events::EventHub,
     /// What the change-feed listener connects with (`listen.rs`).
     listen: Arc<listen::ListenConfig>,
+    /// Refresh outcomes waiting for their group commit (`refresh_batch.rs`).
+    refreshes: refresh_batch::Queue,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -156,6 +160,7 @@ impl PgStore {
                 target,
                 events: events::EventHub::default(),
                 listen,
+                refreshes: refresh_batch::Queue::default(),
             }),
             caller_lease_clock: false,
         })
@@ -353,9 +358,10 @@ impl TokenRepo for PgStore {
             .await
     }
 
-    /// One transaction per outcome. The tenant row is updated first (which
-    /// locks it until commit), so an outcome racing another one or a
-    /// delete from another replica is applied whole or not at all.
+    /// Group-committed (`refresh_batch.rs`): outcomes arriving while a
+    /// batch commits share the next transaction, each fenced and applied
+    /// whole or not at all with its tenant row locked, so an outcome racing
+    /// another one or a delete from another replica never half-lands.
     async fn record_refresh_fenced(
         &self,
         id: &TenantId,
@@ -363,14 +369,8 @@ impl TokenRepo for PgStore {
         fence: WriteFence,
         now: UnixMs,
     ) -> Result<u32, StoreError> {
-        let id = id.clone();
-        self.write_ev(move |tx, keys, ev| {
-            Box::pin(async move {
-                tokens::check_fence(tx, id.as_str(), &fence).await?;
-                tokens::record_refresh(tx, keys, ev, id.as_str(), &record, now).await
-            })
-        })
-        .await
+        self.record_refresh_grouped(id.clone(), record, fence, now)
+            .await
     }
 }
 
