@@ -51,18 +51,25 @@ pub(super) async fn load_cache(tx: &Tx<'_>, keys: &Keyring) -> Result<CacheLoad,
     load_cache_of(tx, keys, None).await
 }
 
-/// As [`load_cache`], every tenant or the one named.
+/// As [`load_cache`], every tenant or the ones named.
 pub(super) async fn load_cache_of(
     tx: &Tx<'_>,
     keys: &Keyring,
-    only: Option<&str>,
+    only: Option<&[&str]>,
 ) -> Result<CacheLoad, StoreError> {
     const SELECT: &str = "SELECT t.tenant_id, t.pbx_base_url, t.state, \
                 k.token_sealed, k.token_type, k.issued_at, k.expires_at \
          FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id";
     let rows = match only {
         None => query(tx, SELECT, &[]).await?,
-        Some(id) => query(tx, &format!("{SELECT} WHERE t.tenant_id = $1"), &[&id]).await?,
+        Some(ids) => {
+            query(
+                tx,
+                &format!("{SELECT} WHERE t.tenant_id = ANY($1::text[])"),
+                &[&ids],
+            )
+            .await?
+        }
     };
     let mut out = Vec::with_capacity(rows.len());
     let mut dropped_tokens = Vec::new();
