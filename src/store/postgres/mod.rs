@@ -31,6 +31,8 @@
 
 mod audit_events;
 mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod clients;
 #[cfg(test)]
 mod conformance_tests;
@@ -106,6 +108,8 @@ struct Inner {
     listen: Arc<listen::ListenConfig>,
     /// Refresh outcomes waiting for their group commit (`refresh_batch.rs`).
     refreshes: refresh_batch::Queue,
+    /// Budget slots waiting to be taken or released together (`budget.rs`).
+    slots: budget::SlotQueues,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -161,6 +165,7 @@ impl PgStore {
                 events: events::EventHub::default(),
                 listen,
                 refreshes: refresh_batch::Queue::default(),
+                slots: budget::SlotQueues::default(),
             }),
             caller_lease_clock: false,
         })
