@@ -37,10 +37,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{error, execute, PgStore};
+use super::{execute, PgStore};
 use crate::store::{HostBudget, SlotGrant, SlotRequest, StoreError};
 
 /// Most takes or releases in one call.
@@ -111,27 +110,6 @@ impl Drop for ReleaseDrainer {
 }
 
 impl PgStore {
-    /// One statement in its own (implicit) transaction, its rows; a
-    /// connection left useless is taken out of the pool, as `write` does.
-    async fn autocommit(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        let client = self.client().await?;
-        let out: Result<Vec<Row>, StoreError> = async {
-            let stmt = client.prepare_cached(sql).await?;
-            Ok(client.query(&stmt, params).await?)
-        }
-        .await;
-        if let Err(e) = &out {
-            if error::breaks_connection(e) {
-                drop(deadpool_postgres::Object::take(client));
-            }
-        }
-        out
-    }
-
     /// `n` slots of `req`'s host in one call, answered in order.
     async fn take_slots(&self, req: &SlotRequest, n: usize) -> Result<Vec<SlotGrant>, StoreError> {
         let rps = i32::try_from(req.rps).unwrap_or(i32::MAX);

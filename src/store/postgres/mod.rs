@@ -228,6 +228,29 @@ impl PgStore {
         out
     }
 
+    /// One statement in its own (implicit) transaction, its rows: for a
+    /// single-statement read or autocommit write, one round trip where
+    /// `read`/`write` take three (BEGIN, the statement, COMMIT). A
+    /// connection left useless is taken out of the pool, as `write` does.
+    async fn autocommit(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let out: Result<Vec<Row>, StoreError> = async {
+            let stmt = client.prepare_cached(sql).await?;
+            Ok(client.query(&stmt, params).await?)
+        }
+        .await;
+        if let Err(e) = &out {
+            if error::breaks_connection(e) {
+                drop(Object::take(client));
+            }
+        }
+        out
+    }
+
     /// A read: the same as a write (one transaction, so several statements
     /// see one snapshot-consistent view per statement and nothing is left
     /// open), kept apart for readability.
