@@ -104,15 +104,23 @@ BEGIN
                     last_refresh_at = p_issued[i], updated_at = p_now[i]
                 WHERE tenant_id = p_tenant[i]
                 RETURNING consecutive_failures, state INTO v_failures, v_after;
-            INSERT INTO tokens (tenant_id, token_sealed, token_type, issued_at, expires_at)
-                VALUES (p_tenant[i], p_token[i], p_token_type[i], p_issued[i], p_expires[i])
-                ON CONFLICT (tenant_id) DO UPDATE SET token_sealed = excluded.token_sealed,
-                    token_type = excluded.token_type, issued_at = excluded.issued_at,
-                    expires_at = excluded.expires_at;
-            INSERT INTO renewal_jobs (tenant_id, pbx_host, due_at, attempts)
-                VALUES (p_tenant[i], v_host, p_due[i], 0)
-                ON CONFLICT (tenant_id) DO UPDATE SET pbx_host = excluded.pbx_host,
-                    due_at = excluded.due_at, attempts = 0;
+            -- Update, else insert: no other writer can insert these rows
+            -- meanwhile (every token and job write holds the tenant's row
+            -- lock, taken above), and a plain update is cheaper than an
+            -- INSERT .. ON CONFLICT that conflicts on nearly every renewal.
+            UPDATE tokens SET token_sealed = p_token[i], token_type = p_token_type[i],
+                    issued_at = p_issued[i], expires_at = p_expires[i]
+                WHERE tenant_id = p_tenant[i];
+            IF NOT FOUND THEN
+                INSERT INTO tokens (tenant_id, token_sealed, token_type, issued_at, expires_at)
+                    VALUES (p_tenant[i], p_token[i], p_token_type[i], p_issued[i], p_expires[i]);
+            END IF;
+            UPDATE renewal_jobs SET pbx_host = v_host, due_at = p_due[i], attempts = 0
+                WHERE tenant_id = p_tenant[i];
+            IF NOT FOUND THEN
+                INSERT INTO renewal_jobs (tenant_id, pbx_host, due_at, attempts)
+                    VALUES (p_tenant[i], v_host, p_due[i], 0);
+            END IF;
         ELSE
             UPDATE tenants SET
                     state = CASE WHEN state IN ('disabled', 'pending_authorization')
@@ -121,10 +129,13 @@ BEGIN
                     updated_at = p_now[i]
                 WHERE tenant_id = p_tenant[i]
                 RETURNING consecutive_failures, state INTO v_failures, v_after;
-            INSERT INTO renewal_jobs (tenant_id, pbx_host, due_at, attempts)
-                VALUES (p_tenant[i], v_host, p_due[i], 1)
-                ON CONFLICT (tenant_id) DO UPDATE SET pbx_host = excluded.pbx_host,
-                    due_at = excluded.due_at, attempts = renewal_jobs.attempts + 1;
+            UPDATE renewal_jobs SET pbx_host = v_host, due_at = p_due[i],
+                    attempts = attempts + 1
+                WHERE tenant_id = p_tenant[i];
+            IF NOT FOUND THEN
+                INSERT INTO renewal_jobs (tenant_id, pbx_host, due_at, attempts)
+                    VALUES (p_tenant[i], v_host, p_due[i], 1);
+            END IF;
         END IF;
         IF v_after IS DISTINCT FROM v_before THEN
             IF NOT v_locked THEN
