@@ -10,6 +10,10 @@
 # Usage: scripts/bench-renewals.sh [TENANTS] [WINDOW]    e.g. 20000 60
 # Env:   BACKENDS ("sqlite postgres") LIFETIME (10) BIN (target/release)
 #        OUT (target/bench-renewals)
+#        PG_STATEMENTS=1: load pg_stat_statements into the server and write
+#        the statements of the measured window (calls and server time per
+#        renewal, costliest first) to $OUT/postgres-statements.txt; it
+#        costs the server some CPU, so leave it off for the headline figures.
 # Writes $OUT/summary.json (one entry per backend) and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +46,33 @@ pg_ticks() { # the postmaster and its children
   local pm t=0 p; pm=$(head -1 "$WORK/pg/primary/postmaster.pid")
   for p in $pm $(ps -o pid= --ppid "$pm"); do t=$((t + $(ticks "$p"))); done; echo $t
 }
+PG_STATEMENTS=${PG_STATEMENTS:-0}
+if [ "$PG_STATEMENTS" = 1 ]; then
+  PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+fi
 case " $BACKENDS " in *" postgres "*)
   PG_PORT=$(free_port); pg_init "$WORK/pg"; pg_start "$WORK/pg" primary "$PG_PORT"
-  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE pbxtokend" postgres ;;
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE pbxtokend" postgres
+  if [ "$PG_STATEMENTS" = 1 ]; then
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE EXTENSION pg_stat_statements" pbxtokend
+  fi ;;
 esac
+# pg_stat_statements at the window's edges (reset at the start).
+pg_statements_reset() {
+  [ "$B" = postgres ] && [ "$PG_STATEMENTS" = 1 ] || return 0
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atqc "SELECT pg_stat_statements_reset()" pbxtokend >/dev/null
+}
+pg_statements_dump() { # $1: renewals in the window
+  [ "$B" = postgres ] && [ "$PG_STATEMENTS" = 1 ] || return 0
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -P pager=off -qc \
+    "SELECT round(calls::numeric / $1, 2) AS calls_per_renewal,
+            round((total_exec_time + total_plan_time)::numeric * 1000 / $1) AS us_per_renewal,
+            round(mean_exec_time::numeric * 1000) AS us_per_call,
+            left(regexp_replace(query, '\s+', ' ', 'g'), 150) AS query
+     FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 40" pbxtokend \
+    >"$OUT/postgres-statements.txt"
+  echo "pg_stat_statements: $OUT/postgres-statements.txt"
+}
 SIM_PORT=$(free_port); SIM=http://127.0.0.1:$SIM_PORT
 "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime "$LIFETIME" --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
 pids+=($!)
@@ -78,6 +105,7 @@ TOML
   "$BIN/pbx-loadgen" --endpoint "http://127.0.0.1:$PORT" --api-key "$(cat "$WORK/$B/state/admin.key")" \
     --tenants "$N" --concurrency 32 --connections 2 --seed-from-sim "$SIM" 2>"$OUT/$B-seed.txt" || { cat "$OUT/$B-seed.txt"; exit 1; }
   sleep "$LIFETIME"
+  pg_statements_reset
   r0=$(renewals); c0=$(ticks $DPID); g0=0; [ "$B" = postgres ] && g0=$(pg_ticks); q0=$(pg_counters); t0=$(date +%s.%N)
   sleep "$WINDOW"
   r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); q1=$(pg_counters); t1=$(date +%s.%N)
@@ -97,6 +125,7 @@ print(json.dumps({"backend": b, "tenants": int(n), "lifetime_s": int(life), "win
   "postgres_wal_bytes_per_renewal": round(q[2] / ren) if ren else None,
   "load": open('/proc/loadavg').read().split()[:3]}))
 PY
+  pg_statements_dump $((r1 - r0))
   kill -TERM $DPID; wait $DPID || true
 done
 python3 -c "import json,sys; print(json.dumps([json.load(open(f'$OUT/{b}.json')) for b in '$BACKENDS'.split()], indent=1))" >"$OUT/summary.json"

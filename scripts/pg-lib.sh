@@ -6,7 +6,9 @@
 # /usr/lib/postgresql/*/bin) and python3 (free ports).
 #
 #   pg_init DIR            initdb into DIR/primary
-#   pg_start DIR NAME PORT start DIR/NAME on 127.0.0.1:PORT (waits)
+#   pg_start DIR NAME PORT start DIR/NAME on 127.0.0.1:PORT (waits); extra
+#                          server options from PG_EXTRA_OPTS (e.g.
+#                          "-c shared_preload_libraries=pg_stat_statements")
 #   pg_standby DIR PORT    pg_basebackup -R of the primary into DIR/standby
 #   pg_stop DIR NAME       immediate stop (if running)
 #   asuser CMD..           CMD as the PostgreSQL user
@@ -27,7 +29,7 @@ pg_init() {
 }
 pg_start() {
   asuser "$PG_BIN/pg_ctl" -D "$1/$2" -l "$1/$2.log" -w -t 60 \
-    -o "-p $3 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$1 -c max_connections=200" start >/dev/null
+    -o "-p $3 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$1 -c max_connections=200 ${PG_EXTRA_OPTS:-}" start >/dev/null
 }
 pg_standby() {
   asuser "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$2" -U postgres -R -X stream --no-sync -D "$1/standby" >"$1/basebackup.log" 2>&1

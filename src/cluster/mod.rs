@@ -186,13 +186,21 @@ impl ChangeSync {
                     ChangeKind::Client => clients = true,
                 }
             }
-            for key in tenants {
-                let Ok(id) = TenantId::parse(&key) else {
-                    tracing::warn!("change feed: {key:?} is not a tenant id; skipped");
-                    continue;
-                };
-                let stored = self.store.cached_tenant(&id).await?;
-                self.broker.apply_stored(&id, stored);
+            let ids: Vec<TenantId> = tenants
+                .into_iter()
+                .filter_map(|key| match TenantId::parse(&key) {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        tracing::warn!("change feed: {key:?} is not a tenant id; skipped");
+                        None
+                    }
+                })
+                .collect();
+            // One read for the batch: a burst of renewals (this replica's
+            // own included) costs one statement, not one per tenant.
+            let stored = self.store.cached_tenants(&ids).await?;
+            for (id, stored) in ids.iter().zip(stored) {
+                self.broker.apply_stored(id, stored);
             }
             if clients {
                 self.clients.reload().await?;

@@ -102,6 +102,20 @@ pub trait ChangeFeed: Send + Sync {
     /// that does not open is left out.
     async fn cached_tenant(&self, id: &TenantId) -> Result<Option<CachedTenant>, StoreError>;
 
+    /// [`ChangeFeed::cached_tenant`] for each of `ids`, in their order; a
+    /// backend may read them all at once (a replica applying a burst of
+    /// renewals reads one statement, not one transaction per tenant).
+    async fn cached_tenants(
+        &self,
+        ids: &[TenantId],
+    ) -> Result<Vec<Option<CachedTenant>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.cached_tenant(id).await?);
+        }
+        Ok(out)
+    }
+
     /// Writes `name`'s heartbeat (database clock) and the change id it has
     /// applied.
     async fn replica_heartbeat(&self, name: &str, applied_change_id: i64)

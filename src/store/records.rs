@@ -120,7 +120,7 @@ pub enum WriteFence {
 }
 
 /// One request's claim on a PBX host's budget shared by every replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SlotRequest {
     pub host: String,
     /// The replica asking (kept with the slot, for operators).

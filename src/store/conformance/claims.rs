@@ -168,6 +168,22 @@ pub(crate) async fn cached_tenant_reads_one_tenant_with_its_token<H: Harness>(h:
         (TenantState::PendingAuthorization, true)
     );
     assert!(store.cached_tenant(&tid("nobody")).await.unwrap().is_none());
+    // Several at once: in the order asked, `None` for one that is not there.
+    let ids = [tid("beta"), tid("nobody"), tid("acme")];
+    let many = store.cached_tenants(&ids).await.unwrap();
+    let got: Vec<Option<(String, bool)>> = many
+        .into_iter()
+        .map(|c| c.map(|c| (c.id.to_string(), c.token.is_some())))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Some(("beta".to_owned(), false)),
+            None,
+            Some(("acme".to_owned(), true)),
+        ]
+    );
+    assert!(store.cached_tenants(&[]).await.unwrap().is_empty());
 }
 
 pub(crate) async fn a_flow_in_progress_is_resumed_by_one_claimant<H: Harness>(h: &H) {

@@ -15,7 +15,8 @@
 //! Files, one per area: `tenants.rs` (TenantRepo), `credentials.rs`
 //! (CredentialRepo), `sealing.rs` (sealed values bound to tenant, field and
 //! clear columns; the master key), `tokens.rs` (TokenRepo and group
-//! commit), `jobs.rs` (JobQueue), `leases.rs` (LeaseTable), `flows.rs`
+//! commit), `batches.rs` (crowds of fenced, deleted and good refresh
+//! outcomes committed together), `jobs.rs` (JobQueue), `leases.rs` (LeaseTable), `flows.rs`
 //! (FlowRepo), `flow_commits.rs` (each onboarding step's transaction),
 //! `clients.rs` (ClientRepo), `audit.rs` (AuditLog), `events.rs` (EventLog
 //! and the events every change writes), `stats.rs`
@@ -25,6 +26,7 @@
 //! `fixtures.rs` holds the sample tenants, tokens and times they share.
 
 pub(crate) mod audit;
+pub(crate) mod batches;
 pub(crate) mod claims;
 pub(crate) mod clients;
 pub(crate) mod credentials;
@@ -116,6 +118,11 @@ macro_rules! conformance_tests {
             load_cache_returns_every_tenant_with_its_token,
             concurrent_refreshes_all_land_and_the_last_write_wins,
             a_bad_record_does_not_undo_the_others_in_its_batch,
+        ]);
+        $crate::store::conformance::conformance_tests!(@area $harness; batches [
+            a_crowd_of_fenced_deleted_and_good_outcomes_answers_each,
+            a_tenant_deleted_mid_crowd_answers_not_found_or_goes_with_it,
+            an_outcome_the_database_refuses_does_not_sink_its_crowd,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; jobs [
             due_jobs_are_ordered_and_only_for_renewing_tenants,

@@ -1,10 +1,21 @@
 //! The per-host PBX request budget shared by every replica, on PostgreSQL
-//! (`migrations/postgres/0002_host_budget.sql`): taking a slot is one call
-//! of `pbx_take_host_slot`, which locks the host's budget row, prunes the
-//! window, checks the 429 reset time and the in-flight slots, and records
-//! the start, all on the database's clock in one round trip and one
-//! transaction. A slot is a row with an expiry, so a replica killed
-//! mid-request frees its slots when they expire.
+//! (`migrations/postgres/0003_host_budget.sql`, `0006_host_budget_buckets.sql`):
+//! taking slots is one call of `pbx_take_host_slots`, which locks the
+//! host's budget row, prunes the window, checks the 429 reset time and the
+//! in-flight slots, and records the starts, all on the database's clock in
+//! one round trip and one transaction. A slot is a row with an expiry, so a
+//! replica killed mid-request frees its slots when they expire.
+//!
+//! Coalesced per host, as refresh outcomes are: the takes of one host that
+//! arrive while this handle's previous call for it runs go in the next
+//! call together (each answered as if it had called alone, in arrival
+//! order), and releases that arrive while a release runs are deleted
+//! together. Under load a host's row lock is then taken once per batch
+//! rather than once per request, by one connection rather than by every
+//! request's own (with 64 sessions queueing on one row lock, each hand-over
+//! woke a server process, and the waits were most of each take's time). A release that waits for the
+//! batch before it holds its slot a moment longer: safe, the limits only
+//! get stricter.
 //!
 //! Why each call is one autocommit statement with `synchronous_commit`
 //! off for its own transaction: taking a slot locks the host's budget row
@@ -21,49 +32,96 @@
 //! Does not: wait, retry or decide what a refusal means (`pbx::gated`
 //! does, through the engine's adapter).
 
-use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
-use tokio_postgres::types::ToSql;
+use async_trait::async_trait;
+use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
-use super::{error, execute, PgStore};
+use super::{execute, PgStore};
 use crate::store::{HostBudget, SlotGrant, SlotRequest, StoreError};
 
-impl PgStore {
-    /// One statement in its own (implicit) transaction, one row back; a
-    /// connection left useless is taken out of the pool, as `write` does.
-    async fn autocommit_one(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, StoreError> {
-        let client = self.client().await?;
-        let out: Result<Row, StoreError> = async {
-            let stmt = client.prepare_cached(sql).await?;
-            Ok(client.query_one(&stmt, params).await?)
+/// Most takes or releases in one call.
+const MAX_BATCH: usize = 64;
+
+type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Takes waiting per request kind (host, holder and limits), and releases.
+#[derive(Default)]
+pub(super) struct SlotQueues {
+    takes: Mutex<HashMap<SlotRequest, Waiting<()>>>,
+    releases: Mutex<Waiting<i64>>,
+}
+
+/// One queue: what waits, and whether a caller is draining it.
+struct Waiting<T> {
+    items: Vec<(T, Answer<SlotOutcome>)>,
+    draining: bool,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Waiting {
+            items: Vec::new(),
+            draining: false,
         }
-        .await;
-        if let Err(e) = &out {
-            if error::breaks_connection(e) {
-                drop(deadpool_postgres::Object::take(client));
-            }
-        }
-        out
     }
 }
 
-#[async_trait]
-impl HostBudget for PgStore {
-    async fn take_host_slot(&self, req: SlotRequest) -> Result<SlotGrant, StoreError> {
+/// A take's grant, or nothing for a release.
+type SlotOutcome = Option<SlotGrant>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Clears `draining` of a take queue if its drainer is dropped mid-way
+/// (its runtime shutting down), so a later caller starts another.
+struct TakeDrainer {
+    store: PgStore,
+    req: SlotRequest,
+    armed: bool,
+}
+
+impl Drop for TakeDrainer {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut takes = lock(&self.store.inner.slots.takes);
+            if let Some(w) = takes.get_mut(&self.req) {
+                w.draining = false;
+            }
+        }
+    }
+}
+
+/// As [`TakeDrainer`], for the release queue.
+struct ReleaseDrainer {
+    store: PgStore,
+    armed: bool,
+}
+
+impl Drop for ReleaseDrainer {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.store.inner.slots.releases).draining = false;
+        }
+    }
+}
+
+impl PgStore {
+    /// `n` slots of `req`'s host in one call, answered in order.
+    async fn take_slots(&self, req: &SlotRequest, n: usize) -> Result<Vec<SlotGrant>, StoreError> {
         let rps = i32::try_from(req.rps).unwrap_or(i32::MAX);
         let concurrent = i32::try_from(req.concurrent).unwrap_or(i32::MAX);
-        let r = self
-            .autocommit_one(
+        let count = i32::try_from(n).unwrap_or(i32::MAX);
+        let rows = self
+            .autocommit(
                 // set_config(.., true): this statement's implicit
                 // transaction commits without waiting for the WAL flush.
                 "SELECT outcome, slot, wait_ms, \
                         set_config('synchronous_commit', 'off', true) \
-                 FROM pbx_take_host_slot($1, $2, $3, $4, $5, $6)",
+                 FROM pbx_take_host_slots($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &req.host,
                     &req.holder,
@@ -71,32 +129,165 @@ impl HostBudget for PgStore {
                     &concurrent,
                     &req.window_ms,
                     &req.slot_ttl_ms,
+                    &count,
                 ],
             )
             .await?;
-        let outcome: String = r.try_get(0)?;
-        let slot: Option<i64> = r.try_get(1)?;
-        let wait_ms: i64 = r.try_get::<_, i64>(2)?.max(0);
-        Ok(match (outcome.as_str(), slot) {
-            ("granted", Some(slot)) => SlotGrant::Granted { slot },
-            ("throttled", _) => SlotGrant::Throttled { wait_ms },
-            ("rate", _) => SlotGrant::RateLimited { wait_ms },
-            ("busy", _) => SlotGrant::Busy,
-            (other, _) => {
-                return Err(StoreError::Corrupt(format!(
-                    "pbx_take_host_slot answered {other:?}"
-                )))
+        if rows.len() != n {
+            return Err(StoreError::Corrupt(format!(
+                "pbx_take_host_slots answered {} rows for {n} requests",
+                rows.len()
+            )));
+        }
+        rows.iter().map(grant).collect()
+    }
+
+    async fn release_slots(&self, slots: &[i64]) -> Result<(), StoreError> {
+        self.autocommit(
+            "WITH gone AS (DELETE FROM host_slots WHERE slot_id = ANY($1) RETURNING 1) \
+             SELECT set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM gone)",
+            &[&slots],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn grant(r: &Row) -> Result<SlotGrant, StoreError> {
+    let outcome: &str = r.try_get(0)?;
+    let slot: Option<i64> = r.try_get(1)?;
+    let wait_ms: i64 = r.try_get::<_, i64>(2)?.max(0);
+    Ok(match (outcome, slot) {
+        ("granted", Some(slot)) => SlotGrant::Granted { slot },
+        ("throttled", _) => SlotGrant::Throttled { wait_ms },
+        ("rate", _) => SlotGrant::RateLimited { wait_ms },
+        ("busy", _) => SlotGrant::Busy,
+        (other, _) => {
+            return Err(StoreError::Corrupt(format!(
+                "pbx_take_host_slots answered {other:?}"
+            )))
+        }
+    })
+}
+
+/// `e` again, for each caller of a batch that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        other => StoreError::Task(format!("the shared host budget: {other}")),
+    }
+}
+
+async fn drain_takes(mut d: TakeDrainer) {
+    loop {
+        let batch: Vec<Answer<SlotOutcome>> = {
+            let mut takes = lock(&d.store.inner.slots.takes);
+            let Some(w) = takes.get_mut(&d.req) else {
+                d.armed = false;
+                return;
+            };
+            if w.items.is_empty() {
+                takes.remove(&d.req);
+                d.armed = false;
+                return;
             }
-        })
+            let n = w.items.len().min(MAX_BATCH);
+            w.items.drain(..n).map(|(_, a)| a).collect()
+        };
+        match d.store.take_slots(&d.req, batch.len()).await {
+            Ok(grants) => {
+                for (a, g) in batch.into_iter().zip(grants) {
+                    if let Err(Ok(Some(SlotGrant::Granted { slot }))) = a.send(Ok(Some(g))) {
+                        // The caller gave up meanwhile: free its slot now.
+                        enqueue_release(&d.store, slot);
+                    }
+                }
+            }
+            Err(e) => {
+                for a in batch {
+                    let _ = a.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+async fn drain_releases(mut d: ReleaseDrainer) {
+    loop {
+        let batch: Vec<(i64, Answer<SlotOutcome>)> = {
+            let mut w = lock(&d.store.inner.slots.releases);
+            if w.items.is_empty() {
+                w.draining = false;
+                d.armed = false;
+                return;
+            }
+            let n = w.items.len().min(MAX_BATCH);
+            w.items.drain(..n).collect()
+        };
+        let slots: Vec<i64> = batch.iter().map(|(s, _)| *s).collect();
+        let out = d.store.release_slots(&slots).await;
+        for (_, a) in batch {
+            let _ = a.send(match &out {
+                Ok(()) => Ok(None),
+                Err(e) => Err(same_error(e)),
+            });
+        }
+    }
+}
+
+/// Queues the release of `slot`; the answer comes when its batch is done.
+fn enqueue_release(
+    store: &PgStore,
+    slot: i64,
+) -> oneshot::Receiver<Result<SlotOutcome, StoreError>> {
+    let (tx, rx) = oneshot::channel();
+    let start = {
+        let mut w = lock(&store.inner.slots.releases);
+        w.items.push((slot, tx));
+        !std::mem::replace(&mut w.draining, true)
+    };
+    if start {
+        // Detached: it must finish the batch even if this caller is
+        // cancelled, or the others would never hear back.
+        tokio::spawn(drain_releases(ReleaseDrainer {
+            store: store.clone(),
+            armed: true,
+        }));
+    }
+    rx
+}
+
+fn stopped() -> StoreError {
+    StoreError::Task("the shared host budget's batcher stopped".into())
+}
+
+#[async_trait]
+impl HostBudget for PgStore {
+    async fn take_host_slot(&self, req: SlotRequest) -> Result<SlotGrant, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut takes = lock(&self.inner.slots.takes);
+            let w = takes.entry(req.clone()).or_default();
+            w.items.push(((), tx));
+            !std::mem::replace(&mut w.draining, true)
+        };
+        if start {
+            tokio::spawn(drain_takes(TakeDrainer {
+                store: self.clone(),
+                req,
+                armed: true,
+            }));
+        }
+        match rx.await.map_err(|_| stopped())?? {
+            Some(grant) => Ok(grant),
+            None => Err(stopped()),
+        }
     }
 
     async fn release_host_slot(&self, slot: i64) -> Result<(), StoreError> {
-        self.autocommit_one(
-            "WITH gone AS (DELETE FROM host_slots WHERE slot_id = $1 RETURNING 1) \
-             SELECT set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM gone)",
-            &[&slot],
-        )
-        .await?;
+        enqueue_release(self, slot).await.map_err(|_| stopped())??;
         Ok(())
     }
 

@@ -168,15 +168,18 @@ impl CredentialRepo for PgStore {
         &self,
         id: &TenantId,
     ) -> Result<Option<AppCredentials>, StoreError> {
-        let id = id.clone();
-        self.read(move |tx, keys| {
-            Box::pin(async move {
-                Ok(load(tx, keys, id.as_str(), Kind::Trusted)
-                    .await?
-                    .map(|(app, _)| app))
-            })
-        })
-        .await
+        // Every renewal reads these: one statement, no BEGIN/COMMIT.
+        let sql = format!("{SELECT_ROWS} WHERE c.tenant_id = $1 AND c.kind = 'trusted'");
+        let rows = self.autocommit(&sql, &[&id.as_str()]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let row = row_from(row)?;
+        let client_secret = open_checked(&self.inner.keyring, &row)?;
+        Ok(Some(AppCredentials {
+            client_id: row.client_id,
+            client_secret,
+        }))
     }
 
     async fn public_credentials(

@@ -25,7 +25,7 @@ use crate::store::{
 };
 
 /// The advisory lock event writers take ("pbxevent" in ASCII).
-const EVENTS_LOCK: i64 = 0x7062_7865_7665_6e74;
+pub(super) const EVENTS_LOCK: i64 = 0x7062_7865_7665_6e74;
 
 /// Per store handle: settings, and the channel that wakes this handle's
 /// streams after a commit.
@@ -93,6 +93,17 @@ pub(super) struct NewEvent<'a> {
 }
 
 impl EventCx {
+    /// Whether events also go to the webhook outbox.
+    pub(super) fn outbox(&self) -> bool {
+        self.outbox
+    }
+
+    /// Notes an event appended in this transaction by SQL of its own (a
+    /// server-side function that took [`EVENTS_LOCK`] itself).
+    pub(super) fn appended(&self, id: i64) {
+        self.last.fetch_max(id, Ordering::Relaxed);
+    }
+
     pub(super) async fn append(&self, tx: &Tx<'_>, e: &NewEvent<'_>) -> Result<i64, StoreError> {
         if self.last.load(Ordering::Relaxed) == 0 {
             execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK]).await?;

@@ -103,11 +103,30 @@ impl ChangeFeed for PgStore {
         let id = id.clone();
         self.read(move |tx, keys| {
             Box::pin(async move {
-                let load = tokens::load_cache_of(tx, keys, Some(id.as_str())).await?;
+                let load = tokens::load_cache_of(tx, keys, Some(&[id.as_str()])).await?;
                 Ok(load.tenants.into_iter().next())
             })
         })
         .await
+    }
+
+    async fn cached_tenants(
+        &self,
+        ids: &[TenantId],
+    ) -> Result<Vec<Option<CachedTenant>>, StoreError> {
+        let wanted: Vec<TenantId> = ids.to_vec();
+        let mut found = self
+            .read(move |tx, keys| {
+                Box::pin(async move {
+                    let names: Vec<&str> = wanted.iter().map(TenantId::as_str).collect();
+                    Ok(tokens::load_cache_of(tx, keys, Some(&names)).await?.tenants)
+                })
+            })
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect::<std::collections::HashMap<_, _>>();
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 
     async fn replica_heartbeat(

@@ -40,6 +40,16 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0004_change_feed",
         sql: include_str!("../../../migrations/postgres/0004_change_feed.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_record_refreshes",
+        sql: include_str!("../../../migrations/postgres/0005_record_refreshes.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_host_budget_buckets",
+        sql: include_str!("../../../migrations/postgres/0006_host_budget_buckets.sql"),
+    },
 ];
 
 /// The advisory lock key every replica takes while migrating (an arbitrary

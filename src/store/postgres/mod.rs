@@ -17,6 +17,7 @@
 //! (SQLSTATE -> `StoreError`), `migrate.rs` (embedded migrations under an
 //! advisory lock), and one file per table family as in `sqlite/`:
 //! `tenants.rs` (reads), `tenant_writes.rs`, `credentials.rs`, `tokens.rs`,
+//! `refresh_batch.rs` (refresh outcomes, group-committed),
 //! `jobs.rs`, `leases.rs`, `onboarding.rs`, `clients.rs`,
 //! `audit_events.rs`, `events.rs` (tenant events, webhook outbox),
 //! `stats.rs`, `lifecycle.rs` (master key check,
@@ -30,6 +31,8 @@
 
 mod audit_events;
 mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod clients;
 #[cfg(test)]
 mod conformance_tests;
@@ -49,6 +52,7 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod onboarding;
+mod refresh_batch;
 #[cfg(test)]
 mod smoke_tests;
 mod stats;
@@ -102,6 +106,10 @@ struct Inner {
     events: events::EventHub,
     /// What the change-feed listener connects with (`listen.rs`).
     listen: Arc<listen::ListenConfig>,
+    /// Refresh outcomes waiting for their group commit (`refresh_batch.rs`).
+    refreshes: refresh_batch::Queue,
+    /// Budget slots waiting to be taken or released together (`budget.rs`).
+    slots: budget::SlotQueues,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -156,6 +164,8 @@ impl PgStore {
                 target,
                 events: events::EventHub::default(),
                 listen,
+                refreshes: refresh_batch::Queue::default(),
+                slots: budget::SlotQueues::default(),
             }),
             caller_lease_clock: false,
         })
@@ -214,6 +224,29 @@ impl PgStore {
                 drop(Object::take(client));
             }
             Err(_) => {}
+        }
+        out
+    }
+
+    /// One statement in its own (implicit) transaction, its rows: for a
+    /// single-statement read or autocommit write, one round trip where
+    /// `read`/`write` take three (BEGIN, the statement, COMMIT). A
+    /// connection left useless is taken out of the pool, as `write` does.
+    async fn autocommit(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let out: Result<Vec<Row>, StoreError> = async {
+            let stmt = client.prepare_cached(sql).await?;
+            Ok(client.query(&stmt, params).await?)
+        }
+        .await;
+        if let Err(e) = &out {
+            if error::breaks_connection(e) {
+                drop(Object::take(client));
+            }
         }
         out
     }
@@ -353,9 +386,10 @@ impl TokenRepo for PgStore {
             .await
     }
 
-    /// One transaction per outcome. The tenant row is updated first (which
-    /// locks it until commit), so an outcome racing another one or a
-    /// delete from another replica is applied whole or not at all.
+    /// Group-committed (`refresh_batch.rs`): outcomes arriving while a
+    /// batch commits share the next transaction, each fenced and applied
+    /// whole or not at all with its tenant row locked, so an outcome racing
+    /// another one or a delete from another replica never half-lands.
     async fn record_refresh_fenced(
         &self,
         id: &TenantId,
@@ -363,14 +397,8 @@ impl TokenRepo for PgStore {
         fence: WriteFence,
         now: UnixMs,
     ) -> Result<u32, StoreError> {
-        let id = id.clone();
-        self.write_ev(move |tx, keys, ev| {
-            Box::pin(async move {
-                tokens::check_fence(tx, id.as_str(), &fence).await?;
-                tokens::record_refresh(tx, keys, ev, id.as_str(), &record, now).await
-            })
-        })
-        .await
+        self.record_refresh_grouped(id.clone(), record, fence, now)
+            .await
     }
 }
 
