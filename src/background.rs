@@ -76,19 +76,23 @@ impl Drop for Background {
 
 /// Raises the calling thread's nice value: on Linux the nice value belongs
 /// to the thread, so only the background runtime's threads are affected.
-/// A failure is logged and otherwise ignored: the runtime still separates
-/// the work, only without the priority.
+/// A failure (a seccomp filter without `setpriority`) is logged once and
+/// otherwise ignored: the runtime still separates the work, only without
+/// the priority.
 fn lower_priority(nice: i32) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
     if nice == 0 {
         return;
     }
     // SAFETY: setpriority reads no memory of ours; `who` 0 is the caller.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
     if rc != 0 {
-        tracing::warn!(
-            "cannot lower the background threads' priority to nice {nice}: {}",
-            std::io::Error::last_os_error()
-        );
+        let error = std::io::Error::last_os_error();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "cannot run the background threads at nice {nice} ([runtime] background_nice): {error}; they run at the serving threads' priority"
+            );
+        });
     }
 }
 
