@@ -33,7 +33,8 @@
 //! - `broker`     in-memory token cache, single-flight refresh, watchers
 //!
 //! store / pbx
-//! - `store`      SQLite: migrations, repositories, sealed secrets
+//! - `store`      SQLite and PostgreSQL behind one interface: migrations,
+//!   repositories, sealed secrets
 //! - `pbx`        HTTP client for the PBX API, its error model, rate limiter
 //! - `crypto`     master key and authenticated sealing of secrets
 //! - `statedir`   the state directory and its lock
