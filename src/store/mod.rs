@@ -16,6 +16,7 @@
 //! Does not: decide states or schedules (the broker and renewal do), speak
 //! HTTP, or know protobuf.
 
+mod batch_queue;
 mod copy;
 mod error;
 mod events;

@@ -40,6 +40,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
 use super::{execute, PgStore};
+use crate::store::batch_queue::BatchQueue;
 use crate::store::{HostBudget, SlotGrant, SlotRequest, StoreError};
 
 /// Most takes or releases in one call.
@@ -50,23 +51,8 @@ type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 /// Takes waiting per request kind (host, holder and limits), and releases.
 #[derive(Default)]
 pub(super) struct SlotQueues {
-    takes: Mutex<HashMap<SlotRequest, Waiting<()>>>,
-    releases: Mutex<Waiting<i64>>,
-}
-
-/// One queue: what waits, and whether a caller is draining it.
-struct Waiting<T> {
-    items: Vec<(T, Answer<SlotOutcome>)>,
-    draining: bool,
-}
-
-impl<T> Default for Waiting<T> {
-    fn default() -> Self {
-        Waiting {
-            items: Vec::new(),
-            draining: false,
-        }
-    }
+    takes: Mutex<HashMap<SlotRequest, BatchQueue<Answer<SlotOutcome>>>>,
+    releases: Mutex<BatchQueue<(i64, Answer<SlotOutcome>)>>,
 }
 
 /// A take's grant, or nothing for a release.
@@ -89,7 +75,7 @@ impl Drop for TakeDrainer {
         if self.armed {
             let mut takes = lock(&self.store.inner.slots.takes);
             if let Some(w) = takes.get_mut(&self.req) {
-                w.draining = false;
+                w.drainer_gone();
             }
         }
     }
@@ -104,7 +90,7 @@ struct ReleaseDrainer {
 impl Drop for ReleaseDrainer {
     fn drop(&mut self) {
         if self.armed {
-            lock(&self.store.inner.slots.releases).draining = false;
+            lock(&self.store.inner.slots.releases).drainer_gone();
         }
     }
 }
@@ -182,19 +168,20 @@ fn same_error(e: &StoreError) -> StoreError {
 
 async fn drain_takes(mut d: TakeDrainer) {
     loop {
-        let batch: Vec<Answer<SlotOutcome>> = {
+        let batch = {
             let mut takes = lock(&d.store.inner.slots.takes);
-            let Some(w) = takes.get_mut(&d.req) else {
-                d.armed = false;
-                return;
-            };
-            if w.items.is_empty() {
-                takes.remove(&d.req);
-                d.armed = false;
-                return;
+            match takes.get_mut(&d.req).map(|w| w.next_batch(MAX_BATCH)) {
+                Some(Some(batch)) => batch,
+                Some(None) => {
+                    takes.remove(&d.req);
+                    d.armed = false;
+                    return;
+                }
+                None => {
+                    d.armed = false;
+                    return;
+                }
             }
-            let n = w.items.len().min(MAX_BATCH);
-            w.items.drain(..n).map(|(_, a)| a).collect()
         };
         match d.store.take_slots(&d.req, batch.len()).await {
             Ok(grants) => {
@@ -216,15 +203,9 @@ async fn drain_takes(mut d: TakeDrainer) {
 
 async fn drain_releases(mut d: ReleaseDrainer) {
     loop {
-        let batch: Vec<(i64, Answer<SlotOutcome>)> = {
-            let mut w = lock(&d.store.inner.slots.releases);
-            if w.items.is_empty() {
-                w.draining = false;
-                d.armed = false;
-                return;
-            }
-            let n = w.items.len().min(MAX_BATCH);
-            w.items.drain(..n).collect()
+        let Some(batch) = lock(&d.store.inner.slots.releases).next_batch(MAX_BATCH) else {
+            d.armed = false;
+            return;
         };
         let slots: Vec<i64> = batch.iter().map(|(s, _)| *s).collect();
         let out = d.store.release_slots(&slots).await;
@@ -243,11 +224,7 @@ fn enqueue_release(
     slot: i64,
 ) -> oneshot::Receiver<Result<SlotOutcome, StoreError>> {
     let (tx, rx) = oneshot::channel();
-    let start = {
-        let mut w = lock(&store.inner.slots.releases);
-        w.items.push((slot, tx));
-        !std::mem::replace(&mut w.draining, true)
-    };
+    let start = lock(&store.inner.slots.releases).push((slot, tx));
     if start {
         // Detached: it must finish the batch even if this caller is
         // cancelled, or the others would never hear back.
@@ -267,12 +244,10 @@ fn stopped() -> StoreError {
 impl HostBudget for PgStore {
     async fn take_host_slot(&self, req: SlotRequest) -> Result<SlotGrant, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut takes = lock(&self.inner.slots.takes);
-            let w = takes.entry(req.clone()).or_default();
-            w.items.push(((), tx));
-            !std::mem::replace(&mut w.draining, true)
-        };
+        let start = lock(&self.inner.slots.takes)
+            .entry(req.clone())
+            .or_default()
+            .push(tx);
         if start {
             tokio::spawn(drain_takes(TakeDrainer {
                 store: self.clone(),

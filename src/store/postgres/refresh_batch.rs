@@ -31,6 +31,7 @@ use super::{error, PgStore};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::TenantId;
+use crate::store::batch_queue::BatchQueue;
 use crate::store::seal::{self, Field};
 use crate::store::{event_messages, RefreshRecord, StoreError, TenantEventKind, WriteFence};
 
@@ -48,20 +49,15 @@ struct Pending {
     reply: oneshot::Sender<Result<u32, StoreError>>,
 }
 
-/// The queue and whether a committer is running (one per store handle).
+/// The outcomes waiting, and whether a committer is running (one per
+/// store handle).
 #[derive(Default)]
 pub(super) struct Queue {
-    state: Mutex<QueueState>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    pending: Vec<Pending>,
-    committing: bool,
+    state: Mutex<BatchQueue<Pending>>,
 }
 
 impl Queue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
+    fn lock(&self) -> MutexGuard<'_, BatchQueue<Pending>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -77,7 +73,7 @@ struct CommitterGuard {
 impl Drop for CommitterGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.store.inner.refreshes.lock().committing = false;
+            self.store.inner.refreshes.lock().drainer_gone();
         }
     }
 }
@@ -94,18 +90,14 @@ impl PgStore {
     ) -> Result<u32, StoreError> {
         let sealed = seal_token(&self.inner.keyring, &id, &record)?;
         let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut q = self.inner.refreshes.lock();
-            q.pending.push(Pending {
-                id,
-                fence,
-                record,
-                sealed,
-                now,
-                reply,
-            });
-            !std::mem::replace(&mut q.committing, true)
-        };
+        let start = self.inner.refreshes.lock().push(Pending {
+            id,
+            fence,
+            record,
+            sealed,
+            now,
+            reply,
+        });
         if start {
             let guard = CommitterGuard {
                 store: self.clone(),
@@ -139,15 +131,9 @@ fn seal_token(
 
 async fn drain(mut guard: CommitterGuard) {
     loop {
-        let batch: Vec<Pending> = {
-            let mut q = guard.store.inner.refreshes.lock();
-            if q.pending.is_empty() {
-                q.committing = false;
-                guard.armed = false;
-                return;
-            }
-            let n = q.pending.len().min(MAX_BATCH);
-            q.pending.drain(..n).collect()
+        let Some(batch) = guard.store.inner.refreshes.lock().next_batch(MAX_BATCH) else {
+            guard.armed = false;
+            return;
         };
         commit(&guard.store, batch).await;
     }

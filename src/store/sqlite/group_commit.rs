@@ -16,6 +16,7 @@ use super::connection::{closed, lock};
 use super::{tokens, Inner, RefreshRecord, StoreError, WriteFence};
 use crate::clock::UnixMs;
 use crate::domain::TenantId;
+use crate::store::batch_queue::BatchQueue;
 
 /// Largest batch in one transaction: bounds the time the writer is held.
 const MAX_BATCH: usize = 512;
@@ -28,16 +29,10 @@ pub(super) struct Pending {
     reply: oneshot::Sender<Result<u32, StoreError>>,
 }
 
-/// The queue and whether a committer is running.
+/// The outcomes waiting, and whether a committer is running.
 #[derive(Default)]
 pub(super) struct Queue {
-    state: Mutex<QueueState>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    pending: Vec<Pending>,
-    committing: bool,
+    state: Mutex<BatchQueue<Pending>>,
 }
 
 /// Queues one outcome; the caller that finds no committer running becomes
@@ -50,17 +45,13 @@ pub(super) async fn record(
     now: UnixMs,
 ) -> Result<u32, StoreError> {
     let (reply, answer) = oneshot::channel();
-    let start_committer = {
-        let mut q = lock(&inner.refresh_queue.state);
-        q.pending.push(Pending {
-            id,
-            record,
-            fence,
-            now,
-            reply,
-        });
-        !std::mem::replace(&mut q.committing, true)
-    };
+    let start_committer = lock(&inner.refresh_queue.state).push(Pending {
+        id,
+        record,
+        fence,
+        now,
+        reply,
+    });
     if start_committer {
         if inner.inline {
             // The simulation's store: commit on this task, deterministically.
@@ -78,16 +69,7 @@ pub(super) async fn record(
 }
 
 fn drain(inner: &Inner) {
-    loop {
-        let batch: Vec<Pending> = {
-            let mut q = lock(&inner.refresh_queue.state);
-            if q.pending.is_empty() {
-                q.committing = false;
-                return;
-            }
-            let n = q.pending.len().min(MAX_BATCH);
-            q.pending.drain(..n).collect()
-        };
+    while let Some(batch) = lock(&inner.refresh_queue.state).next_batch(MAX_BATCH) {
         commit_batch(inner, batch);
     }
 }
