@@ -119,17 +119,9 @@ impl Authenticate {
                 "no API key: send `authorization: Bearer <api key>` metadata (an admin creates keys with `pbx-tokenctl client create`; the bootstrap admin key is <state_dir>/admin.key)",
             ));
         };
-        let key = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                let (scheme, key) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-            })
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization metadata must be `Bearer <api key>`")
-            })?;
+        let key = value.to_str().ok().and_then(bearer_key).ok_or_else(|| {
+            Status::unauthenticated("the authorization metadata must be `Bearer <api key>`")
+        })?;
         self.clients.authenticate(key).ok_or_else(|| {
             Status::unauthenticated(
                 "the API key is not valid (unknown or revoked); ask an admin for a key",
@@ -176,6 +168,13 @@ impl Interceptor for Authenticate {
             }
         }
     }
+}
+
+/// The key of an `authorization: Bearer <key>` value (scheme in any case).
+pub fn bearer_key(value: &str) -> Option<&str> {
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
 /// The HTTP/2 path of TokenService.GetToken.

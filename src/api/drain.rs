@@ -72,6 +72,12 @@ impl Drain {
         }
     }
 
+    /// Whether a shutdown began (the fast GetToken path then steps aside,
+    /// so the refusal is counted in one place).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// UNAVAILABLE while draining; counts the call as seen.
     fn refuse(&self) -> Option<Status> {
         if !self.draining.load(Ordering::Relaxed) {

@@ -1,6 +1,8 @@
 //! The gRPC front end: tonic services that decode a request, call one use
 //! case, and encode the answer. The only module that knows protobuf, and
 //! (in `error_map.rs`) the one place where errors become gRPC statuses.
+//! `fast_get_token.rs` answers GetToken's common case (a cached token)
+//! before tonic's router, handing everything else to the services.
 //! `auth.rs` authenticates callers (API keys, the local admin socket) and
 //! checks tenant scopes; `rpc_audit.rs` records admin RPCs; `serve.rs` runs the
 //! listeners with their limits; `accept.rs` is the accept loop (connection
@@ -21,6 +23,7 @@ pub mod convert;
 pub mod deadline;
 pub mod drain;
 pub mod error_map;
+pub mod fast_get_token;
 pub mod idle;
 pub mod metrics_http;
 pub mod oversize;

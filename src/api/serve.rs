@@ -1,6 +1,8 @@
 //! Building and running the gRPC routers: health and reflection (v1 and
 //! v1alpha; open),
-//! TokenService and AdminService behind the auth interceptor, with the
+//! GetToken's common case answered in front of the router
+//! (`fast_get_token.rs`), TokenService and AdminService behind the auth
+//! interceptor, with the
 //! `[grpc]` limits (decoded message size, streams and requests in progress
 //! per connection, per-request timeout, HTTP/2 keepalive). One router per
 //! listener: the TCP one (plain or TLS) and, optionally, the local admin
@@ -26,6 +28,8 @@ use tower::layer::util::{Identity, Stack};
 use super::admin::AdminApi;
 use super::auth::{Authenticate, Guard, SplitGetToken};
 use super::drain::{Drain, Gated};
+use super::fast_get_token::{FastGetTokenLayer, FastPath};
+use super::idle::IdleLayer;
 use super::streams::{CapUnauthenticated, StreamCaps};
 use super::token::TokenApi;
 use crate::access::Clients;
@@ -57,11 +61,12 @@ pub enum Listener {
     },
 }
 
-/// A listener's router: every service behind the oversize-message layer,
-/// and that behind the idle-connection tracking (outermost, so every
-/// request counts).
-pub type ApiRouter =
-    Router<Stack<super::oversize::OversizeLayer, Stack<super::idle::IdleLayer, Identity>>>;
+/// A listener's router: every service behind the fast GetToken path, that
+/// behind the oversize-message layer, and that behind the idle-connection
+/// tracking (outermost, so every request counts).
+pub type ApiRouter = Router<
+    Stack<FastGetTokenLayer, Stack<super::oversize::OversizeLayer, Stack<IdleLayer, Identity>>>,
+>;
 
 /// The router for one listener. Fails only if the embedded descriptor sets
 /// for reflection are broken (a build problem).
@@ -96,13 +101,24 @@ pub fn router(
         drain: services.drain.clone(),
         inner,
     };
+    // Only on TCP: on the admin socket a peer may be ADMIN without a key,
+    // which the full path decides.
+    let fast_get_token = match listener {
+        Listener::Tcp => FastGetTokenLayer::on(FastPath {
+            tokens: services.tokens.clone(),
+            clients: services.clients.clone(),
+            drain: services.drain.clone(),
+        }),
+        Listener::LocalSocket { .. } => FastGetTokenLayer::off(),
+    };
     let tokens = TokenServiceServer::from_arc(services.tokens.clone())
         .max_decoding_message_size(max_message);
     let admin =
         AdminServiceServer::from_arc(services.admin.clone()).max_decoding_message_size(max_message);
     Ok(tonic::transport::Server::builder()
-        .layer(super::idle::IdleLayer(services.streams.idle().clone()))
+        .layer(IdleLayer(services.streams.idle().clone()))
         .layer(super::oversize::OversizeLayer)
+        .layer(fast_get_token)
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .concurrency_limit_per_connection(
             usize::try_from(limits.concurrency_per_connection).unwrap_or(usize::MAX),

@@ -336,11 +336,7 @@ impl Broker {
         min_valid_secs: u32,
     ) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot_or_load(tenant).await?;
-        let min_valid_ms = if min_valid_secs == 0 {
-            self.default_min_valid_ms.load(Ordering::Relaxed)
-        } else {
-            i64::from(min_valid_secs) * 1000
-        };
+        let min_valid_ms = self.min_valid_ms(min_valid_secs);
         let now = self.clock.now();
         let last_asked = slot.last_asked();
         self.note_asked(&slot, now);

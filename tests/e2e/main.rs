@@ -21,6 +21,7 @@ mod failures;
 mod first_hour;
 mod flow_tamper;
 mod full_disk;
+mod get_token_wire;
 mod hardening_transport;
 mod health;
 mod idle_connections;

@@ -21,11 +21,12 @@
 //! job times (the scheduler does, in batches).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Broker, Slot};
 use crate::clock::UnixMs;
-use crate::domain::TenantId;
+use crate::domain::{AccessToken, TenantId};
 
 /// One host's renewing tenants, as the cache sees them now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,9 +77,31 @@ impl Broker {
         self.schedule_changed.notify_one();
     }
 
+    /// GetToken's answer straight from the cache: the held token if the
+    /// tenant is cached, renewing and its token valid for `min_valid_secs`
+    /// (0: the default margin). Counts as an ask only when it answers, so a
+    /// `None` leaves everything as it was for [`Broker::get_token`].
+    pub fn cached_token(&self, tenant: &str, min_valid_secs: u32) -> Option<Arc<AccessToken>> {
+        let slots = self.slots_read();
+        let slot = slots.get(tenant)?;
+        let now = self.clock.now();
+        let token = slot.servable_token(now, self.min_valid_ms(min_valid_secs))?;
+        self.note_asked(slot, now);
+        Some(token)
+    }
+
+    /// The margin a GetToken asks for, in ms (0 seconds: the default).
+    pub(super) fn min_valid_ms(&self, min_valid_secs: u32) -> i64 {
+        if min_valid_secs == 0 {
+            self.default_min_valid_ms.load(Ordering::Relaxed)
+        } else {
+            i64::from(min_valid_secs) * 1000
+        }
+    }
+
     /// The held token of `tenant`, if any, without counting as an ask
     /// (the simulation's checks look at it).
-    pub fn held_token(&self, tenant: &str) -> Option<Arc<crate::domain::AccessToken>> {
+    pub fn held_token(&self, tenant: &str) -> Option<Arc<AccessToken>> {
         self.slots_read().get(tenant).and_then(|s| s.token())
     }
 
