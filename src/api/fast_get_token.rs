@@ -45,7 +45,9 @@ use crate::proto;
 type Body = tonic::body::Body;
 
 /// A GetTokenRequest is a tenant id and a number: a body longer than this
-/// is not the common case (the full path applies the real size limit).
+/// is not the common case. It is below the smallest `[grpc]
+/// max_message_bytes` (4096), so the fast path never answers a message the
+/// full path would refuse as too large.
 const MAX_FAST_BODY: usize = 1024;
 
 /// gRPC's length prefix: a compression flag and a big-endian length.

@@ -263,6 +263,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             .await
             .context("start-up failed")?,
     );
+    give_back_startup_memory();
     notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = spawn_watchdog(daemon.clone());
 
@@ -419,4 +420,17 @@ fn spawn_watchdog(daemon: Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>> {
             }
         }
     }))
+}
+
+/// Start-up reads every tenant through SQLite (or PostgreSQL) and builds
+/// the cache; glibc keeps the buffers freed on the way in the arenas of
+/// the threads that used them. Handing them back once makes the resident
+/// size the cache's, not the start-up's peak (about 30 MB at 100,000
+/// tenants).
+fn give_back_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -58,8 +58,8 @@ pub struct Slot {
     id: TenantId,
     meta: Mutex<Meta>,
     token: watch::Sender<Option<Arc<AccessToken>>>,
-    /// Why the tenant's streams must end (`None` while they may run).
-    end: watch::Sender<Option<WatchEnd>>,
+    /// Why the tenant's streams must end, and the channel that tells them.
+    end: Mutex<EndSignal>,
     fetch: tokio::sync::Mutex<()>,
     /// A token request of this tenant our side gave up on may be open at
     /// the provider until then (broker/abandoned/mod.rs).
@@ -73,6 +73,17 @@ pub struct Slot {
     /// The scheduler left this tenant's due renewal for later: it was idle
     /// while its host's budget was short (`broker/activity/mod.rs`).
     parked: AtomicBool,
+}
+
+/// Why a tenant's streams must end (`None` while they may run), with the
+/// channel that tells open WatchToken streams and waiting reports. The
+/// channel is made on the first subscription: a tokio watch channel takes
+/// about 350 bytes, 34 MB at 100,000 tenants, and most tenants never have
+/// a stream.
+#[derive(Debug, Default)]
+struct EndSignal {
+    current: Option<WatchEnd>,
+    tell: Option<watch::Sender<Option<WatchEnd>>>,
 }
 
 /// `last_asked` is kept to this resolution: a tenant asked thousands of
@@ -109,7 +120,10 @@ fn end_for(state: TenantState) -> Option<WatchEnd> {
 impl Slot {
     pub fn from_cached(t: CachedTenant) -> Self {
         let (token, _) = watch::channel(t.token.map(Arc::new));
-        let (end, _) = watch::channel(end_for(t.state));
+        let end = EndSignal {
+            current: end_for(t.state),
+            tell: None,
+        };
         Self {
             id: t.id,
             meta: Mutex::new(Meta {
@@ -123,7 +137,7 @@ impl Slot {
                 credential_fault: None,
             }),
             token,
-            end,
+            end: Mutex::new(end),
             fetch: tokio::sync::Mutex::new(()),
             provider_busy: Mutex::new(None),
             last_asked: AtomicI64::new(0),
@@ -154,11 +168,13 @@ impl Slot {
     /// Tells the streams (only when the reason changes: a no-op update of
     /// an ACTIVE tenant wakes nobody).
     fn set_end(&self, end: Option<WatchEnd>) {
-        self.end.send_if_modified(|current| {
-            let changed = *current != end;
-            *current = end;
-            changed
-        });
+        let mut signal = self.end_signal();
+        if signal.current != end {
+            signal.current = end;
+            if let Some(tell) = &signal.tell {
+                tell.send_replace(end);
+            }
+        }
     }
 
     /// The tenant is gone: its streams end with NOT_FOUND.
@@ -167,7 +183,17 @@ impl Slot {
     }
 
     pub fn subscribe_end(&self) -> watch::Receiver<Option<WatchEnd>> {
-        self.end.subscribe()
+        let mut signal = self.end_signal();
+        let current = signal.current;
+        signal
+            .tell
+            .get_or_insert_with(|| watch::channel(current).0)
+            .subscribe()
+    }
+
+    fn end_signal(&self) -> MutexGuard<'_, EndSignal> {
+        // Poisoning would need a panic inside a field assignment.
+        self.end.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {

@@ -121,3 +121,21 @@ async fn a_parked_tenant_is_woken_once_by_its_next_ask() {
     assert_eq!(broker.unpark_host("pbx.example.com"), vec![id("b")]);
     assert!(broker.unpark_host("pbx.example.com").is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_cached_answer_counts_as_an_ask_only_when_it_answers() {
+    let (broker, clock, _dir) = broker().await;
+    tokio::time::advance(IDLE_AFTER * 2).await;
+    broker.park(&id("a"));
+    // Unknown tenant, or more validity than the held token has: no answer,
+    // and nothing noted (the full path decides and counts).
+    assert!(broker.cached_token("zz", 0).is_none());
+    assert!(broker.cached_token("a", 3_700).is_none());
+    assert!(!broker.is_busy(&id("a"), clock.now()));
+    assert!(broker.take_woken().is_empty());
+    // The held token, as GetToken gives it; the ask wakes the parked tenant.
+    let held = broker.cached_token("a", 0).unwrap();
+    assert!(Arc::ptr_eq(&held, &broker.get_token("a", 0).await.unwrap()));
+    assert!(broker.is_busy(&id("a"), clock.now()));
+    assert_eq!(broker.take_woken(), vec![id("a")]);
+}
