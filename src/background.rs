@@ -28,13 +28,17 @@ use tokio::runtime::{Handle, Runtime};
 /// dropped (without waiting: every task the engine waits for has finished
 /// by then, and a runtime must not block while dropped in async code).
 pub struct Background {
+    handle: Handle,
     own: Option<Runtime>,
 }
 
 impl Background {
-    /// On the runtime that started the engine.
+    /// On the runtime this is called on (the one that starts the engine).
     pub fn current() -> Self {
-        Self { own: None }
+        Self {
+            handle: Handle::current(),
+            own: None,
+        }
     }
 
     /// A runtime of `threads` workers whose threads (workers and blocking
@@ -49,7 +53,10 @@ impl Background {
             .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()?;
-        Ok(Self { own: Some(runtime) })
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            own: Some(runtime),
+        })
     }
 
     /// Whether the background has threads of its own.
@@ -58,11 +65,8 @@ impl Background {
     }
 
     /// The handle background tasks are spawned on.
-    pub fn handle(&self) -> Handle {
-        match &self.own {
-            None => Handle::current(),
-            Some(runtime) => runtime.handle().clone(),
-        }
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 }
 

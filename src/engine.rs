@@ -36,7 +36,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -138,9 +137,8 @@ pub struct Engine {
     /// database closes), waited for up to `drain_timeout`.
     workers: TaskTracker,
     tasks: Vec<NamedTask>,
-    /// The background runtime (`background.rs`) and a handle to spawn on it.
+    /// Where the scheduler, the duty and the named tasks run (`background.rs`).
     runtime: Background,
-    spawner: Handle,
     maintenance: Option<Maintenance>,
     drain_timeout: Duration,
     tenants_loaded: usize,
@@ -210,7 +208,6 @@ impl Engine {
             background: CancellationToken::new(),
             workers: TaskTracker::new(),
             tasks: Vec::new(),
-            spawner: background.handle(),
             runtime: background,
             maintenance,
             drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
@@ -223,13 +220,13 @@ impl Engine {
             .run(engine.background.clone(), engine.workers.clone());
         engine.tasks.push(NamedTask {
             name: "renewal scheduler",
-            task: engine.spawner.spawn(run),
+            task: engine.runtime.handle().spawn(run),
         });
         if let Some(duty) = duty {
             let run = duty.run(engine.background.clone());
             engine.tasks.push(NamedTask {
                 name: "renewal duty",
-                task: engine.spawner.spawn(run),
+                task: engine.runtime.handle().spawn(run),
             });
         }
         if let Some(deliverer) = webhooks {
@@ -318,7 +315,7 @@ impl Engine {
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.push(NamedTask {
             name,
-            task: self.spawner.spawn(task),
+            task: self.runtime.handle().spawn(task),
         });
     }
 

@@ -80,7 +80,7 @@ impl Drain {
 
     /// UNAVAILABLE while draining; counts the call as seen.
     fn refuse(&self) -> Option<Status> {
-        if !self.draining.load(Ordering::Relaxed) {
+        if !self.is_draining() {
             return None;
         }
         self.last_refused_ms.store(self.now_ms(), Ordering::Relaxed);

@@ -80,17 +80,13 @@ impl IdleConnections {
         self.conns.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ms_since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// Registers a new connection from `peer`; `None` when idle closing is
     /// off. Dropping the timer forgets the connection.
     pub fn register(self: &Arc<Self>, peer: SocketAddr) -> Option<IdleTimer> {
         let timeout = self.timeout?;
         let entry = Arc::new(Entry {
             in_progress: AtomicU32::new(0),
-            idle_since_ms: AtomicU64::new(self.ms_since_epoch(Instant::now())),
+            idle_since_ms: AtomicU64::new(ms_since(self.epoch)),
         });
         self.conns_write().insert(ConnKey::Tcp(peer), entry.clone());
         Some(IdleTimer {
@@ -121,6 +117,11 @@ impl IdleConnections {
     }
 }
 
+/// Milliseconds from `epoch` to now (the registry's clock for idle times).
+fn ms_since(epoch: Instant) -> u64 {
+    u64::try_from(Instant::now().saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A request or stream in progress on a connection.
 struct Busy {
     entry: Arc<Entry>,
@@ -132,10 +133,7 @@ impl Drop for Busy {
         // The idle time is stamped before the count falls, so a timer that
         // sees 0 in progress never reads an idle time older than this
         // request's end (it would close the connection at once).
-        let now = Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_millis();
-        let now = u64::try_from(now).unwrap_or(u64::MAX);
+        let now = ms_since(self.epoch);
         self.entry.idle_since_ms.fetch_max(now, Ordering::SeqCst);
         self.entry.in_progress.fetch_sub(1, Ordering::SeqCst);
     }

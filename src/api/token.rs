@@ -84,11 +84,16 @@ impl TokenApi {
         let token = self
             .broker
             .cached_token(&request.tenant_id, request.min_valid_seconds)?;
+        self.count_served(&token);
+        Some(convert::access_token(&request.tenant_id, &token))
+    }
+
+    /// A GetToken answered OK, and the age of the token it handed out.
+    fn count_served(&self, token: &crate::domain::AccessToken) {
         if let Some(m) = &self.metrics {
             m.get_token(tonic::Code::Ok);
             m.token_served(self.clock.now().0 - token.issued_at.0);
         }
-        Some(convert::access_token(&request.tenant_id, &token))
     }
 
     /// Where GetToken results are counted (the interceptor counts the
@@ -120,10 +125,7 @@ impl TokenService for TokenApi {
             .map_err(Status::from);
         if let Some(m) = &self.metrics {
             match &result {
-                Ok(t) => {
-                    m.get_token(tonic::Code::Ok);
-                    m.token_served(self.clock.now().0 - t.issued_at.0);
-                }
+                Ok(t) => self.count_served(t),
                 Err(status) => m.get_token(status.code()),
             }
         }
