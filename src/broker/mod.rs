@@ -25,6 +25,7 @@ mod remote_tests;
 mod report;
 mod slot;
 mod startup;
+mod token_cell;
 pub mod unstored;
 mod watch;
 

@@ -1,5 +1,5 @@
-//! One tenant's place in the cache: its current token (a `watch` channel, so
-//! readers and streams see every new token), its state, the end signal of
+//! One tenant's place in the cache: its current token (with a change
+//! channel once a stream watches: `token_cell.rs`), its state, the end signal of
 //! its streams (disabled, deleted: see `watch.rs`), and the fetch lock that
 //! makes refreshes single-flight.
 //!
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use super::token_cell::TokenCell;
 use super::watch::WatchEnd;
 use super::TokenError;
 use crate::clock::UnixMs;
@@ -57,7 +58,7 @@ pub struct Unstored {
 pub struct Slot {
     id: TenantId,
     meta: Mutex<Meta>,
-    token: watch::Sender<Option<Arc<AccessToken>>>,
+    token: TokenCell,
     /// Why the tenant's streams must end, and the channel that tells them.
     end: Mutex<EndSignal>,
     fetch: tokio::sync::Mutex<()>,
@@ -119,7 +120,7 @@ fn end_for(state: TenantState) -> Option<WatchEnd> {
 
 impl Slot {
     pub fn from_cached(t: CachedTenant) -> Self {
-        let (token, _) = watch::channel(t.token.map(Arc::new));
+        let token = TokenCell::new(t.token.map(Arc::new));
         let end = EndSignal {
             current: end_for(t.state),
             tell: None,
@@ -161,7 +162,7 @@ impl Slot {
         }
         self.set_end(end_for(t.state));
         if let Some(token) = t.token {
-            self.token.send_replace(Some(Arc::new(token)));
+            self.token.replace(Some(Arc::new(token)));
         }
     }
 
@@ -221,7 +222,7 @@ impl Slot {
     /// A newer token stored by another replica: watchers are told; state
     /// and failures are the database's business (set apart).
     pub fn replace_token(&self, token: Arc<AccessToken>) {
-        self.token.send_replace(Some(token));
+        self.token.replace(Some(token));
     }
 
     pub fn base_url(&self) -> PbxBaseUrl {
@@ -237,7 +238,7 @@ impl Slot {
     }
 
     pub fn token(&self) -> Option<Arc<AccessToken>> {
-        self.token.borrow().clone()
+        self.token.get()
     }
 
     /// For the activity scan over every slot (`activity/mod.rs`): `f` of
@@ -253,10 +254,7 @@ impl Slot {
 
     /// The held token's lifetime, without cloning the token's `Arc`.
     pub fn token_lifetime_ms(&self) -> Option<i64> {
-        self.token
-            .borrow()
-            .as_ref()
-            .map(|t| t.expires_at.0 - t.issued_at.0)
+        self.token.with(|t| t.map(|t| t.lifetime_ms()))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<AccessToken>>> {
@@ -269,11 +267,10 @@ impl Slot {
         if !self.state().is_renewing() {
             return None;
         }
-        let guard = self.token.borrow();
-        match guard.as_ref() {
+        self.token.with(|t| match t {
             Some(t) if t.valid_for(now, min_valid_ms) => Some(t.clone()),
             _ => None,
-        }
+        })
     }
 
     /// Errors for states that never hand out tokens.
@@ -356,7 +353,7 @@ impl Slot {
             m.cooldown_until = None;
             m.credential_fault = None;
         }
-        self.token.send_replace(Some(token));
+        self.token.replace(Some(token));
     }
 
     /// What the store could not write, if anything.

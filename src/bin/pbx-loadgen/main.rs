@@ -5,7 +5,8 @@
 //! After `--warmup`, every call that starts and ends inside the `--duration`
 //! window is counted: requests/s, errors by gRPC code and the latency
 //! percentiles of the successful calls (in microseconds, from per-task
-//! HDR histograms merged at the end; `load.rs`).
+//! HDR histograms merged at the end; `load.rs`). `--json` also writes the
+//! recorded histogram, so several runs can be pooled.
 //!
 //! With `--rate N` the calls are open-loop at a steady N/s instead
 //! (`rate.rs`). Every answer's `expires_at` is checked against this
@@ -52,6 +53,7 @@ Tenant ids:
 Output:
   requests/s over the measured window, errors by gRPC code, and the
   p50/p90/p99/p99.9/max latency of successful calls in microseconds.
+  --json adds latency_histogram_us ([[us, count], ...]) for pooling runs.
   Exits 1 when no call succeeded.
 
 h2load:
@@ -275,6 +277,21 @@ fn percentiles(h: &Histogram<u64>) -> [(&'static str, u64); 5] {
     ]
 }
 
+/// Every recorded latency value with its count, `[[us, count], ...]`:
+/// lets a benchmark pool the calls of several runs and take the pooled
+/// percentiles (one run's p99 swings with a few calls more or fewer near
+/// the knee; the pooled one does not).
+fn recorded_counts(h: &Histogram<u64>) -> Value {
+    h.iter_recorded()
+        .map(|v| {
+            json!([
+                h.highest_equivalent(v.value_iterated_to()),
+                v.count_at_value()
+            ])
+        })
+        .collect()
+}
+
 fn report_json(args: &Args, t: &Tally, series: Value) -> Value {
     let requests = t.ok + t.error_total();
     let latency: serde_json::Map<String, Value> = percentiles(&t.latency)
@@ -303,6 +320,7 @@ fn report_json(args: &Args, t: &Tally, series: Value) -> Value {
         "requests_per_second": per_second(requests, args.duration),
         "ok_per_second": per_second(t.ok, args.duration),
         "latency_us": latency,
+        "latency_histogram_us": recorded_counts(&t.latency),
         "series_interval_seconds": args.series_interval.as_secs_f64(),
         "series": series,
     })
