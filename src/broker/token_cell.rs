@@ -1,8 +1,8 @@
 //! A slot's held token, with a change channel for WatchToken streams made
 //! only when a stream subscribes.
 //!
-//! Why not a tokio `watch` channel per slot: one takes about 420 bytes
-//! (its shared state holds nine `Notify`s), 40 MB at 100,000 tenants, and
+//! Why not a tokio `watch` channel per slot: one takes about 350 bytes
+//! (its shared state holds nine `Notify`s), 35 MB at 100,000 tenants, and
 //! puts one more allocation between a GetToken lookup and the token. Most
 //! tenants never have a stream. The token itself sits behind a plain
 //! `RwLock` read on the hot path; the channel exists once someone watches.
