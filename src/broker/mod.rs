@@ -17,6 +17,7 @@
 mod abandoned;
 mod activity;
 mod jitter;
+mod lazy_watch;
 mod min_valid;
 mod record;
 mod remote;
@@ -25,7 +26,6 @@ mod remote_tests;
 mod report;
 mod slot;
 mod startup;
-mod token_cell;
 pub mod unstored;
 mod watch;
 

@@ -1,7 +1,7 @@
-//! One tenant's place in the cache: its current token (with a change
-//! channel once a stream watches: `token_cell.rs`), its state, the end signal of
-//! its streams (disabled, deleted: see `watch.rs`), and the fetch lock that
-//! makes refreshes single-flight.
+//! One tenant's place in the cache: its current token, its state, the end
+//! signal of its streams (disabled, deleted: see `watch.rs`), both with a
+//! change channel made once someone watches (`lazy_watch.rs`), and the
+//! fetch lock that makes refreshes single-flight.
 //!
 //! Why std locks here: they guard a few fields for nanoseconds and are never
 //! held across `.await`; the fetch lock is a tokio mutex because it is held
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::token_cell::TokenCell;
+use super::lazy_watch::LazyWatch;
 use super::watch::WatchEnd;
 use super::TokenError;
 use crate::clock::UnixMs;
@@ -58,9 +58,9 @@ pub struct Unstored {
 pub struct Slot {
     id: TenantId,
     meta: Mutex<Meta>,
-    token: TokenCell,
-    /// Why the tenant's streams must end, and the channel that tells them.
-    end: Mutex<EndSignal>,
+    token: LazyWatch<Option<Arc<AccessToken>>>,
+    /// Why the tenant's streams must end (`None` while they may run).
+    end: LazyWatch<Option<WatchEnd>>,
     fetch: tokio::sync::Mutex<()>,
     /// A token request of this tenant our side gave up on may be open at
     /// the provider until then (broker/abandoned/mod.rs).
@@ -74,17 +74,6 @@ pub struct Slot {
     /// The scheduler left this tenant's due renewal for later: it was idle
     /// while its host's budget was short (`broker/activity/mod.rs`).
     parked: AtomicBool,
-}
-
-/// Why a tenant's streams must end (`None` while they may run), with the
-/// channel that tells open WatchToken streams and waiting reports. The
-/// channel is made on the first subscription: a tokio watch channel takes
-/// about 350 bytes, 34 MB at 100,000 tenants, and most tenants never have
-/// a stream.
-#[derive(Debug, Default)]
-struct EndSignal {
-    current: Option<WatchEnd>,
-    tell: Option<watch::Sender<Option<WatchEnd>>>,
 }
 
 /// `last_asked` is kept to this resolution: a tenant asked thousands of
@@ -120,11 +109,8 @@ fn end_for(state: TenantState) -> Option<WatchEnd> {
 
 impl Slot {
     pub fn from_cached(t: CachedTenant) -> Self {
-        let token = TokenCell::new(t.token.map(Arc::new));
-        let end = EndSignal {
-            current: end_for(t.state),
-            tell: None,
-        };
+        let token = LazyWatch::new(t.token.map(Arc::new));
+        let end = LazyWatch::new(end_for(t.state));
         Self {
             id: t.id,
             meta: Mutex::new(Meta {
@@ -138,7 +124,7 @@ impl Slot {
                 credential_fault: None,
             }),
             token,
-            end: Mutex::new(end),
+            end,
             fetch: tokio::sync::Mutex::new(()),
             provider_busy: Mutex::new(None),
             last_asked: AtomicI64::new(0),
@@ -169,13 +155,7 @@ impl Slot {
     /// Tells the streams (only when the reason changes: a no-op update of
     /// an ACTIVE tenant wakes nobody).
     fn set_end(&self, end: Option<WatchEnd>) {
-        let mut signal = self.end_signal();
-        if signal.current != end {
-            signal.current = end;
-            if let Some(tell) = &signal.tell {
-                tell.send_replace(end);
-            }
-        }
+        self.end.replace_if(end, |current, end| current != end);
     }
 
     /// The tenant is gone: its streams end with NOT_FOUND.
@@ -184,17 +164,7 @@ impl Slot {
     }
 
     pub fn subscribe_end(&self) -> watch::Receiver<Option<WatchEnd>> {
-        let mut signal = self.end_signal();
-        let current = signal.current;
-        signal
-            .tell
-            .get_or_insert_with(|| watch::channel(current).0)
-            .subscribe()
-    }
-
-    fn end_signal(&self) -> MutexGuard<'_, EndSignal> {
-        // Poisoning would need a panic inside a field assignment.
-        self.end.lock().unwrap_or_else(|p| p.into_inner())
+        self.end.subscribe()
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -254,7 +224,7 @@ impl Slot {
 
     /// The held token's lifetime, without cloning the token's `Arc`.
     pub fn token_lifetime_ms(&self) -> Option<i64> {
-        self.token.with(|t| t.map(|t| t.lifetime_ms()))
+        self.token.with(|t| t.as_ref().map(|t| t.lifetime_ms()))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<AccessToken>>> {
@@ -267,7 +237,7 @@ impl Slot {
         if !self.state().is_renewing() {
             return None;
         }
-        self.token.with(|t| match t {
+        self.token.with(|t| match t.as_ref() {
             Some(t) if t.valid_for(now, min_valid_ms) => Some(t.clone()),
             _ => None,
         })
