@@ -5,11 +5,17 @@
 # second) is above what the daemon can do and the renewals it sustains are
 # its throughput. Daemon CPU per renewal, and for the postgres backend the
 # server's own CPU (its processes), commits, WAL syncs and WAL bytes per
-# renewal (pg_stat_database, pg_stat_wal).
+# renewal (pg_stat_database, pg_stat_wal). Where a renewal's time goes:
+# the mean of each stage of `pbx_tokend_renewal_stage_seconds` over the
+# window (credentials, limiter, shared_budget, pbx, record; ms).
 #
 # Usage: scripts/bench-renewals.sh [TENANTS] [WINDOW]    e.g. 20000 60
 # Env:   BACKENDS ("sqlite postgres") LIFETIME (10) BIN (target/release)
 #        OUT (target/bench-renewals)
+#        LIMIT_RPS (100000) / LIMIT_CONC (64): [limits] per_host_requests_per_second
+#        / per_host_concurrent (all tenants share one PBX host); the defaults
+#        keep the limits out of the way, the cluster campaign's 400 / 16
+#        show what one host's budget lets through
 #        PG_STATEMENTS=1: load pg_stat_statements into the server and write
 #        the statements of the measured window (calls and server time per
 #        renewal, costliest first) to $OUT/postgres-statements.txt; it
@@ -78,20 +84,33 @@ SIM_PORT=$(free_port); SIM=http://127.0.0.1:$SIM_PORT
 pids+=($!)
 wait_port "$SIM_PORT"
 renewals() { curl -s "$SIM/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_requests_by_grant_type"].get("client_credentials",0))'; }
+# Each stage's (sum s, count) from the daemon's /metrics, as JSON.
+stages() {
+  curl -s "http://127.0.0.1:$MPORT/metrics" | python3 -c '
+import json, re, sys
+out = {}
+for line in sys.stdin:
+    m = re.match(r"pbx_tokend_renewal_stage_seconds_(sum|count)\{stage=\"(\w+)\"\} (\S+)", line)
+    if m:
+        out.setdefault(m[2], [0, 0])[0 if m[1] == "sum" else 1] = float(m[3])
+print(json.dumps(out))'
+}
 for B in $BACKENDS; do
-  PORT=$(free_port); mkdir -p "$WORK/$B/state"
+  PORT=$(free_port); MPORT=$(free_port); mkdir -p "$WORK/$B/state"
   cat >"$WORK/$B/d.toml" <<TOML
 state_dir = "$WORK/$B/state"
 [grpc]
 listen = "127.0.0.1:$PORT"
 [log]
 level = "error"
+[metrics]
+listen = "127.0.0.1:$MPORT"
 [pbx]
 allow_insecure_http = true
 allow_private_addresses = true
 [limits]
-per_host_requests_per_second = 100000
-per_host_concurrent = 64
+per_host_requests_per_second = ${LIMIT_RPS:-100000}
+per_host_concurrent = ${LIMIT_CONC:-64}
 [refresh]
 max_concurrent = 64
 max_concurrent_per_host = 64
@@ -106,12 +125,20 @@ TOML
     --tenants "$N" --concurrency 32 --connections 2 --seed-from-sim "$SIM" 2>"$OUT/$B-seed.txt" || { cat "$OUT/$B-seed.txt"; exit 1; }
   sleep "$LIFETIME"
   pg_statements_reset
-  r0=$(renewals); c0=$(ticks $DPID); g0=0; [ "$B" = postgres ] && g0=$(pg_ticks); q0=$(pg_counters); t0=$(date +%s.%N)
-  sleep "$WINDOW"
-  r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); q1=$(pg_counters); t1=$(date +%s.%N)
-  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" "$q0" "$q1" <<'PY' | tee "$OUT/$B.json"
+  r0=$(renewals); c0=$(ticks $DPID); g0=0; [ "$B" = postgres ] && g0=$(pg_ticks); q0=$(pg_counters); s0=$(stages); t0=$(date +%s.%N)
+  # Renewals in flight (all hosts), sampled through the window.
+  ( for _ in $(seq 1 "$WINDOW"); do sleep 1
+      curl -s "http://127.0.0.1:$MPORT/metrics" | awk '/^pbx_tokend_renewals_in_flight /{print $2}'
+    done >"$WORK/$B/in-flight.txt" ) &
+  sleep "$WINDOW"; wait $!
+  r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); q1=$(pg_counters); s1=$(stages); t1=$(date +%s.%N)
+  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" "$q0" "$q1" "$s0" "$s1" "$WORK/$B/in-flight.txt" <<'PY' | tee "$OUT/$B.json"
 import json, sys
-b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck, q0, q1 = sys.argv[1:]
+b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck, q0, q1, s0, s1, inf = sys.argv[1:]
+inf = [float(x) for x in open(inf).read().split()]
+s0, s1 = json.loads(s0), json.loads(s1)
+stage_ms = {k: round((v[0] - s0.get(k, [0, 0])[0]) * 1000 / (v[1] - s0.get(k, [0, 0])[1]), 1)
+            for k, v in s1.items() if v[1] > s0.get(k, [0, 0])[1]}
 q = [float(y) - float(x) for x, y in zip(q0.split(), q1.split())]
 secs = float(t1) - float(t0); ren = int(r1) - int(r0)
 cpu = (int(c1) - int(c0)) * 1000 / int(tck) / secs; pg = (int(g1) - int(g0)) * 1000 / int(tck) / secs
@@ -123,6 +150,8 @@ print(json.dumps({"backend": b, "tenants": int(n), "lifetime_s": int(life), "win
   "postgres_commits_per_renewal": round(q[0] / ren, 2) if ren else None,
   "postgres_wal_syncs_per_renewal": round(q[1] / ren, 2) if ren else None,
   "postgres_wal_bytes_per_renewal": round(q[2] / ren) if ren else None,
+  "stage_mean_ms": stage_ms,
+  "in_flight_mean": round(sum(inf) / len(inf), 1) if inf else None,
   "load": open('/proc/loadavg').read().split()[:3]}))
 PY
   pg_statements_dump $((r1 - r0))

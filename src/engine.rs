@@ -166,7 +166,7 @@ impl Engine {
         // A wrong key stops here, before the cache or anything else is read.
         store.check_master_key().await?;
         let webhooks = start_webhooks(config, &clock, &store, &metrics).await?;
-        let (limiter, pbx) = build_gated_pbx(config, &clock, pbx, &store);
+        let (limiter, pbx) = build_gated_pbx(config, &clock, pbx, &store, &metrics);
         let broker = build_broker(config, &clock, &store, &pbx, broker_jitter, &metrics);
         // Read before the cache is filled: a change committed meanwhile is
         // read again by the cache sync (`cluster/`), never missed.
@@ -410,13 +410,15 @@ fn build_gated_pbx(
     clock: &SharedClock,
     pbx: Arc<dyn PbxApi>,
     store: &Store,
+    metrics: &Arc<Metrics>,
 ) -> (Arc<HostLimiters>, Arc<GatedPbx>) {
     let limiter = Arc::new(HostLimiters::new(
         clock.clone(),
         config.limits.per_host_requests_per_second,
         config.limits.per_host_concurrent,
     ));
-    let mut gated = GatedPbx::new(pbx, limiter.clone(), config.pbx.request_timeout_ms);
+    let mut gated = GatedPbx::new(pbx, limiter.clone(), config.pbx.request_timeout_ms)
+        .with_metrics(metrics.clone());
     // Several replicas: the per-host limits hold for the cluster as a
     // whole, through a budget shared in the database.
     if store.backend_name() == "postgres" {
@@ -462,10 +464,27 @@ async fn spread_overdue(
     store: &Store,
     jitter: &Jitter,
 ) -> Result<(), StoreError> {
+    let now = clock.now();
+    // Several replicas: hosts another replica renews now (an unexpired
+    // lease) are left alone. On a restart of one replica of a running
+    // cluster, moving the holder's backlog (one large transaction over the
+    // rows its writes touch) stalled the database for seconds.
+    let renewed_elsewhere: Vec<String> = if store.backend_name() == "postgres" {
+        store
+            .leases()
+            .await?
+            .into_iter()
+            .filter(|lease| lease.expires_at > now)
+            .map(|lease| lease.host)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let spread = spread_overdue_with(
         store,
-        clock.now(),
+        now,
         config.limits.per_host_requests_per_second,
+        &renewed_elsewhere,
         jitter,
     )
     .await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::broker::test_tenant::insert_active;
-use crate::broker::{Broker, BrokerSettings, DutyFence, TokenError};
+use crate::broker::{Broker, BrokerSettings, DutyFence, RequestTurn, Scheduling, TokenError};
 use crate::clock::{SharedClock, TokioClock, UnixMs};
 use crate::config::Config;
 use crate::crypto::Keyring;
@@ -80,11 +80,14 @@ async fn fixture() -> Fixture {
     let broker = Broker::new(
         clock.clone(),
         store.clone(),
-        Arc::new(GatedPbx::new(
-            pbx.clone(),
-            Arc::new(HostLimiters::new(clock, 20, 6)),
-            1_000,
-        )),
+        Arc::new(
+            GatedPbx::new(
+                pbx.clone(),
+                Arc::new(HostLimiters::new(clock, 20, 6)),
+                1_000,
+            )
+            .with_metrics(metrics.clone()),
+        ),
         BrokerSettings::from_config(&Config::default()),
     )
     .with_metrics(metrics.clone())
@@ -160,7 +163,60 @@ async fn a_renewal_whose_duty_ran_out_sends_nothing() {
         },
         stop_at: tokio::time::Instant::now(),
     };
-    assert!(f.broker.renew_on_duty(&id, Some(lapsed)).await.is_err());
+    assert!(f
+        .broker
+        .renew_on_duty(
+            &id,
+            Scheduling {
+                duty: Some(lapsed),
+                turn: None,
+            },
+        )
+        .await
+        .is_err());
     assert_eq!(f.pbx.calls.load(Ordering::Relaxed), 0);
     assert_eq!(stored_token(&f.store).await, "held");
+}
+
+/// Takes the held token's value when the scheduler's turn comes back.
+struct SeesHeldToken {
+    broker: Arc<Broker>,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Drop for SeesHeldToken {
+    fn drop(&mut self) {
+        let held = self.broker.held_token("acme");
+        *self.seen.lock().unwrap() = held.map(|t| t.value.expose().clone());
+    }
+}
+
+/// The scheduler's per-host turn counts requests: a renewal gives it back
+/// once the PBX answered, before its outcome is written and published.
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_renewal_gives_its_turn_back_before_writing_the_outcome() {
+    let f = fixture().await;
+    let broker = Arc::new(f.broker);
+    tokio::time::advance(std::time::Duration::from_secs(HOUR as u64 / 4000 + 1)).await;
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let turn = RequestTurn::new(SeesHeldToken {
+        broker: broker.clone(),
+        seen: seen.clone(),
+    });
+    let id = TenantId::parse("acme").unwrap();
+    let scheduling = Scheduling {
+        duty: None,
+        turn: Some(turn),
+    };
+    broker.renew_on_duty(&id, scheduling).await.unwrap();
+    assert_eq!(f.pbx.calls.load(Ordering::Relaxed), 1);
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("held"));
+    let held = broker.held_token("acme").unwrap();
+    assert_eq!(held.value.expose().as_str(), "fetched-here");
+    assert_eq!(stored_token(&f.store).await, "fetched-here");
+    let text = f.metrics.encode().unwrap();
+    for stage in ["credentials", "limiter", "pbx", "record"] {
+        let count = format!("pbx_tokend_renewal_stage_seconds_count{{stage=\"{stage}\"}} 1");
+        assert!(text.contains(&count), "{stage}: {text}");
+    }
 }

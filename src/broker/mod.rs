@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
 use crate::domain::{AccessToken, TenantId, TenantState, ValidationError};
-use crate::metrics::Metrics;
+use crate::metrics::{FetchStage, Metrics};
 use crate::pbx::gated::GatedPbx;
 use crate::pbx::limiter::Lane;
 use crate::pbx::TokenGrant;
@@ -87,6 +87,32 @@ pub enum TokenError {
 pub struct DutyFence {
     pub fence: WriteFence,
     pub stop_at: tokio::time::Instant,
+}
+
+/// A scheduled renewal's hold on one of its host's turns in the scheduler
+/// (opaque here). Given back (dropped) as soon as the PBX request is
+/// over: the scheduler's per-host cap counts requests, and the outcome's
+/// database write that follows must not hold up the host's next renewal
+/// (on a loaded PostgreSQL the write took longer than the request).
+pub struct RequestTurn {
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl RequestTurn {
+    /// `guard` is dropped when the turn is given back.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+/// What the scheduler hands one renewal; nothing for the other refreshes.
+#[derive(Default)]
+pub struct Scheduling {
+    /// Several replicas: the host's lease the renewal runs under.
+    pub duty: Option<DutyFence>,
+    pub turn: Option<RequestTurn>,
 }
 
 /// See `refresh`: a token younger than this is never replaced on demand.
@@ -351,7 +377,7 @@ impl Broker {
         // An ask no token can satisfy is refused, not fetched for (min_valid.rs).
         min_valid::check(slot.id(), min_valid_secs, slot.token().as_deref())?;
         let token = self
-            .refresh(&slot, Need::MinValid(min_valid_ms), None)
+            .refresh(&slot, Need::MinValid(min_valid_ms), Scheduling::default())
             .await?;
         min_valid::check(slot.id(), min_valid_secs, Some(&token))?;
         Ok(token)
@@ -360,21 +386,23 @@ impl Broker {
     /// Operator-forced refresh.
     pub async fn force_refresh(&self, tenant: &str) -> Result<Arc<AccessToken>, TokenError> {
         let slot = self.slot_or_load(tenant).await?;
-        self.refresh(&slot, Need::Forced, None).await
+        self.refresh(&slot, Need::Forced, Scheduling::default())
+            .await
     }
 
     /// A scheduled renewal (renewal worker). Errors are recorded on the
     /// tenant; the result only says whether a PBX request was made.
     pub async fn renew_scheduled(&self, tenant: &TenantId) -> Result<(), TokenError> {
-        self.renew_on_duty(tenant, None).await
+        self.renew_on_duty(tenant, Scheduling::default()).await
     }
 
     /// A scheduled renewal under the host's lease (`duty`: see
-    /// [`DutyFence`]); `None` on one node.
+    /// [`DutyFence`]; `None` on one node), giving back its `turn` when
+    /// the PBX request is over.
     pub async fn renew_on_duty(
         &self,
         tenant: &TenantId,
-        duty: Option<DutyFence>,
+        scheduling: Scheduling,
     ) -> Result<(), TokenError> {
         let slot = match self.slot(tenant.as_str()) {
             Ok(s) => s,
@@ -382,7 +410,7 @@ impl Broker {
             Err(TokenError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.refresh(&slot, Need::Scheduled, duty.as_ref())
+        self.refresh(&slot, Need::Scheduled, scheduling)
             .await
             .map(|_| ())
     }
@@ -404,7 +432,7 @@ impl Broker {
         &self,
         slot: &Arc<Slot>,
         need: Need,
-        duty: Option<&DutyFence>,
+        scheduling: Scheduling,
     ) -> Result<Arc<AccessToken>, TokenError> {
         if need != Need::Forced {
             slot.check_servable_state()?;
@@ -479,7 +507,7 @@ impl Broker {
             Need::Scheduled => Lane::Proactive,
             Need::MinValid(_) | Need::Forced => Lane::Demand,
         };
-        match self.fetch_locked(slot, now, lane, duty).await {
+        match self.fetch_locked(slot, now, lane, scheduling).await {
             Ok(t) => Ok(t),
             Err(e) => {
                 if let Need::MinValid(_) = need {
@@ -500,15 +528,16 @@ impl Broker {
     }
 
     /// One PBX round trip; the caller holds the slot's fetch lock. Under
-    /// `duty`, nothing is sent once its time is up.
+    /// a duty, nothing is sent once its time is up.
     async fn fetch_locked(
         &self,
         slot: &Arc<Slot>,
         now: UnixMs,
         lane: Lane,
-        duty: Option<&DutyFence>,
+        scheduling: Scheduling,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        if let Some(d) = duty {
+        let Scheduling { duty, turn } = scheduling;
+        if let Some(d) = &duty {
             if tokio::time::Instant::now() >= d.stop_at {
                 return Err(TokenError::Unavailable {
                     tenant: slot.id().to_string(),
@@ -519,13 +548,17 @@ impl Broker {
         }
         // Read before the fetch: the write must find the same token stored.
         let fence = match duty {
-            Some(d) => d.fence.clone(),
+            Some(d) => d.fence,
             None if self.fence_writes => {
                 WriteFence::TokenIssuedAt(slot.token().map(|t| t.issued_at))
             }
             None => WriteFence::None,
         };
-        let creds = match self.store.trusted_credentials(slot.id()).await {
+        let reading = tokio::time::Instant::now();
+        let creds = self.store.trusted_credentials(slot.id()).await;
+        self.metrics
+            .fetch_stage(FetchStage::Credentials, reading.elapsed());
+        let creds = match creds {
             Ok(creds) => creds,
             Err(e) if e.is_credential_fault() => {
                 let reason = e.to_string();
@@ -550,6 +583,7 @@ impl Broker {
         let mark = abandoned::TenantMark::new(slot, grace);
         let started = tokio::time::Instant::now();
         let outcome = self.pbx.client_credentials_in(&base, &creds, lane).await;
+        drop(turn);
         mark.finish(abandoned::timed_out(&outcome, started.elapsed(), grace));
         self.record_outcome(slot, now, outcome, started.elapsed(), fence)
             .await

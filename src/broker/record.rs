@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::{unstored, Broker, Slot, TokenError, REJECTED_HINT};
 use crate::clock::UnixMs;
 use crate::domain::{AccessToken, TenantState};
+use crate::metrics::FetchStage;
 use crate::pbx::gated::FetchFailure;
 use crate::pbx::{PbxError, TokenGrant};
 use crate::policy::outcome::{self, Decision, Outcome};
@@ -76,6 +77,7 @@ impl Broker {
         now: UnixMs,
         fence: WriteFence,
     ) -> Result<Arc<AccessToken>, TokenError> {
+        let writing = tokio::time::Instant::now();
         let stored = self
             .store
             .record_refresh_fenced(
@@ -88,6 +90,8 @@ impl Broker {
                 now,
             )
             .await;
+        self.metrics
+            .fetch_stage(FetchStage::Record, writing.elapsed());
         let token = Arc::new(token);
         match stored {
             // The database moved on (another replica's duty or token): the
@@ -128,6 +132,7 @@ impl Broker {
         let (state, retry_at, failures) = (d.state, d.next_due, d.failures);
         let message = d.last_error.unwrap_or_default();
         tracing::warn!(tenant = %slot.id(), outcome = "failure", class, latency_ms, failures, next_renewal = %retry_at, "token refresh failed: {message}");
+        let writing = tokio::time::Instant::now();
         let stored = self
             .store
             .record_refresh_fenced(
@@ -141,6 +146,8 @@ impl Broker {
                 now,
             )
             .await;
+        self.metrics
+            .fetch_stage(FetchStage::Record, writing.elapsed());
         if let Err(e @ StoreError::Fenced { .. }) = stored {
             // Someone else renewed meanwhile: this failure is old news.
             self.metrics.fenced_write();

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Broker, Slot, TokenError, REJECTED_HINT};
+use super::{Broker, Scheduling, Slot, TokenError, REJECTED_HINT};
 use crate::clock::UnixMs;
 use crate::domain::{AccessToken, TenantState};
 use crate::pbx::limiter::Lane;
@@ -134,7 +134,7 @@ impl Broker {
             }
         }
         slot.mark_report_refresh(now);
-        self.fetch_locked(slot, now, Lane::Demand, None)
+        self.fetch_locked(slot, now, Lane::Demand, Scheduling::default())
             .await
             .map(Ok)
     }

@@ -45,6 +45,42 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The stages of one token fetch, timed apart in `renewal_stage_seconds`,
+/// so a slow renewal shows where it waits: in the database or at the PBX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchStage {
+    /// Reading and opening the tenant's app credentials.
+    Credentials,
+    /// Waiting for this replica's host limiter (rate window, concurrency).
+    Limiter,
+    /// Taking a slot of the host budget the replicas share (PostgreSQL).
+    SharedBudget,
+    /// The HTTP request to the PBX.
+    Pbx,
+    /// Writing the outcome to the database.
+    Record,
+}
+
+impl FetchStage {
+    const ALL: [FetchStage; 5] = [
+        FetchStage::Credentials,
+        FetchStage::Limiter,
+        FetchStage::SharedBudget,
+        FetchStage::Pbx,
+        FetchStage::Record,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            FetchStage::Credentials => "credentials",
+            FetchStage::Limiter => "limiter",
+            FetchStage::SharedBudget => "shared_budget",
+            FetchStage::Pbx => "pbx",
+            FetchStage::Record => "record",
+        }
+    }
+}
+
 /// Upper bounds of the change-feed lag histogram, in seconds (a change
 /// committed on one replica until applied in this one's cache; the goal is
 /// under 1 s, the catch-up poll bounds it at about 2 s).
@@ -81,6 +117,8 @@ pub struct Metrics {
     token_age: AtomicHistogram,
     renewals: Family<Labels, Counter>,
     renewal_latency: AtomicHistogram,
+    /// Indexed by `FetchStage as usize` (the order of [`FetchStage::ALL`]).
+    fetch_stages: [AtomicHistogram; 5],
     pbx_http: Family<Labels, Counter>,
     backups: Family<Labels, Counter>,
     streams_refused: Family<Labels, Counter>,
@@ -148,6 +186,20 @@ impl Metrics {
             "Time a token fetch took: waiting for the host limiter plus the PBX round trip",
             renewal_latency.clone(),
         );
+        let stages =
+            Family::<Labels, AtomicHistogram, fn() -> AtomicHistogram>::new_with_constructor(
+                || AtomicHistogram::new(&LATENCY_BUCKETS),
+            );
+        registry.register(
+            "renewal_stage_seconds",
+            "Time each stage of a token fetch took, by stage: credentials (read and open the app credentials), limiter (wait for this replica's host limiter), shared_budget (take a slot of the host budget the replicas share; PostgreSQL only), pbx (the HTTP request), record (write the outcome to the database)",
+            stages.clone(),
+        );
+        let fetch_stages = FetchStage::ALL.map(|stage| {
+            stages
+                .get_or_create(&vec![("stage", stage.label().to_owned())])
+                .clone()
+        });
         let pbx_http = Family::<Labels, Counter>::default();
         registry.register(
             "pbx_http_requests",
@@ -289,6 +341,7 @@ impl Metrics {
             token_age,
             renewals,
             renewal_latency,
+            fetch_stages,
             pbx_http,
             backups,
             streams_refused,
@@ -330,6 +383,13 @@ impl Metrics {
             .get_or_create(&vec![("result", result.to_owned())])
             .inc();
         self.renewal_latency.observe(latency.as_secs_f64());
+    }
+
+    /// One stage of a token fetch took `took`.
+    pub fn fetch_stage(&self, stage: FetchStage, took: Duration) {
+        if let Some(h) = self.fetch_stages.get(stage as usize) {
+            h.observe(took.as_secs_f64());
+        }
     }
 
     /// An HTTP exchange with a PBX host ended with `status` (None: no answer).

@@ -43,6 +43,7 @@ use super::limiter::{HostLimiters, Lane, RequestPermit};
 use super::{PbxApi, PbxError, PbxOnboardingApi, TokenGrant};
 use crate::clock::UnixMs;
 use crate::domain::{AppCredentials, PbxBaseUrl, PbxUser};
+use crate::metrics::{FetchStage, Metrics};
 use crate::secret::Secret;
 
 /// A gated request that did not produce its answer.
@@ -98,6 +99,8 @@ pub struct GatedPbx {
     request_timeout_ms: AtomicU64,
     /// Several replicas: the cluster's budget per host (`shared.rs`).
     shared: Option<Arc<dyn shared::SharedBudget>>,
+    /// Times the limiter wait, the shared budget and the request.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl GatedPbx {
@@ -107,6 +110,19 @@ impl GatedPbx {
             limiter,
             request_timeout_ms: AtomicU64::new(request_timeout_ms),
             shared: None,
+            metrics: None,
+        }
+    }
+
+    /// Each request's stages go into `renewal_stage_seconds`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn stage(&self, stage: FetchStage, since: tokio::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.fetch_stage(stage, since.elapsed());
         }
     }
 
@@ -164,19 +180,27 @@ impl GatedPbx {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, PbxError>>,
     {
+        let waited = tokio::time::Instant::now();
         let permit = match self.limiter.acquire_in(base.host(), lane).await {
             Ok(p) => p,
             Err(t) => return Err(FetchFailure::HostThrottled { until: t.until }),
         };
+        self.stage(FetchStage::Limiter, waited);
         let grace = self.abandon_grace();
         // Held past the end of the call if it is cancelled or times out.
         let permit = HostSlot::new(permit, grace);
         let cluster = match &self.shared {
-            Some(budget) => Some(shared::take(budget, &self.limiter, base.host()).await?),
+            Some(budget) => {
+                let taking = tokio::time::Instant::now();
+                let slot = shared::take(budget, &self.limiter, base.host()).await?;
+                self.stage(FetchStage::SharedBudget, taking);
+                Some(slot)
+            }
             None => None,
         };
         let started = tokio::time::Instant::now();
         let result = call().await;
+        self.stage(FetchStage::Pbx, started);
         let abandoned = timed_out(&result, started.elapsed(), grace);
         permit.finish(abandoned);
         if let Some(slot) = cluster {
