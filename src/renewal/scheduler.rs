@@ -177,24 +177,14 @@ impl Scheduler {
                 // the PBX limiter still caps requests during the overlap.
                 quick = false;
             }
-            let mut to_park = Vec::new();
             // The read stopped at its limit: more jobs may be due behind
             // hosts that filled up during this pass, which the next pass
             // skips; so look again at once.
             let mut truncated = false;
-            if quick {
+            let jobs: VecDeque<DueJob> = if quick {
                 // Jobs the last read left are started first (earliest due
                 // first), each as its host gets a turn back.
-                let read = std::mem::take(&mut permits.pending);
-                self.start_jobs(
-                    read,
-                    &mut permits,
-                    &parking,
-                    &mut notes,
-                    &mut to_park,
-                    now,
-                    &workers,
-                );
+                std::mem::take(&mut permits.pending)
             } else {
                 parking
                     .before_pass(&self.broker, &store, &self.status, limits.per_host_rps, now)
@@ -202,7 +192,9 @@ impl Scheduler {
                 notes = PassNotes::default();
                 // With every global permit taken there is nothing to start:
                 // wait for a worker to finish.
-                if permits.global.available_permits() > 0 {
+                if permits.global.available_permits() == 0 {
+                    VecDeque::new()
+                } else {
                     last_read = tokio::time::Instant::now();
                     let mut skip_hosts = permits.busy_hosts();
                     if let Some(duty) = &self.duty {
@@ -223,25 +215,20 @@ impl Scheduler {
                         Ok(ready) => {
                             notes.next_due = ready.next_due_at;
                             truncated = ready.due.len() >= limit as usize;
-                            self.start_jobs(
-                                ready.due,
-                                &mut permits,
-                                &parking,
-                                &mut notes,
-                                &mut to_park,
-                                now,
-                                &workers,
-                            );
+                            ready.due.into()
                         }
                         Err(e) => {
                             tracing::error!("renewal scheduler cannot read the job queue: {e}");
                             notes.next_due = Some(now.plus_ms(1_000));
+                            VecDeque::new()
                         }
                     }
                 }
-            }
+            };
+            self.start_jobs(jobs, &mut permits, &parking, &mut notes, now, &workers);
             // Idle tenants' due jobs on hosts whose budget is short
             // (parking.rs): moved ahead in one write.
+            let to_park = std::mem::take(&mut notes.to_park);
             parking.park(&self.broker, &store, to_park, now).await;
             // Sleep until the next job is due, or until something changes (a
             // worker finishing or giving its host's turn back frees permits;
@@ -285,14 +272,12 @@ impl Scheduler {
     /// Starts what it can of `jobs` (earliest due first). Jobs whose host
     /// has no turn free, and all jobs after the global permits ran out,
     /// stay in `permits.pending` for the next wake-up.
-    #[allow(clippy::too_many_arguments)]
     fn start_jobs(
         &self,
-        jobs: impl IntoIterator<Item = DueJob>,
+        jobs: VecDeque<DueJob>,
         permits: &mut Permits,
         parking: &Parking,
         notes: &mut PassNotes,
-        to_park: &mut Vec<TenantId>,
         now: UnixMs,
         workers: &TaskTracker,
     ) {
@@ -302,7 +287,7 @@ impl Scheduler {
                 permits.pending.push_back(job);
                 continue;
             }
-            match self.try_start(job, permits, parking, notes, to_park, now, workers) {
+            match self.try_start(job, permits, parking, notes, now, workers) {
                 Start::Started | Start::Passed => {}
                 Start::HostBusy(job) => permits.pending.push_back(job),
                 Start::Saturated(job) => {
@@ -315,14 +300,12 @@ impl Scheduler {
 
     /// One due job: passed (running, deferred, off duty, parked), started,
     /// or handed back because its host or the whole scheduler is full.
-    #[allow(clippy::too_many_arguments)]
     fn try_start(
         &self,
         job: DueJob,
         permits: &mut Permits,
         parking: &Parking,
         notes: &mut PassNotes,
-        to_park: &mut Vec<TenantId>,
         now: UnixMs,
         workers: &TaskTracker,
     ) -> Start {
@@ -357,7 +340,7 @@ impl Scheduler {
         // Parked only by the host's duty holder (the one that would renew
         // it).
         if parking.should_park(&self.broker, &job.host, &job.tenant_id, now) {
-            to_park.push(job.tenant_id);
+            notes.to_park.push(job.tenant_id);
             return Start::Passed;
         }
         let Ok(host_permit) = permits.host(&job.host).try_acquire_owned() else {
@@ -408,6 +391,9 @@ struct PassNotes {
     next_due: Option<UnixMs>,
     /// A due job of a host this replica has no duty for was passed.
     off_duty: bool,
+    /// Idle tenants' due jobs to move ahead (parking.rs), written after
+    /// each pass.
+    to_park: Vec<TenantId>,
 }
 
 enum Start {
