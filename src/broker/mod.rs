@@ -24,6 +24,7 @@ mod remote;
 #[cfg(test)]
 mod remote_tests;
 mod report;
+mod scheduling;
 mod slot;
 mod startup;
 pub mod unstored;
@@ -47,6 +48,7 @@ use crate::store::{CachedTenant, Store, StoreError, WriteFence};
 
 pub use activity::{HostActivity, OpenStream};
 pub use jitter::Jitter;
+pub use scheduling::{DutyFence, RequestTurn, Scheduling};
 pub use slot::Slot;
 pub use watch::{TokenWatch, WatchEnd};
 
@@ -77,42 +79,6 @@ pub enum TokenError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A scheduled renewal's proof of duty (several replicas on PostgreSQL):
-/// the host's lease at the epoch the renewal runs under, and the moment
-/// this replica stops starting PBX calls under it (a third of the lease's
-/// time before it could expire, measured from when the claim was sent).
-#[derive(Debug, Clone)]
-pub struct DutyFence {
-    pub fence: WriteFence,
-    pub stop_at: tokio::time::Instant,
-}
-
-/// A scheduled renewal's hold on one of its host's turns in the scheduler
-/// (opaque here). Given back (dropped) as soon as the PBX request is
-/// over: the scheduler's per-host cap counts requests, and the outcome's
-/// database write that follows must not hold up the host's next renewal
-/// (on a loaded PostgreSQL the write took longer than the request).
-pub struct RequestTurn {
-    _guard: Box<dyn Send + Sync>,
-}
-
-impl RequestTurn {
-    /// `guard` is dropped when the turn is given back.
-    pub fn new(guard: impl Send + Sync + 'static) -> Self {
-        Self {
-            _guard: Box::new(guard),
-        }
-    }
-}
-
-/// What the scheduler hands one renewal; nothing for the other refreshes.
-#[derive(Default)]
-pub struct Scheduling {
-    /// Several replicas: the host's lease the renewal runs under.
-    pub duty: Option<DutyFence>,
-    pub turn: Option<RequestTurn>,
 }
 
 /// See `refresh`: a token younger than this is never replaced on demand.
