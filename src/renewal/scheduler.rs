@@ -3,12 +3,14 @@
 //! `max_concurrent_per_host` per PBX host. It sleeps until the next job is
 //! due, a worker finishes, or the broker says the schedule changed.
 //!
-//! A worker holds its host's permit only until its PBX request is over
-//! (the broker drops it as a [`RequestTurn`]): the outcome's database
-//! write that follows holds only the global permit. On a loaded
-//! PostgreSQL that write took longer than the request itself, and with the
-//! host's permits held through it the host's renewals fell behind demand
-//! with the PBX mostly idle.
+//! Several replicas: a worker holds its host's permit only until its PBX
+//! request is over (the broker drops it as a [`RequestTurn`]), the
+//! outcome's database write that follows holds only the global permit,
+//! and a freed turn starts the next job the last read left without reading
+//! the queue again. On a loaded PostgreSQL that write took longer than the
+//! request itself, and with the host's permits held through it the host's
+//! renewals fell behind demand with the PBX mostly idle. One node keeps
+//! the permit to the end (see `try_start`).
 //!
 //! Each pass skips the hosts whose workers are all busy: a host whose due
 //! jobs pile up (rate-limited, slow) neither costs a read of its backlog on
@@ -256,7 +258,10 @@ impl Scheduler {
             // reading the queue (under load the read and the coalescing
             // wait below were most of a renewal's time between two
             // requests of a host). A moved job needs the read.
-            quick = turn_back && last_read.elapsed() < REREAD_AFTER && permits.can_start_pending();
+            quick = turn_back
+                && self.duty.is_some()
+                && last_read.elapsed() < REREAD_AFTER
+                && permits.can_start_pending();
             if notified && !quick {
                 // One pass for every change that lands within COALESCE: a
                 // finished renewal alone sends two (its job moved, its
@@ -355,18 +360,26 @@ impl Scheduler {
         let done = self.worker_done.clone();
         let in_flight = permits.in_flight.clone();
         let status = self.status.clone();
-        let scheduling = Scheduling {
-            duty: fence,
-            turn: Some(RequestTurn::new(HostTurn {
+        // Several replicas: the turn goes back when the PBX answered (the
+        // write to a loaded PostgreSQL took longer than the request). One
+        // node keeps it to the end: its write is a millisecond or two, and
+        // giving the turn back early there stretched GetToken's tail
+        // during renewals (`bench-tail.sh` soak, 1.27x -> 5.3x).
+        let (turn, kept) = if self.duty.is_some() {
+            let turn = HostTurn {
                 permit: Some(host_permit),
                 done: done.clone(),
-            })),
+            };
+            (Some(RequestTurn::new(turn)), None)
+        } else {
+            (None, Some(host_permit))
         };
+        let scheduling = Scheduling { duty: fence, turn };
         workers.spawn(async move {
             if let Err(e) = broker.renew_on_duty(&job.tenant_id, scheduling).await {
                 tracing::debug!(tenant = %job.tenant_id, "scheduled renewal did not produce a token: {e}");
             }
-            drop(global_permit);
+            drop((kept, global_permit));
             in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
