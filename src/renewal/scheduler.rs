@@ -18,7 +18,7 @@
 //!
 //! The queue lives in SQLite, so a restart loses nothing: jobs that fell due
 //! while the daemon was down are spread over time at start-up
-//! ([`spread_overdue`]) instead of being fired in one burst.
+//! ([`spread_overdue_with`]) instead of being fired in one burst.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -151,6 +151,14 @@ impl Scheduler {
         self.worker_done.notify_one();
     }
 
+    /// Several replicas: a renewal gives its host's turn back when the PBX
+    /// answered, and jobs a read could not start wait in
+    /// `permits.pending` for a freed turn. One node keeps the turn to the
+    /// end and reads the queue on every wake (see `try_start`).
+    fn early_turns(&self) -> bool {
+        self.duty.is_some()
+    }
+
     fn limits(&self) -> SchedulerLimits {
         *self.limits.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -259,7 +267,7 @@ impl Scheduler {
             // wait below were most of a renewal's time between two
             // requests of a host). A moved job needs the read.
             quick = turn_back
-                && self.duty.is_some()
+                && self.early_turns()
                 && last_read.elapsed() < REREAD_AFTER
                 && permits.can_start_pending();
             if notified && !quick {
@@ -276,7 +284,8 @@ impl Scheduler {
 
     /// Starts what it can of `jobs` (earliest due first). Jobs whose host
     /// has no turn free, and all jobs after the global permits ran out,
-    /// stay in `permits.pending` for the next wake-up.
+    /// stay in `permits.pending` for the next wake-up (several replicas;
+    /// one node reads them again).
     fn start_jobs(
         &self,
         jobs: VecDeque<DueJob>,
@@ -286,19 +295,23 @@ impl Scheduler {
         now: UnixMs,
         workers: &TaskTracker,
     ) {
+        let keep = self.early_turns();
         let mut saturated = false;
         for job in jobs {
-            if saturated {
-                permits.pending.push_back(job);
-                continue;
-            }
-            match self.try_start(job, permits, parking, notes, now, workers) {
-                Start::Started | Start::Passed => {}
-                Start::HostBusy(job) => permits.pending.push_back(job),
-                Start::Saturated(job) => {
-                    permits.pending.push_back(job);
-                    saturated = true;
+            let left = if saturated {
+                job
+            } else {
+                match self.try_start(job, permits, parking, notes, now, workers) {
+                    Start::Started | Start::Passed => continue,
+                    Start::HostBusy(job) => job,
+                    Start::Saturated(job) => {
+                        saturated = true;
+                        job
+                    }
                 }
+            };
+            if keep {
+                permits.pending.push_back(left);
             }
         }
     }
@@ -365,7 +378,7 @@ impl Scheduler {
         // node keeps it to the end: its write is a millisecond or two, and
         // giving the turn back early there stretched GetToken's tail
         // during renewals (`bench-tail.sh` soak, 1.27x -> 5.3x).
-        let (turn, kept) = if self.duty.is_some() {
+        let (turn, kept) = if self.early_turns() {
             let turn = HostTurn {
                 permit: Some(host_permit),
                 done: done.clone(),
@@ -526,25 +539,8 @@ impl Drop for HostTurn {
 /// another replica holds the lease of) stay as they are: they are overdue
 /// because that replica is behind, not because the cluster was stopped,
 /// and moving them would only delay them. Returns how many jobs were
-/// moved.
-pub async fn spread_overdue(
-    store: &Store,
-    now: UnixMs,
-    per_host_rps: u32,
-    renewed_elsewhere: &[String],
-) -> Result<usize, StoreError> {
-    spread_overdue_with(
-        store,
-        now,
-        per_host_rps,
-        renewed_elsewhere,
-        &Jitter::entropy(),
-    )
-    .await
-}
-
-/// [`spread_overdue`] with the jitter drawn from `jitter` (seeded in the
-/// deterministic simulation).
+/// moved. `jitter` is entropy in the daemon, seeded in the deterministic
+/// simulation.
 pub async fn spread_overdue_with(
     store: &Store,
     now: UnixMs,
