@@ -24,6 +24,9 @@ const TTL_MS: u64 = 3_000;
 /// Every call to the cut-off replica is bounded: a hang is a finding,
 /// reported by the assertion, not a stuck test.
 const CALL: Duration = Duration::from_secs(10);
+/// A caller that would wait longer than the store's own bound on an
+/// unanswered call (10 s) and TCP's (20 s) would not: 15 s.
+const PATIENT: Duration = Duration::from_secs(15);
 
 /// `url` with its host and port replaced by `to`.
 fn via(url: &str, to: SocketAddr) -> String {
@@ -179,6 +182,26 @@ async fn cut_off(mode: Mode) {
         .unwrap();
     assert!(sim.sim.issued_token_valid(&served.access_token));
     eprintln!("{mode:?} cut: RefreshTenant on C: {on_c:?}");
+    // An admin call that needs the database answers well before a
+    // patient caller's deadline, and says what is wrong: UNAVAILABLE, not
+    // a hang until the deadline (on a blackhole the call's deadline in the
+    // store gives up on the silent connection).
+    let asked = Instant::now();
+    let listed = {
+        let mut admin = c.admin();
+        let call = admin.list_tenants(proto::ListTenantsRequest::default());
+        tokio::time::timeout(PATIENT, call)
+            .await
+            .expect("ListTenants on the cut-off replica answers")
+    };
+    let status = listed.expect_err("ListTenants without the database");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("retry"), "{status:?}");
+    eprintln!(
+        "{mode:?} cut: ListTenants on C answered after {:?}: {}",
+        asked.elapsed(),
+        status.message()
+    );
 
     proxy.set(Mode::Pass);
     let restored_at = Instant::now();

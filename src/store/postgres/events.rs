@@ -322,7 +322,7 @@ impl crate::store::EventLog for super::PgStore {
     }
 
     async fn prune_events(&self, older_than: UnixMs) -> Result<u64, StoreError> {
-        self.write(move |tx, _| Box::pin(prune(tx, older_than)))
+        self.bulk(move |tx, _| Box::pin(prune(tx, older_than)))
             .await
     }
 

@@ -86,7 +86,7 @@ impl ChangeFeed for PgStore {
     }
 
     async fn prune_changes(&self, age_ms: i64) -> Result<u64, StoreError> {
-        self.write(move |tx, _| {
+        self.bulk(move |tx, _| {
             Box::pin(async move {
                 execute(
                     tx,

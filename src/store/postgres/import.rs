@@ -65,7 +65,7 @@ impl PgStore {
 
     /// Inserts every table, all or nothing.
     pub(crate) async fn import(&self, tables: Vec<TableRows>) -> Result<(), StoreError> {
-        self.write(move |tx, _| {
+        self.bulk(move |tx, _| {
             Box::pin(async move {
                 for t in &tables {
                     let cols: Vec<&str> = t.spec.columns.iter().map(|(c, _)| *c).collect();

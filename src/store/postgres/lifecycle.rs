@@ -85,7 +85,7 @@ impl Lifecycle for PgStore {
 
     /// Refreshes the planner's statistics of our tables.
     async fn optimize(&self) -> Result<(), StoreError> {
-        self.write(|tx, _| {
+        self.bulk(|tx, _| {
             Box::pin(async move {
                 tx.batch_execute("ANALYZE").await?;
                 Ok(())

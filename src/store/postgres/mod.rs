@@ -12,6 +12,9 @@
 //! loss, a server shutting down and a read-only server after a failover
 //! are `StoreError::Unavailable` (retry), and the connection is dropped so
 //! the pool reconnects (a multi-host URL then reaches the new primary).
+//! So is a call whose work goes unanswered for `CALL_DEADLINE` (a network
+//! cut that drops packets): the caller hears so in seconds, and a
+//! connection abandoned mid-call is closed, never handed to the next call.
 //!
 //! Files: `connect.rs` (URL, TLS, keepalives, the pool), `error.rs`
 //! (SQLSTATE -> `StoreError`), `migrate.rs` (embedded migrations under an
@@ -67,6 +70,7 @@ mod tokens;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
@@ -88,6 +92,44 @@ pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 /// What a call's work returns: a future borrowing its transaction.
 pub(super) type TxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// How long a call's work may go unanswered before it is given up (see
+/// `PgStore::transact`): a replica whose database connection went silent
+/// (a partition that drops packets, a frozen server) answers its callers
+/// `Unavailable` within this, instead of when TCP gives up (20 s) or the
+/// caller's deadline passes.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A pooled connection that goes back to the pool only when its call
+/// ended cleanly ([`Conn::release`]). One dropped mid-call (a deadline,
+/// the caller's own timeout or a cancelled RPC around the call) or left
+/// useless by an error is closed instead: the next call must not queue
+/// behind an answer that may never come, and a multi-host URL then
+/// reconnects to the writable server.
+struct Conn(Option<Object>);
+
+impl Conn {
+    /// The connection; held from the pool until released or dropped.
+    fn client(&mut self) -> Result<&mut Object, StoreError> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| StoreError::Task("a connection used after its call ended".into()))
+    }
+
+    /// Back to the pool, for the next call.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            // Detached from the pool: dropping the client closes it.
+            drop(Object::take(obj));
+        }
+    }
+}
+
 /// Handle to the database; cheap to clone (all clones share the pool).
 #[derive(Clone)]
 pub struct PgStore {
@@ -95,6 +137,8 @@ pub struct PgStore {
     /// Leases on the caller's clock instead of the database's: only for the
     /// conformance suite, whose lease cases move time by hand.
     caller_lease_clock: bool,
+    /// `CALL_DEADLINE`; shorter in tests.
+    call_deadline: Duration,
 }
 
 struct Inner {
@@ -168,6 +212,7 @@ impl PgStore {
                 slots: budget::SlotQueues::default(),
             }),
             caller_lease_clock: false,
+            call_deadline: CALL_DEADLINE,
         })
     }
 
@@ -176,6 +221,13 @@ impl PgStore {
     #[cfg(test)]
     pub(crate) fn with_caller_lease_clock(mut self) -> PgStore {
         self.caller_lease_clock = true;
+        self
+    }
+
+    /// The same store with another call deadline (tests only).
+    #[cfg(test)]
+    pub(crate) fn with_call_deadline(mut self, deadline: Duration) -> PgStore {
+        self.call_deadline = deadline;
         self
     }
 
@@ -189,64 +241,114 @@ impl PgStore {
     }
 
     /// Runs `f` in one transaction; commits when it returns `Ok`, rolls
-    /// back otherwise. A connection that failed in a way that leaves it
-    /// useless is taken out of the pool.
+    /// back otherwise; bounded by the call deadline (`CALL_DEADLINE`).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send,
         F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring) -> TxFuture<'a, T> + Send,
     {
-        self.write_ev(move |tx, keys, _| f(tx, keys)).await
+        self.transact(Some(self.call_deadline), move |tx, keys, _| f(tx, keys))
+            .await
     }
 
     /// As [`PgStore::write`], with the context `f` appends events through;
-    /// this handle's streams are woken after the commit. A connection that
-    /// failed in a way that leaves it useless is taken out of the pool.
+    /// this handle's streams are woken after the commit.
     async fn write_ev<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send,
         F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring, &'a events::EventCx) -> TxFuture<'a, T> + Send,
     {
+        self.transact(Some(self.call_deadline), f).await
+    }
+
+    /// As [`PgStore::write`] without the call deadline, for work that grows
+    /// with the number of tenants (the cache load at start-up, a
+    /// migration's import, housekeeping, spreading a backlog): the
+    /// connection's TCP timeouts bound it instead.
+    async fn bulk<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring) -> TxFuture<'a, T> + Send,
+    {
+        self.transact(None, move |tx, keys, _| f(tx, keys)).await
+    }
+
+    /// One transaction on a pooled connection. The work before COMMIT must
+    /// finish within `deadline`, or the call answers `Unavailable` (the
+    /// transaction is abandoned with its connection, so nothing of it is
+    /// written). COMMIT itself is not cut short: once it is sent, giving up
+    /// could not say whether it landed.
+    async fn transact<T, F>(&self, deadline: Option<Duration>, f: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'a> FnOnce(&'a Tx<'a>, &'a Keyring, &'a events::EventCx) -> TxFuture<'a, T> + Send,
+    {
         let cx = self.inner.events.begin();
-        let mut client = self.client().await?;
+        let mut conn = Conn(Some(self.client().await?));
         let out = async {
-            let tx = client.transaction().await?;
-            let out = f(&tx, &self.inner.keyring, &cx).await?;
+            let work = async {
+                let tx = conn.client()?.transaction().await?;
+                let out = f(&tx, &self.inner.keyring, &cx).await?;
+                Ok::<_, StoreError>((tx, out))
+            };
+            let (tx, out) = self.within(deadline, work).await?;
             tx.commit().await?;
             Ok(out)
         }
         .await;
         match &out {
-            Ok(_) => self.inner.events.committed(&cx),
-            Err(e) if error::breaks_connection(e) => {
-                // Detached from the pool and dropped: the next call connects
-                // afresh (and a multi-host URL finds the writable server).
-                drop(Object::take(client));
+            Ok(_) => {
+                self.inner.events.committed(&cx);
+                conn.release();
             }
+            Err(e) if !error::breaks_connection(e) => conn.release(),
             Err(_) => {}
         }
         out
     }
 
+    /// `work`'s result, or `Unavailable` when it did not finish within
+    /// `deadline` (`None`: no bound).
+    async fn within<T>(
+        &self,
+        deadline: Option<Duration>,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(limit) = deadline else {
+            return work.await;
+        };
+        tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "PostgreSQL at {} did not answer within {} ms (the network to it is cut or \
+                 it is overloaded); the call was abandoned and its connection closed",
+                self.inner.target,
+                limit.as_millis()
+            )))
+        })
+    }
+
     /// One statement in its own (implicit) transaction, its rows: for a
     /// single-statement read or autocommit write, one round trip where
-    /// `read`/`write` take three (BEGIN, the statement, COMMIT). A
-    /// connection left useless is taken out of the pool, as `write` does.
+    /// `read`/`write` take three (BEGIN, the statement, COMMIT). Bounded by
+    /// the call deadline; a timed-out write may have landed, so only
+    /// writes whose repeat is harmless use it (taking and giving back
+    /// budget slots).
     async fn autocommit(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.client().await?;
-        let out: Result<Vec<Row>, StoreError> = async {
-            let stmt = client.prepare_cached(sql).await?;
-            Ok(client.query(&stmt, params).await?)
-        }
-        .await;
-        if let Err(e) = &out {
-            if error::breaks_connection(e) {
-                drop(Object::take(client));
-            }
+        let mut conn = Conn(Some(self.client().await?));
+        let out: Result<Vec<Row>, StoreError> = self
+            .within(Some(self.call_deadline), async {
+                let client = conn.client()?;
+                let stmt = client.prepare_cached(sql).await?;
+                Ok(client.query(&stmt, params).await?)
+            })
+            .await;
+        match &out {
+            Err(e) if error::breaks_connection(e) => {}
+            _ => conn.release(),
         }
         out
     }
@@ -382,7 +484,7 @@ impl TenantRepo for PgStore {
 #[async_trait]
 impl TokenRepo for PgStore {
     async fn load_cache_checked(&self) -> Result<CacheLoad, StoreError> {
-        self.read(|tx, keys| Box::pin(tokens::load_cache(tx, keys)))
+        self.bulk(|tx, keys| Box::pin(tokens::load_cache(tx, keys)))
             .await
     }
 
@@ -430,7 +532,7 @@ impl JobQueue for PgStore {
     }
 
     async fn reschedule_many(&self, jobs: Vec<(TenantId, UnixMs)>) -> Result<(), StoreError> {
-        self.write(move |tx, _| Box::pin(async move { jobs::reschedule_many(tx, &jobs).await }))
+        self.bulk(move |tx, _| Box::pin(async move { jobs::reschedule_many(tx, &jobs).await }))
             .await
     }
 }

@@ -22,12 +22,11 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use deadpool_postgres::Object;
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
 use super::events::{EventCx, EVENTS_LOCK};
-use super::{error, PgStore};
+use super::{error, Conn, PgStore};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::TenantId;
@@ -193,23 +192,31 @@ fn same_error(e: &StoreError) -> StoreError {
 /// streams are woken after it. Answers in the batch's order.
 async fn run(store: &PgStore, batch: &[Pending]) -> Result<Vec<Result<u32, StoreError>>, Failed> {
     let cx = store.inner.events.begin();
-    let mut client = store.client().await.map_err(Failed::Before)?;
+    let mut conn = Conn(Some(store.client().await.map_err(Failed::Before)?));
     let out = async {
-        let tx = client
-            .transaction()
+        let work = async {
+            let tx = conn.client()?.transaction().await?;
+            let rows = call(&tx, &cx, batch).await?;
+            let answers = answers(batch, &rows, &cx)?;
+            Ok::<_, StoreError>((tx, answers))
+        };
+        let (tx, answers) = store
+            .within(Some(store.call_deadline), work)
             .await
-            .map_err(|e| Failed::Before(e.into()))?;
-        let rows = call(&tx, &cx, batch).await.map_err(Failed::Before)?;
-        let answers = answers(batch, &rows, &cx).map_err(Failed::Before)?;
+            .map_err(Failed::Before)?;
         tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
         Ok(answers)
     }
     .await;
+    // A connection abandoned or left useless is closed with `conn`, as in
+    // `PgStore::transact`.
     match &out {
-        Ok(_) => store.inner.events.committed(&cx),
-        Err(Failed::Before(e) | Failed::AtCommit(e)) if error::breaks_connection(e) => {
-            // Detached from the pool and dropped, as `write_ev` does.
-            drop(Object::take(client));
+        Ok(_) => {
+            store.inner.events.committed(&cx);
+            conn.release();
+        }
+        Err(Failed::Before(e) | Failed::AtCommit(e)) if !error::breaks_connection(e) => {
+            conn.release()
         }
         Err(_) => {}
     }

@@ -2,7 +2,8 @@
 //! on one database behaving as replicas (leases claimed at once, refresh
 //! outcomes racing each other and a delete, migrations and the master key
 //! check at a simultaneous start), the database clock, a schema newer than
-//! the binary, and an unreachable server answering `Unavailable`.
+//! the binary, an unreachable server answering `Unavailable`, and a call
+//! left unanswered (given up, nothing written, its connection closed).
 
 use std::sync::Arc;
 
@@ -278,4 +279,89 @@ async fn backups_are_refused_and_housekeeping_works() {
     s.close().await.unwrap();
     assert!(s.get_tenant(&tid("x")).await.is_err());
     let _ = s.due_jobs(T0, 1).await.unwrap_err();
+}
+
+/// The backend process serving this transaction, for telling connections
+/// apart.
+async fn backend_pid(tx: &super::Tx<'_>) -> Result<i32, StoreError> {
+    Ok(tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_left_unanswered_is_given_up_unwritten_and_its_connection_closed() {
+    let db = TestDb::create().await;
+    let s = open(&db)
+        .await
+        .with_call_deadline(std::time::Duration::from_millis(300));
+    let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+    // A server that stops answering mid-call, as a partition that drops
+    // packets looks from here: the work writes, then waits far longer
+    // than the deadline.
+    let err = s
+        .write(move |tx, _| {
+            Box::pin(async move {
+                let _ = pid_tx.send(backend_pid(tx).await?);
+                tx.batch_execute("CREATE TABLE deadline_probe (x int); SELECT pg_sleep(5)")
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    assert!(
+        err.to_string().contains("did not answer within 300 ms"),
+        "{err}"
+    );
+    let abandoned = pid_rx.await.unwrap();
+    // Nothing of it was written, and the next call gets another connection
+    // rather than queueing behind the unanswered one.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_class WHERE relname = 'deadline_probe'"
+        )
+        .await,
+        0
+    );
+    let next = s
+        .read(|tx, _| Box::pin(async move { backend_pid(tx).await }))
+        .await
+        .unwrap();
+    assert_ne!(next, abandoned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_its_caller_gave_up_on_leaves_no_connection_behind_for_the_next() {
+    let db = TestDb::create().await;
+    let s = open(&db).await;
+    let first = s
+        .read(|tx, _| Box::pin(async move { backend_pid(tx).await }))
+        .await
+        .unwrap();
+    // The connection went back to the pool: the next call takes it again.
+    let again = s
+        .read(|tx, _| Box::pin(async move { backend_pid(tx).await }))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    // A caller's own timeout (an RPC deadline, a lease round) drops the
+    // call while its statement runs.
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        s.read(|tx, _| {
+            Box::pin(async move {
+                tx.batch_execute("SELECT pg_sleep(5)").await?;
+                Ok(())
+            })
+        }),
+    )
+    .await;
+    assert!(dropped.is_err(), "{dropped:?}");
+    let next = s
+        .read(|tx, _| Box::pin(async move { backend_pid(tx).await }))
+        .await
+        .unwrap();
+    assert_ne!(next, first, "the abandoned connection was handed out again");
 }
