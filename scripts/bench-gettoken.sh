@@ -57,15 +57,19 @@ tail -1 "$OUT/${P}seed.txt" | sed 's/^/   /'; grep -E "seeding done" "$OUT/${P}s
 kill -TERM $DPID; wait $DPID || true
 
 echo "== restart with $N tenants (start-up time, RSS)"
+# At log level info for the "is serving" line and its startup_ms (the port
+# is bound before the cache loads, so an open port is not start-up);
+# nothing on GetToken's path logs at info.
+sed 's/^level = .*/level = "info"/' "$WORK/d.toml" >"$WORK/d2.toml"
 start=$(date +%s%N)
-RUST_LOG=info "$BIN/pbx-tokend" --config "$WORK/d.toml" >"$WORK/d2.log" 2>&1 &
+"$BIN/pbx-tokend" --config "$WORK/d2.toml" >"$WORK/d2.log" 2>&1 &
 DPID=$!; pids+=($DPID)
-wait_port $DAEMON_PORT
-ready=$(( ($(date +%s%N) - start) / 1000000 ))
+for _ in $(seq 1 600); do grep -q "is serving" "$WORK/d2.log" && break; sleep 0.05; done
+serving=$(( ($(date +%s%N) - start) / 1000000 ))
 sleep 1
 rss=$(awk '/VmRSS/{print $2}' /proc/$DPID/status)
-echo "process_start_to_port_open_ms=$ready rss_kb_idle=$rss" | tee "$OUT/${P}startup.txt"
-grep -o "startup_ms=[0-9]*" "$WORK/d2.log" | tee -a "$OUT/${P}startup.txt" || true
+echo "process_start_to_serving_ms=$serving rss_kb_idle=$rss" | tee "$OUT/${P}startup.txt"
+grep -o "startup_ms=[0-9]*" "$WORK/d2.log" | tee -a "$OUT/${P}startup.txt" || echo "startup_ms not logged: see $WORK/d2.log" >&2
 [ "$B" = sqlite ] && { db=$(du -k "$WORK/$B/state/pbx-tokend.db" | cut -f1); echo "db_kb=$db" | tee -a "$OUT/${P}startup.txt"; }
 
 # The load runs as a READER scoped to bench-*: authentication and the scope
