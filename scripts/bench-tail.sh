@@ -12,7 +12,15 @@
 # Env: BIN (target/release) OUT (target/bench-tail) ROUNDS (3) DUR (10s)
 #      SOAK_TENANTS (20000) LIFETIME (120) RATE (2000) BASELINE (= SOAK, at
 #      most 5m) SKIP_SOAK=1 (ratios only) SKIP_RATIOS=1 (soak only)
-# Needs: cargo build --release --bins; python3; h2load (Debian
+#      PIN (1 on a machine of 2 or more CPUs): in the side-by-side part both
+#      servers run on the upper half of the CPUs and the client on the
+#      lower half (taskset), as a client on another machine would be. On a
+#      shared 2-core box the client's threads and the server's otherwise
+#      take turns on the same cores, and about 1 % of the calls then wait a
+#      whole scheduler tick (4 ms) for a core: the p99 at c=8 measures where
+#      that 1 % falls, for either server (2 to 4 ms, ratio 1.0x to 1.9x
+#      from round to round), not the server. PIN=0 measures it that way.
+# Needs: cargo build --release --bins; python3; taskset (util-linux); h2load (Debian
 # nghttp2-client) for the throughput row when present, else pbx-loadgen.
 #
 # Prints (and writes $OUT/ratios.json, $OUT/soak-ratio.json): throughput
@@ -39,9 +47,17 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+CPUS=$(nproc)
+SERVER_CPUS= CLIENT=()
+if [ "${PIN:-1}" = 1 ] && [ "$CPUS" -ge 2 ] && command -v taskset >/dev/null; then
+  span() { if [ "$1" = "$2" ]; then echo "$1"; else echo "$1-$2"; fi; }
+  SERVER_CPUS=$(span $((CPUS / 2)) $((CPUS - 1)))
+  CLIENT=(taskset -c "$(span 0 $((CPUS / 2 - 1)))")
+fi
 
 if [ "${SKIP_RATIOS:-0}" != 1 ]; then
   echo "== side by side: $N tenants, $ROUNDS rounds of $DUR per server and concurrency; load $(load)"
+  [ -n "$SERVER_CPUS" ] && echo "   servers on CPUs $SERVER_CPUS, client on CPUs ${CLIENT[2]} (PIN=0: all on all)"
   "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime 7200 --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
   pids+=($!)
   bench_daemon_toml "$WORK/state" "$DAEMON_PORT" 100000 >"$WORK/d.toml"
@@ -59,11 +75,17 @@ if [ "${SKIP_RATIOS:-0}" != 1 ]; then
   READER=$("$BIN/pbx-tokenctl" --endpoint http://127.0.0.1:$DAEMON_PORT --api-key "$ADMIN" --json \
       client create bench-reader --role reader --tenant-pattern 'bench-*' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
   "$BIN/pbx-loadgen" --serve-baseline 127.0.0.1:$BASE_PORT --tenants "$N" >"$WORK/base.log" 2>&1 &
-  pids+=($!)
+  BPID=$!; pids+=($BPID)
   wait_port $BASE_PORT
+  # Pinned after seeding (seeding is not measured); -a: every thread, and
+  # threads started later inherit it.
+  if [ -n "$SERVER_CPUS" ]; then
+    taskset -a -p -c "$SERVER_CPUS" "$DPID" >/dev/null
+    taskset -a -p -c "$SERVER_CPUS" "$BPID" >/dev/null
+  fi
   run() { # name port c round [key]
     local name=$1 port=$2 c=$3 r=$4; shift 4
-    "$BIN/pbx-loadgen" --endpoint "http://127.0.0.1:$port" "$@" --tenants "$N" \
+    "${CLIENT[@]}" "$BIN/pbx-loadgen" --endpoint "http://127.0.0.1:$port" "$@" --tenants "$N" \
       --concurrency "$c" --connections 4 --duration "$DUR" --warmup 2s --json >"$OUT/$name-c$c-r$r.json"
     python3 - "$OUT/$name-c$c-r$r.json" "$(load)" <<'PY'
 import json, sys
@@ -88,13 +110,13 @@ PY
       for who in daemon baseline; do
         port=$DAEMON_PORT; H=(-H 'content-type: application/grpc' -H 'te: trailers')
         if [ $who = daemon ]; then H+=(-H "authorization: Bearer $READER"); else port=$BASE_PORT; fi
-        h2load -n 200000 -c 4 -m 50 "${H[@]}" -d "$WORK/body.bin" \
+        "${CLIENT[@]}" h2load -n 200000 -c 4 -m 50 "${H[@]}" -d "$WORK/body.bin" \
           "http://127.0.0.1:$port/pbxtokend.v1.TokenService/GetToken" >"$OUT/h2load-$who-r$r.txt"
         echo "   h2load $who: $(grep -Eo '[0-9.]+ req/s' "$OUT/h2load-$who-r$r.txt") load $(load)" | tee -a "$OUT/h2load-load.txt"
       done
     done
   fi
-  python3 - "$OUT" "$ROUNDS" "$H2" <<'PY' | tee "$OUT/ratios.json"
+  python3 - "$OUT" "$ROUNDS" "$H2" "$SERVER_CPUS" "${CLIENT[2]:-}" <<'PY' | tee "$OUT/ratios.json"
 import json, re, statistics, sys
 out, rounds, h2 = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 j = lambda f: json.load(open(f"{out}/{f}"))
@@ -109,7 +131,7 @@ def pooled(runs, q):
         seen += counts[v]
         if seen >= q * total:
             return v
-res = {}
+res = {"server_cpus": sys.argv[4] or "all", "client_cpus": sys.argv[5] or "all"}
 for c in (8, 200):
     d = [j(f"daemon-c{c}-r{r}.json") for r in range(1, rounds + 1)]
     b = [j(f"baseline-c{c}-r{r}.json") for r in range(1, rounds + 1)]
