@@ -16,6 +16,13 @@
 #        / per_host_concurrent (all tenants share one PBX host); the defaults
 #        keep the limits out of the way, the cluster campaign's 400 / 16
 #        show what one host's budget lets through
+#        REFRESH_CONC (64): [refresh] max_concurrent and max_concurrent_per_host
+#        PIN=1: the database on a core of its own, as on its own machine:
+#        PostgreSQL's server on the upper half of the CPUs, the daemon and
+#        the simulator on the lower half (taskset), for both backends (SQLite
+#        runs in the daemon's process, so its run leaves the upper half
+#        idle). Without it, on a 2-core box PostgreSQL's server takes its
+#        CPU from the same cores as the daemon whose renewals it records.
 #        PG_STATEMENTS=1: load pg_stat_statements into the server and write
 #        the statements of the measured window (calls and server time per
 #        renewal, costliest first) to $OUT/postgres-statements.txt; it
@@ -56,8 +63,20 @@ PG_STATEMENTS=${PG_STATEMENTS:-0}
 if [ "$PG_STATEMENTS" = 1 ]; then
   PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
 fi
+CPUS=$(nproc) ON=()
+if [ "${PIN:-0}" = 1 ]; then
+  [ "$CPUS" -ge 2 ] || { echo "PIN=1 needs 2 or more CPUs" >&2; exit 1; }
+  span() { if [ "$1" = "$2" ]; then echo "$1"; else echo "$1-$2"; fi; }
+  DAEMON_CPUS=$(span 0 $((CPUS / 2 - 1))) DB_CPUS=$(span $((CPUS / 2)) $((CPUS - 1)))
+  ON=(taskset -c "$DAEMON_CPUS")
+  echo "daemon and simulator on CPUs $DAEMON_CPUS, PostgreSQL's server on CPUs $DB_CPUS"
+fi
 case " $BACKENDS " in *" postgres "*)
   PG_PORT=$(free_port); pg_init "$WORK/pg"; pg_start "$WORK/pg" primary "$PG_PORT"
+  if [ "${PIN:-0}" = 1 ]; then # the postmaster and its children; backends forked later inherit it
+    pm=$(head -1 "$WORK/pg/primary/postmaster.pid")
+    for p in $pm $(ps -o pid= --ppid "$pm"); do taskset -a -p -c "$DB_CPUS" "$p" >/dev/null; done
+  fi
   "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE pbxtokend" postgres
   if [ "$PG_STATEMENTS" = 1 ]; then
     "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE EXTENSION pg_stat_statements" pbxtokend
@@ -80,7 +99,7 @@ pg_statements_dump() { # $1: renewals in the window
   echo "pg_stat_statements: $OUT/postgres-statements.txt"
 }
 SIM_PORT=$(free_port); SIM=http://127.0.0.1:$SIM_PORT
-"$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime "$LIFETIME" --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
+"${ON[@]}" "$BIN/pbx-sim" --listen 127.0.0.1:$SIM_PORT --token-lifetime "$LIFETIME" --trusted-apps "$N" >"$WORK/sim.log" 2>&1 &
 pids+=($!)
 wait_port "$SIM_PORT"
 renewals() { curl -s "$SIM/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_requests_by_grant_type"].get("client_credentials",0))'; }
@@ -112,11 +131,11 @@ allow_private_addresses = true
 per_host_requests_per_second = ${LIMIT_RPS:-100000}
 per_host_concurrent = ${LIMIT_CONC:-64}
 [refresh]
-max_concurrent = 64
-max_concurrent_per_host = 64
+max_concurrent = ${REFRESH_CONC:-64}
+max_concurrent_per_host = ${REFRESH_CONC:-64}
 TOML
   [ "$B" = postgres ] && printf '[store]\nbackend = "postgres"\npostgres_url = "postgresql://postgres@127.0.0.1:%s/pbxtokend"\n' "$PG_PORT" >>"$WORK/$B/d.toml"
-  "$BIN/pbx-tokend" --config "$WORK/$B/d.toml" >"$WORK/$B/daemon.log" 2>&1 &
+  "${ON[@]}" "$BIN/pbx-tokend" --config "$WORK/$B/d.toml" >"$WORK/$B/daemon.log" 2>&1 &
   DPID=$!; pids+=($DPID)
   wait_port "$PORT"
   for _ in $(seq 1 100); do [ -s "$WORK/$B/state/admin.key" ] && break; sleep 0.05; done
@@ -132,9 +151,9 @@ TOML
     done >"$WORK/$B/in-flight.txt" ) &
   sleep "$WINDOW"; wait $!
   r1=$(renewals); c1=$(ticks $DPID); g1=0; [ "$B" = postgres ] && g1=$(pg_ticks); q1=$(pg_counters); s1=$(stages); t1=$(date +%s.%N)
-  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" "$q0" "$q1" "$s0" "$s1" "$WORK/$B/in-flight.txt" <<'PY' | tee "$OUT/$B.json"
+  python3 - "$B" "$N" "$LIFETIME" "$r0" "$r1" "$c0" "$c1" "$g0" "$g1" "$t0" "$t1" "$TCK" "$q0" "$q1" "$s0" "$s1" "$WORK/$B/in-flight.txt" "${PIN:-0}" <<'PY' | tee "$OUT/$B.json"
 import json, sys
-b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck, q0, q1, s0, s1, inf = sys.argv[1:]
+b, n, life, r0, r1, c0, c1, g0, g1, t0, t1, tck, q0, q1, s0, s1, inf = sys.argv[1:18]
 inf = [float(x) for x in open(inf).read().split()]
 s0, s1 = json.loads(s0), json.loads(s1)
 stage_ms = {k: round((v[0] - s0.get(k, [0, 0])[0]) * 1000 / (v[1] - s0.get(k, [0, 0])[1]), 1)
@@ -152,7 +171,7 @@ print(json.dumps({"backend": b, "tenants": int(n), "lifetime_s": int(life), "win
   "postgres_wal_bytes_per_renewal": round(q[2] / ren) if ren else None,
   "stage_mean_ms": stage_ms,
   "in_flight_mean": round(sum(inf) / len(inf), 1) if inf else None,
-  "load": open('/proc/loadavg').read().split()[:3]}))
+  "pinned": sys.argv[18], "load": open('/proc/loadavg').read().split()[:3]}))
 PY
   pg_statements_dump $((r1 - r0))
   kill -TERM $DPID; wait $DPID || true
