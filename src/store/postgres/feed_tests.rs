@@ -3,7 +3,7 @@
 //! nothing a cache holds leaves none for the tenant row, the LISTEN
 //! connection hints at commit and says when it (re)connects, gaps are
 //! re-read, old rows are pruned, and the replicas table joins the
-//! unexpired leases.
+//! unexpired leases; a batch of tenants is read id by id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,4 +173,58 @@ async fn replicas_are_listed_with_their_unexpired_leases() {
     assert_eq!((rows[1].name.as_str(), rows[1].live), ("r2", false));
     assert!(rows[1].renewing_hosts.is_empty());
     assert_eq!(s.replicas(5_000, 5_000).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_tenants_is_read_id_by_id_whatever_its_size() {
+    let db = TestDb::create().await;
+    let s = open(&db).await;
+    let names: Vec<String> = (0..300).map(|i| format!("t{i:04}")).collect();
+    for n in &names {
+        s.insert_tenant(new_tenant(n, TenantState::Active))
+            .await
+            .unwrap();
+    }
+    let ok = RefreshRecord::Success {
+        token: token("token-7", T0.plus_ms(HOUR)),
+        renew_at: T0.plus_ms(2 * HOUR),
+    };
+    s.record_refresh(&tid("t0007"), ok, T0.plus_ms(HOUR))
+        .await
+        .unwrap();
+    db.client()
+        .await
+        .batch_execute("ANALYZE tenants; ANALYZE tokens")
+        .await
+        .unwrap();
+    // Every id and one unknown: answered in the order asked.
+    let mut ids: Vec<_> = names.iter().map(|n| tid(n)).collect();
+    ids.push(tid("nobody"));
+    let got = s.cached_tenants(&ids).await.unwrap();
+    assert_eq!(got.len(), ids.len());
+    for (id, t) in ids.iter().zip(&got).take(300) {
+        assert_eq!(t.as_ref().map(|t| &t.id), Some(id));
+    }
+    assert!(got[300].is_none());
+    let seven = got[7].as_ref().unwrap();
+    assert_eq!(seven.token.as_ref().unwrap().value.expose(), "token-7");
+    // The plan for a large batch looks each id up; it never reads either
+    // table whole.
+    let plan: Vec<String> = db
+        .client()
+        .await
+        .query(
+            &format!("EXPLAIN {}", super::tokens::SELECT_IDS),
+            &[&names.iter().map(String::as_str).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert!(
+        !plan.iter().any(|l| l.contains("Seq Scan")),
+        "{}",
+        plan.join("\n")
+    );
 }

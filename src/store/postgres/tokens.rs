@@ -45,6 +45,20 @@ pub(super) async fn upsert(
     Ok(())
 }
 
+/// The tenants named, with their tokens: one primary-key lookup per id,
+/// whatever the batch's size. With `WHERE t.tenant_id = ANY($1)` the
+/// planner switched, from about 100 ids on, to a hash join over a whole
+/// scan of `tokens` (10.7 ms for 150 ids and 19.9 ms for 400 at 20,000
+/// tenants, growing with the tenants; these lookups: 2.6 ms for 256),
+/// which took a fifth of the database server's CPU during renewals: the
+/// change feed reads renewed tenants in batches. OFFSET 0 keeps the
+/// subquery from being merged into a join the planner could reorder.
+pub(super) const SELECT_IDS: &str = "SELECT x.* FROM (SELECT DISTINCT unnest($1::text[]) AS id) w \
+     CROSS JOIN LATERAL (SELECT t.tenant_id, t.pbx_base_url, t.state, \
+            k.token_sealed, k.token_type, k.issued_at, k.expires_at \
+         FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id \
+         WHERE t.tenant_id = w.id COLLATE \"C\" OFFSET 0) x";
+
 /// Every tenant with its token; a token that does not open is left out
 /// with a warning naming the tenant (see the SQLite twin).
 pub(super) async fn load_cache(tx: &Tx<'_>, keys: &Keyring) -> Result<CacheLoad, StoreError> {
@@ -62,14 +76,7 @@ pub(super) async fn load_cache_of(
          FROM tenants t LEFT JOIN tokens k ON k.tenant_id = t.tenant_id";
     let rows = match only {
         None => query(tx, SELECT, &[]).await?,
-        Some(ids) => {
-            query(
-                tx,
-                &format!("{SELECT} WHERE t.tenant_id = ANY($1::text[])"),
-                &[&ids],
-            )
-            .await?
-        }
+        Some(ids) => query(tx, SELECT_IDS, &[&ids]).await?,
     };
     let mut out = Vec::with_capacity(rows.len());
     let mut dropped_tokens = Vec::new();
