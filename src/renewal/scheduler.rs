@@ -6,8 +6,8 @@
 //! Several replicas: a worker holds its host's permit and its global
 //! permit only until its PBX request is over (the broker drops them as a
 //! [`RequestTurn`]); the outcome's database write that follows counts
-//! only among the renewals in progress, at most `WRITES_PER_PERMIT` x
-//! `max_concurrent` (`scheduler/permits.rs`); and a freed turn starts the next job the last read
+//! only among the renewals in progress, at most 512 or `max_concurrent`
+//! (`scheduler/permits.rs`); and a freed turn starts the next job the last read
 //! left without reading the queue again. On a loaded PostgreSQL that write
 //! (a share of a group commit) took longer than the request itself: with
 //! the host's permits held through it the host's renewals fell behind

@@ -13,12 +13,15 @@ use super::SchedulerLimits;
 use crate::domain::TenantId;
 use crate::store::DueJob;
 
-/// Renewals in progress per global permit when the permits go back at the
-/// PBX's answer (several replicas): the others wait for their outcome's
-/// share of a group commit. With 512 in progress against 256 a replica
-/// renewed 4,090/s instead of 3,471/s (`scripts/bench-renewals.sh`, the
-/// database on a core of its own).
-pub(super) const WRITES_PER_PERMIT: usize = 8;
+/// Renewals in progress, writes included, when the permits go back at the
+/// PBX's answer (several replicas): at least this many, or
+/// `max_concurrent` if that is more. A group commit takes up to 256
+/// outcomes (`store/postgres/refresh_batch.rs`); two batches' worth keeps
+/// the next one full while one commits, and more only queue behind them
+/// (with 4,096 allowed a replica renewed 3,590/s with writes waiting a
+/// second; with 512, 4,090/s: `scripts/bench-renewals.sh`, the database
+/// on a core of its own).
+pub(super) const IN_PROGRESS_AT_LEAST: usize = 512;
 
 /// The loop's permits: `max_concurrent` in all and
 /// `max_concurrent_per_host` per host (a host's permit is its turn, given
@@ -67,12 +70,12 @@ impl Permits {
             .clone()
     }
 
-    /// Every renewal in progress that may be: `WRITES_PER_PERMIT` x
-    /// `max_concurrent`. Reached only when the permits go back before the
-    /// write (several replicas); it bounds the outcomes waiting for a slow
-    /// database.
+    /// Every renewal in progress that may be (see
+    /// [`IN_PROGRESS_AT_LEAST`]). Reached only when the permits go back
+    /// before the write (several replicas); it bounds the outcomes waiting
+    /// for a slow database.
     pub(super) fn in_progress_full(&self) -> bool {
-        self.running() >= self.applied.max_concurrent as usize * WRITES_PER_PERMIT
+        self.running() >= (self.applied.max_concurrent as usize).max(IN_PROGRESS_AT_LEAST)
     }
 
     /// Nothing can start until a worker gives something back.
@@ -165,7 +168,7 @@ mod tests {
     #[test]
     fn renewals_in_progress_are_bounded_even_with_the_permits_given_back() {
         let permits = Permits::new(limits(2));
-        for i in 0..2 * WRITES_PER_PERMIT - 1 {
+        for i in 0..IN_PROGRESS_AT_LEAST - 1 {
             permits.mark_running(&TenantId::parse(&format!("t{i}")).unwrap());
         }
         assert!(!permits.saturated());
