@@ -26,7 +26,7 @@ const SELECT_ROWS: &str = "SELECT c.tenant_id, c.kind, c.client_id, c.secret_sea
          c.redirect_uri, t.pbx_base_url \
      FROM credentials c JOIN tenants t ON t.tenant_id = c.tenant_id";
 
-fn row_from(r: &Row) -> Result<CredentialRow, StoreError> {
+pub(super) fn row_from(r: &Row) -> Result<CredentialRow, StoreError> {
     let kind: String = r.try_get(1)?;
     Ok(CredentialRow {
         tenant_id: r.try_get(0)?,
@@ -168,18 +168,9 @@ impl CredentialRepo for PgStore {
         &self,
         id: &TenantId,
     ) -> Result<Option<AppCredentials>, StoreError> {
-        // Every renewal reads these: one statement, no BEGIN/COMMIT.
-        let sql = format!("{SELECT_ROWS} WHERE c.tenant_id = $1 AND c.kind = 'trusted'");
-        let rows = self.autocommit(&sql, &[&id.as_str()]).await?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let row = row_from(row)?;
-        let client_secret = open_checked(&self.inner.keyring, &row)?;
-        Ok(Some(AppCredentials {
-            client_id: row.client_id,
-            client_secret,
-        }))
+        // Every renewal reads these: those that arrive together share one
+        // statement, with no BEGIN/COMMIT.
+        self.trusted_credentials_batched(id.clone()).await
     }
 
     async fn public_credentials(

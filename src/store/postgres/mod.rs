@@ -40,6 +40,7 @@ mod clients;
 #[cfg(test)]
 mod conformance_tests;
 mod connect;
+mod credential_reads;
 mod credentials;
 mod error;
 mod events;
@@ -154,6 +155,9 @@ struct Inner {
     refreshes: refresh_batch::Queue,
     /// Budget slots waiting to be taken or released together (`budget.rs`).
     slots: budget::SlotQueues,
+    /// Renewals' credential reads waiting for the next batch
+    /// (`credential_reads.rs`).
+    credential_reads: credential_reads::Queue,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -209,6 +213,7 @@ impl PgStore {
                 events: events::EventHub::default(),
                 listen,
                 refreshes: refresh_batch::Queue::default(),
+                credential_reads: credential_reads::Queue::default(),
                 slots: budget::SlotQueues::default(),
             }),
             caller_lease_clock: false,

@@ -3,7 +3,8 @@
 //! outcomes racing each other and a delete, migrations and the master key
 //! check at a simultaneous start), the database clock, a schema newer than
 //! the binary, an unreachable server answering `Unavailable`, and a call
-//! left unanswered (given up, nothing written, its connection closed).
+//! left unanswered (given up, nothing written, its connection closed),
+//! and credential reads made together answered one by one.
 
 use std::sync::Arc;
 
@@ -364,4 +365,46 @@ async fn a_call_its_caller_gave_up_on_leaves_no_connection_behind_for_the_next()
         .await
         .unwrap();
     assert_ne!(next, first, "the abandoned connection was handed out again");
+}
+
+/// Renewals' credential reads that arrive together share one statement
+/// (`credential_reads.rs`); each still gets its own answer, and a secret
+/// that does not open fails only its own read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_reads_at_once_each_get_their_own_answer() {
+    use crate::store::CredentialRepo;
+    let db = TestDb::create().await;
+    let s = open(&db).await;
+    let ids: Vec<String> = (0..50).map(|i| format!("c{i:02}")).collect();
+    for id in &ids {
+        s.insert_tenant(new_tenant(id, TenantState::Active))
+            .await
+            .unwrap();
+    }
+    db.client()
+        .await
+        .batch_execute(
+            "UPDATE credentials SET secret_sealed = \
+                 (SELECT token_sealed FROM tokens WHERE tenant_id = 'c07') \
+             WHERE tenant_id = 'c07' AND kind = 'trusted'",
+        )
+        .await
+        .unwrap();
+    let reads = ids.iter().cloned().chain(["nobody".to_owned()]).map(|id| {
+        let s = s.clone();
+        async move {
+            let answer = s.trusted_credentials(&tid(&id)).await;
+            (id, answer)
+        }
+    });
+    for (id, answer) in futures::future::join_all(reads).await {
+        match id.as_str() {
+            "c07" => assert!(answer.unwrap_err().is_credential_fault()),
+            "nobody" => assert!(answer.unwrap().is_none()),
+            _ => assert_eq!(
+                answer.unwrap().unwrap().client_secret.expose(),
+                &format!("secret-{id}")
+            ),
+        }
+    }
 }

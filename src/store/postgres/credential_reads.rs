@@ -1,0 +1,148 @@
+//! The trusted credentials every renewal reads, in batches on PostgreSQL:
+//! the reads that arrive while one runs are answered together by the next
+//! statement (one primary-key lookup per tenant), as refresh outcomes are
+//! committed together (`refresh_batch.rs`). With no load the first caller
+//! reads at once. Each caller's secret is opened and checked on its own,
+//! so one that does not open fails only its own renewal.
+//!
+//! Does not: read the public app's credentials, or write anything.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use super::credentials::row_from;
+use super::PgStore;
+use crate::domain::{AppCredentials, TenantId};
+use crate::store::batch_queue::BatchQueue;
+use crate::store::seal::credentials::open_checked;
+use crate::store::StoreError;
+
+/// Most reads answered by one statement.
+const MAX_BATCH: usize = 256;
+
+/// One primary-key lookup per id (see `tokens::SELECT_IDS` for why not
+/// `= ANY($1)`).
+const SELECT: &str = "SELECT x.* FROM (SELECT DISTINCT unnest($1::text[]) AS id) w \
+     CROSS JOIN LATERAL (SELECT c.tenant_id, c.kind, c.client_id, c.secret_sealed, \
+            c.redirect_uri, t.pbx_base_url \
+         FROM credentials c JOIN tenants t ON t.tenant_id = c.tenant_id \
+         WHERE c.tenant_id = w.id COLLATE \"C\" AND c.kind = 'trusted' OFFSET 0) x";
+
+type Answer = Result<Option<AppCredentials>, StoreError>;
+
+struct Pending {
+    id: TenantId,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The reads waiting, and whether a reader is running (one per store
+/// handle).
+#[derive(Default)]
+pub(super) struct Queue {
+    state: Mutex<BatchQueue<Pending>>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, BatchQueue<Pending>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Clears `draining` if the reader task is dropped mid-way (its runtime
+/// shutting down); the reads of its batch are answered by their dropped
+/// senders.
+struct ReaderGuard {
+    store: PgStore,
+    armed: bool,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.inner.credential_reads.lock().drainer_gone();
+        }
+    }
+}
+
+impl PgStore {
+    /// The tenant's trusted app, read with the others waiting.
+    pub(super) async fn trusted_credentials_batched(&self, id: TenantId) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let start = self
+            .inner
+            .credential_reads
+            .lock()
+            .push(Pending { id, reply });
+        if start {
+            let guard = ReaderGuard {
+                store: self.clone(),
+                armed: true,
+            };
+            // Detached on purpose: it must answer the whole batch even if
+            // this caller is cancelled.
+            tokio::spawn(drain(guard));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Task("the credentials reader stopped".into()))?
+    }
+}
+
+async fn drain(mut guard: ReaderGuard) {
+    loop {
+        let Some(batch) = guard
+            .store
+            .inner
+            .credential_reads
+            .lock()
+            .next_batch(MAX_BATCH)
+        else {
+            guard.armed = false;
+            return;
+        };
+        read(&guard.store, batch).await;
+    }
+}
+
+async fn read(store: &PgStore, batch: Vec<Pending>) {
+    let ids: Vec<&str> = batch.iter().map(|p| p.id.as_str()).collect();
+    let rows = match store.autocommit(SELECT, &[&ids]).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(same_error(&e)));
+            }
+            return;
+        }
+    };
+    let mut found: HashMap<String, &tokio_postgres::Row> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        if let Ok(id) = r.try_get::<_, String>(0) {
+            found.insert(id, r);
+        }
+    }
+    for p in batch {
+        let answer = match found.get(p.id.as_str()) {
+            None => Ok(None),
+            Some(r) => row_from(r).and_then(|row| {
+                let client_secret = open_checked(&store.inner.keyring, &row)?;
+                Ok(Some(AppCredentials {
+                    client_id: row.client_id,
+                    client_secret,
+                }))
+            }),
+        };
+        let _ = p.reply.send(answer);
+    }
+}
+
+/// `e` again, for each caller of a batch that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
+        other => StoreError::Task(format!("reading a batch of credentials: {other}")),
+    }
+}
