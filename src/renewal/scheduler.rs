@@ -37,14 +37,14 @@ use tokio_util::task::TaskTracker;
 use super::demand::HostDemand;
 use super::duty::Duty;
 use super::parking::Parking;
-
-mod permits;
 use crate::broker::{Broker, Jitter, RequestTurn, Scheduling};
 use crate::clock::{SharedClock, UnixMs};
 use crate::config::Config;
 use crate::domain::TenantId;
 use crate::store::{DueJob, Store, StoreError};
 use permits::{HostTurn, Permits};
+
+mod permits;
 
 /// The loop wakes at least this often, so its heartbeat proves liveness to
 /// the systemd watchdog even when nothing is due.
