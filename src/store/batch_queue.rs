@@ -3,8 +3,9 @@
 //! takes batches until the line is empty. Shared by SQLite's refresh group
 //! commit and PostgreSQL's refresh batches and budget calls.
 //!
-//! Does not: lock (the caller keeps it behind its own mutex), run the
-//! drainer or answer the callers.
+//! Does not: run the drainer or answer the callers.
+
+use std::sync::{Mutex, MutexGuard};
 
 /// Items waiting for the next batch, and whether a drainer is running.
 pub(crate) struct BatchQueue<T> {
@@ -44,6 +45,26 @@ impl<T> BatchQueue<T> {
     /// starts another.
     pub(crate) fn drainer_gone(&mut self) {
         self.draining = false;
+    }
+}
+
+/// A [`BatchQueue`] behind its own lock, for a queue a store handle keeps
+/// (one per kind of batch).
+pub(crate) struct SharedBatchQueue<T> {
+    state: Mutex<BatchQueue<T>>,
+}
+
+impl<T> Default for SharedBatchQueue<T> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(BatchQueue::default()),
+        }
+    }
+}
+
+impl<T> SharedBatchQueue<T> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BatchQueue<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -8,14 +8,12 @@
 //! Does not: read the public app's credentials, or write anything.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-
 use tokio::sync::oneshot;
 
 use super::credentials::row_from;
-use super::PgStore;
+use super::{error, PgStore};
 use crate::domain::{AppCredentials, TenantId};
-use crate::store::batch_queue::BatchQueue;
+use crate::store::batch_queue::SharedBatchQueue;
 use crate::store::seal::credentials::open_checked;
 use crate::store::StoreError;
 
@@ -32,23 +30,14 @@ const SELECT: &str = "SELECT x.* FROM (SELECT DISTINCT unnest($1::text[]) AS id)
 
 type Answer = Result<Option<AppCredentials>, StoreError>;
 
-struct Pending {
+pub(super) struct Pending {
     id: TenantId,
     reply: oneshot::Sender<Answer>,
 }
 
 /// The reads waiting, and whether a reader is running (one per store
 /// handle).
-#[derive(Default)]
-pub(super) struct Queue {
-    state: Mutex<BatchQueue<Pending>>,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, BatchQueue<Pending>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub(super) type Queue = SharedBatchQueue<Pending>;
 
 /// Clears `draining` if the reader task is dropped mid-way (its runtime
 /// shutting down); the reads of its batch are answered by their dropped
@@ -112,7 +101,10 @@ async fn read(store: &PgStore, batch: Vec<Pending>) {
         Ok(rows) => rows,
         Err(e) => {
             for p in batch {
-                let _ = p.reply.send(Err(same_error(&e)));
+                let _ = p.reply.send(Err(error::for_each_caller(
+                    &e,
+                    "reading a batch of credentials",
+                )));
             }
             return;
         }
@@ -135,14 +127,5 @@ async fn read(store: &PgStore, batch: Vec<Pending>) {
             }),
         };
         let _ = p.reply.send(answer);
-    }
-}
-
-/// `e` again, for each caller of a batch that failed as a whole.
-fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
-        other => StoreError::Task(format!("reading a batch of credentials: {other}")),
     }
 }

@@ -14,6 +14,17 @@ use tokio_postgres::error::SqlState;
 
 use crate::store::StoreError;
 
+/// `e` again, for each caller of a batch that failed as a whole (a
+/// `StoreError` is not `Clone`): unavailable and server errors as they
+/// are, anything else as a task error saying what the batch was doing.
+pub(super) fn for_each_caller(e: &StoreError, doing: &str) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
+        other => StoreError::Task(format!("{doing}: {other}")),
+    }
+}
+
 /// SQLSTATEs that mean "not now": the same call may work later.
 fn transient_code(code: &SqlState) -> bool {
     let c = code.code();

@@ -20,8 +20,6 @@
 //! Does not: decide what an outcome contains (the broker), or seal
 //! anything but the token (`store/seal/`).
 
-use std::sync::{Mutex, MutexGuard};
-
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
@@ -30,7 +28,7 @@ use super::{error, Conn, PgStore};
 use crate::clock::UnixMs;
 use crate::crypto::Keyring;
 use crate::domain::TenantId;
-use crate::store::batch_queue::BatchQueue;
+use crate::store::batch_queue::SharedBatchQueue;
 use crate::store::seal::{self, Field};
 use crate::store::{event_messages, RefreshRecord, StoreError, TenantEventKind, WriteFence};
 
@@ -39,7 +37,7 @@ use crate::store::{event_messages, RefreshRecord, StoreError, TenantEventKind, W
 const MAX_BATCH: usize = 256;
 
 /// One outcome waiting for its batch, its token already sealed.
-struct Pending {
+pub(super) struct Pending {
     id: TenantId,
     fence: WriteFence,
     record: RefreshRecord,
@@ -50,16 +48,7 @@ struct Pending {
 
 /// The outcomes waiting, and whether a committer is running (one per
 /// store handle).
-#[derive(Default)]
-pub(super) struct Queue {
-    state: Mutex<BatchQueue<Pending>>,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, BatchQueue<Pending>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub(super) type Queue = SharedBatchQueue<Pending>;
 
 /// Clears `committing` if the committer task is dropped mid-way (its
 /// runtime shutting down), so a later caller starts a new one; the
@@ -173,18 +162,12 @@ async fn commit(store: &PgStore, batch: Vec<Pending>) {
         }
         Err(Failed::Before(e) | Failed::AtCommit(e)) => {
             for p in batch {
-                let _ = p.reply.send(Err(same_error(&e)));
+                let _ = p.reply.send(Err(error::for_each_caller(
+                    &e,
+                    "recording a batch of refresh outcomes",
+                )));
             }
         }
-    }
-}
-
-/// `e` again, for the next caller of a batch that failed as a whole.
-fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
-        other => StoreError::Task(format!("recording a batch of refresh outcomes: {other}")),
     }
 }
 
