@@ -200,8 +200,13 @@ impl Scheduler {
             let mut truncated = false;
             let jobs: VecDeque<DueJob> = if quick {
                 // Jobs the last read left are started first (earliest due
-                // first), each as its host gets a turn back.
-                std::mem::take(&mut permits.pending)
+                // first), each as its host gets a turn back; with every
+                // permit taken, the next wake-up will.
+                if permits.saturated() {
+                    VecDeque::new()
+                } else {
+                    std::mem::take(&mut permits.pending)
+                }
             } else {
                 parking
                     .before_pass(&self.broker, &store, &self.status, limits.per_host_rps, now)
@@ -225,9 +230,12 @@ impl Scheduler {
                     // written.
                     let running = permits.running();
                     let deferred = self.broker.deferred_count();
-                    let limit =
-                        u32::try_from(permits.global.available_permits() + running + deferred)
-                            .unwrap_or(u32::MAX);
+                    let ahead = if self.early_turns() { READ_AHEAD } else { 0 };
+                    let limit = u32::try_from(
+                        permits.global.available_permits() + running + deferred + ahead,
+                    )
+                    .unwrap_or(u32::MAX);
+                    permits.begin_read();
                     match store.ready_jobs(now, skip_hosts, limit).await {
                         Ok(ready) => {
                             notes.next_due = ready.next_due_at;
@@ -261,22 +269,29 @@ impl Scheduler {
             // `biased`: a fixed polling order instead of tokio's random one,
             // so the deterministic simulation replays exactly; the order is
             // otherwise irrelevant (every branch just goes round the loop).
-            let (notified, turn_back) = tokio::select! {
+            let notified = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => (false, false),
-                _ = self.worker_done.notified() => (true, true),
-                _ = self.broker.schedule_changed().notified() => (true, false),
+                _ = tokio::time::sleep(wait) => false,
+                _ = self.worker_done.notified() => true,
+                _ = self.broker.schedule_changed().notified() => true,
             };
-            // A turn (or worker) given back while the last read left due
-            // jobs its host can start: start the next one now, without
-            // reading the queue (under load the read and the coalescing
-            // wait below were most of a renewal's time between two
-            // requests of a host). A moved job needs the read.
-            quick = turn_back
+            // Several replicas: woken while the last read left due jobs a
+            // host can start (a turn given back, a renewal recorded), start
+            // the next one now, without reading the queue: under load the
+            // read and the coalescing wait below were most of a renewal's
+            // time between two requests of a host, and every renewal
+            // recorded wakes the loop. A job moved earlier meanwhile is
+            // read at the latest REREAD_AFTER after the last read. Woken
+            // with every permit taken (a renewal recorded after its turn
+            // went back), wait for the next wake-up the same way: a
+            // coalescing wait and a read there found the permits back and
+            // read the queue again instead of starting what it left.
+            quick = notified
                 && self.early_turns()
                 && last_read.elapsed() < REREAD_AFTER
-                && permits.can_start_pending();
+                && (permits.can_start_pending()
+                    || (permits.saturated() && !permits.pending.is_empty()));
             if notified && !quick {
                 // One pass for every change that lands within COALESCE: a
                 // finished renewal alone sends two (its job moved, its
@@ -334,7 +349,7 @@ impl Scheduler {
         now: UnixMs,
         workers: &TaskTracker,
     ) -> Start {
-        if permits.is_running(&job.tenant_id) {
+        if permits.is_running_or_just_done(&job.tenant_id) {
             return Start::Passed;
         }
         // The store could not write this job's next due time (full disk):
@@ -401,16 +416,22 @@ impl Scheduler {
                 tracing::debug!(tenant = %job.tenant_id, "scheduled renewal did not produce a token: {e}");
             }
             drop(kept);
-            in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&job.tenant_id);
+            in_flight.finish(&job.tenant_id);
             status.in_flight.fetch_sub(1, Ordering::Relaxed);
             done.notify_one();
         });
         Start::Started
     }
 }
+
+/// Several replicas: due jobs a read brings beyond what can start at once.
+/// They wait in `permits.pending` and start as turns come back, without a
+/// read each: on PostgreSQL a read took a millisecond or two of the
+/// server's time plus the round trip, and most of the rows it returned
+/// were the renewals in progress (still due until written), so reading
+/// for each freed turn cost the server more than the renewals' writes and
+/// left the turn idle while it ran.
+const READ_AHEAD: usize = 256;
 
 /// After a read of the queue, wake-ups start the jobs it left for this
 /// long; then the queue is read again (jobs moved or deleted meanwhile are

@@ -1,6 +1,7 @@
 //! The scheduler loop's permits: `max_concurrent` in all and
 //! `max_concurrent_per_host` per host, the tenants whose renewal is in
-//! progress, and the due jobs the last read could not start yet.
+//! progress or finished since the queue was last read, and the due jobs
+//! the last read could not start yet.
 //!
 //! Does not: decide which job starts (the loop in `scheduler.rs`).
 
@@ -31,8 +32,38 @@ pub(super) struct Permits {
     applied: SchedulerLimits,
     pub(super) global: Arc<Semaphore>,
     per_host: HashMap<String, Arc<Semaphore>>,
-    pub(super) in_flight: Arc<Mutex<HashSet<TenantId>>>,
+    pub(super) in_flight: InFlight,
     pub(super) pending: VecDeque<DueJob>,
+}
+
+/// The tenants whose renewal runs, and those whose renewal finished since
+/// the loop last began to read the queue, shared with the workers.
+///
+/// Why the finished ones: a renewal that finishes while the read runs has
+/// written its next due time after the read's snapshot, so the read still
+/// returns its old, due row; started again, it found its token fresh and
+/// only rewrote the due time (a fifth of a PostgreSQL replica's renewals
+/// were such runs, each a write and a permit's round).
+#[derive(Clone, Default)]
+pub(super) struct InFlight(Arc<Mutex<Tenants>>);
+
+#[derive(Default)]
+struct Tenants {
+    running: HashSet<TenantId>,
+    finished_since_read: HashSet<TenantId>,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tenants> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker of `id` is done (its outcome written or given up on).
+    pub(super) fn finish(&self, id: &TenantId) {
+        let mut t = self.lock();
+        t.running.remove(id);
+        t.finished_since_read.insert(id.clone());
+    }
 }
 
 impl Permits {
@@ -41,7 +72,7 @@ impl Permits {
             applied: limits,
             global: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             per_host: HashMap::new(),
-            in_flight: Arc::default(),
+            in_flight: InFlight::default(),
             pending: VecDeque::new(),
         }
     }
@@ -103,24 +134,24 @@ impl Permits {
     }
 
     pub(super) fn running(&self) -> usize {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.in_flight.lock().running.len()
     }
 
-    pub(super) fn is_running(&self, id: &TenantId) -> bool {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+    /// Whether `id` is not to start from the jobs read: it runs, or it
+    /// finished after the read began (the read may predate its write).
+    pub(super) fn is_running_or_just_done(&self, id: &TenantId) -> bool {
+        let t = self.in_flight.lock();
+        t.running.contains(id) || t.finished_since_read.contains(id)
     }
 
     pub(super) fn mark_running(&self, id: &TenantId) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone());
+        self.in_flight.lock().running.insert(id.clone());
+    }
+
+    /// A read of the queue begins: it sees the writes of every renewal
+    /// finished so far.
+    pub(super) fn begin_read(&self) {
+        self.in_flight.lock().finished_since_read.clear();
     }
 }
 
@@ -176,6 +207,25 @@ mod tests {
         assert!(permits.in_progress_full());
         assert!(permits.saturated(), "with every global permit free");
         assert_eq!(permits.global.available_permits(), 2);
+    }
+
+    #[test]
+    fn a_renewal_finished_after_the_read_began_is_not_started_from_it() {
+        let permits = Permits::new(limits(2));
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        permits.mark_running(&a);
+        permits.mark_running(&b);
+        permits.in_flight.finish(&a);
+        permits.begin_read();
+        // a finished before the read: the read sees its write.
+        assert!(!permits.is_running_or_just_done(&a));
+        assert!(permits.is_running_or_just_done(&b));
+        // b finishes while the read runs: its row may be the old one.
+        permits.in_flight.finish(&b);
+        assert!(permits.is_running_or_just_done(&b));
+        assert_eq!(permits.running(), 0);
+        permits.begin_read();
+        assert!(!permits.is_running_or_just_done(&b));
     }
 
     #[tokio::test]

@@ -50,6 +50,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0006_host_budget_buckets",
         sql: include_str!("../../../migrations/postgres/0006_host_budget_buckets.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_record_refreshes_by_set",
+        sql: include_str!("../../../migrations/postgres/0007_record_refreshes_by_set.sql"),
+    },
 ];
 
 /// The advisory lock key every replica takes while migrating (an arbitrary

@@ -56,6 +56,8 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod onboarding;
+#[cfg(test)]
+mod record_tests;
 mod refresh_batch;
 #[cfg(test)]
 mod smoke_tests;
