@@ -52,25 +52,29 @@ CREATE FUNCTION pbx_record_refreshes(
 RETURNS TABLE (r_ord INT, r_outcome TEXT, r_failures BIGINT, r_event_id BIGINT,
                r_host TEXT, r_holder TEXT, r_epoch BIGINT, r_stored_issued BIGINT)
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- A tenant named twice: the second outcome must see the first one's
+    -- write.
+    v_in_order BOOLEAN := (SELECT count(DISTINCT id) FROM unnest(p_tenant) id)
+                          < coalesce(cardinality(p_tenant), 0);
 BEGIN
-    IF (SELECT count(DISTINCT id) FROM unnest(p_tenant) id) < coalesce(cardinality(p_tenant), 0) THEN
-        RETURN QUERY SELECT * FROM pbx_record_refreshes_in_order(p_tenant, p_fence, p_fence_host,
-            p_fence_holder, p_fence_epoch, p_fence_issued, p_ok, p_state, p_error, p_token,
-            p_token_type, p_issued, p_expires, p_due, p_now, p_event_kind, p_recovered, p_outbox,
-            p_events_lock);
-        RETURN;
+    IF NOT v_in_order THEN
+        IF EXISTS (SELECT 1 FROM unnest(p_fence) f
+                   WHERE f IS NULL OR f NOT IN ('none', 'lease', 'issued')) THEN
+            RAISE EXCEPTION 'pbx_record_refreshes: unknown fence in %', p_fence;
+        END IF;
+        PERFORM 1 FROM tenants WHERE tenant_id = ANY (p_tenant) ORDER BY tenant_id FOR UPDATE;
+        PERFORM 1 FROM host_leases WHERE pbx_host = ANY (p_fence_host) ORDER BY pbx_host FOR SHARE;
+        -- A tenant an operator disabled, or sent back to authorization,
+        -- keeps that state; any other state change writes an event, which
+        -- the loop does.
+        v_in_order := EXISTS (
+            SELECT 1 FROM unnest(p_tenant, p_ok, p_state) u(id, ok, st)
+                JOIN tenants t ON t.tenant_id = u.id
+            WHERE t.state NOT IN ('disabled', 'pending_authorization')
+              AND t.state IS DISTINCT FROM CASE WHEN u.ok THEN 'active' ELSE u.st END);
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(p_fence) f WHERE f IS NULL OR f NOT IN ('none', 'lease', 'issued')) THEN
-        RAISE EXCEPTION 'pbx_record_refreshes: unknown fence in %', p_fence;
-    END IF;
-    PERFORM 1 FROM tenants WHERE tenant_id = ANY (p_tenant) ORDER BY tenant_id FOR UPDATE;
-    PERFORM 1 FROM host_leases WHERE pbx_host = ANY (p_fence_host) ORDER BY pbx_host FOR SHARE;
-    -- A tenant an operator disabled, or sent back to authorization, keeps
-    -- that state; any other state change writes an event, in the loop.
-    IF EXISTS (SELECT 1 FROM unnest(p_tenant, p_ok, p_state) u(id, ok, st)
-                   JOIN tenants t ON t.tenant_id = u.id
-               WHERE t.state NOT IN ('disabled', 'pending_authorization')
-                 AND t.state IS DISTINCT FROM CASE WHEN u.ok THEN 'active' ELSE u.st END) THEN
+    IF v_in_order THEN
         RETURN QUERY SELECT * FROM pbx_record_refreshes_in_order(p_tenant, p_fence, p_fence_host,
             p_fence_holder, p_fence_epoch, p_fence_issued, p_ok, p_state, p_error, p_token,
             p_token_type, p_issued, p_expires, p_due, p_now, p_event_kind, p_recovered, p_outbox,
