@@ -18,9 +18,15 @@
 //! daemon. So every error, refusal, wait and count stays in one place and
 //! the two paths cannot disagree on one.
 //!
-//! Does not: wait for anything but the request's own body (the server's
-//! per-call timeout is outside this layer), or answer on the local admin
-//! socket (its peers may be ADMIN without a key; the full path decides).
+//! It also holds every call of a replica resumed after a long pause until
+//! its cache has caught up with the change feed (`broker/catch_up.rs`),
+//! so neither path answers from a cache the other replicas stopped
+//! waiting for.
+//!
+//! Does not: wait for anything but the request's own body and that
+//! catch-up (the server's per-call timeout is outside this layer), or
+//! answer on the local admin socket (its peers may be ADMIN without a
+//! key; the full path decides).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -108,14 +114,26 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let fast = match &self.fast {
-            Some(fast) if is_plain_get_token(&req) => fast.clone(),
-            _ => return Box::pin(self.inner.call(req)),
+        let Some(fast) = self.fast.clone() else {
+            return Box::pin(self.inner.call(req));
         };
+        let stale = fast.tokens.catch_up().is_stale();
+        let plain = is_plain_get_token(&req);
+        if !plain && !stale {
+            return Box::pin(self.inner.call(req));
+        }
         // The service polled ready is the one to call later (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            if stale {
+                // Resumed after a long pause: every call, on either path,
+                // answers after the cache has caught up with the feed.
+                fast.tokens.catch_up().wait().await;
+            }
+            if !plain {
+                return inner.call(req).await;
+            }
             let (parts, mut body) = req.into_parts();
             let read = read_small_body(&mut body).await;
             if let Some(message) = read.message() {

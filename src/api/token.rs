@@ -69,6 +69,12 @@ impl TokenApi {
         self
     }
 
+    /// The broker's catch-up guard (a replica resumed after a long pause
+    /// answers after its next change-feed pass; `broker/catch_up.rs`).
+    pub fn catch_up(&self) -> &crate::broker::catch_up::CatchUp {
+        self.broker.catch_up()
+    }
+
     /// GetToken's answer when the cache holds a servable token and the
     /// caller may read the tenant, counted like [`TokenService::get_token`]
     /// counts it; `None` (nothing counted, nothing noted) for the full path

@@ -16,6 +16,7 @@
 
 mod abandoned;
 mod activity;
+pub mod catch_up;
 mod jitter;
 mod lazy_watch;
 mod min_valid;
@@ -166,6 +167,8 @@ pub struct Broker {
     /// A cache miss reads the database (several replicas share it;
     /// `remote.rs`).
     read_through: AtomicBool,
+    /// Calls wait for the change feed after a long pause (`catch_up.rs`).
+    catch_up: catch_up::CatchUp,
 }
 
 impl Broker {
@@ -192,6 +195,7 @@ impl Broker {
             started_at,
             woken: Mutex::new(Vec::new()),
             read_through: AtomicBool::new(false),
+            catch_up: catch_up::CatchUp::default(),
         }
     }
 
@@ -236,6 +240,11 @@ impl Broker {
 
     pub fn schedule_changed(&self) -> &Notify {
         &self.schedule_changed
+    }
+
+    /// The cache's confirmed freshness against the change feed.
+    pub fn catch_up(&self) -> &catch_up::CatchUp {
+        &self.catch_up
     }
 
     pub fn tenant_count(&self) -> usize {

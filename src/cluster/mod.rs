@@ -55,6 +55,11 @@ const PRUNE_EVERY_MS: i64 = 60_000;
 /// Changes read per query.
 const BATCH: u32 = 1_000;
 
+/// A call asks for a pass now (`broker/catch_up.rs`).
+async fn nudged(broker: &Broker) {
+    broker.catch_up().nudged().await
+}
+
 /// The cache sync of one replica.
 pub struct ChangeSync {
     store: Store,
@@ -130,6 +135,9 @@ impl ChangeSync {
                     self.prune().await;
                 }
                 _ = beat.tick() => self.heartbeat().await,
+                // A call found the cache unconfirmed for too long (this
+                // replica was paused): read the feed now.
+                _ = nudged(&self.broker) => self.pass().await,
             }
         }
     }
@@ -143,7 +151,11 @@ impl ChangeSync {
     /// One catch-up and the heartbeat after it; errors are logged once per
     /// failing streak (the next hint or poll tries again).
     async fn pass(&mut self) {
-        match self.catch_up().await {
+        let gate = self.broker.clone();
+        let started = gate.catch_up().pass_starts();
+        let read = self.catch_up().await;
+        gate.catch_up().pass_done(started, read.is_ok());
+        match read {
             Ok(()) => {
                 if self.failing {
                     tracing::info!("replica cache sync: reading the change feed again");

@@ -21,6 +21,7 @@ use crate::api::streams::StreamCaps;
 use crate::api::tls::ReloadableTls;
 use crate::api::token::TokenApi;
 use crate::audit::Audit;
+use crate::broker::catch_up::CatchUp;
 use crate::clock::SharedClock;
 use crate::cluster::ChangeSync;
 use crate::config::Config;
@@ -70,7 +71,14 @@ pub(super) async fn serve(
     let audit = Audit::new(engine.store().clone(), clock.clone());
     let clients = load_clients(config, engine, clock, &audit).await?;
     let replica = replica_name(config, &listeners.grpc);
-    start_cache_sync(engine, clock, &clients, metrics, replica.clone());
+    start_cache_sync(
+        engine,
+        clock,
+        &clients,
+        metrics,
+        replica.clone(),
+        config.cluster.lease_ttl_ms,
+    );
     let tenants = build_tenants(config, engine).await;
     let confirm = || {
         ReplicaConfirm::new(
@@ -190,6 +198,7 @@ fn start_cache_sync(
     clients: &Arc<Clients>,
     metrics: &Arc<Metrics>,
     name: String,
+    lease_ttl_ms: u64,
 ) {
     let sync = ChangeSync::new(
         engine.store().clone(),
@@ -200,6 +209,10 @@ fn start_cache_sync(
         engine.change_position(),
     );
     if let Some((sync, hints)) = sync {
+        engine.broker().catch_up().enable(CatchUp::stale_after(
+            lease_ttl_ms,
+            crate::cluster::POLL_INTERVAL,
+        ));
         let sync = sync.with_metrics(metrics.clone());
         let cancel = engine.background().clone();
         engine.spawn("replica cache sync", sync.run(hints, cancel));

@@ -122,9 +122,18 @@ async fn a_replica_paused_past_its_lease_writes_nothing_stale() {
         replicas: two,
         admin_key: key,
         ..
-    } = replicas(&db.url, &sim, &["a", "b"], &["acme"]).await;
+    } = replicas(&db.url, &sim, &["a", "b"], &["acme", "other"]).await;
     let [a, b]: [Replica; 2] = two.try_into().ok().unwrap();
     let created = stored_issued_at(&db).await;
+    let get = |channel: &tonic::transport::Channel, tenant: &str| {
+        let mut client = tokens(channel, &key);
+        let request = proto::GetTokenRequest {
+            tenant_id: tenant.into(),
+            min_valid_seconds: 0,
+        };
+        async move { client.get_token(request).await }
+    };
+    assert!(get(&a.channel, "other").await.is_ok());
     // "a" asks for a new token; the PBX answers slowly, and "a" is
     // paused while the request is out.
     sim.sim.set_faults(pbx_sim::Faults {
@@ -153,9 +162,27 @@ async fn a_replica_paused_past_its_lease_writes_nothing_stale() {
         .into_inner();
     let fresh_issued = stored_issued_at(&db).await;
     assert!(fresh_issued > created);
-    // "a" resumes: its answer (or its timeout) arrives, and its write is
-    // refused by the database.
+    // And disables "other" ("a" is past its heartbeat: the call does not
+    // wait for it).
+    admin(&b.channel, &key)
+        .update_tenant(proto::UpdateTenantRequest {
+            tenant_id: "other".into(),
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // "a" resumes: the first thing it answers already knows "other" is
+    // disabled (it catches up before serving, as it was paused too long
+    // for the call to wait for it).
     assert!(signal(&a.child, "-CONT"));
+    let refused = get(&a.channel, "other").await;
+    assert!(
+        refused.is_err(),
+        "the resumed replica served a tenant disabled while it was paused"
+    );
+    // Its answer (or its timeout) to the refresh arrives, and its write is
+    // refused by the database.
     let answer = tokio::time::timeout(Duration::from_secs(15), late)
         .await
         .unwrap()
