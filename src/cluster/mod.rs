@@ -60,6 +60,20 @@ async fn nudged(broker: &Broker) {
     broker.catch_up().nudged().await
 }
 
+/// Notes every `catch_up::TICK` that the process runs, so a resumed
+/// replica knows it was paused (`broker/catch_up.rs`). Apart from the
+/// passes, which can hang on a silent network while the process runs.
+pub async fn watch_for_pauses(broker: Arc<Broker>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::broker::catch_up::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => broker.catch_up().tick(),
+        }
+    }
+}
+
 /// The cache sync of one replica.
 pub struct ChangeSync {
     store: Store,
@@ -135,8 +149,8 @@ impl ChangeSync {
                     self.prune().await;
                 }
                 _ = beat.tick() => self.heartbeat().await,
-                // A call found the cache unconfirmed for too long (this
-                // replica was paused): read the feed now.
+                // This replica was paused (a call or the ticker found
+                // out): read the feed now.
                 _ = nudged(&self.broker) => self.pass().await,
             }
         }
@@ -154,7 +168,7 @@ impl ChangeSync {
         let gate = self.broker.clone();
         let started = gate.catch_up().pass_starts();
         let read = self.catch_up().await;
-        gate.catch_up().pass_done(started, read.is_ok());
+        gate.catch_up().pass_done(started);
         match read {
             Ok(()) => {
                 if self.failing {

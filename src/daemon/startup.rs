@@ -209,12 +209,18 @@ fn start_cache_sync(
         engine.change_position(),
     );
     if let Some((sync, hints)) = sync {
-        engine.broker().catch_up().enable(CatchUp::stale_after(
-            lease_ttl_ms,
-            crate::cluster::POLL_INTERVAL,
-        ));
+        engine
+            .broker()
+            .catch_up()
+            .enable(CatchUp::stale_after(lease_ttl_ms));
         let sync = sync.with_metrics(metrics.clone());
         let cancel = engine.background().clone();
+        // On the serving runtime, not the niced background one: a tick
+        // late only because renewals are busy is not a pause.
+        tokio::spawn(crate::cluster::watch_for_pauses(
+            engine.broker().clone(),
+            cancel.clone(),
+        ));
         engine.spawn("replica cache sync", sync.run(hints, cancel));
     }
 }
