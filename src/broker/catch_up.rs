@@ -77,6 +77,12 @@ impl CatchUp {
         self.stale_after_ms.store(ms.max(1), Ordering::SeqCst);
     }
 
+    /// Turns the detector off (the ticker stopped: shutting down).
+    pub fn disable(&self) {
+        self.stale_after_ms.store(0, Ordering::SeqCst);
+        self.paused_at_ms.store(0, Ordering::SeqCst);
+    }
+
     /// The longest gap between ticks that is not a pause: half the time an
     /// admin call waits for a live replica (so any pause it gave up on is
     /// caught), and at least a second (so a busy machine's late tick is
@@ -189,6 +195,10 @@ mod tests {
             .expect("the wait ended with the pass")
             .unwrap();
         gate.tick();
+        assert!(!gate.is_stale());
+        // Shutting down: the silence after the last tick is no pause.
+        gate.disable();
+        std::thread::sleep(Duration::from_millis(400));
         assert!(!gate.is_stale());
     }
 

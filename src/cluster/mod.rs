@@ -68,7 +68,12 @@ pub async fn watch_for_pauses(broker: Arc<Broker>, cancel: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                // No more ticks: without this, calls still draining would
+                // take the silence for a pause.
+                broker.catch_up().disable();
+                return;
+            }
             _ = tick.tick() => broker.catch_up().tick(),
         }
     }
