@@ -170,10 +170,9 @@ impl ChangeSync {
     /// One catch-up and the heartbeat after it; errors are logged once per
     /// failing streak (the next hint or poll tries again).
     async fn pass(&mut self) {
-        let gate = self.broker.clone();
-        let started = gate.catch_up().pass_starts();
+        let started = self.broker.catch_up().pass_starts();
         let read = self.catch_up().await;
-        gate.catch_up().pass_done(started);
+        self.broker.catch_up().pass_done(started);
         match read {
             Ok(()) => {
                 if self.failing {

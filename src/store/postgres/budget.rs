@@ -39,9 +39,13 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 use tokio_postgres::Row;
 
-use super::{execute, PgStore};
-use crate::store::batch_queue::BatchQueue;
+use super::drainer::Drainer;
+use super::{error, execute, PgStore};
+use crate::store::batch_queue::{BatchQueue, SharedBatchQueue};
 use crate::store::{HostBudget, SlotGrant, SlotRequest, StoreError};
+
+/// What a failed batch's callers hear it was doing.
+const BUDGET: &str = "the shared host budget";
 
 /// Most takes or releases in one call.
 const MAX_BATCH: usize = 64;
@@ -52,7 +56,7 @@ type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 #[derive(Default)]
 pub(super) struct SlotQueues {
     takes: Mutex<HashMap<SlotRequest, BatchQueue<Answer<SlotOutcome>>>>,
-    releases: Mutex<BatchQueue<(i64, Answer<SlotOutcome>)>>,
+    releases: SharedBatchQueue<(i64, Answer<SlotOutcome>)>,
 }
 
 /// A take's grant, or nothing for a release.
@@ -77,20 +81,6 @@ impl Drop for TakeDrainer {
             if let Some(w) = takes.get_mut(&self.req) {
                 w.drainer_gone();
             }
-        }
-    }
-}
-
-/// As [`TakeDrainer`], for the release queue.
-struct ReleaseDrainer {
-    store: PgStore,
-    armed: bool,
-}
-
-impl Drop for ReleaseDrainer {
-    fn drop(&mut self) {
-        if self.armed {
-            lock(&self.store.inner.slots.releases).drainer_gone();
         }
     }
 }
@@ -156,16 +146,6 @@ fn grant(r: &Row) -> Result<SlotGrant, StoreError> {
     })
 }
 
-/// `e` again, for each caller of a batch that failed as a whole.
-fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Postgres(m) => StoreError::Postgres(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        other => StoreError::Task(format!("the shared host budget: {other}")),
-    }
-}
-
 async fn drain_takes(mut d: TakeDrainer) {
     loop {
         let batch = {
@@ -194,25 +174,21 @@ async fn drain_takes(mut d: TakeDrainer) {
             }
             Err(e) => {
                 for a in batch {
-                    let _ = a.send(Err(same_error(&e)));
+                    let _ = a.send(Err(error::for_each_caller(&e, BUDGET)));
                 }
             }
         }
     }
 }
 
-async fn drain_releases(mut d: ReleaseDrainer) {
-    loop {
-        let Some(batch) = lock(&d.store.inner.slots.releases).next_batch(MAX_BATCH) else {
-            d.armed = false;
-            return;
-        };
+async fn drain_releases(mut drainer: Drainer<(i64, Answer<SlotOutcome>)>) {
+    while let Some(batch) = drainer.next_batch(MAX_BATCH) {
         let slots: Vec<i64> = batch.iter().map(|(s, _)| *s).collect();
-        let out = d.store.release_slots(&slots).await;
+        let out = drainer.store().release_slots(&slots).await;
         for (_, a) in batch {
             let _ = a.send(match &out {
                 Ok(()) => Ok(None),
-                Err(e) => Err(same_error(e)),
+                Err(e) => Err(error::for_each_caller(e, BUDGET)),
             });
         }
     }
@@ -224,14 +200,8 @@ fn enqueue_release(
     slot: i64,
 ) -> oneshot::Receiver<Result<SlotOutcome, StoreError>> {
     let (tx, rx) = oneshot::channel();
-    let start = lock(&store.inner.slots.releases).push((slot, tx));
-    if start {
-        // Detached: it must finish the batch even if this caller is
-        // cancelled, or the others would never hear back.
-        tokio::spawn(drain_releases(ReleaseDrainer {
-            store: store.clone(),
-            armed: true,
-        }));
+    if let Some(drainer) = Drainer::push(store, |s| &s.inner.slots.releases, (slot, tx)) {
+        tokio::spawn(drain_releases(drainer));
     }
     rx
 }

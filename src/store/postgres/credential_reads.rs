@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use tokio::sync::oneshot;
 
 use super::credentials::row_from;
+use super::drainer::Drainer;
 use super::{error, PgStore};
 use crate::domain::{AppCredentials, TenantId};
 use crate::store::batch_queue::SharedBatchQueue;
@@ -39,39 +40,13 @@ pub(super) struct Pending {
 /// handle).
 pub(super) type Queue = SharedBatchQueue<Pending>;
 
-/// Clears `draining` if the reader task is dropped mid-way (its runtime
-/// shutting down); the reads of its batch are answered by their dropped
-/// senders.
-struct ReaderGuard {
-    store: PgStore,
-    armed: bool,
-}
-
-impl Drop for ReaderGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store.inner.credential_reads.lock().drainer_gone();
-        }
-    }
-}
-
 impl PgStore {
     /// The tenant's trusted app, read with the others waiting.
     pub(super) async fn trusted_credentials_batched(&self, id: TenantId) -> Answer {
         let (reply, answer) = oneshot::channel();
-        let start = self
-            .inner
-            .credential_reads
-            .lock()
-            .push(Pending { id, reply });
-        if start {
-            let guard = ReaderGuard {
-                store: self.clone(),
-                armed: true,
-            };
-            // Detached on purpose: it must answer the whole batch even if
-            // this caller is cancelled.
-            tokio::spawn(drain(guard));
+        let pending = Pending { id, reply };
+        if let Some(drainer) = Drainer::push(self, |s| &s.inner.credential_reads, pending) {
+            tokio::spawn(drain(drainer));
         }
         answer
             .await
@@ -79,19 +54,9 @@ impl PgStore {
     }
 }
 
-async fn drain(mut guard: ReaderGuard) {
-    loop {
-        let Some(batch) = guard
-            .store
-            .inner
-            .credential_reads
-            .lock()
-            .next_batch(MAX_BATCH)
-        else {
-            guard.armed = false;
-            return;
-        };
-        read(&guard.store, batch).await;
+async fn drain(mut drainer: Drainer<Pending>) {
+    while let Some(batch) = drainer.next_batch(MAX_BATCH) {
+        read(drainer.store(), batch).await;
     }
 }
 

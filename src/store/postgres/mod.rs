@@ -42,6 +42,7 @@ mod conformance_tests;
 mod connect;
 mod credential_reads;
 mod credentials;
+mod drainer;
 mod error;
 mod events;
 mod feed;

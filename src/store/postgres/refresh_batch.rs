@@ -23,6 +23,7 @@
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
+use super::drainer::Drainer;
 use super::events::{EventCx, EVENTS_LOCK};
 use super::{error, Conn, PgStore};
 use crate::clock::UnixMs;
@@ -50,22 +51,6 @@ pub(super) struct Pending {
 /// store handle).
 pub(super) type Queue = SharedBatchQueue<Pending>;
 
-/// Clears `committing` if the committer task is dropped mid-way (its
-/// runtime shutting down), so a later caller starts a new one; the
-/// outcomes of the batch it held are answered by their dropped senders.
-struct CommitterGuard {
-    store: PgStore,
-    armed: bool,
-}
-
-impl Drop for CommitterGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store.inner.refreshes.lock().drainer_gone();
-        }
-    }
-}
-
 impl PgStore {
     /// Queues one outcome; the caller that finds no committer running
     /// starts one. Answers as one transaction per outcome would.
@@ -78,22 +63,16 @@ impl PgStore {
     ) -> Result<u32, StoreError> {
         let sealed = seal_token(&self.inner.keyring, &id, &record)?;
         let (reply, answer) = oneshot::channel();
-        let start = self.inner.refreshes.lock().push(Pending {
+        let pending = Pending {
             id,
             fence,
             record,
             sealed,
             now,
             reply,
-        });
-        if start {
-            let guard = CommitterGuard {
-                store: self.clone(),
-                armed: true,
-            };
-            // Detached on purpose: it must finish the batch even if this
-            // caller is cancelled, or the other waiters would never hear.
-            tokio::spawn(drain(guard));
+        };
+        if let Some(drainer) = Drainer::push(self, |s| &s.inner.refreshes, pending) {
+            tokio::spawn(drain(drainer));
         }
         answer
             .await
@@ -117,13 +96,9 @@ fn seal_token(
     }
 }
 
-async fn drain(mut guard: CommitterGuard) {
-    loop {
-        let Some(batch) = guard.store.inner.refreshes.lock().next_batch(MAX_BATCH) else {
-            guard.armed = false;
-            return;
-        };
-        commit(&guard.store, batch).await;
+async fn drain(mut drainer: Drainer<Pending>) {
+    while let Some(batch) = drainer.next_batch(MAX_BATCH) {
+        commit(drainer.store(), batch).await;
     }
 }
 
