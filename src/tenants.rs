@@ -396,6 +396,9 @@ impl Tenants {
         };
         if let Some(token) = &new_token {
             changes.token = Some(token.clone());
+            // Read before the fetch: the write is refused if another token
+            // was stored since (see `TenantChanges::check_token_swap`).
+            changes.replaces_token_expiring = current.token_expires_at;
             changes.clear_failures = true;
             if input.enabled != Some(false) {
                 changes.state = Some(TenantState::Active);

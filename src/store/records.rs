@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use super::StoreError;
 use crate::clock::UnixMs;
 use crate::domain::clients::{ClientInfo, KeyHash};
 use crate::domain::{AccessToken, AppCredentials, PbxBaseUrl, TenantId, TenantState};
@@ -78,11 +79,41 @@ pub struct TenantChanges {
     pub trusted_app: Option<AppCredentials>,
     /// Replaces the held token (after new credentials were verified).
     pub token: Option<AccessToken>,
+    /// With `token`: the `expires_at` of the token stored when the call
+    /// read the tenant, before it fetched (`None`: none was stored). See
+    /// [`TenantChanges::check_token_swap`].
+    pub replaces_token_expiring: Option<UnixMs>,
     /// Sets the renewal job's due time; with `clear_job` the job is removed.
     pub renew_at: Option<UnixMs>,
     pub clear_job: bool,
     /// Resets consecutive_failures and last_error.
     pub clear_failures: bool,
+}
+
+impl TenantChanges {
+    /// UpdateTenant's token lands only if the stored token (`stored`, its
+    /// `expires_at`) is still the one the call saw before it fetched: a
+    /// renewal or another replica that stored one meanwhile, or this
+    /// replica paused between its fetch and its write, must not be undone.
+    /// Tokens are compared as stored values, never by which clock stamped
+    /// them later, so no skew between replicas' clocks matters. `Fenced`
+    /// otherwise; the backend then writes nothing of the change.
+    pub fn check_token_swap(&self, tenant: &str, stored: Option<UnixMs>) -> Result<(), StoreError> {
+        if self.token.is_none() || stored == self.replaces_token_expiring {
+            return Ok(());
+        }
+        let show = |t: Option<UnixMs>| {
+            t.map_or_else(|| "none".to_owned(), |t| format!("one expiring at {t}"))
+        };
+        Err(StoreError::Fenced {
+            tenant: tenant.to_owned(),
+            reason: format!(
+                "the stored token changed while this call fetched its first token with the new credentials (it saw {}, the database now holds {}): a renewal or another replica stored one meanwhile; nothing was changed, call again",
+                show(self.replaces_token_expiring),
+                show(stored)
+            ),
+        })
+    }
 }
 
 /// Outcome of one refresh, recorded in one transaction.

@@ -7,6 +7,7 @@
 
 use super::fixtures::*;
 use super::{open_store, Harness};
+use crate::clock::UnixMs;
 use crate::domain::TenantState;
 use crate::store::{
     FlowUpdate, LeaseClaim, RefreshRecord, Store, StoreError, TenantChanges, WriteFence,
@@ -189,73 +190,92 @@ pub(crate) async fn an_on_demand_write_after_a_newer_token_is_refused<H: Harness
     assert_eq!(stored_token(&two).await, "plain");
 }
 
-fn new_app_update(token_value: &str, issued: i64) -> TenantChanges {
+/// UpdateTenant with new credentials: its first token, issued `issued`
+/// ms after T0, replacing the token that expires at `seen` (as read
+/// before the fetch).
+fn new_app_update(token_value: &str, issued: i64, seen: Option<UnixMs>) -> TenantChanges {
     TenantChanges {
         trusted_app: Some(app("rotated-app", "rotated-secret")),
         token: Some(token(token_value, T0.plus_ms(issued))),
+        replaces_token_expiring: seen,
         clear_failures: true,
         ..TenantChanges::default()
     }
 }
 
-/// UpdateTenant's first token with new credentials: a replica that fetched
-/// it before another write stored a newer token (a renewal, a second
-/// update) is refused whole, credentials included; an equal or newer one
-/// lands.
-pub(crate) async fn an_update_never_puts_an_older_token_back<H: Harness>(h: &H) {
+/// UpdateTenant's first token with new credentials lands only over the
+/// token the call read before its fetch: a replica that fetched while
+/// another write stored a token (a renewal, a second update) is refused
+/// whole, credentials included, even when its token was stamped later
+/// (a clock ahead of the other replica's); read again, it lands.
+pub(crate) async fn an_update_lands_only_over_the_token_it_read<H: Harness>(h: &H) {
     let one = open_store(h).await;
     let two = open_store(h).await;
     one.insert_tenant(new_tenant("acme", TenantState::Active))
         .await
         .unwrap();
     let id = tid("acme");
-    // `two` renews (issued at T0 + 2 s) while `one` held a token from T0 + 1 s.
+    let before = one.get_tenant(&id).await.unwrap().unwrap();
+    // `one` read the token from T0; `two` renews before `one` writes.
     two.record_refresh(&id, success("renewed", 2 * SECOND), T0)
         .await
         .unwrap();
-    let before = one.get_tenant(&id).await.unwrap().unwrap();
-    match one
-        .update_tenant(&id, new_app_update("stale", SECOND), T0.plus_ms(5))
-        .await
-    {
-        Err(StoreError::Fenced { tenant, reason }) => {
-            assert_eq!(tenant, "acme");
-            assert!(reason.contains("newer token"), "{reason}");
+    for (value, issued) in [("stale", SECOND), ("clock-ahead", 10 * SECOND)] {
+        let late = new_app_update(value, issued, before.token_expires_at);
+        match one.update_tenant(&id, late, T0.plus_ms(5)).await {
+            Err(StoreError::Fenced { tenant, reason }) => {
+                assert_eq!(tenant, "acme");
+                assert!(reason.contains("stored token changed"), "{reason}");
+            }
+            other => panic!("{value}: not fenced: {other:?}"),
         }
-        other => panic!("not fenced: {other:?}"),
     }
     assert_eq!(stored_token(&two).await, "renewed");
     let after = two.get_tenant(&id).await.unwrap().unwrap();
     assert_eq!(
-        (
-            after.updated_at,
-            after.trusted_client_id,
-            after.last_refresh_at
-        ),
-        (
-            before.updated_at,
-            before.trusted_client_id,
-            before.last_refresh_at
-        ),
+        (after.updated_at, after.trusted_client_id),
+        (before.updated_at, before.trusted_client_id),
         "nothing of the update was written"
     );
     let creds = two.trusted_credentials(&id).await.unwrap().unwrap();
     assert_eq!(creds.client_id, "app-acme");
-    // Same age and newer both land.
-    one.update_tenant(&id, new_app_update("same", 2 * SECOND), T0.plus_ms(6))
+    // Read again, the update lands, whatever its token's stamp.
+    let seen = one.get_tenant(&id).await.unwrap().unwrap().token_expires_at;
+    one.update_tenant(&id, new_app_update("updated", SECOND, seen), T0.plus_ms(6))
         .await
         .unwrap();
-    assert_eq!(stored_token(&two).await, "same");
-    two.update_tenant(&id, new_app_update("newer", 3 * SECOND), T0.plus_ms(7))
-        .await
-        .unwrap();
-    assert_eq!(stored_token(&one).await, "newer");
+    assert_eq!(stored_token(&two).await, "updated");
+    // A second update that read before the first one wrote is refused.
+    assert_fenced(
+        two.update_tenant(
+            &id,
+            new_app_update("second", 3 * SECOND, seen),
+            T0.plus_ms(7),
+        )
+        .await,
+    );
+    assert_eq!(stored_token(&one).await, "updated");
     // An update without a token is not a token write: never fenced.
     let rename = TenantChanges {
         display_name: Some("Acme 2".into()),
         ..TenantChanges::default()
     };
     one.update_tenant(&id, rename, T0.plus_ms(8)).await.unwrap();
+    // "No token stored" is a token seen too.
+    one.insert_tenant(new_tenant("bare", TenantState::Disabled))
+        .await
+        .unwrap();
+    let bare = tid("bare");
+    assert!(one
+        .get_tenant(&bare)
+        .await
+        .unwrap()
+        .unwrap()
+        .token_expires_at
+        .is_none());
+    two.update_tenant(&bare, new_app_update("first", SECOND, None), T0.plus_ms(9))
+        .await
+        .unwrap();
 }
 
 /// `complete_flow` writes the flow's first token once: a second completion

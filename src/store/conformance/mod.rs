@@ -145,7 +145,7 @@ macro_rules! conformance_tests {
             a_lease_fenced_write_lands_only_under_the_current_epoch,
             a_lease_fence_without_a_lease_or_on_another_host_is_refused,
             an_on_demand_write_after_a_newer_token_is_refused,
-            an_update_never_puts_an_older_token_back,
+            an_update_lands_only_over_the_token_it_read,
             a_flow_completes_once_with_its_own_first_token,
         ]);
         $crate::store::conformance::conformance_tests!(@area $harness; flows [

@@ -138,6 +138,7 @@ pub(crate) async fn update_applies_every_change<H: Harness>(h: &H) {
         state: Some(TenantState::Active),
         trusted_app: Some(app("app-2", "secret-2")),
         token: Some(token("token-2", later)),
+        replaces_token_expiring: Some(T0.plus_ms(HOUR)),
         renew_at: Some(later.plus_ms(1000)),
         clear_job: false,
         clear_failures: true,

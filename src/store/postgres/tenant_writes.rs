@@ -90,8 +90,8 @@ pub(super) async fn update_by_operator(
         .await?
         .ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
     // `state_of` locked the row: the check and the write see the same token.
-    if let Some(token) = &ch.token {
-        tokens::check_not_older(tx, id, token.issued_at).await?;
+    if ch.token.is_some() {
+        ch.check_token_swap(id, tokens::stored_expiry(tx, id).await?)?;
     }
     let tenant = update(tx, keys, id, ch, now).await?;
     let e = NewEvent {

@@ -115,34 +115,19 @@ pub(super) async fn load_cache_of(
     })
 }
 
-/// A token written outside a refresh (UpdateTenant's first token with new
-/// credentials) lands only if the stored token is not newer (by
-/// `issued_at`): a call that fetched before a renewal committed, or a
-/// replica paused between its fetch and its write, must not put an older
-/// token back. The caller holds the tenant's row lock (as every token
-/// write takes it first), so no write slips in between this check and its
-/// own. `Fenced` otherwise; nothing is written then.
-pub(super) async fn check_not_older(
+/// The `expires_at` of the stored token, if any (for
+/// [`TenantChanges::check_token_swap`](crate::store::TenantChanges::check_token_swap)).
+pub(super) async fn stored_expiry(
     tx: &Tx<'_>,
     tenant_id: &str,
-    issued_at: UnixMs,
-) -> Result<(), StoreError> {
+) -> Result<Option<UnixMs>, StoreError> {
     let stored: Option<i64> = query_opt(
         tx,
-        "SELECT issued_at FROM tokens WHERE tenant_id = $1",
+        "SELECT expires_at FROM tokens WHERE tenant_id = $1",
         &[&tenant_id],
     )
     .await?
     .map(|r| r.try_get(0))
     .transpose()?;
-    match stored {
-        Some(s) if s > issued_at.0 => Err(StoreError::Fenced {
-            tenant: tenant_id.to_owned(),
-            reason: format!(
-                "a newer token (issued at {}) was stored while this call fetched its token (issued at {issued_at}), by a renewal or another replica",
-                UnixMs(s)
-            ),
-        }),
-        _ => Ok(()),
-    }
+    Ok(stored.map(UnixMs))
 }

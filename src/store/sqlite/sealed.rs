@@ -64,6 +64,7 @@ mod tests {
         t.store.insert_tenant(n).await.unwrap();
         let changes = TenantChanges {
             token: Some(token(TOKEN_2, T0.plus_ms(HOUR))),
+            replaces_token_expiring: Some(T0.plus_ms(HOUR)),
             ..Default::default()
         };
         t.store

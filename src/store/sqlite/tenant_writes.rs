@@ -97,8 +97,8 @@ pub(super) fn update_by_operator(
     now: UnixMs,
 ) -> Result<Tenant, StoreError> {
     let before = state_of(tx, id)?.ok_or_else(|| StoreError::TenantNotFound(id.to_owned()))?;
-    if let Some(token) = &ch.token {
-        tokens::check_not_older(tx, id, token.issued_at)?;
+    if ch.token.is_some() {
+        ch.check_token_swap(id, tokens::stored_expiry(tx, id)?)?;
     }
     let tenant = update(tx, keys, id, ch, now)?;
     ev.append(

@@ -185,30 +185,17 @@ pub(super) fn check_fence(
     }
 }
 
-/// A token written outside a refresh (UpdateTenant's first token with new
-/// credentials) lands only if the stored token is not newer (by
-/// `issued_at`): a call that fetched before a renewal committed, or a
-/// replica paused between its fetch and its write, must not put an older
-/// token back. `Fenced` otherwise; nothing is written then.
-pub(super) fn check_not_older(
+/// The `expires_at` of the stored token, if any (for
+/// [`TenantChanges::check_token_swap`](crate::store::TenantChanges::check_token_swap)).
+pub(super) fn stored_expiry(
     tx: &Connection,
     tenant_id: &str,
-    issued_at: UnixMs,
-) -> Result<(), StoreError> {
+) -> Result<Option<UnixMs>, StoreError> {
     let stored: Option<i64> = tx
-        .prepare_cached("SELECT issued_at FROM tokens WHERE tenant_id = ?1")?
+        .prepare_cached("SELECT expires_at FROM tokens WHERE tenant_id = ?1")?
         .query_row([tenant_id], |r| r.get(0))
         .optional()?;
-    match stored {
-        Some(s) if s > issued_at.0 => Err(StoreError::Fenced {
-            tenant: tenant_id.to_owned(),
-            reason: format!(
-                "a newer token (issued at {}) was stored while this call fetched its token (issued at {issued_at}), by a renewal or another replica",
-                UnixMs(s)
-            ),
-        }),
-        _ => Ok(()),
-    }
+    Ok(stored.map(UnixMs))
 }
 
 /// The outcome of one refresh, in the caller's transaction. Returns
