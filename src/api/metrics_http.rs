@@ -47,7 +47,14 @@ pub async fn serve(
 
 async fn scrape(State(ctx): State<Ctx>) -> Response {
     match ctx.overview.collect().await {
-        Ok(o) => ctx.metrics.set_levels(o.scrape_values()),
+        Ok(o) => {
+            // A scrape that could not reach the database says so at once;
+            // the duty's next successful lease round sets it back.
+            if !o.database_reachable {
+                ctx.metrics.set_database_reachable(false);
+            }
+            ctx.metrics.set_levels(o.scrape_values());
+        }
         Err(e) => {
             tracing::warn!("metrics: cannot read the levels from the database: {e}");
             ctx.metrics.levels_failed();
