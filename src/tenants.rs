@@ -314,6 +314,7 @@ impl Tenants {
                 )
             })?)
         };
+        let first_page = after.is_none();
         let mut tenants = self.store.list_tenants(after, limit + 1, state).await?;
         for t in &mut tenants {
             self.broker.overlay_unstored(t);
@@ -324,7 +325,14 @@ impl Tenants {
         } else {
             String::new()
         };
-        let warnings = self.capacity_warnings().await?;
+        // Warnings are about every tenant, not a page: the first page says
+        // them, and a listing of 100,000 tenants does not read every
+        // host's load a thousand times.
+        let warnings = if first_page {
+            self.capacity_warnings().await?
+        } else {
+            Vec::new()
+        };
         Ok(TenantPage {
             tenants,
             next_page_token,

@@ -310,4 +310,27 @@ async fn list_warns_when_a_host_cannot_carry_its_renewals() {
     let w = &page.warnings[0];
     assert!(w.contains(&sim.addr.to_string()), "{w}");
     assert!(w.contains("per_host_requests_per_second = 1"), "{w}");
+    // They are about every tenant: the first page says them, the next not.
+    let first = d
+        .admin()
+        .list_tenants(ListTenantsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.warnings, page.warnings);
+    assert!(!first.next_page_token.is_empty());
+    let next = d
+        .admin()
+        .list_tenants(ListTenantsRequest {
+            page_size: 2,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next.warnings.is_empty(), "{:?}", next.warnings);
 }

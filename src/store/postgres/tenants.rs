@@ -11,16 +11,21 @@ use crate::domain::{Tenant, TenantId, TenantState};
 use crate::store::rows::{parse_state, RawTenant};
 use crate::store::StoreError;
 
-/// One tenant with the columns joined in from the other tables.
+/// One tenant with the columns from the other tables. They are scalar
+/// subqueries, not joins, so a page reads only its own rows whatever plan
+/// PostgreSQL picks: it does not carry `tenant_id > $1` over to joined
+/// tables, and a merge join (or, with a generic plan, a hash join) over
+/// the listing read every row before the page, O(n) per page.
 macro_rules! select_tenant {
     () => {
-        "SELECT t.tenant_id, t.display_name, t.pbx_base_url, t.state, c.client_id, \
-                k.expires_at, j.due_at, t.last_refresh_at, t.consecutive_failures, \
+        "SELECT t.tenant_id, t.display_name, t.pbx_base_url, t.state, \
+                (SELECT c.client_id FROM credentials c \
+                  WHERE c.tenant_id = t.tenant_id AND c.kind = 'trusted'), \
+                (SELECT k.expires_at FROM tokens k WHERE k.tenant_id = t.tenant_id), \
+                (SELECT j.due_at FROM renewal_jobs j WHERE j.tenant_id = t.tenant_id), \
+                t.last_refresh_at, t.consecutive_failures, \
                 t.last_error, t.pbx_user, t.created_at, t.updated_at \
-         FROM tenants t \
-         LEFT JOIN credentials c ON c.tenant_id = t.tenant_id AND c.kind = 'trusted' \
-         LEFT JOIN tokens k ON k.tenant_id = t.tenant_id \
-         LEFT JOIN renewal_jobs j ON j.tenant_id = t.tenant_id "
+         FROM tenants t "
     };
 }
 
