@@ -14,7 +14,8 @@
 //! failing open when every replica is out) are answered.
 //!
 //! A probe task writes the heartbeat row every `interval`; the first
-//! failure flips every status to NOT_SERVING, the next success flips it
+//! failure (an error, or no answer within 5 s) flips every status to
+//! NOT_SERVING, the next success flips it
 //! back. Shutdown flips it for good. Open `Watch` streams see the change
 //! and then end when the daemon drains (the stock tonic-health stream never
 //! ends, which would hold a graceful shutdown open for ever).
@@ -36,13 +37,19 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::clock::SharedClock;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The services whose status is reported (besides "" for the server).
 pub const SERVICES: [&str; 2] = ["pbxtokend.v1.TokenService", "pbxtokend.v1.AdminService"];
 
 /// The health name that reports the database alone (see the module doc).
 pub const DATABASE: &str = "pbxtokend.v1.Database";
+
+/// A heartbeat write not done by then counts as failed: a connection cut
+/// silently (nothing reset) would otherwise hold the status at SERVING
+/// until the store's own bound on a call (10 s), and a database that
+/// takes this long to write is no place to send admin calls either.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Health {
     reporter: HealthReporter,
@@ -91,10 +98,15 @@ impl Health {
     }
 
     /// One heartbeat write; flips the status when writability changed.
-    /// Returns whether the write succeeded.
+    /// Returns whether the write succeeded within [`PROBE_WAIT`].
     pub async fn probe(&self, store: &Store, clock: &SharedClock) -> bool {
         let now = clock.now();
-        let ok = match store.heartbeat(now).await {
+        let write = tokio::time::timeout(PROBE_WAIT, store.heartbeat(now));
+        let ok = match write.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no answer within {PROBE_WAIT:?}"
+            )))
+        }) {
             Ok(()) => {
                 self.last_write_ok.store(now.0, Ordering::Relaxed);
                 true

@@ -3,7 +3,8 @@
 //! (`cluster/proxy.rs`), A and B directly. C holds the host's renewal duty
 //! and has a forced refresh out at the PBX when the cut comes. While cut
 //! off C serves its valid token, renews nothing, says so
-//! (`GetServerStatus.database_reachable`, `pbx_tokend_database_reachable`)
+//! (`GetServerStatus.database_reachable`, `pbx_tokend_database_reachable`,
+//! health `pbxtokend.v1.Database`)
 //! and its duty passes to A or B within the lease; once the forwarder
 //! passes again C catches up (a tenant created meanwhile, the token
 //! renewed meanwhile) and its late write of the refresh it had out is
@@ -48,6 +49,23 @@ async fn reachable(d: &TestDaemon) -> Option<bool> {
         _ => None,
     }
 }
+
+/// `d`'s health status for the database detail (`pbxtokend.v1.Database`).
+async fn database_health(d: &TestDaemon) -> Option<i32> {
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: "pbxtokend.v1.Database".into(),
+    };
+    let mut health = d.health();
+    match tokio::time::timeout(CALL, health.check(req)).await {
+        Ok(Ok(r)) => Some(r.into_inner().status),
+        _ => None,
+    }
+}
+
+const SERVING: Option<i32> =
+    Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+const NOT_SERVING: Option<i32> =
+    Some(tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
 
 /// The value of `pbx_tokend_<name>` (no labels) on `d`'s /metrics.
 async fn metric(d: &TestDaemon, name: &str) -> Option<f64> {
@@ -149,9 +167,20 @@ async fn cut_off(mode: Mode) {
     .await;
     let taken_after = cut_at.elapsed();
     assert!(new_epoch > epoch && taken_by != "replica-c", "{taken_by}");
+    // The health detail follows the probe's heartbeat write (every 500 ms
+    // here), which gives up after 5 s on a blackhole.
+    eventually(
+        Duration::from_secs(9).saturating_sub(cut_at.elapsed()),
+        "C's health pbxtokend.v1.Database NOT_SERVING",
+        || async { database_health(&c).await == NOT_SERVING },
+    )
+    .await;
+    let health_after = cut_at.elapsed();
+    assert_eq!(database_health(&a).await, SERVING);
     eprintln!(
         "{mode:?} cut: C's status unreachable after {noticed:?}, its gauge 0 after \
-         {gauge_after:?}; duty to {taken_by} after {taken_after:?}"
+         {gauge_after:?}, its health NOT_SERVING after {health_after:?}; duty to \
+         {taken_by} after {taken_after:?}"
     );
 
     // While C is cut off: a tenant created on A, the token renewed on A.
@@ -223,6 +252,12 @@ async fn cut_off(mode: Mode) {
         restored_at.elapsed()
     );
     assert_eq!(metric(&c, "database_reachable").await, Some(1.0));
+    eventually(
+        Duration::from_secs(5),
+        "C's health pbxtokend.v1.Database SERVING again",
+        || async { database_health(&c).await == SERVING },
+    )
+    .await;
     // The refresh C had out when cut: whatever it answered, its token is
     // not what the cluster serves now (its late write was refused).
     let late = late.await.unwrap();
