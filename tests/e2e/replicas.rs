@@ -296,7 +296,7 @@ async fn a_client_revoked_on_one_replica_is_refused_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_disabled_or_deleted_on_one_replica_is_refused_by_another() {
+async fn a_tenant_disabled_deleted_or_updated_on_one_replica_is_served_so_by_another() {
     let cluster = Cluster::new().await;
     let sim = sim_with_lifetime(3600).await;
     let (a, b) = cluster.pair().await;
@@ -327,6 +327,34 @@ async fn a_tenant_disabled_or_deleted_on_one_replica_is_refused_by_another() {
     );
     let deleted = b.get_token("beta").await.unwrap_err();
     assert_eq!(deleted.code(), tonic::Code::NotFound, "{deleted:?}");
+    // Enabled again on A: B serves it as soon as the call returns.
+    a.admin()
+        .update_tenant(proto::UpdateTenantRequest {
+            tenant_id: "acme".into(),
+            enabled: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let enabled = b.get_token("acme").await.unwrap();
+    assert!(sim.sim.issued_token_valid(&enabled.access_token));
+    // New credentials on A: their first token is what B serves at once.
+    let app = sim.sim.add_trusted_app(None, None).unwrap();
+    a.admin()
+        .update_tenant(proto::UpdateTenantRequest {
+            tenant_id: "acme".into(),
+            trusted_app: Some(proto::AppCredentials {
+                client_id: app.client_id.clone(),
+                client_secret: app.client_secret.clone(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let on_a = a.get_token("acme").await.unwrap();
+    let on_b = b.get_token("acme").await.unwrap();
+    assert_eq!(on_b.access_token, on_a.access_token);
+    assert_ne!(on_b.access_token, enabled.access_token);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
