@@ -42,6 +42,7 @@ mod replicas;
 mod replicas_duty;
 mod replicas_onboarding;
 mod replicas_partition;
+mod replicas_tokens;
 mod report_rejected;
 mod secrecy;
 mod streams;

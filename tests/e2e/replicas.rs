@@ -2,9 +2,9 @@
 //! replicas on PostgreSQL", guarantees 1, 2, 7): two real daemons sharing
 //! a real PostgreSQL server (`src/store/postgres/testdb.rs`), one master
 //! key file, one simulator. What one replica writes, the other serves: a
-//! tenant at once (read-through), a renewed token within a second (change
-//! feed + LISTEN), a revoked client, a disabled or deleted tenant; the
-//! LISTEN connection killed by the server comes back and catches up.
+//! tenant at once (read-through), a revoked client, a disabled, deleted or
+//! updated tenant; the LISTEN connection killed by the server comes back
+//! and catches up. Renewed tokens: `replicas_tokens.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,7 +154,7 @@ impl Cluster {
     }
 }
 
-async fn refresh(d: &TestDaemon, tenant: &str) -> proto::AccessToken {
+pub async fn refresh(d: &TestDaemon, tenant: &str) -> proto::AccessToken {
     d.admin()
         .refresh_tenant(proto::RefreshTenantRequest {
             tenant_id: tenant.into(),
@@ -162,13 +162,6 @@ async fn refresh(d: &TestDaemon, tenant: &str) -> proto::AccessToken {
         .await
         .unwrap()
         .into_inner()
-}
-
-/// The p-th percentile of `v` (sorted in place).
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,48 +196,6 @@ async fn a_tenant_created_on_one_replica_is_served_by_another_at_once() {
     );
     let missing = b.get_token("nobody").await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_renewed_on_one_replica_reaches_the_other_and_its_watchers_within_a_second() {
-    let cluster = Cluster::new().await;
-    let sim = sim_with_lifetime(3600).await;
-    let (a, b) = cluster.pair().await;
-    a.add_tenant(&sim, "acme").await;
-    let first = b.get_token("acme").await.unwrap();
-    let mut stream = b
-        .tokens()
-        .watch_token(proto::WatchTokenRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let initial = stream.next().await.unwrap().unwrap();
-    assert_eq!(initial.access_token, first.access_token);
-
-    let mut lags = Vec::new();
-    for _ in 0..20 {
-        let renewed = refresh(&a, "acme").await;
-        let returned = Instant::now();
-        let seen = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("B's WatchToken stream gets A's renewed token")
-            .unwrap()
-            .unwrap();
-        lags.push(returned.elapsed());
-        assert_eq!(seen.access_token, renewed.access_token);
-        assert_eq!(
-            b.get_token("acme").await.unwrap().access_token,
-            renewed.access_token,
-            "B's GetToken serves it too"
-        );
-    }
-    let (p50, p99) = (percentile(&mut lags, 0.5), percentile(&mut lags, 0.99));
-    eprintln!("token propagation A -> B (RefreshTenant returned -> B's stream): p50 {p50:?}, p99 {p99:?}, max {:?}", lags.last().unwrap());
-    // Each renewal reached B exactly once (no echo of B's own cache).
-    let extra = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
-    assert!(extra.is_err(), "no duplicate message: {extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
