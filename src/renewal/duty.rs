@@ -277,8 +277,8 @@ impl Duty {
     /// Claims hosts with renewing tenants whose lease is free or expired,
     /// up to this replica's fair share. `false` if the database failed.
     async fn claim_free(&self, ttl_ms: i64) -> bool {
-        let read = async { (self.store.host_loads().await, self.store.leases().await) };
-        let (loads, leases) = match tokio::time::timeout(self.round_every(), read).await {
+        let read = async { (self.store.renewing_hosts().await, self.store.leases().await) };
+        let (hosts, leases) = match tokio::time::timeout(self.round_every(), read).await {
             Ok((Ok(l), Ok(s))) => (l, s),
             Err(_) => {
                 tracing::warn!("cannot read hosts and leases for renewal duty: no answer in time");
@@ -289,11 +289,7 @@ impl Duty {
                 return false;
             }
         };
-        let hosts: BTreeSet<String> = loads
-            .into_iter()
-            .filter(|l| l.renewing_tenants > 0)
-            .map(|l| l.host)
-            .collect();
+        let hosts: BTreeSet<String> = hosts.into_iter().collect();
         *self.hosts.lock().unwrap_or_else(|p| p.into_inner()) = hosts.clone();
         // The database's "now", as last seen through our own granted
         // lease; without one, every lease is tried (refusals are cheap).

@@ -428,6 +428,19 @@ pub trait StoreStats: Send + Sync {
     /// and the sum of those tokens' lifetimes.
     async fn host_loads(&self) -> Result<Vec<HostLoad>, StoreError>;
 
+    /// The hosts of [`StoreStats::host_loads`] (those with renewing
+    /// tenants), ordered, without the per-host sums: what the renewal duty
+    /// reads every round. A backend answers it from an index when it can.
+    async fn renewing_hosts(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .host_loads()
+            .await?
+            .into_iter()
+            .filter(|l| l.renewing_tenants > 0)
+            .map(|l| l.host)
+            .collect())
+    }
+
     /// Tenant count for every state (zero included), in `TenantState::ALL`
     /// order.
     async fn count_by_state(&self) -> Result<Vec<(TenantState, u64)>, StoreError>;

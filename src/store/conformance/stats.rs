@@ -34,6 +34,7 @@ pub(crate) async fn count_by_state_counts_every_state<H: Harness>(h: &H) {
 pub(crate) async fn host_loads_sum_renewing_tenants_per_host<H: Harness>(h: &H) {
     let store = open_store(h).await;
     assert!(store.host_loads().await.unwrap().is_empty());
+    assert!(store.renewing_hosts().await.unwrap().is_empty());
     for (id, host, state) in [
         ("b1", "b.example.com:8443", TenantState::Active),
         ("a1", "a.example.com", TenantState::Active),
@@ -51,6 +52,13 @@ pub(crate) async fn host_loads_sum_renewing_tenants_per_host<H: Harness>(h: &H) 
     store.insert_tenant(n).await.unwrap();
 
     let loads = store.host_loads().await.unwrap();
+    // The renewal duty's read: the same hosts, in order (c.example.com has
+    // disabled tenants only; a.example.com's disabled a3 may come first in
+    // an index walk).
+    assert_eq!(
+        store.renewing_hosts().await.unwrap(),
+        ["a.example.com", "b.example.com:8443"]
+    );
     assert_eq!(
         loads,
         [
