@@ -15,10 +15,10 @@
 //!
 //! A probe task writes the heartbeat row every `interval`; the first
 //! failure (an error, or no answer within 5 s) flips every status to
-//! NOT_SERVING, the next success flips it
-//! back. Shutdown flips it for good. Open `Watch` streams see the change
-//! and then end when the daemon drains (the stock tonic-health stream never
-//! ends, which would hold a graceful shutdown open for ever).
+//! NOT_SERVING, the next success flips it back. Shutdown flips it for
+//! good. Open `Watch` streams see the change and then end when the daemon
+//! drains (the stock tonic-health stream never ends, which would hold a
+//! graceful shutdown open for ever).
 //!
 //! Does not: judge the PBX (a PBX outage is per tenant and served
 //! gracefully; taking the daemon out of rotation would not help).
