@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use pbx_sim::RunningSim;
 use pbx_tokend::proto;
 use tokio_stream::StreamExt;
 
@@ -19,14 +20,29 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[i]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_renewed_on_one_replica_reaches_the_other_and_its_watchers_within_a_second() {
+/// Replicas A and B on one database, tenant "acme" (one-hour tokens)
+/// registered on A, its first token as B served it, and a WatchToken
+/// stream on `watcher` past that first message.
+struct Watched {
+    _cluster: Cluster,
+    sim: RunningSim,
+    a: TestDaemon,
+    b: TestDaemon,
+    first: proto::AccessToken,
+    stream: tonic::Streaming<proto::AccessToken>,
+}
+
+async fn watched(watcher: Replica) -> Watched {
     let cluster = Cluster::new().await;
     let sim = sim_with_lifetime(3600).await;
     let (a, b) = cluster.pair().await;
     a.add_tenant(&sim, "acme").await;
     let first = b.get_token("acme").await.unwrap();
-    let mut stream = b
+    let on = match watcher {
+        Replica::A => &a,
+        Replica::B => &b,
+    };
+    let mut stream = on
         .tokens()
         .watch_token(proto::WatchTokenRequest {
             tenant_id: "acme".into(),
@@ -36,10 +52,29 @@ async fn a_token_renewed_on_one_replica_reaches_the_other_and_its_watchers_withi
         .into_inner();
     let initial = stream.next().await.unwrap().unwrap();
     assert_eq!(initial.access_token, first.access_token);
+    Watched {
+        _cluster: cluster,
+        sim,
+        a,
+        b,
+        first,
+        stream,
+    }
+}
+
+enum Replica {
+    A,
+    B,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_renewed_on_one_replica_reaches_the_other_and_its_watchers_within_a_second() {
+    let mut w = watched(Replica::B).await;
+    let (a, b, stream) = (&w.a, &w.b, &mut w.stream);
 
     let mut lags = Vec::new();
     for _ in 0..20 {
-        let renewed = refresh(&a, "acme").await;
+        let renewed = refresh(a, "acme").await;
         let returned = Instant::now();
         let seen = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
@@ -67,23 +102,14 @@ async fn a_token_renewed_on_one_replica_reaches_the_other_and_its_watchers_withi
 /// report on A then finds the token replaced and asks the PBX nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_reported_or_fetched_on_demand_on_one_replica_reaches_the_other() {
-    let cluster = Cluster::new().await;
-    let sim = sim_with_lifetime(3600).await;
-    let (a, b) = cluster.pair().await;
-    a.add_tenant(&sim, "acme").await;
-    let first = b.get_token("acme").await.unwrap();
-    let mut on_a = a
-        .tokens()
-        .watch_token(proto::WatchTokenRequest {
-            tenant_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        on_a.next().await.unwrap().unwrap().access_token,
-        first.access_token
-    );
+    let Watched {
+        _cluster,
+        sim,
+        a,
+        b,
+        first,
+        stream: mut on_a,
+    } = watched(Replica::A).await;
     let report = |d: &TestDaemon, token: String| {
         let mut tokens = d.tokens();
         async move {
