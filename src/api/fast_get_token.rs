@@ -114,7 +114,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let Some(fast) = self.fast.clone() else {
+        let Some(fast) = &self.fast else {
             return Box::pin(self.inner.call(req));
         };
         let stale = fast.tokens.catch_up().is_stale();
@@ -122,6 +122,7 @@ where
         if !plain && !stale {
             return Box::pin(self.inner.call(req));
         }
+        let fast = fast.clone();
         // The service polled ready is the one to call later (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
